@@ -1,0 +1,1 @@
+"""The ``oneos`` command: host-side tools (status, grid, configure, psd, ...)."""

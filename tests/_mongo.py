@@ -1,0 +1,1 @@
+"""MongoDB-wire fixtures (filled in by the file-system work)."""
