@@ -1,0 +1,6 @@
+"""Publish/subscribe: how runtimes meet.
+
+``mqtt`` is the pure MQTT 3.1.1 codec, ``client`` the reconnecting client
+service, ``messages`` the JSON envelope every OneOS message uses, ``topics``
+the topic names, ``rpc`` request/response over topics.
+"""

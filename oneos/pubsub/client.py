@@ -1,0 +1,533 @@
+"""The reconnecting MQTT client every runtime and CLI tool uses.
+
+A runtime must survive its broker coming and going: this service connects,
+retries with capped exponential backoff while the broker is unreachable
+(logging a plain reason each time), re-subscribes and resends unacknowledged
+QoS 1 messages after a reconnect, and keeps the connection alive with
+PINGREQ so a dead broker (or a dead us) is noticed within 1.5 keepalives.
+Time comes from the injected reactor so all of this is testable with
+``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from oneos.errors import ConfigError, PubSubUnavailable
+from oneos.pubsub import mqtt
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is, parsed from a ``mqtt://[user[:pass]@]host[:port]`` URL."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
+
+
+def parse_broker_url(url: str, field: str = "pubsub") -> BrokerAddress:
+    """Parse a broker URL; raise :class:`ConfigError` naming *field* when bad."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise ConfigError(field, f"{url!r} is not an mqtt:// URL (like mqtt://127.0.0.1:1883)")
+    try:
+        port = parts.port or 1883
+    except ValueError:
+        raise ConfigError(field, f"{url!r} has an invalid port") from None
+    if not parts.hostname:
+        raise ConfigError(field, f"{url!r} has no host")
+    return BrokerAddress(parts.hostname, port, parts.username, parts.password)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message delivered to a subscription callback."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    qos: int = 0
+
+
+MessageCallback = Callable[[Message], Any]
+
+
+class Subscription:
+    """A registered interest in a topic filter; ``cancel()`` ends it."""
+
+    def __init__(self, client: "PubSubClient", topic_filter: str, callback: MessageCallback, qos: int) -> None:
+        self.client = client
+        self.topic_filter = topic_filter
+        self.callback = callback
+        self.qos = qos
+
+    def cancel(self) -> defer.Deferred:
+        """Stop delivering to this callback; unsubscribe at the broker if it was the last."""
+        return self.client._remove_subscription(self)
+
+
+class _Connection(Protocol):
+    """One TCP connection to the broker, speaking MQTT 3.1.1."""
+
+    def __init__(self, client: "PubSubClient") -> None:
+        self.client = client
+        self.parser = mqtt.PacketParser()
+        self.accepted = False
+        self._timer: IDelayedCall | None = None
+        self._ping_outstanding = False
+        self._last_sent = 0.0
+        self._closing = False
+
+    def close(self, abort: bool = False) -> None:
+        """Drop the connection; packets already received are not handled."""
+        self._closing = True
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # -- plumbing ---------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        self._last_sent = self.client.reactor.seconds()
+        self.transport.write(data)
+
+    def _arm(self, delay: float, fn: Callable[[], None]) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.client.reactor.callLater(delay, fn)
+
+    def connectionMade(self) -> None:
+        c = self.client
+        self.send(
+            mqtt.encode_connect(
+                c.client_id,
+                c.keepalive,
+                will=c.will,
+                username=c.address.username,
+                password=c.address.password,
+            )
+        )
+        self._arm(c.connect_timeout, self._connack_timeout)
+
+    def _connack_timeout(self) -> None:
+        log.warn("broker at {url} did not answer CONNECT within {t}s", url=self.client.address.url, t=self.client.connect_timeout)
+        self.close(abort=True)
+
+    def _keepalive_tick(self) -> None:
+        """Ping when idle; give up on a broker that does not answer a ping."""
+        if self._ping_outstanding:
+            log.warn("broker at {url} stopped answering pings; reconnecting", url=self.client.address.url)
+            self.close(abort=True)
+            return
+        keepalive = self.client.keepalive
+        idle = self.client.reactor.seconds() - self._last_sent
+        if idle >= keepalive * 0.5:
+            self._ping_outstanding = True
+            self.send(mqtt.encode_simple(mqtt.PINGREQ))
+        self._arm(keepalive * 0.5, self._keepalive_tick)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            packets = self.parser.feed(data)
+        except mqtt.MalformedPacket as e:
+            log.error("malformed data from broker at {url}: {error}; dropping connection", url=self.client.address.url, error=str(e))
+            self.close(abort=True)
+            return
+        for packet in packets:
+            if self._closing:
+                return
+            self._handle(packet)
+
+    def _handle(self, p: mqtt.Packet) -> None:
+        c = self.client
+        if p.type == mqtt.CONNACK:
+            if p.return_code != 0:
+                reason = mqtt.CONNACK_REASONS.get(p.return_code, f"code {p.return_code}")
+                log.error("broker at {url} refused the connection: {reason}", url=c.address.url, reason=reason)
+                c._last_refusal = reason
+                self.close()
+                return
+            self.accepted = True
+            if c.keepalive:
+                self._arm(c.keepalive * 0.5, self._keepalive_tick)
+            elif self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            c._on_accepted(self)
+        elif not self.accepted:
+            log.warn("broker sent packet type {type} before CONNACK; dropping connection", type=p.type)
+            self.close(abort=True)
+        elif p.type == mqtt.PUBLISH:
+            if p.qos == 1 and p.packet_id is not None:
+                self.send(mqtt.encode_ack(mqtt.PUBACK, p.packet_id))
+            elif p.qos == 2 and p.packet_id is not None:
+                self.send(mqtt.encode_ack(mqtt.PUBREC, p.packet_id))
+            c._deliver(Message(p.topic, p.payload, p.retain, p.qos))
+        elif p.type == mqtt.PUBREL and p.packet_id is not None:
+            self.send(mqtt.encode_ack(mqtt.PUBCOMP, p.packet_id))
+        elif p.type == mqtt.PINGRESP:
+            self._ping_outstanding = False
+        elif p.type in (mqtt.PUBACK, mqtt.SUBACK, mqtt.UNSUBACK) and p.packet_id is not None:
+            c._on_ack(p)
+        else:
+            log.debug("ignoring MQTT packet type {type}", type=p.type)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.client._on_lost(self, reason)
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+    def __init__(self, client: "PubSubClient") -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        return _Connection(self.client)
+
+
+class PubSubClient(service.Service):
+    """A reconnecting MQTT client as a Twisted service.
+
+    ``publish`` and ``subscribe`` may be called at any time: while the broker
+    is unreachable, publishes wait in a bounded queue and subscriptions are
+    made as soon as the connection is accepted.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        reactor: Any,
+        *,
+        client_id: str | None = None,
+        keepalive: int = 2,
+        will: mqtt.Will | None = None,
+        connect_timeout: float = 5.0,
+        initial_delay: float = 0.2,
+        max_delay: float = 5.0,
+        max_queue: int = 10_000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.address = parse_broker_url(url)
+        self.reactor = reactor
+        self.client_id = client_id or f"oneos-{uuid.uuid4().hex[:16]}"
+        self.keepalive = keepalive
+        self.will = will
+        self.connect_timeout = connect_timeout
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        self.max_queue = max_queue
+        self._rng = rng or random.Random()
+        self._conn: _Connection | None = None
+        self._attempts = 0
+        self._retry: IDelayedCall | None = None
+        self._connecting: defer.Deferred | None = None
+        self._queue: list[tuple[str, bytes, int, bool, defer.Deferred]] = []
+        self._inflight: dict[int, tuple[str, bytes, bool, defer.Deferred]] = {}
+        self._acks: dict[int, defer.Deferred] = {}
+        self._next_id = 0
+        self._subs: list[Subscription] = []
+        self._waiting_subs: list[tuple[Subscription, defer.Deferred]] = []
+        self._connected_waiters: list[defer.Deferred] = []
+        self._stopped_waiters: list[defer.Deferred] = []
+        self._listeners: list[tuple[Callable[[], Any] | None, Callable[[], Any] | None]] = []
+        self._last_refusal: str | None = None
+        self.last_error: str | None = None
+
+    # -- public API -------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """True while a broker connection is established and accepted."""
+        return self._conn is not None
+
+    def whenConnected(self) -> defer.Deferred:
+        """A Deferred that fires once the broker has accepted us."""
+        if self._conn is not None:
+            return defer.succeed(self)
+        d: defer.Deferred = defer.Deferred()
+        self._connected_waiters.append(d)
+        return d
+
+    def add_listener(self, on_connect: Callable[[], Any] | None = None, on_disconnect: Callable[[], Any] | None = None) -> None:
+        """Call *on_connect* after every accepted (re)connection, *on_disconnect* after every loss."""
+        self._listeners.append((on_connect, on_disconnect))
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> defer.Deferred:
+        """Publish; the Deferred fires when written (QoS 0) or acknowledged (QoS 1)."""
+        mqtt.validate_topic(topic)
+        if qos not in (0, 1):
+            return defer.fail(ValueError("only QoS 0 and 1 are supported"))
+        d: defer.Deferred = defer.Deferred()
+        if self._conn is None:
+            if len(self._queue) >= self.max_queue:
+                return defer.fail(PubSubUnavailable(f"broker at {self.address.url} unreachable and {self.max_queue} messages already wait"))
+            self._queue.append((topic, payload, qos, retain, d))
+            return d
+        self._send_publish(topic, payload, qos, retain, d)
+        return d
+
+    def subscribe(self, topic_filter: str, callback: MessageCallback, qos: int = 1) -> defer.Deferred:
+        """Deliver messages matching *topic_filter* to *callback*.
+
+        Fires with a :class:`Subscription` once the broker granted it.
+        Retained messages arrive (with ``retain=True``) right after.
+        """
+        mqtt.validate_filter(topic_filter)
+        sub = Subscription(self, topic_filter, callback, min(qos, 1))
+        self._subs.append(sub)
+        d: defer.Deferred = defer.Deferred()
+        if self._conn is None:
+            self._waiting_subs.append((sub, d))
+        else:
+            self._send_subscribe([sub], [d])
+        return d
+
+    def barrier(self) -> defer.Deferred:
+        """Fire once everything the broker owed us before now has arrived.
+
+        Publishes a marker to a private topic and waits for it to come back;
+        brokers deliver in order on one connection, so retained messages of
+        earlier subscriptions are in by then.  Membership uses this to know
+        it has seen every runtime's retained status before it elects.
+        """
+        topic = f"oneos/v1/barrier/{self.client_id}"
+        marker = uuid.uuid4().hex.encode()
+        done: defer.Deferred = defer.Deferred()
+        holder: list[Subscription] = []
+
+        def seen(message: Message) -> None:
+            if message.payload == marker and not done.called:
+                if holder:
+                    holder[0].cancel()
+                done.callback(None)
+
+        def subscribed(sub: Subscription) -> defer.Deferred:
+            holder.append(sub)
+            return self.publish(topic, marker, qos=1)
+
+        self.subscribe(topic, seen).addCallback(subscribed).addErrback(
+            lambda f: done.called or done.errback(f)
+        )
+        return done
+
+    # -- service ----------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self._attempts = 0
+        self._connect()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        error = PubSubUnavailable("pubsub client stopped")
+        for *_, d in self._queue:
+            d.errback(error)
+        self._queue.clear()
+        for *_, d in list(self._inflight.values()):
+            d.errback(error)
+        self._inflight.clear()
+        for _, d in self._waiting_subs:
+            d.errback(error)
+        self._waiting_subs.clear()
+        conn = self._conn
+        if conn is None:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._stopped_waiters.append(d)
+        conn.send(mqtt.encode_simple(mqtt.DISCONNECT))
+        conn.close()
+        return d
+
+    # -- connection management --------------------------------------------
+    def _connect(self) -> None:
+        self._retry = None
+        a = self.address
+        host = a.host.replace(":", "\\:")
+        endpoint = clientFromString(self.reactor, f"tcp:host={host}:port={a.port}:timeout={self.connect_timeout:g}")
+        self._connecting = endpoint.connect(_ConnectionFactory(self))
+
+        def connected(_: Any) -> None:
+            self._connecting = None
+
+        def failed(reason: Failure) -> None:
+            self._connecting = None
+            if reason.check(defer.CancelledError) or not self.running:
+                return
+            self._schedule_retry(reason.getErrorMessage())
+
+        self._connecting.addCallbacks(connected, failed)
+
+    def _schedule_retry(self, why: str) -> None:
+        delay = min(self.max_delay, self.initial_delay * (2**self._attempts))
+        delay *= 0.8 + 0.4 * self._rng.random()
+        self._attempts += 1
+        self.last_error = why
+        log.warn(
+            "cannot reach the pubsub broker at {url}: {why}; retrying in {delay:.1f}s",
+            url=self.address.url,
+            why=why,
+            delay=delay,
+        )
+        self._retry = self.reactor.callLater(delay, self._connect)
+
+    def _on_accepted(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._attempts = 0
+        self.last_error = None
+        log.info("connected to pubsub broker at {url} as {id}", url=self.address.url, id=self.client_id)
+        # Subscriptions first, so replies to queued requests are not missed.
+        subs = list(dict.fromkeys(s for s in self._subs))
+        waiting = dict((id(s), d) for s, d in self._waiting_subs)
+        self._waiting_subs.clear()
+        if subs:
+            self._send_subscribe(subs, [waiting.get(id(s)) for s in subs])
+        for pid, (topic, payload, retain, d) in sorted(self._inflight.items()):
+            conn.send(mqtt.encode_publish(topic, payload, 1, retain, pid, dup=True))
+        queue, self._queue = self._queue, []
+        for topic, payload, qos, retain, d in queue:
+            self._send_publish(topic, payload, qos, retain, d)
+        waiters, self._connected_waiters = self._connected_waiters, []
+        for d in waiters:
+            d.callback(self)
+        for on_connect, _ in list(self._listeners):
+            if on_connect is not None:
+                self._safely(on_connect)
+
+    def _on_lost(self, conn: _Connection, reason: Failure | None) -> None:
+        was_accepted = self._conn is conn
+        self._conn = None
+        for d in list(self._acks.values()):
+            d.errback(PubSubUnavailable("connection to broker lost before it answered"))
+        self._acks.clear()
+        if was_accepted:
+            for _, on_disconnect in list(self._listeners):
+                if on_disconnect is not None:
+                    self._safely(on_disconnect)
+        if not self.running:
+            waiters, self._stopped_waiters = self._stopped_waiters, []
+            for d in waiters:
+                d.callback(None)
+            return
+        why = self._last_refusal or (reason.getErrorMessage() if reason is not None else "connection lost")
+        self._last_refusal = None
+        if was_accepted:
+            log.warn("lost the pubsub broker at {url}: {why}", url=self.address.url, why=why)
+        self._schedule_retry(why)
+
+    @staticmethod
+    def _safely(fn: Callable[[], Any]) -> None:
+        try:
+            result = fn()
+            if isinstance(result, defer.Deferred):
+                result.addErrback(lambda f: log.failure("pubsub listener failed", f))
+        except Exception:
+            log.failure("pubsub listener failed")
+
+    # -- packets ------------------------------------------------------------
+    def _packet_id(self) -> int:
+        for _ in range(0xFFFF):
+            self._next_id = self._next_id % 0xFFFF + 1
+            if self._next_id not in self._inflight and self._next_id not in self._acks:
+                return self._next_id
+        raise PubSubUnavailable("too many unacknowledged MQTT packets")
+
+    def _send_publish(self, topic: str, payload: bytes, qos: int, retain: bool, d: defer.Deferred) -> None:
+        assert self._conn is not None
+        if qos == 0:
+            self._conn.send(mqtt.encode_publish(topic, payload, 0, retain))
+            d.callback(None)
+            return
+        pid = self._packet_id()
+        self._inflight[pid] = (topic, payload, retain, d)
+        self._conn.send(mqtt.encode_publish(topic, payload, 1, retain, pid))
+
+    def _send_subscribe(self, subs: list[Subscription], waiters: list[defer.Deferred | None]) -> None:
+        assert self._conn is not None
+        pid = self._packet_id()
+        ack: defer.Deferred = defer.Deferred()
+        self._acks[pid] = ack
+        self._conn.send(mqtt.encode_subscribe(pid, [(s.topic_filter, s.qos) for s in subs]))
+
+        def granted(packet: mqtt.Packet) -> None:
+            for i, (sub, d) in enumerate(zip(subs, waiters)):
+                code = packet.granted[i] if i < len(packet.granted) else 0x80
+                if d is None:
+                    continue
+                if code == 0x80:
+                    if sub in self._subs:
+                        self._subs.remove(sub)
+                    d.errback(PubSubUnavailable(f"broker refused subscription to {sub.topic_filter!r}"))
+                else:
+                    d.callback(sub)
+
+        def lost(f: Failure) -> None:
+            # Keep the waiters: the subscriptions are redone after reconnect.
+            for sub, d in zip(subs, waiters):
+                if d is not None:
+                    self._waiting_subs.append((sub, d))
+
+        ack.addCallbacks(granted, lost)
+
+    def _on_ack(self, packet: mqtt.Packet) -> None:
+        pid = packet.packet_id
+        assert pid is not None
+        if packet.type == mqtt.PUBACK:
+            entry = self._inflight.pop(pid, None)
+            if entry is not None:
+                entry[3].callback(None)
+            return
+        d = self._acks.pop(pid, None)
+        if d is not None:
+            d.callback(packet)
+
+    def _remove_subscription(self, sub: Subscription) -> defer.Deferred:
+        if sub not in self._subs:
+            return defer.succeed(None)
+        self._subs.remove(sub)
+        if any(s.topic_filter == sub.topic_filter for s in self._subs) or self._conn is None:
+            return defer.succeed(None)
+        pid = self._packet_id()
+        d: defer.Deferred = defer.Deferred()
+        self._acks[pid] = d
+        self._conn.send(mqtt.encode_unsubscribe(pid, [sub.topic_filter]))
+        d.addErrback(lambda f: None)  # a lost connection unsubscribes anyway
+        return d
+
+    def _deliver(self, message: Message) -> None:
+        seen: list[MessageCallback] = []
+        for sub in list(self._subs):
+            if sub.callback in seen or not mqtt.topic_matches(sub.topic_filter, message.topic):
+                continue
+            seen.append(sub.callback)
+            try:
+                result = sub.callback(message)
+                if isinstance(result, defer.Deferred):
+                    result.addErrback(lambda f, t=message.topic: log.failure("handler for {topic} failed", f, topic=t))
+            except Exception:
+                log.failure("handler for {topic} failed", topic=message.topic)

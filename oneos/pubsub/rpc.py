@@ -1,0 +1,186 @@
+"""Request/response over publish/subscribe.
+
+A request goes to ``rpc(target)`` carrying a correlation id and the caller's
+reply topic; the server answers there.  The caller gets a Deferred that fires
+with the result, fails with :class:`RPCError` rebuilt from the remote error
+(its ``kind`` kept so typed errors survive the trip), or fails with
+:class:`RPCTimeout` naming who did not answer.  Several servers may serve one
+target during a leader hand-over: the first answer wins, later ones are
+ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from oneos.errors import OneOSError, RPCError, RPCTimeout
+from oneos.pubsub import messages, topics
+from oneos.pubsub.client import Message, PubSubClient, Subscription
+
+log = Logger()
+
+Handler = Callable[..., Any]
+
+#: kind -> callable(message) building a typed error on the caller's side.
+_ERROR_TYPES: dict[str, Callable[[str], Exception]] = {}
+
+
+def register_error(kind: str, factory: Callable[[str], Exception]) -> None:
+    """Make errors of *kind* raised remotely arrive as ``factory(message)``."""
+    _ERROR_TYPES[kind] = factory
+
+
+def error_kind(error: BaseException) -> str:
+    """The wire name of *error*: its ``code``/``kind`` attribute or class name."""
+    for attr in ("code", "kind"):
+        value = getattr(error, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(error).__name__
+
+
+class RPCServer:
+    """Answers requests for one target with the handlers given."""
+
+    def __init__(self, client: PubSubClient, target: str, handlers: dict[str, Handler]) -> None:
+        self.client = client
+        self.target = target
+        self.handlers = dict(handlers)
+        self._sub: Subscription | None = None
+
+    def start(self) -> defer.Deferred:
+        """Subscribe to the target's request topic."""
+        d = self.client.subscribe(topics.rpc(self.target), self._on_request)
+
+        def keep(sub: Subscription) -> None:
+            self._sub = sub
+
+        return d.addCallback(keep)
+
+    def stop(self) -> defer.Deferred:
+        """Stop answering."""
+        sub, self._sub = self._sub, None
+        return sub.cancel() if sub is not None else defer.succeed(None)
+
+    def _on_request(self, message: Message) -> None:
+        if message.retain:
+            return  # a stale retained request is never a live caller
+        try:
+            body = messages.decode(message.payload, "rpc.request")
+            corr = messages.require(body, "id", str)
+            method = messages.require(body, "method", str)
+            reply_to = messages.require(body, "reply_to", str)
+            args = body.get("args") or {}
+            if not isinstance(args, dict):
+                raise messages.MalformedMessage("args must be an object")
+        except messages.MalformedMessage as e:
+            log.warn("dropped malformed request on {topic}: {error}", topic=message.topic, error=str(e))
+            return
+        if not reply_to.startswith(topics.reply("")):
+            log.warn("dropped request with foreign reply topic {topic}", topic=reply_to)
+            return
+        handler = self.handlers.get(method)
+        if handler is None:
+            d = defer.fail(RPCError(f"{self.target!r} has no method {method!r}", kind="NoSuchMethod"))
+        else:
+            d = defer.maybeDeferred(handler, **args)
+
+        def ok(result: Any) -> None:
+            self._answer(reply_to, corr, ok=True, result=result)
+
+        def failed(failure: Any) -> None:
+            error = failure.value
+            if not isinstance(error, (OneOSError, TypeError)):
+                log.failure("RPC {method} on {target} failed", failure, method=method, target=self.target)
+            kind = error_kind(error)
+            text = str(error) if isinstance(error, OneOSError) else f"{type(error).__name__}: {error}"
+            self._answer(reply_to, corr, ok=False, error={"kind": kind, "message": text})
+
+        d.addCallbacks(ok, failed)
+
+    def _answer(self, reply_to: str, corr: str, **fields: Any) -> None:
+        try:
+            payload = messages.encode("rpc.reply", id=corr, **fields)
+        except (TypeError, ValueError) as e:
+            payload = messages.encode("rpc.reply", id=corr, ok=False, error={"kind": "RPCError", "message": f"unserialisable result: {e}"})
+        self.client.publish(reply_to, payload, qos=1).addErrback(
+            lambda f: log.warn("could not send RPC reply: {error}", error=f.getErrorMessage())
+        )
+
+
+class RPCClient:
+    """Makes calls and matches replies to them by correlation id."""
+
+    def __init__(self, client: PubSubClient, reactor: Any, default_timeout: float = 5.0) -> None:
+        self.client = client
+        self.reactor = reactor
+        self.default_timeout = default_timeout
+        self.reply_topic = topics.reply(client.client_id)
+        self._pending: dict[str, tuple[defer.Deferred, IDelayedCall]] = {}
+        self._ready: defer.Deferred | None = None
+
+    def _ensure_subscribed(self) -> defer.Deferred:
+        if self._ready is None:
+            self._ready = self.client.subscribe(self.reply_topic, self._on_reply)
+        d: defer.Deferred = defer.Deferred()
+        self._ready.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def call(self, target: str, method: str, timeout: float | None = None, **args: Any) -> defer.Deferred:
+        """Call *method* on *target*; fires with its result or a typed error."""
+        timeout = self.default_timeout if timeout is None else timeout
+        corr = uuid.uuid4().hex
+        result: defer.Deferred = defer.Deferred()
+
+        def expire() -> None:
+            entry = self._pending.pop(corr, None)
+            if entry is not None:
+                entry[0].errback(RPCTimeout(target, method, timeout))
+
+        timer = self.reactor.callLater(timeout, expire)
+        self._pending[corr] = (result, timer)
+
+        def send(_: Any) -> None:
+            if corr not in self._pending:
+                return
+            payload = messages.encode("rpc.request", id=corr, method=method, args=args, reply_to=self.reply_topic)
+            self.client.publish(topics.rpc(target), payload, qos=1).addErrback(lambda f: None)
+
+        self._ensure_subscribed().addCallback(send)
+        return result
+
+    def _on_reply(self, message: Message) -> None:
+        try:
+            body = messages.decode(message.payload, "rpc.reply")
+            corr = messages.require(body, "id", str)
+        except messages.MalformedMessage as e:
+            log.warn("dropped malformed reply: {error}", error=str(e))
+            return
+        entry = self._pending.pop(corr, None)
+        if entry is None:
+            return  # late, duplicate, or after a timeout
+        d, timer = entry
+        if timer.active():
+            timer.cancel()
+        if body.get("ok") is True:
+            d.callback(body.get("result"))
+            return
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        kind = str(error.get("kind", "RPCError"))
+        text = str(error.get("message", "remote call failed"))
+        factory = _ERROR_TYPES.get(kind)
+        d.errback(factory(text) if factory else RPCError(text, kind=kind))
+
+    def cancel_all(self) -> None:
+        """Fail every pending call (the caller is shutting down)."""
+        pending, self._pending = self._pending, {}
+        for d, timer in pending.values():
+            if timer.active():
+                timer.cancel()
+            d.errback(RPCError("caller shut down", kind="Cancelled"))
