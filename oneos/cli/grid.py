@@ -1,0 +1,188 @@
+"""``oneos grid``: a broker and N runtimes on this machine, as separate processes.
+
+The original OneOS shipped a docker-compose grid for trying a network on one
+machine; this does the same without Docker.  Each runtime gets its own
+``ONEOS_HOME`` under ``--dir``; every process's log lines are prefixed with its
+name; Ctrl-C or SIGTERM stops them all (SIGTERM, then SIGKILL after a grace
+period) and the command exits when they are gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from oneos.config import oneos_home
+
+SUMMARY = "start a broker and N runtimes on this machine (a local test grid); Ctrl-C stops all"
+
+
+class Child(protocol.ProcessProtocol):
+    """One process of the grid, its output prefixed with its name."""
+
+    def __init__(self, name: str, out: Any, width: int) -> None:
+        self.name = name
+        self.out = out
+        self.prefix = f"{name:>{width}} | "
+        self.buffer = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self.exit_code: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            self.out.write(self.prefix + line.decode("utf-8", "replace") + "\n")
+        self.out.flush()
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        if self.buffer:
+            self.outReceived(b"\n")
+        self.exit_code = getattr(reason.value, "exitCode", None)
+        signal_no = getattr(reason.value, "signal", None)
+        how = f"signal {signal_no}" if signal_no else f"status {self.exit_code}"
+        self.out.write(f"{'grid':>{len(self.prefix) - 3}} | {self.name} exited ({how})\n")
+        self.out.flush()
+        self.ended.callback(self.name)
+
+
+def twistd_command(*args: str) -> list[str]:
+    """Run a twistd plugin in the foreground with no pid file (so many can share a directory)."""
+    return [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", *args]
+
+
+@defer.inlineCallbacks
+def wait_for_port(reactor: Any, port: int, deadline: float) -> Any:
+    """Poll until something accepts TCP connections on 127.0.0.1:*port*."""
+    from twisted.internet.task import deferLater
+
+    while True:
+        try:
+            proto = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=1).connect(
+                protocol.Factory.forProtocol(protocol.Protocol)
+            )
+            proto.transport.loseConnection()
+            return True
+        except Exception:
+            if reactor.seconds() > deadline:
+                return False
+            yield deferLater(reactor, 0.1, lambda: None)
+
+
+class Grid:
+    """Starts and stops the grid's processes."""
+
+    def __init__(self, reactor: Any, directory: Path, runtimes: int, kernels: int, port: int, out: Any) -> None:
+        self.reactor = reactor
+        self.directory = directory
+        self.runtimes = runtimes
+        self.kernels = kernels
+        self.port = port
+        self.out = out
+        self.children: dict[str, tuple[Child, Any]] = {}
+        self.width = max(4, len(f"rt-{runtimes}"))
+        self.stopping = False
+
+    def spawn(self, name: str, argv: list[str], home: Path | None = None) -> Child:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if home is not None:
+            home.mkdir(parents=True, exist_ok=True)
+            env["ONEOS_HOME"] = str(home)
+        child = Child(name, self.out, self.width)
+        transport = self.reactor.spawnProcess(child, argv[0], argv, env=env, path=str(self.directory))
+        self.children[name] = (child, transport)
+        return child
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        url = f"mqtt://127.0.0.1:{self.port}"
+        self.note(f"starting a broker on {url} and {self.runtimes} runtime(s) under {self.directory}")
+        broker = self.spawn("psd", twistd_command("oneospsd", "--port", str(self.port), "--interface", "127.0.0.1"))
+        up = yield wait_for_port(self.reactor, self.port, self.reactor.seconds() + 30)
+        if not up or broker.ended.called:
+            raise SystemExit(f"oneos grid: the broker did not start on port {self.port} (in use? try --port)")
+        for i in range(1, self.runtimes + 1):
+            name = f"rt-{i}"
+            kernel = "--kernel" if i <= self.kernels else "--no-kernel"
+            self.spawn(
+                name,
+                twistd_command("oneosd", "--id", name, "--pubsub", url, "--broker", "external", kernel),
+                home=self.directory / name,
+            )
+        self.note(f"grid running; try 'oneos status --pubsub {url}'; Ctrl-C stops it")
+
+    def note(self, text: str) -> None:
+        self.out.write(f"{'grid':>{self.width}} | {text}\n")
+        self.out.flush()
+
+    def stop(self, grace: float = 10.0) -> defer.Deferred:
+        """SIGTERM every process, SIGKILL those still there after *grace* seconds."""
+        self.stopping = True
+        waits = []
+        for name, (child, transport) in self.children.items():
+            if child.ended.called:
+                continue
+            waits.append(child.ended)
+            try:
+                transport.signalProcess("TERM")
+            except Exception:
+                pass
+
+        def kill_rest() -> None:
+            for child, transport in self.children.values():
+                if not child.ended.called:
+                    try:
+                        transport.signalProcess("KILL")
+                    except Exception:
+                        pass
+
+        timer = self.reactor.callLater(grace, kill_rest)
+        d = defer.DeferredList(waits)
+        d.addBoth(lambda r: timer.cancel() if timer.active() else None)
+        return d
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="oneos grid", description=SUMMARY)
+    parser.add_argument("--runtimes", type=int, default=3, help="how many runtimes (default 3)")
+    parser.add_argument("--kernels", type=int, default=None, help="how many of them may host the kernel (default all)")
+    parser.add_argument("--dir", type=Path, default=None, help="where each runtime's ONEOS_HOME goes (default $ONEOS_HOME/grid)")
+    parser.add_argument("--port", type=int, default=1883, help="broker port on 127.0.0.1 (default 1883)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.runtimes <= 500:
+        parser.error("--runtimes must be between 1 and 500")
+    kernels = args.runtimes if args.kernels is None else args.kernels
+    if not 0 <= kernels <= args.runtimes:
+        parser.error("--kernels must be between 0 and --runtimes")
+    from oneos.reactor import install_asyncio_reactor
+
+    install_asyncio_reactor()
+    from twisted.internet import reactor
+
+    directory = (args.dir or oneos_home() / "grid").resolve()
+    grid = Grid(reactor, directory, args.runtimes, kernels, args.port, sys.stdout)
+    status = {"code": 0}
+
+    def failed(f: Any) -> None:
+        if f.check(SystemExit):
+            print(str(f.value), file=sys.stderr)
+        else:
+            print(f"oneos grid: {f.getErrorMessage()}", file=sys.stderr)
+        status["code"] = 1
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: grid.start().addErrback(failed))
+    reactor.addSystemEventTrigger("before", "shutdown", grid.stop)
+    reactor.run(installSignalHandlers=True)
+    return status["code"]

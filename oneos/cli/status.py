@@ -1,0 +1,90 @@
+"""``oneos status``: a table of the runtimes in the network."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from oneos.cli.common import default_pubsub_url, run_with_client
+from oneos.pubsub import topics
+from oneos.pubsub.client import Message
+from oneos.pubsub.messages import MalformedMessage
+from oneos.runtime.status import ALIVE, DEAD, RuntimeStatus
+
+SUMMARY = "show the runtimes in the network: id, address, leader, live/dead, CPU, memory, agents"
+
+#: A status not refreshed for this many intervals is shown dead.
+STALE_INTERVALS = 3
+
+
+def judged_state(status: RuntimeStatus, now: float) -> str:
+    """The state to show: 'alive' only if it was refreshed recently."""
+    if status.state == ALIVE and now - status.updated_at > max(STALE_INTERVALS * status.interval, 3.0):
+        return DEAD
+    return status.state
+
+
+def format_table(statuses: list[RuntimeStatus], now: float) -> str:
+    """Render the runtime table (pure, for tests)."""
+    header = ("ID", "ADDRESS", "ROLE", "STATE", "CPU%", "MEMORY (used/limit MB)", "AGENTS")
+    rows = [header]
+    for s in sorted(statuses, key=lambda s: (judged_state(s, now) != ALIVE, s.id)):
+        state = judged_state(s, now)
+        alive = state == ALIVE
+        role = "leader" if s.leader and alive else "kernel" if s.kernel else "-"
+        memory = f"{s.rss_mb:.0f}/{s.memory_limit_mb}" if alive else "-"
+        rows.append((s.id, s.address or "-", role, state, f"{s.cpu_percent:.0f}" if alive else "-", memory, str(s.agents) if alive else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    live = sum(1 for s in statuses if judged_state(s, now) == ALIVE)
+    leaders = [s.id for s in statuses if s.leader and judged_state(s, now) == ALIVE]
+    lines.append("")
+    lines.append(f"{live} live runtime(s); kernel leader: {', '.join(leaders) or 'none'}")
+    return "\n".join(lines)
+
+
+def collect(reactor: Any, client: Any) -> Any:
+    """Subscribe to every runtime's retained status and wait until all arrived."""
+    seen: dict[str, RuntimeStatus] = {}
+
+    def on_status(message: Message) -> None:
+        rid = topics.runtime_from_status_topic(message.topic)
+        if rid is None or not message.payload:
+            return
+        try:
+            status = RuntimeStatus.decode(message.payload)
+        except MalformedMessage:
+            return
+        seen[rid] = status
+
+    d = client.subscribe(topics.ALL_STATUS, on_status)
+    d.addCallback(lambda _: client.barrier())
+    d.addCallback(lambda _: list(seen.values()))
+    return d
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="oneos status", description=SUMMARY)
+    parser.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json, else mqtt://127.0.0.1:1883)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--live", action="store_true", help="show live runtimes only")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker (default 5)")
+    args = parser.parse_args(argv)
+    url = args.pubsub or default_pubsub_url()
+    statuses: list[RuntimeStatus] = run_with_client(url, collect, timeout=args.timeout)
+    now = time.time()
+    if args.live:
+        statuses = [s for s in statuses if judged_state(s, now) == ALIVE]
+    if args.json:
+        out = []
+        for s in sorted(statuses, key=lambda s: s.id):
+            d = asdict(s)
+            d["state"] = judged_state(s, now)
+            out.append(d)
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_table(statuses, now) if statuses else f"no runtimes have reported to {url}")
+    return 0

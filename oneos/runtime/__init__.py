@@ -1,0 +1,1 @@
+"""The runtime: one per machine; membership, election, kernel services."""

@@ -1,0 +1,72 @@
+"""The embedded broker: a one-machine OneOS needs no separate broker.
+
+When the runtime's broker is on loopback and nobody answers there, this
+service starts an in-process broker on that address; when one already
+answers (another runtime's, or a system Mosquitto), it stays out of the way.
+The probe happens in ``startService`` (never in ``makeService``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from oneos.errors import describe
+
+log = Logger()
+
+
+class EmbeddedBroker(service.MultiService):
+    """Starts an in-process broker on *host*:*port* unless one answers there."""
+
+    name = "embedded-broker"
+
+    def __init__(self, host: str, port: int, reactor: Any) -> None:
+        super().__init__()
+        self.host = host
+        self.port = port
+        self.reactor = reactor
+        self.hosting = False
+        self.ready: defer.Deferred = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        self._probe().addCallback(self._decide).addErrback(self._failed)
+
+    def _probe(self) -> defer.Deferred:
+        cls = TCP6ClientEndpoint if ":" in self.host else TCP4ClientEndpoint
+        endpoint = cls(self.reactor, self.host, self.port, timeout=2)
+        d = endpoint.connect(Factory.forProtocol(Protocol))
+
+        def answered(protocol: Protocol) -> bool:
+            protocol.transport.loseConnection()
+            return True
+
+        return d.addCallbacks(answered, lambda f: False)
+
+    def _decide(self, answered: bool) -> Any:
+        if answered:
+            log.info("a broker already answers at {host}:{port}; using it", host=self.host, port=self.port)
+            self.ready.callback(None)
+            return None
+        from oneos.broker.service import BrokerService
+
+        iface = self.host if self.host != "localhost" else "127.0.0.1"
+        broker = BrokerService(f"tcp:{self.port}:interface={iface}")
+        broker.setServiceParent(self)
+        self.hosting = True
+        return broker.whenListening().addCallback(self._listening)
+
+    def _listening(self, where: Any) -> None:
+        log.info("embedded broker listening on {host}:{port}", host=self.host, port=self.port)
+        self.ready.callback(None)
+
+    def _failed(self, failure: Any) -> None:
+        log.error("could not start the embedded broker: {error}", error=describe(failure.value))
+        if not self.ready.called:
+            self.ready.callback(None)

@@ -1,0 +1,110 @@
+"""What a runtime tells the others about itself, and how it is encoded.
+
+Pure data and codec, no I/O: the status is a retained message per runtime,
+so whoever subscribes (another runtime, ``oneos status``) gets the latest
+picture of every runtime at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from oneos.pubsub import messages
+
+ALIVE = "alive"
+DEAD = "dead"  # published by the broker as our last will
+LEFT = "left"  # published by a runtime that stopped cleanly
+STATES = (ALIVE, DEAD, LEFT)
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """One runtime as the network sees it."""
+
+    id: str
+    instance: str
+    state: str = ALIVE
+    address: str = ""
+    kernel: bool = False
+    leader: bool = False
+    memory_limit_mb: int = 0
+    tags: tuple[str, ...] = ()
+    interpreters: tuple[str, ...] = ()
+    cpu_percent: float = 0.0
+    memory_used_mb: float = 0.0
+    memory_total_mb: float = 0.0
+    rss_mb: float = 0.0
+    agents: int = 0
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    #: seconds between refreshes, so any reader can judge staleness
+    interval: float = 2.0
+    services: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.state == ALIVE
+
+    def rank(self) -> tuple[float, str]:
+        """Election order: the longest-running kernel first, id breaks ties."""
+        return (self.started_at, self.id)
+
+    def with_(self, **changes: Any) -> "RuntimeStatus":
+        return replace(self, **changes)
+
+    def encode(self) -> bytes:
+        body = asdict(self)
+        body["tags"] = list(self.tags)
+        body["interpreters"] = list(self.interpreters)
+        return messages.encode("runtime.status", **body)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "RuntimeStatus":
+        """Parse a status message; raise MalformedMessage when it is not one."""
+        body = messages.decode(payload, "runtime.status")
+        rid = messages.require(body, "id", str)
+        instance = messages.require(body, "instance", str)
+        state = messages.require(body, "state", str)
+        if state not in STATES:
+            raise messages.MalformedMessage(f"unknown runtime state {state!r}")
+        try:
+            return cls(
+                id=rid,
+                instance=instance,
+                state=state,
+                address=str(body.get("address", "")),
+                kernel=bool(body.get("kernel", False)),
+                leader=bool(body.get("leader", False)),
+                memory_limit_mb=int(body.get("memory_limit_mb", 0)),
+                tags=tuple(str(t) for t in body.get("tags", ())),
+                interpreters=tuple(str(t) for t in body.get("interpreters", ())),
+                cpu_percent=float(body.get("cpu_percent", 0.0)),
+                memory_used_mb=float(body.get("memory_used_mb", 0.0)),
+                memory_total_mb=float(body.get("memory_total_mb", 0.0)),
+                rss_mb=float(body.get("rss_mb", 0.0)),
+                agents=int(body.get("agents", 0)),
+                started_at=float(body.get("started_at", 0.0)),
+                updated_at=float(body.get("updated_at", 0.0)),
+                interval=float(body.get("interval", 2.0)),
+                services={str(k): str(v) for k, v in dict(body.get("services") or {}).items()},
+            )
+        except (TypeError, ValueError) as e:
+            raise messages.MalformedMessage(f"bad runtime status field: {e}") from None
+
+
+def elect(statuses: list[RuntimeStatus]) -> str | None:
+    """Pick the leader among *statuses* (already filtered to the live ones).
+
+    Leadership is sticky: while a live kernel runtime claims it, it keeps it
+    (if two claim it during a race, the better-ranked keeps it), so a newcomer
+    never pulls the kernel services away.  With no claimant, the
+    best-ranked live kernel runtime is chosen.  Every runtime computes this
+    from the same retained statuses, so they agree without talking.
+    """
+    kernels = [s for s in statuses if s.kernel and s.alive]
+    claimants = [s for s in kernels if s.leader]
+    pool = claimants or kernels
+    if not pool:
+        return None
+    return min(pool, key=RuntimeStatus.rank).id
