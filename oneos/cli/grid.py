@@ -20,6 +20,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from oneos.config import oneos_home
+from oneos.twistd import twistd_command
 
 SUMMARY = "start a broker and N runtimes on this machine (a local test grid); Ctrl-C stops all"
 
@@ -53,11 +54,6 @@ class Child(protocol.ProcessProtocol):
         self.out.write(f"{'grid':>{len(self.prefix) - 3}} | {self.name} exited ({how})\n")
         self.out.flush()
         self.ended.callback(self.name)
-
-
-def twistd_command(*args: str) -> list[str]:
-    """Run a twistd plugin in the foreground with no pid file (so many can share a directory)."""
-    return [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", *args]
 
 
 @defer.inlineCallbacks

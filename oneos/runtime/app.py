@@ -31,7 +31,11 @@ def describe_config(config: Config) -> str:
     """A readable block saying what this runtime will do, logged at start."""
     lines = [
         "OneOS runtime " + config.id + (" (generated id)" if config.generated_id else ""),
-        f"  home      {config.home}" + ("  (no config.json: embedded default)" if config.embedded else ""),
+        f"  home      {config.home}" + (
+            ("  (no config.json: embedded default)" if config.wants_embedded_broker else "  (no config.json: defaults and flags)")
+            if config.embedded
+            else ""
+        ),
         f"  pubsub    {config.pubsub}" + ("  (hosted here if none answers)" if config.wants_embedded_broker else ""),
         f"  store     {config.store}",
         f"  kernel    {'yes' if config.kernel else 'no'}",

@@ -47,9 +47,11 @@ class Election:
             return
         live = self.membership.live()
         leader = elect(live)
-        if leader != self.leader_id:
-            self.leader_id = leader
+        claimed = any(s.id == leader and s.leader for s in live)
+        if leader != self.leader_id and (claimed or leader is None):
             log.info("kernel leader is now {leader}", leader=leader or "nobody (no live kernel runtime)")
+        if claimed or leader is None:
+            self.leader_id = leader
         me = self.membership.id
         if leader == me and not self.leading and self.is_kernel:
             claimed = any(s.leader for s in live if s.id != me)

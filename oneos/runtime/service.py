@@ -66,7 +66,7 @@ class RuntimeService(service.MultiService):
         self.membership = Membership(self.client, self.rpc, reactor, self.describe, interval=config.stats_interval)
         self.kernel = KernelHost(self, kernel_factories)
         self.election = Election(self.membership, self.kernel, reactor, is_kernel=config.kernel, settle=settle)
-        self.server = RPCServer(self.client, config.id, {"ping": self._ping, "status": self._status})
+        self.server = RPCServer(self.client, config.id, {"ping": self._ping, "status": self._status, "members": self._members})
         self.ready: defer.Deferred = defer.Deferred()
 
     @property
@@ -93,6 +93,10 @@ class RuntimeService(service.MultiService):
 
     def _ping(self) -> dict[str, Any]:
         return {"id": self.id, "instance": self.instance}
+
+    def _members(self) -> list[str]:
+        """The runtimes this one sees alive (benchmarks ask every runtime)."""
+        return [s.id for s in self.membership.live()]
 
     def _status(self) -> dict[str, Any]:
         return {"status": self.describe().encode().decode(), "leading": self.election.leading}

@@ -1,0 +1,1 @@
+"""The MQTT broker OneOS brings along (amqtt as a Twisted service)."""

@@ -1,0 +1,38 @@
+"""Builds the standalone broker's service (used by the ``oneospsd`` plugin)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger
+
+from oneos.broker.service import BrokerService
+
+log = Logger()
+
+
+def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: str | None = None) -> BrokerService:
+    """A broker service; on a bind failure the process exits with status 1."""
+    from twisted.internet import reactor
+
+    iface = f"\\:".join(interface.split(":"))
+    broker = BrokerService(
+        f"tcp:{port}:interface={iface}",
+        websocket=f"tcp:{websocket_port}:interface={iface}" if websocket_port else None,
+    )
+
+    def listening(address: tuple[str, int]) -> None:
+        if port_file:
+            tmp = Path(port_file + ".tmp")
+            tmp.write_text(str(address[1]))
+            os.replace(tmp, port_file)
+
+    def failed(failure: Any) -> None:
+        log.critical("oneospsd: {error}", error=failure.getErrorMessage())
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: broker.whenListening().addCallbacks(listening, failed))
+    return broker

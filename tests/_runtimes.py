@@ -1,0 +1,108 @@
+"""Real runtime processes for end-to-end tests, and ways to watch them.
+
+Runtimes are started as ``python -m twisted -n oneosd`` children with their
+own ``ONEOS_HOME``; the network is observed through the real ``oneos status
+--json`` command.  Waiting is always "until a condition holds, or a
+deadline", never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+from oneos.twistd import twistd_command as twistd
+
+
+class RuntimeProcess:
+    """One ``twistd oneosd`` child, logging to a file under its home."""
+
+    def __init__(self, rid: str, url: str, root: Path, *extra: str, config: dict | None = None) -> None:
+        self.id = rid
+        self.home = root / rid
+        self.home.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            (self.home / "config.json").write_text(json.dumps(config))
+        self.log_path = self.home / "runtime.log"
+        env = dict(os.environ, ONEOS_HOME=str(self.home), PYTHONUNBUFFERED="1")
+        args = ["oneosd", "--id", rid, "--pubsub", url, "--broker", "external", "--stats-interval", "0.5", *extra]
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(twistd(*args), stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.home)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        self._log.close()
+
+
+def oneos(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the real ``oneos`` command."""
+    return subprocess.run(
+        [sys.executable, "-m", "oneos.cli.main", *args],
+        capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **(env or {})),
+    )
+
+
+def statuses(url: str) -> dict[str, dict[str, Any]]:
+    """Every runtime's status as ``oneos status --json`` shows it, by id."""
+    result = oneos("status", "--json", "--pubsub", url)
+    if result.returncode != 0:
+        raise AssertionError(f"oneos status failed: {result.stderr}")
+    return {s["id"]: s for s in json.loads(result.stdout)}
+
+
+def wait_for(what: str, check: Callable[[], Any], deadline: float = 30.0, logs: Callable[[], str] | None = None) -> Any:
+    """Call *check* until it returns something truthy; fail after *deadline* seconds."""
+    end = time.monotonic() + deadline
+    last: Any = None
+    while time.monotonic() < end:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)  # polling interval, not synchronisation: the condition decides
+    extra = f"\n--- logs ---\n{logs()}" if logs else ""
+    pytest.fail(f"timed out after {deadline}s waiting for {what}; last seen: {last!r}{extra}")
+
+
+def live(view: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in view.items() if v["state"] == "alive"}
+
+
+def leaders(view: dict[str, dict[str, Any]]) -> list[str]:
+    return sorted(k for k, v in live(view).items() if v["leader"])
+
+
+@pytest.fixture
+def runtimes(tmp_path):
+    """Start runtimes with ``runtimes(rid, url, *flags)``; all are stopped afterwards."""
+    started: list[RuntimeProcess] = []
+
+    def start(rid: str, url: str, *extra: str, config: dict | None = None) -> RuntimeProcess:
+        rt = RuntimeProcess(rid, url, tmp_path / "homes", *extra, config=config)
+        started.append(rt)
+        return rt
+
+    start.all = started  # type: ignore[attr-defined]
+    yield start
+    for rt in started:
+        try:
+            rt.stop()
+        except Exception:
+            rt.kill()

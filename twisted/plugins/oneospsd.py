@@ -1,0 +1,58 @@
+"""twistd plugin ``oneospsd``: the OneOS publish/subscribe broker.
+
+Only parses options and builds the service; the broker binds when twistd
+starts it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    longdesc = (
+        "Run the MQTT 3.1.1 broker OneOS runtimes meet on (amqtt). It listens on "
+        "all interfaces by default because other machines must reach it; any "
+        "standard MQTT broker (Mosquitto, EMQX) can be used instead."
+    )
+    optParameters = [
+        ["port", "p", 1883, "TCP port to listen on (0 = any free port)", int],
+        ["interface", "i", "0.0.0.0", "address to listen on"],
+        ["websocket-port", None, 0, "also serve MQTT over websockets on this port (0 = off)", int],
+        ["port-file", None, None, "write the bound TCP port to this file once listening"],
+    ]
+
+    def postOptions(self) -> None:
+        for key in ("port", "websocket-port"):
+            if not 0 <= self[key] <= 65535:
+                raise usage.UsageError(f"--{key} must be 0..65535")
+
+
+@implementer(IServiceMaker, IPlugin)
+class BrokerMaker:
+    tapname = "oneospsd"
+    description = "OneOS pubsub broker: the MQTT 3.1.1 broker (amqtt) that runtimes meet on"
+    options = Options
+
+    def makeService(self, options: Options) -> Any:
+        from oneos.errors import OneOSError, describe
+        from oneos.reactor import install_asyncio_reactor
+
+        try:
+            install_asyncio_reactor()
+        except OneOSError as e:
+            raise SystemExit(f"oneospsd: {describe(e)}")
+        from oneos.broker.app import build_broker
+
+        try:
+            return build_broker(options["interface"], options["port"], options["websocket-port"], options["port-file"])
+        except OneOSError as e:
+            raise SystemExit(f"oneospsd: {describe(e)}")
+
+
+oneospsd = BrokerMaker()
