@@ -7,6 +7,7 @@ Prints, in one run and side by side with baselines measured the same way:
   time for N bare Python processes that only import Twisted to start;
 * time from SIGKILL of a runtime until an observer sees it dead, beside the
   bound keepalive alone would give (1.5 x keepalive);
+* time from SIGKILL of the kernel leader until another runtime claims it;
 * idle RSS of one runtime, beside an idle bare Twisted reactor process.
 
 Everything runs on this machine: one ``twistd oneospsd`` broker on a free
@@ -168,6 +169,44 @@ def bench_detection(url: str, obs: Observer, root: Path, keepalive: int, rounds:
     return out
 
 
+def bench_failover(url: str, obs: Observer, root: Path, rounds: int) -> list[float]:
+    """SIGKILL the kernel leader of 3 runtimes; time until another claims leadership."""
+    from oneos.pubsub import topics
+    from oneos.runtime.status import RuntimeStatus
+
+    leaders: dict[str, float] = {}
+    dead: set[str] = set()
+
+    def on(message) -> None:
+        if not message.payload:
+            return
+        s = RuntimeStatus.decode(message.payload)
+        if s.alive and s.leader:
+            leaders.setdefault(s.id, time.monotonic())
+        elif not s.alive:
+            dead.add(s.id)
+
+    obs.call(lambda: obs.client.subscribe(topics.ALL_STATUS, on))
+    out = []
+    for r in range(rounds):
+        tag = f"f{r}"
+        procs = start_runtimes(3, url, root, tag)
+        try:
+            ids = [f"{tag}-{i}" for i in range(3)]
+            while not any(i in leaders for i in ids):
+                time.sleep(0.05)
+            old = next(i for i in ids if i in leaders)
+            t0 = time.monotonic()
+            procs[ids.index(old)].send_signal(signal.SIGKILL)
+            while not any(i in leaders and i != old for i in ids) and time.monotonic() - t0 < 30:
+                time.sleep(0.005)
+            new = next((i for i in ids if i in leaders and i != old), None)
+            out.append(leaders[new] - t0 if new else float("nan"))
+        finally:
+            stop_all(procs)
+    return out
+
+
 def bench_idle_rss(url: str, obs: Observer, root: Path, settle: float) -> tuple[float, float]:
     [proc] = start_runtimes(1, url, root, "rss")
     while "rss-0" not in obs.members("rss-0"):
@@ -186,6 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,50", help="runtime counts for convergence (default 10,50)")
     parser.add_argument("--kill-rounds", type=int, default=5)
+    parser.add_argument("--failover-rounds", type=int, default=3)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-"))
     port = free_port()
@@ -207,6 +247,9 @@ def main() -> None:
         det = sorted(bench_detection(url, obs, root, keepalive, args.kill_rounds))
         print(f"SIGKILL -> seen dead (s), {len(det)} rounds: min {det[0]:.3f}  median {det[len(det)//2]:.3f}  max {det[-1]:.3f}"
               f"   | baseline: keepalive-only bound {1.5 * keepalive:.1f}")
+        fo = sorted(bench_failover(url, obs, root, args.failover_rounds))
+        print(f"SIGKILL of leader -> new leader (s), {len(fo)} rounds: min {fo[0]:.3f}  median {fo[len(fo)//2]:.3f}  max {fo[-1]:.3f}"
+              f"   | target: under 5.0 (election settle time 0.5)")
         rss, bare = bench_idle_rss(url, obs, root, settle=3.0)
         print(f"idle RSS of one runtime: {rss:.1f} MiB   | baseline: idle bare Twisted reactor {bare:.1f} MiB")
     finally:
