@@ -1,0 +1,431 @@
+"""Byte streams between machines over TCP, with back-pressure and tokens.
+
+Bulk data never rides the broker: a service that wants to send or receive a
+stream (file content now, pipes later) registers a one-time *token* with a
+:class:`TransferServer` and tells the peer, over RPC, where to connect.  The
+peer connects, presents the token, and the bytes flow as frames:
+
+    1 byte kind | 4 bytes big-endian length | payload
+
+``D`` carries data, ``E`` ends the stream with a JSON status, ``X`` ends it
+with a JSON error ``{"kind", "message"}``.  Each side stops reading its
+socket while the other end is busy (Twisted producer/consumer), so a slow
+reader slows the writer and memory stays bounded; a connection that closes
+before ``E`` is an error on both sides, never a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from oneos.errors import OneOSError
+
+log = Logger()
+
+DATA, END, ERROR = b"D", b"E", b"X"
+HEADER = struct.Struct("!cI")
+#: Largest frame accepted; senders cut data into frames of at most this.
+MAX_FRAME = 1024 * 1024
+TOKEN_BYTES = 16
+
+
+class TransferError(OneOSError):
+    """A stream failed: refused token, peer vanished, or the far side reported an error."""
+
+    def __init__(self, message: str, kind: str = "EIO") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = kind
+
+
+class Source(TypingProtocol):
+    """What a sender reads from: ``next()`` fires with bytes, or b'' at the end."""
+
+    def next(self) -> defer.Deferred: ...
+
+
+class Sink(TypingProtocol):
+    """What a receiver writes to."""
+
+    def write(self, data: bytes) -> defer.Deferred: ...
+
+    def finish(self) -> defer.Deferred: ...  # fires with a JSON-able status
+
+    def abort(self) -> Any: ...
+
+
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+class FrameParser:
+    """Splits a byte stream into (kind, payload) frames; bounded buffering."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        self.buffer += data
+        out = []
+        while len(self.buffer) >= HEADER.size:
+            kind, length = HEADER.unpack_from(self.buffer)
+            if kind not in (DATA, END, ERROR) or length > MAX_FRAME:
+                raise TransferError(f"malformed frame (kind {kind!r}, length {length})", "EPROTO")
+            if len(self.buffer) < HEADER.size + length:
+                break
+            out.append((kind, bytes(self.buffer[HEADER.size : HEADER.size + length])))
+            del self.buffer[: HEADER.size + length]
+        return out
+
+
+def error_payload(error: BaseException) -> bytes:
+    kind = getattr(error, "code", None) or getattr(error, "kind", None) or type(error).__name__
+    text = str(error) if isinstance(error, OneOSError) else f"{type(error).__name__}: {error}"
+    return json.dumps({"kind": kind, "message": text}).encode()
+
+
+def error_from_payload(payload: bytes) -> TransferError:
+    try:
+        body = json.loads(payload)
+        return TransferError(str(body["message"]), str(body["kind"]))
+    except (ValueError, KeyError, TypeError):
+        return TransferError("the far side failed without saying why")
+
+
+class _Pump:
+    """Sends a Source down a transport as frames, pausing when the transport is full."""
+
+    def __init__(self, transport: Any, source: Source, on_done: Callable[[Failure | None], None]) -> None:
+        self.transport = transport
+        self.source = source
+        self.on_done = on_done
+        self.paused = False
+        self.busy = False
+        self.finished = False
+        self.bytes = 0
+        transport.registerProducer(self, True)
+        self._next()
+
+    def _next(self) -> None:
+        if self.paused or self.busy or self.finished:
+            return
+        self.busy = True
+        self.source.next().addCallbacks(self._got, self._failed)
+
+    def _got(self, data: bytes) -> None:
+        self.busy = False
+        if self.finished:
+            return
+        if not data:
+            self._finish(None)
+            return
+        for i in range(0, len(data), MAX_FRAME):
+            self.transport.write(frame(DATA, data[i : i + MAX_FRAME]))
+        self.bytes += len(data)
+        self._next()
+
+    def _failed(self, failure: Failure) -> None:
+        self.busy = False
+        self._finish(failure)
+
+    def _finish(self, failure: Failure | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.transport.unregisterProducer()
+        self.on_done(failure)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._next()
+
+    def stopProducing(self) -> None:
+        self._finish(Failure(TransferError("the receiver went away", "EPIPE")))
+
+
+class _Receiver:
+    """Feeds incoming DATA frames to a Sink, pausing the socket while the sink is busy."""
+
+    def __init__(self, transport: Any, sink: Sink) -> None:
+        self.transport = transport
+        self.sink = sink
+        self.queue: list[tuple[bytes, bytes]] = []
+        self.busy = False
+        self.done: defer.Deferred = defer.Deferred()
+        self.bytes = 0
+        #: True once END or ERROR has arrived (even if not yet processed)
+        self.ended = False
+
+    def frames(self, frames: list[tuple[bytes, bytes]]) -> None:
+        self.queue.extend(frames)
+        self.ended = self.ended or any(kind != DATA for kind, _ in frames)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.queue and not self.busy and not self.done.called:
+            kind, payload = self.queue.pop(0)
+            if kind == DATA:
+                self.busy = True
+                self.transport.pauseProducing()
+                self.bytes += len(payload)
+                self.sink.write(payload).addCallbacks(self._written, self._fail)
+            elif kind == END:
+                self.busy = True
+                self.sink.finish().addCallbacks(self.done.callback, self._fail)
+            else:
+                self._fail(Failure(error_from_payload(payload)))
+
+    def _written(self, _: Any) -> None:
+        self.busy = False
+        self.transport.resumeProducing()
+        self._drain()
+
+    def _fail(self, failure: Failure) -> None:
+        if not self.done.called:
+            try:
+                self.sink.abort()
+            except Exception:
+                log.failure("aborting a sink failed")
+            self.done.errback(failure)
+
+    def lost(self) -> None:
+        if not self.ended:
+            self._fail(Failure(TransferError("the sender vanished before the end of the stream", "EPIPE")))
+
+
+@dataclass
+class Offer:
+    """A registered stream: exactly one of *source* (we send) or *sink* (we receive)."""
+
+    source: Source | None = None
+    sink: Sink | None = None
+    timer: IDelayedCall | None = None
+    result: defer.Deferred | None = None
+
+
+class _ServerConnection(Protocol):
+    """Server side: read the token line, then send or receive."""
+
+    def __init__(self, server: "TransferServer") -> None:
+        self.server = server
+        self.buffer = b""
+        self.parser = FrameParser()
+        self.receiver: _Receiver | None = None
+        self.offer: Offer | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.offer is None:
+            self.buffer += data
+            if b"\n" not in self.buffer:
+                if len(self.buffer) > 128:
+                    self.transport.loseConnection()
+                return
+            line, rest = self.buffer.split(b"\n", 1)
+            self.buffer = b""
+            self.offer = self.server._claim(line.decode("ascii", "replace").strip())
+            if self.offer is None:
+                self.transport.write(frame(ERROR, error_payload(TransferError("unknown or expired transfer token", "EACCES"))))
+                self.transport.loseConnection()
+                return
+            if self.offer.source is not None:
+                _Pump(self.transport, self.offer.source, self._sent)
+                return
+            assert self.offer.sink is not None
+            self.receiver = _Receiver(self.transport, self.offer.sink)
+            self.receiver.done.addCallbacks(self._received, self._receive_failed)
+            data = rest
+        if self.receiver is not None and data:
+            try:
+                self.receiver.frames(self.parser.feed(data))
+            except TransferError as e:
+                self.receiver._fail(Failure(e))
+
+    def _sent(self, failure: Failure | None) -> None:
+        assert self.offer is not None and self.offer.result is not None
+        if failure is None:
+            self.transport.write(frame(END, b"{}"))
+            self.offer.result.callback(None)
+        else:
+            self.transport.write(frame(ERROR, error_payload(failure.value)))
+            if not self.offer.result.called:
+                self.offer.result.errback(failure)
+        self.transport.loseConnection()
+
+    def _received(self, status: Any) -> None:
+        self.transport.write(frame(END, json.dumps(status).encode()))
+        self.transport.loseConnection()
+        assert self.offer is not None and self.offer.result is not None
+        self.offer.result.callback(status)
+
+    def _receive_failed(self, failure: Failure) -> None:
+        if self.transport.connected:
+            self.transport.write(frame(ERROR, error_payload(failure.value)))
+            self.transport.loseConnection()
+        assert self.offer is not None and self.offer.result is not None
+        if not self.offer.result.called:
+            self.offer.result.errback(failure)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        if self.receiver is not None:
+            self.receiver.lost()
+
+
+class TransferServer(service.Service):
+    """Listens on an endpoint and serves registered one-time streams."""
+
+    name = "transfer"
+
+    def __init__(self, reactor: Any, endpoint: str = "tcp:0:interface=127.0.0.1", token_ttl: float = 30.0, clock: Any = None) -> None:
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.endpoint = endpoint
+        self.token_ttl = token_ttl
+        self.port: Any = None
+        self._offers: dict[str, Offer] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host = self.port.getHost()
+        return host.host, host.port
+
+    def startService(self) -> None:
+        super().startService()
+
+    @defer.inlineCallbacks
+    def listen(self) -> Any:
+        """Start listening; fires with (host, port)."""
+        factory = Factory.forProtocol(lambda: _ServerConnection(self))
+        factory.noisy = False
+        self.port = yield serverFromString(self.reactor, self.endpoint).listen(factory)
+        return self.address
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        for token in list(self._offers):
+            self._expire(token)
+        port, self.port = self.port, None
+        return defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
+
+    def offer(self, source: Source | None = None, sink: Sink | None = None) -> tuple[str, defer.Deferred]:
+        """Register a stream; returns (token, Deferred firing when it completed)."""
+        token = secrets.token_hex(TOKEN_BYTES)
+        result: defer.Deferred = defer.Deferred()
+        entry = Offer(source, sink, self.clock.callLater(self.token_ttl, self._expire, token), result)
+        self._offers[token] = entry
+        return token, result
+
+    def _claim(self, token: str) -> Offer | None:
+        entry = self._offers.pop(token, None)
+        if entry is not None and entry.timer is not None and entry.timer.active():
+            entry.timer.cancel()
+        return entry
+
+    def _expire(self, token: str) -> None:
+        entry = self._offers.pop(token, None)
+        if entry is None:
+            return
+        if entry.timer is not None and entry.timer.active():
+            entry.timer.cancel()
+        if entry.sink is not None:
+            entry.sink.abort()
+        if entry.result is not None and not entry.result.called:
+            entry.result.errback(TransferError("nobody connected for the transfer in time", "ETIMEDOUT"))
+
+
+class _ClientConnection(Protocol):
+    """Client side of one stream: present the token, then send or receive."""
+
+    def __init__(self, token: str, source: Source | None, sink: Sink | None) -> None:
+        self.token = token
+        self.source = source
+        self.sink = sink
+        self.parser = FrameParser()
+        self.result: defer.Deferred = defer.Deferred()
+        self.receiver: _Receiver | None = None
+        self.sent_all = False
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.token.encode() + b"\n")
+        if self.source is not None:
+            _Pump(self.transport, self.source, self._sent)
+        else:
+            assert self.sink is not None
+            self.receiver = _Receiver(self.transport, self.sink)
+            self.receiver.done.addCallbacks(self._finish, self._fail)
+
+    def _sent(self, failure: Failure | None) -> None:
+        if failure is None:
+            self.sent_all = True
+            self.transport.write(frame(END, b"{}"))
+        else:
+            self.transport.write(frame(ERROR, error_payload(failure.value)))
+            self._fail(failure)
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            frames = self.parser.feed(data)
+        except TransferError as e:
+            self._fail(Failure(e))
+            self.transport.abortConnection()
+            return
+        if self.receiver is not None:
+            self.receiver.frames(frames)
+            return
+        for kind, payload in frames:  # a sender only hears the final status
+            if kind == END:
+                try:
+                    self._finish(json.loads(payload or b"{}"))
+                except ValueError:
+                    self._finish({})
+            elif kind == ERROR:
+                self._fail(Failure(error_from_payload(payload)))
+            self.transport.loseConnection()
+
+    def _finish(self, status: Any) -> None:
+        if not self.result.called:
+            self.result.callback(status)
+
+    def _fail(self, failure: Failure) -> None:
+        if not self.result.called:
+            self.result.errback(failure)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        if self.receiver is not None:
+            self.receiver.lost()  # the receiver's own outcome decides
+            return
+        self._fail(Failure(TransferError("the connection closed before the transfer finished", "EPIPE")))
+
+
+def _connect(reactor: Any, host: str, port: int, proto: _ClientConnection) -> defer.Deferred:
+    h = host.replace(":", "\\:")
+    endpoint = clientFromString(reactor, f"tcp:host={h}:port={port}:timeout=10")
+    d = endpoint.connect(Factory.forProtocol(lambda: proto))
+    d.addErrback(lambda f: proto._fail(Failure(TransferError(f"cannot connect to {host}:{port}: {f.getErrorMessage()}", "ECONNREFUSED"))))
+    return proto.result
+
+
+def send(reactor: Any, host: str, port: int, token: str, source: Source) -> defer.Deferred:
+    """Stream *source* to a server's registered sink; fires with the sink's status."""
+    return _connect(reactor, host, port, _ClientConnection(token, source, None))
+
+
+def receive(reactor: Any, host: str, port: int, token: str, sink: Sink) -> defer.Deferred:
+    """Stream a server's registered source into *sink*; fires with the sink's status."""
+    return _connect(reactor, host, port, _ClientConnection(token, None, sink))
