@@ -1,0 +1,1 @@
+"""Agents: ordinary programs run by a runtime as child processes."""

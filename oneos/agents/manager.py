@@ -1,0 +1,463 @@
+"""The agent manager: runs programs as child processes of this runtime.
+
+One :class:`AgentProcess` (a Twisted ProcessProtocol) per agent.  Output is
+pulled, not pushed: each stream (stdout, stderr) is an :class:`OutputStream`
+that pauses reading from the child while whoever consumes it is behind, so
+a slow consumer slows the program instead of filling memory.  Nothing is
+lost: the exit status is reported only after both streams reached their end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from twisted.application import service
+from twisted.internet import defer, error, protocol, task
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from oneos.agents.program import ProgramError, resolve_argv
+from oneos.errors import OneOSError
+
+log = Logger()
+
+RUNNING, PAUSED, EXITED, KILLED, FAILED, LOST = "running", "paused", "exited", "killed", "failed", "lost"
+ENDED = (EXITED, KILLED, FAILED, LOST)
+
+#: Output buffered per stream before the child is paused.
+HIGH_WATER = 1024 * 1024
+
+
+def session_argv(argv: list[str]) -> list[str] | None:
+    """Wrap *argv* so the child starts a new session (its own process group).
+
+    Twisted's spawnProcess has no pre-exec hook; util-linux ``setsid`` execs
+    in place (no fork) when its caller is not a group leader, which a fresh
+    child never is, so the agent's pid is the group id.
+    """
+    exe = shutil.which("setsid")
+    return [exe, *argv] if exe else None
+
+
+class AgentError(OneOSError):
+    """An agent operation failed (unknown id, wrong state...)."""
+
+    def __init__(self, message: str, kind: str = "ESRCH") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = kind
+
+
+@dataclass
+class AgentSpec:
+    """What to run and how."""
+
+    program: str
+    args: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    name: str = ""
+    memory_limit_mb: int = 0
+    restart: str = "no"  # "no" | "on-failure"
+    stdin: bool = True  # keep the child's stdin open for writing
+
+
+class OutputStream:
+    """One output stream of a child: a bounded queue consumers pull from.
+
+    ``next()`` fires with the next bytes, or ``b''`` at the end — the same
+    shape as :class:`oneos.transfer.Source`, so a stream can be sent straight
+    into a pipe.
+    """
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        self._pause = pause
+        self._resume = resume
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._ended = False
+        self._waiter: defer.Deferred | None = None
+        self._paused = False
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        if self._waiter is not None and not self._chunks:
+            d, self._waiter = self._waiter, None
+            d.callback(data)
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size >= HIGH_WATER and not self._paused:
+            self._paused = True
+            self._pause()
+
+    def end(self) -> None:
+        self._ended = True
+        if self._waiter is not None and not self._chunks:
+            d, self._waiter = self._waiter, None
+            d.callback(b"")
+
+    @property
+    def ended(self) -> bool:
+        return self._ended and not self._chunks
+
+    def next(self) -> defer.Deferred:
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            self._size = 0
+            if self._paused:
+                self._paused = False
+                self._resume()
+            return defer.succeed(data)
+        if self._ended:
+            return defer.succeed(b"")
+        if self._waiter is not None:
+            return defer.fail(AgentError("this output stream already has a reader", "EBUSY"))
+        self._waiter = defer.Deferred()
+        return self._waiter
+
+
+class StdinSink:
+    """Writes to a child's stdin with back-pressure (``write`` waits while the pipe is full)."""
+
+    def __init__(self, agent: "AgentProcess") -> None:
+        self.agent = agent
+        self.paused = False
+        self._waiters: list[defer.Deferred] = []
+        self.closed = False
+
+    # IPushProducer, registered on the child's stdin writer
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self.closed = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(AgentError("the program closed its input", "EPIPE"))
+
+    def write(self, data: bytes) -> defer.Deferred:
+        if self.closed or self.agent.transport is None or self.agent.state in ENDED:
+            return defer.fail(AgentError("the program no longer reads its input", "EPIPE"))
+        self.agent.transport.writeToChild(0, data)
+        if not self.paused:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def finish(self) -> defer.Deferred:
+        if not self.closed and self.agent.transport is not None:
+            self.closed = True
+            try:
+                self.agent.transport.closeStdin()
+            except Exception:
+                pass
+        return defer.succeed({"bytes": self.agent.stdin_bytes})
+
+    def abort(self) -> None:
+        self.finish()
+
+
+class AgentProcess(protocol.ProcessProtocol):
+    """One running program."""
+
+    def __init__(self, manager: "AgentManager", agent_id: str, spec: AgentSpec, argv: list[str]) -> None:
+        self.manager = manager
+        self.id = agent_id
+        self.spec = spec
+        self.argv = argv
+        self.state = RUNNING
+        self.pid: int | None = None
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.reason = ""
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self.stdin_bytes = 0
+        self.stdout = OutputStream(lambda: self._pause_fd(1), lambda: self._resume_fd(1))
+        self.stderr = OutputStream(lambda: self._pause_fd(2), lambda: self._resume_fd(2))
+        self.stdin = StdinSink(self)
+        self.ended: defer.Deferred = defer.Deferred()
+        self._kill_timer: IDelayedCall | None = None
+        self._psutil: psutil.Process | None = None
+
+    # -- reading flow control ---------------------------------------------
+    def _reader(self, fd: int) -> Any:
+        pipes = getattr(self.transport, "pipes", {})
+        return pipes.get(fd)
+
+    def _pause_fd(self, fd: int) -> None:
+        reader = self._reader(fd)
+        if reader is not None:
+            reader.pauseProducing()
+
+    def _resume_fd(self, fd: int) -> None:
+        reader = self._reader(fd)
+        if reader is not None:
+            reader.resumeProducing()
+
+    # -- ProcessProtocol ----------------------------------------------------
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+        try:
+            self._psutil = psutil.Process(self.pid)
+        except psutil.Error:
+            self._psutil = None
+        writer = self._reader(0)
+        if writer is not None:
+            writer.registerProducer(self.stdin, True)
+        if not self.spec.stdin:
+            self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.stdout.feed(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr.feed(data)
+
+    def outConnectionLost(self) -> None:
+        self.stdout.end()
+
+    def errConnectionLost(self) -> None:
+        self.stderr.end()
+
+    def inConnectionLost(self) -> None:
+        self.stdin.stopProducing()
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._kill_timer is not None and self._kill_timer.active():
+            self._kill_timer.cancel()
+        self.stdout.end()
+        self.stderr.end()
+        value = reason.value
+        self.exit_code = getattr(value, "exitCode", None)
+        self.signal = getattr(value, "signal", None)
+        self.ended_at = time.time()
+        if self.state != FAILED:
+            self.state = KILLED if self.signal is not None else EXITED
+        self.manager._ended(self)
+        self.ended.callback(self)
+
+    # -- control ------------------------------------------------------------
+    def send_signal(self, name: str) -> None:
+        """Send SIG*name* (TERM, KILL, STOP, CONT, INT...) to the agent's whole process group.
+
+        Agents run in their own session (see :func:`session_argv`), so a shell
+        script's children are signalled too and cannot keep the agent's
+        pipes open after it was killed.
+        """
+        number = int(getattr(signal, "SIG" + name))
+        if self.pid is not None and self.manager.own_session:
+            try:
+                os.killpg(self.pid, number)
+                return
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.transport.signalProcess(number)
+        except error.ProcessExitedAlready:
+            pass
+
+    def info(self) -> dict[str, Any]:
+        """What the process table shows."""
+        cpu = rss = 0.0
+        if self._psutil is not None and self.state in (RUNNING, PAUSED):
+            try:
+                with self._psutil.oneshot():
+                    cpu = self._psutil.cpu_percent(interval=None)
+                    rss = self._psutil.memory_info().rss / 2**20
+            except psutil.Error:
+                pass
+        end = self.ended_at or time.time()
+        return {
+            "id": self.id,
+            "name": self.spec.name or os.path.basename(self.spec.program),
+            "program": self.spec.program,
+            "args": list(self.spec.args),
+            "runtime": self.manager.runtime_id,
+            "state": self.state,
+            "pid": self.pid,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "reason": self.reason,
+            "cpu_percent": round(cpu, 1),
+            "memory_mb": round(rss, 1),
+            "uptime": round(end - self.started_at, 3),
+            "restart": self.spec.restart,
+        }
+
+
+EventListener = Callable[[dict[str, Any]], Any]
+
+
+class AgentManager(service.Service):
+    """Spawns, tracks, signals and reaps this runtime's agents."""
+
+    name = "agents"
+
+    def __init__(
+        self,
+        reactor: Any,
+        runtime_id: str,
+        *,
+        memory_limit_mb: int = 0,
+        kill_grace: float = 5.0,
+        check_interval: float = 1.0,
+        clock: Any = None,
+        keep_ended: int = 200,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.runtime_id = runtime_id
+        self.memory_limit_mb = memory_limit_mb
+        self.kill_grace = kill_grace
+        self.check_interval = check_interval
+        self.keep_ended = keep_ended
+        self.agents: dict[str, AgentProcess] = {}
+        #: agents get their own process group (when util-linux setsid exists)
+        self.own_session = shutil.which("setsid") is not None
+        self._listeners: list[EventListener] = []
+        self._loop: task.LoopingCall | None = None
+
+    def on_event(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, agent: AgentProcess, event: str, **extra: Any) -> None:
+        body = {"event": event, **agent.info(), **extra}
+        for listener in list(self._listeners):
+            try:
+                listener(body)
+            except Exception:
+                log.failure("agent event listener failed")
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = task.LoopingCall(self.check_limits)
+        self._loop.clock = self.clock
+        self._loop.start(self.check_interval, now=False)
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        live = [a for a in self.agents.values() if a.state not in ENDED]
+        for agent in live:
+            self.kill(agent.id)
+        return defer.DeferredList([a.ended for a in live])
+
+    # -- lifecycle -----------------------------------------------------------
+    def new_id(self) -> str:
+        while True:
+            candidate = secrets.token_hex(4)
+            if candidate not in self.agents:
+                return candidate
+
+    def live_agents(self) -> list[AgentProcess]:
+        return [a for a in self.agents.values() if a.state in (RUNNING, PAUSED)]
+
+    def spawn(self, spec: AgentSpec, agent_id: str | None = None) -> AgentProcess:
+        """Start *spec*; raises ProgramError/AgentError with a plain reason."""
+        if spec.restart not in ("no", "on-failure"):
+            raise AgentError(f"unknown restart policy {spec.restart!r} (no, on-failure)", "EINVAL")
+        if spec.cwd is not None and not os.path.isdir(spec.cwd):
+            raise ProgramError(f"working directory {spec.cwd} does not exist on runtime {self.runtime_id}", "ENOENT")
+        env = dict(os.environ if spec.env is None else spec.env)
+        argv = resolve_argv(spec.program, spec.args, path=env.get("PATH"), cwd=spec.cwd)
+        agent = AgentProcess(self, agent_id or self.new_id(), spec, argv)
+        wrapped = session_argv(argv) if self.own_session else None
+        run = wrapped or argv
+        try:
+            self.reactor.spawnProcess(agent, run[0], run, env=env, path=spec.cwd, childFDs={0: "w", 1: "r", 2: "r"})
+        except OSError as e:
+            raise ProgramError(f"{spec.program}: {e.strerror or e}", "EACCES") from None
+        self.agents[agent.id] = agent
+        log.info("agent {id} started: {argv}", id=agent.id, argv=" ".join(argv))
+        self._emit(agent, "started")
+        return agent
+
+    def _ended(self, agent: AgentProcess) -> None:
+        how = f"signal {agent.signal}" if agent.signal is not None else f"status {agent.exit_code}"
+        log.info("agent {id} ended ({how}){reason}", id=agent.id, how=how, reason=f": {agent.reason}" if agent.reason else "")
+        self._emit(agent, "ended")
+        ended = [a for a in self.agents.values() if a.state in ENDED]
+        for old in ended[: max(0, len(ended) - self.keep_ended)]:
+            self.agents.pop(old.id, None)
+
+    def get(self, agent_id: str) -> AgentProcess:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            raise AgentError(f"no agent {agent_id!r} on runtime {self.runtime_id}")
+        return agent
+
+    def kill(self, agent_id: str, grace: float | None = None, reason: str = "") -> AgentProcess:
+        """SIGTERM now, SIGKILL after *grace* seconds if it is still there."""
+        agent = self.get(agent_id)
+        if agent.state in ENDED:
+            return agent
+        if reason:
+            agent.reason = reason
+        if agent.state == PAUSED:
+            agent.send_signal("CONT")  # a stopped process cannot act on SIGTERM
+        agent.send_signal("TERM")
+        grace = self.kill_grace if grace is None else grace
+        if agent._kill_timer is None:
+            agent._kill_timer = self.clock.callLater(grace, lambda: agent.state not in ENDED and agent.send_signal("KILL"))
+        return agent
+
+    def pause(self, agent_id: str) -> AgentProcess:
+        agent = self.get(agent_id)
+        if agent.state != RUNNING:
+            raise AgentError(f"agent {agent_id} is {agent.state}, not running", "EINVAL")
+        agent.send_signal("STOP")
+        agent.state = PAUSED
+        self._emit(agent, "paused")
+        return agent
+
+    def resume(self, agent_id: str) -> AgentProcess:
+        agent = self.get(agent_id)
+        if agent.state != PAUSED:
+            raise AgentError(f"agent {agent_id} is {agent.state}, not paused", "EINVAL")
+        agent.send_signal("CONT")
+        agent.state = RUNNING
+        self._emit(agent, "resumed")
+        return agent
+
+    def check_limits(self) -> None:
+        """Enforce per-agent and per-runtime memory limits, with a reason."""
+        total = 0.0
+        live = self.live_agents()
+        usage: list[tuple[float, AgentProcess]] = []
+        for agent in live:
+            mb = agent.info()["memory_mb"]
+            total += mb
+            usage.append((mb, agent))
+            if agent.spec.memory_limit_mb and mb > agent.spec.memory_limit_mb:
+                self.kill(agent.id, grace=0.5, reason=f"memory limit exceeded: {mb:.0f} MB > {agent.spec.memory_limit_mb} MB")
+                agent.state = FAILED
+        if self.memory_limit_mb and total > self.memory_limit_mb and usage:
+            mb, biggest = max(usage, key=lambda pair: pair[0])
+            if biggest.state not in ENDED:
+                self.kill(
+                    biggest.id, grace=0.5,
+                    reason=f"runtime memory limit exceeded: agents use {total:.0f} MB > {self.memory_limit_mb} MB; stopped the largest",
+                )
+                biggest.state = FAILED
