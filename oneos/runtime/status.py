@@ -36,6 +36,8 @@ class RuntimeStatus:
     memory_total_mb: float = 0.0
     rss_mb: float = 0.0
     agents: int = 0
+    #: memory the agents of this runtime use now (against memory_limit_mb)
+    agents_memory_mb: float = 0.0
     started_at: float = 0.0
     updated_at: float = 0.0
     #: seconds between refreshes, so any reader can judge staleness
@@ -84,6 +86,7 @@ class RuntimeStatus:
                 memory_total_mb=float(body.get("memory_total_mb", 0.0)),
                 rss_mb=float(body.get("rss_mb", 0.0)),
                 agents=int(body.get("agents", 0)),
+                agents_memory_mb=float(body.get("agents_memory_mb", 0.0)),
                 started_at=float(body.get("started_at", 0.0)),
                 updated_at=float(body.get("updated_at", 0.0)),
                 interval=float(body.get("interval", 2.0)),

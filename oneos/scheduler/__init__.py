@@ -1,0 +1,1 @@
+"""The scheduler: decides which runtime runs each agent."""
