@@ -2,22 +2,30 @@
 
 Both run as child processes on ephemeral loopback ports.  Start-up is
 awaited by condition (port file written / port accepting) with a deadline,
-never a fixed sleep.  The plain functions are reused by benchmarks.
+never a fixed sleep.  The plain functions (:func:`start_oneospsd`,
+:func:`start_mosquitto`) are reused by benchmarks outside pytest.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from oneos.twistd import twistd_command
+
+T = TypeVar("T")
+
+#: seconds a broker gets to come up before the test fails with its log
+START_DEADLINE = 30.0
 
 
 @dataclass
@@ -28,12 +36,18 @@ class BrokerProcess:
     host: str
     port: int
     log_path: Path
+    #: argv that starts the same broker again on the same port (for restart)
+    argv: list[str] = field(default_factory=list, repr=False)
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 30 s."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -42,89 +56,119 @@ class BrokerProcess:
                 self.process.kill()
                 self.process.wait()
 
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill it abruptly (clients see their TCP connections reset)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
 
-def _deadline_wait(what: str, check, deadline: float, proc: subprocess.Popen, log_path: Path):
+    def restart(self, deadline: float = START_DEADLINE) -> None:
+        """Stop it (if running) and start it again on the same port; returns once it accepts."""
+        self.stop()
+        self.process = _spawn(self.argv, self.log_path, append=True)
+        _wait_until(f"{self.argv[0]} (restart)", lambda: _accepts(self.host, self.port), deadline, self)
+
+
+def _spawn(argv: list[str], log_path: Path, append: bool = False) -> subprocess.Popen:
+    with open(log_path, "ab" if append else "wb") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+
+
+def _wait_until(what: str, check: Callable[[], T | None], deadline: float, broker: BrokerProcess) -> T:
+    """Poll *check* until it returns a truthy value; fail with the broker's log if it exits or time runs out."""
     end = time.monotonic() + deadline
-    while time.monotonic() < end:
+    while True:
         result = check()
         if result:
             return result
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"{what} did not come up in {deadline}s:\n{log_path.read_text(errors='replace')}")
+        if broker.process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {broker.process.returncode}:\n{broker.log()}")
+        if time.monotonic() > end:
+            broker.process.kill()
+            broker.process.wait()
+            raise RuntimeError(f"{what} did not come up within {deadline:g}s:\n{broker.log()}")
+        time.sleep(0.02)  # polling interval, not synchronisation
 
 
-def start_oneospsd(directory: Path, deadline: float = 30.0) -> BrokerProcess:
-    """``twistd -n oneospsd --port 0`` on 127.0.0.1; the port comes from --port-file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port_file = directory / "broker.port"
-    log_path = directory / "oneospsd.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        twistd_command("oneospsd", "--port", "0", "--interface", "127.0.0.1", "--port-file", str(port_file)),
-        stdout=log, stderr=subprocess.STDOUT, cwd=directory,
-    )
-    log.close()
-
-    def port():
-        try:
-            return int(port_file.read_text())
-        except (OSError, ValueError):
-            return None
-
-    return BrokerProcess(proc, "127.0.0.1", _deadline_wait("oneospsd", port, deadline, proc, log_path), log_path)
-
-
-def mosquitto_binary() -> str | None:
-    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
+def _accepts(host: str, port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        socket.create_connection((host, port), timeout=0.5).close()
         return True
     except OSError:
         return False
 
 
-def start_mosquitto(directory: Path, deadline: float = 30.0) -> BrokerProcess:
-    """Debian's Mosquitto on a free loopback port, anonymous, no persistence."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for programs that cannot take port 0)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def oneospsd_command(port: int, port_file: Path, interface: str = "127.0.0.1") -> list[str]:
+    """argv of a foreground ``twistd oneospsd`` with the current interpreter."""
+    return twistd_command("oneospsd", "--port", str(port), "--interface", interface, "--port-file", str(port_file))
+
+
+def start_oneospsd(directory: Path, deadline: float = START_DEADLINE) -> BrokerProcess:
+    """``twistd -n oneospsd --port 0`` on 127.0.0.1; the real port comes from ``--port-file``.
+
+    *directory* holds the port file and ``oneospsd.log``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    port_file = directory / "broker.port"
+    port_file.unlink(missing_ok=True)
+    log_path = directory / "oneospsd.log"
+    broker = BrokerProcess(_spawn(oneospsd_command(0, port_file), log_path), "127.0.0.1", 0, log_path)
+
+    def written_port() -> int | None:
+        try:
+            return int(port_file.read_text())  # written atomically (rename) once listening
+        except (OSError, ValueError):
+            return None
+
+    broker.port = _wait_until("oneospsd", written_port, deadline, broker)
+    broker.argv = oneospsd_command(broker.port, port_file)
+    return broker
+
+
+def mosquitto_binary() -> str | None:
+    """Path of Debian's ``mosquitto`` (it lives in /usr/sbin, often not on a user's PATH)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+
+
+def start_mosquitto(directory: Path, deadline: float = START_DEADLINE) -> BrokerProcess:
+    """Mosquitto on a free loopback port: anonymous, no persistence, config under *directory*."""
     binary = mosquitto_binary()
     if binary is None:
         raise FileNotFoundError("mosquitto is not installed (Debian package 'mosquitto')")
     directory.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     conf = directory / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     log_path = directory / "mosquitto.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, cwd=directory)
-    log.close()
-    _deadline_wait("mosquitto", lambda: _accepts(port), deadline, proc, log_path)
-    return BrokerProcess(proc, "127.0.0.1", port, log_path)
+    argv = [binary, "-c", str(conf)]
+    broker = BrokerProcess(_spawn(argv, log_path), "127.0.0.1", port, log_path, argv)
+    _wait_until("mosquitto", lambda: _accepts(broker.host, port), deadline, broker)
+    return broker
 
 
 @pytest.fixture
-def amqtt_broker(tmp_path):
-    """Our broker (``twistd oneospsd``, amqtt) as a real process on an ephemeral port."""
+def amqtt_broker(tmp_path: Path) -> Any:
+    """Our broker (``twistd oneospsd``, amqtt) as a real process on an ephemeral loopback port."""
     broker = start_oneospsd(tmp_path / "oneospsd")
     yield broker
     broker.stop()
 
 
 @pytest.fixture
-def mosquitto_broker(tmp_path):
-    """Mosquitto as a real process on a free port; skipped if not installed."""
+def mosquitto_broker(tmp_path: Path) -> Any:
+    """Mosquitto as a real process on a free loopback port; skipped if it is not installed."""
     if mosquitto_binary() is None:
-        pytest.skip("mosquitto not installed (apt-get install mosquitto); .ci/run installs it")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     broker = start_mosquitto(tmp_path / "mosquitto")
     yield broker
     broker.stop()

@@ -30,9 +30,15 @@ def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: 
             os.replace(tmp, port_file)
 
     def failed(failure: Any) -> None:
-        log.critical("oneospsd: {error}", error=failure.getErrorMessage())
+        # the service already logged why; only say that we give up
+        log.critical("oneospsd: exiting because the broker cannot listen")
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         reactor.stop()
 
+    def forget_port_file() -> None:
+        if port_file:
+            Path(port_file).unlink(missing_ok=True)
+
     reactor.callWhenRunning(lambda: broker.whenListening().addCallbacks(listening, failed))
+    reactor.addSystemEventTrigger("after", "shutdown", forget_port_file)
     return broker

@@ -1,14 +1,13 @@
 """twistd plugin ``oneospsd``: the OneOS publish/subscribe broker.
 
 Only parses options and builds the service; the broker binds when twistd
-starts it.
+starts it.  This directory has no ``__init__.py`` on purpose: Twisted finds
+plugin files in every ``twisted/plugins`` directory on ``sys.path``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IService, IServiceMaker
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
@@ -16,8 +15,9 @@ from zope.interface import implementer
 
 class Options(usage.Options):
     longdesc = (
-        "Run the MQTT 3.1.1 broker OneOS runtimes meet on (amqtt). It listens on "
-        "all interfaces by default because other machines must reach it; any "
+        "Run the MQTT 3.1.1 broker (amqtt) that OneOS runtimes meet on: anonymous "
+        "clients, retained messages and last wills kept in memory only. It listens "
+        "on all interfaces by default because other machines must reach it; any "
         "standard MQTT broker (Mosquitto, EMQX) can be used instead."
     )
     optParameters = [
@@ -36,23 +36,21 @@ class Options(usage.Options):
 @implementer(IServiceMaker, IPlugin)
 class BrokerMaker:
     tapname = "oneospsd"
-    description = "OneOS pubsub broker: the MQTT 3.1.1 broker (amqtt) that runtimes meet on"
+    description = "OneOS pubsub broker: an MQTT 3.1.1 broker (amqtt) for OneOS runtimes to meet on"
     options = Options
 
-    def makeService(self, options: Options) -> Any:
+    def makeService(self, options: Options) -> IService:
+        # The asyncio reactor must be chosen before anything imports the reactor.
         from oneos.errors import OneOSError, describe
         from oneos.reactor import install_asyncio_reactor
 
         try:
             install_asyncio_reactor()
-        except OneOSError as e:
-            raise SystemExit(f"oneospsd: {describe(e)}")
-        from oneos.broker.app import build_broker
+            from oneos.broker.app import build_broker
 
-        try:
             return build_broker(options["interface"], options["port"], options["websocket-port"], options["port-file"])
         except OneOSError as e:
-            raise SystemExit(f"oneospsd: {describe(e)}")
+            raise SystemExit(f"oneospsd: {describe(e)}") from None
 
 
 oneospsd = BrokerMaker()
