@@ -1,0 +1,15 @@
+"""The OneOS file system's storage layer: one file tree shared by all runtimes.
+
+- :mod:`oneos.fs.paths` - pure path rules (normalising, names, globs);
+- :mod:`oneos.fs.errors` - typed errors with POSIX codes, rebuildable across RPC;
+- :mod:`oneos.fs.store` - the :class:`~oneos.fs.store.FileStore` interface,
+  streaming readers/writers and :func:`~oneos.fs.store.open_store`;
+- :mod:`oneos.fs.sqlite_store` and :mod:`oneos.fs.mongo_store` - the backends;
+- :mod:`oneos.fs.reset` - the standard tree and ``oneos reset-fs``.
+
+See docs/filesystem.md.
+"""
+
+from oneos.fs.store import CHUNK_SIZE, ChunkReader, FileStore, Stat, Writer, open_store
+
+__all__ = ["CHUNK_SIZE", "ChunkReader", "FileStore", "Stat", "Writer", "open_store"]

@@ -1,0 +1,589 @@
+"""The SQLite backend: the embedded default store of a one-machine OneOS.
+
+SQLite is synchronous and allows one writer at a time, so the store owns one
+connection used from one dedicated worker thread: every operation is a
+function shipped to that thread (``deferToThreadPool``), the reactor never
+blocks, and operations are naturally serialised.  The database runs in WAL
+mode so other processes (``oneos reset-fs``, a second runtime on the same
+machine) can read while one writes.
+
+Schema (format 1)::
+
+    meta(key, value)                        chunk size, format version
+    inodes(id, parent, name, kind, size, mode, owner, ctime, mtime, segments)
+                                            UNIQUE(parent, name); root is id 1
+    chunks(content, n, data)                PRIMARY KEY(content, n)
+    uploads(content, touched, path)         pending (uncommitted) content ids
+
+A write inserts its chunks under a fresh content id registered in
+``uploads`` (each chunk in its own short transaction, so a large write does
+not hold the write lock); ``commit`` is one transaction that swaps the
+file's segment list, deletes the chunks it released and the ``uploads`` row.
+A crash before that commit leaves only a pending upload, which
+:meth:`SQLiteStore.collect_garbage` removes once stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from oneos.fs import paths
+from oneos.fs.errors import (
+    AlreadyExists,
+    DirectoryNotEmpty,
+    FileChanged,
+    FSError,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    OperationNotPermitted,
+    StoreUnavailable,
+)
+from oneos.fs.store import (
+    CHUNK_SIZE,
+    DEFAULT_OWNER,
+    DIR_PERM,
+    STALE_UPLOAD,
+    BaseStore,
+    CommitPlan,
+    Segment,
+    Stat,
+    StoreURL,
+    commit_segments,
+    contents_of,
+    deferred_method,
+)
+
+log = Logger()
+
+T = TypeVar("T")
+
+FORMAT = 1
+ROOT_ID = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inodes (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('file', 'dir')),
+    size INTEGER NOT NULL DEFAULT 0,
+    mode INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    ctime REAL NOT NULL,
+    mtime REAL NOT NULL,
+    segments TEXT NOT NULL DEFAULT '[]',
+    UNIQUE (parent, name)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    content INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (content, n)
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    content INTEGER PRIMARY KEY AUTOINCREMENT,
+    touched REAL NOT NULL,
+    path TEXT NOT NULL
+);
+"""
+
+_COLUMNS = "id, parent, name, kind, size, mode, owner, ctime, mtime, segments"
+
+
+def _segments(row: sqlite3.Row | None) -> tuple[Segment, ...]:
+    if row is None:
+        return ()
+    return tuple(Segment(c, o, n) for c, o, n in json.loads(row["segments"]))
+
+
+def _dump_segments(segments: Iterable[Segment]) -> str:
+    return json.dumps([[s.content, s.offset, s.length] for s in segments], separators=(",", ":"))
+
+
+def _stat(row: sqlite3.Row, path: str) -> Stat:
+    return Stat(
+        path=path,
+        kind=row["kind"],
+        size=row["size"],
+        mode=row["mode"],
+        owner=row["owner"],
+        ctime=row["ctime"],
+        mtime=row["mtime"],
+    )
+
+
+class SQLiteStore(BaseStore):
+    """A :class:`~oneos.fs.store.FileStore` in one SQLite database file."""
+
+    def __init__(self, url: str, target: str, reactor: Any, clock: Any) -> None:
+        self.url = url
+        self.target = target
+        self.reactor = reactor
+        self.clock = clock
+        self.chunk_size = CHUNK_SIZE
+        self._conn: sqlite3.Connection | None = None
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"oneos-fs-sqlite:{target}")
+        self._shutdown_trigger: Any = None
+        self._closed = False
+
+    # -- opening and closing ---------------------------------------------------
+
+    @classmethod
+    def open(cls, parsed: StoreURL, reactor: Any, *, chunk_size: int | None = None, clock: Any = None) -> Deferred[SQLiteStore]:
+        store = cls(parsed.url, parsed.target, reactor, clock or reactor)
+        store._pool.start()
+        store._shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", store._stop_pool)
+
+        def failed(failure: Any) -> Any:
+            store._stop_pool()
+            return failure
+
+        d = store._run(store._open_sync, chunk_size, store._now())
+        d.addCallback(lambda size: setattr(store, "chunk_size", size) or store)
+        d.addErrback(failed)
+        return d
+
+    def _open_sync(self, chunk_size: int | None, now: float) -> int:
+        try:
+            if self.target != ":memory:":
+                os.makedirs(os.path.dirname(self.target) or "/", exist_ok=True)
+            conn = sqlite3.connect(self.target, isolation_level=None, check_same_thread=False, timeout=30.0)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreUnavailable(f"sqlite database {self.target}", str(e)) from None
+        conn.row_factory = sqlite3.Row
+        self._conn = conn
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(_SCHEMA)  # idempotent; executescript must run outside a transaction
+
+        def setup(c: sqlite3.Connection) -> int:
+            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (str(FORMAT),))
+            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('chunk_size', ?)", (str(chunk_size or CHUNK_SIZE),))
+            c.execute(
+                "INSERT OR IGNORE INTO inodes(id, parent, name, kind, mode, owner, ctime, mtime) VALUES (?, NULL, '', 'dir', ?, ?, ?, ?)",
+                (ROOT_ID, DIR_PERM, DEFAULT_OWNER, now, now),
+            )
+            fmt = int(c.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0])
+            if fmt != FORMAT:
+                raise StoreUnavailable(f"sqlite database {self.target}", f"unknown store format {fmt}")
+            return int(c.execute("SELECT value FROM meta WHERE key = 'chunk_size'").fetchone()[0])
+
+        size = self._tx_sync(setup)
+        log.info("opened file store {url} (chunk size {size})", url=self.url, size=size)
+        return size
+
+    def _stop_pool(self) -> None:
+        if self._pool.started:
+            self._pool.stop()
+
+    @deferred_method
+    async def close(self) -> None:
+        """Close the database and stop the worker thread."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def close_sync() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        try:
+            await deferToThreadPool(self.reactor, self._pool, close_sync)
+        finally:
+            if self._shutdown_trigger is not None:
+                self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
+                self._shutdown_trigger = None
+            self._stop_pool()
+
+    # -- running work on the database thread -------------------------------------
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run ``fn(*args)`` on the database thread, translating SQLite failures."""
+        if self._closed:
+            return Deferred.fromCoroutine(self._raise_closed())
+
+        def guarded() -> T:
+            try:
+                return fn(*args)
+            except FSError:
+                raise
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"sqlite database {self.target}", str(e)) from None
+
+        return deferToThreadPool(self.reactor, self._pool, guarded)
+
+    async def _raise_closed(self) -> Any:
+        raise StoreUnavailable(f"sqlite database {self.target}", "the store is closed")
+
+    def _tx_sync(self, fn: Callable[..., T], *args: Any, write: bool = True) -> T:
+        """``fn(conn, *args)`` inside one transaction (IMMEDIATE when it writes)."""
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable(f"sqlite database {self.target}", "the store is closed")
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = fn(conn, *args)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _tx(self, fn: Callable[..., T], *args: Any, write: bool = True) -> Deferred[T]:
+        return self._run(lambda: self._tx_sync(fn, *args, write=write))
+
+    def _now(self) -> float:
+        return float(self.clock.seconds())
+
+    # -- tree helpers (database thread) ----------------------------------------
+
+    @staticmethod
+    def _child(c: sqlite3.Connection, parent: int, name: str) -> sqlite3.Row | None:
+        return c.execute(f"SELECT {_COLUMNS} FROM inodes WHERE parent = ? AND name = ?", (parent, name)).fetchone()
+
+    @staticmethod
+    def _root(c: sqlite3.Connection) -> sqlite3.Row:
+        return c.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (ROOT_ID,)).fetchone()
+
+    def _resolve(self, c: sqlite3.Connection, path: str) -> sqlite3.Row:
+        row = self._root(c)
+        for name in paths.parts(path):
+            if row["kind"] != "dir":
+                raise NotADirectory(path)
+            child = self._child(c, row["id"], name)
+            if child is None:
+                raise NotFound(path)
+            row = child
+        return row
+
+    def _resolve_dir(self, c: sqlite3.Connection, path: str, for_path: str) -> sqlite3.Row:
+        """The directory *path*, reported against *for_path* when missing."""
+        try:
+            row = self._resolve(c, path)
+        except NotFound:
+            raise NotFound(for_path) from None
+        except NotADirectory:
+            raise NotADirectory(for_path) from None
+        if row["kind"] != "dir":
+            raise NotADirectory(for_path)
+        return row
+
+    @staticmethod
+    def _touch_dir(c: sqlite3.Connection, inode: int, now: float) -> None:
+        c.execute("UPDATE inodes SET mtime = ? WHERE id = ?", (now, inode))
+
+    @staticmethod
+    def _delete_contents(c: sqlite3.Connection, contents: Iterable[Any]) -> None:
+        c.executemany("DELETE FROM chunks WHERE content = ?", [(x,) for x in contents])
+
+    def _subtree(self, c: sqlite3.Connection, inode: int) -> list[sqlite3.Row]:
+        return c.execute(
+            """WITH RECURSIVE sub(id) AS (SELECT ? UNION ALL SELECT i.id FROM inodes i JOIN sub ON i.parent = sub.id)
+               SELECT i.id, i.segments FROM inodes i JOIN sub ON i.id = sub.id""",
+            (inode,),
+        ).fetchall()
+
+    def _delete_tree(self, c: sqlite3.Connection, inode: int) -> None:
+        rows = self._subtree(c, inode)
+        released: set[Any] = set()
+        for row in rows:
+            released |= contents_of(_segments(row))
+        self._delete_contents(c, released)
+        c.executemany("DELETE FROM inodes WHERE id = ?", [(row["id"],) for row in rows])
+
+    # -- metadata operations -----------------------------------------------------
+
+    @deferred_method
+    async def stat(self, path: str) -> Stat:
+        path = paths.normalise(path)
+        return await self._tx(lambda c: _stat(self._resolve(c, path), path), write=False)
+
+    @deferred_method
+    async def scandir(self, path: str) -> list[Stat]:
+        """Stats of a directory's entries, sorted by name."""
+        path = paths.normalise(path)
+
+        def scan(c: sqlite3.Connection) -> list[Stat]:
+            row = self._resolve(c, path)
+            if row["kind"] != "dir":
+                raise NotADirectory(path)
+            children = c.execute(f"SELECT {_COLUMNS} FROM inodes WHERE parent = ? ORDER BY name", (row["id"],))
+            return [_stat(child, paths.join(path, child["name"])) for child in children]
+
+        return await self._tx(scan, write=False)
+
+    @deferred_method
+    async def mkdir(
+        self, path: str, *, parents: bool = False, exist_ok: bool = False, owner: str = DEFAULT_OWNER, perm: int = DIR_PERM
+    ) -> Stat:
+        """Create a directory (and missing parents if *parents*, like ``mkdir -p``)."""
+        path = paths.normalise(path)
+        now = self._now()
+
+        def make(c: sqlite3.Connection) -> Stat:
+            row = self._root(c)
+            components = paths.parts(path)
+            if not components:
+                if parents or exist_ok:
+                    return _stat(row, path)
+                raise AlreadyExists(path)
+            for i, name in enumerate(components):
+                last = i == len(components) - 1
+                child = self._child(c, row["id"], name)
+                if child is None:
+                    if not (last or parents):
+                        raise NotFound(path)
+                    c.execute(
+                        "INSERT INTO inodes(parent, name, kind, mode, owner, ctime, mtime) VALUES (?, ?, 'dir', ?, ?, ?, ?)",
+                        (row["id"], name, perm, owner, now, now),
+                    )
+                    self._touch_dir(c, row["id"], now)
+                    child = self._child(c, row["id"], name)
+                elif child["kind"] != "dir":
+                    raise (AlreadyExists(path) if last else NotADirectory(path))
+                elif last and not (exist_ok or parents):
+                    raise AlreadyExists(path)
+                row = child
+            return _stat(row, path)
+
+        return await self._tx(make)
+
+    @deferred_method
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file or an empty directory; a whole tree if *recursive*. Atomic."""
+        path = paths.normalise(path)
+        if path == paths.ROOT:
+            raise OperationNotPermitted(path, "the root directory cannot be removed")
+        now = self._now()
+
+        def rm(c: sqlite3.Connection) -> None:
+            row = self._resolve(c, path)
+            if row["kind"] == "dir" and not recursive:
+                if c.execute("SELECT 1 FROM inodes WHERE parent = ? LIMIT 1", (row["id"],)).fetchone():
+                    raise DirectoryNotEmpty(path)
+            self._delete_tree(c, row["id"])
+            self._touch_dir(c, row["parent"], now)
+
+        await self._tx(rm)
+
+    @deferred_method
+    async def rename(self, src: str, dst: str) -> Stat:
+        """POSIX rename in one transaction: replaces a file, or an empty directory, at *dst*."""
+        src = paths.normalise(src)
+        dst = paths.normalise(dst)
+        if paths.ROOT in (src, dst):
+            raise OperationNotPermitted(paths.ROOT, "the root directory cannot be moved or replaced")
+        now = self._now()
+
+        def mv(c: sqlite3.Connection) -> Stat:
+            row = self._resolve(c, src)
+            if row["kind"] == "dir" and src != dst and paths.is_within(dst, src):
+                raise InvalidArgument(dst, f"cannot move {src} into itself")
+            dparent_path, dname = paths.split(dst)
+            dparent = self._resolve_dir(c, dparent_path, dst)
+            if src == dst:
+                return _stat(row, dst)
+            target = self._child(c, dparent["id"], dname)
+            if target is not None:
+                if row["kind"] == "file" and target["kind"] == "dir":
+                    raise IsADirectory(dst)
+                if row["kind"] == "dir" and target["kind"] == "file":
+                    raise NotADirectory(dst)
+                if target["kind"] == "dir" and c.execute("SELECT 1 FROM inodes WHERE parent = ? LIMIT 1", (target["id"],)).fetchone():
+                    raise DirectoryNotEmpty(dst)
+                self._delete_tree(c, target["id"])
+            c.execute("UPDATE inodes SET parent = ?, name = ? WHERE id = ?", (dparent["id"], dname, row["id"]))
+            self._touch_dir(c, row["parent"], now)
+            self._touch_dir(c, dparent["id"], now)
+            return _stat(c.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (row["id"],)).fetchone(), dst)
+
+        return await self._tx(mv)
+
+    # -- content primitives --------------------------------------------------------
+
+    def _node(self, path: str) -> Deferred[tuple[Stat, tuple[Segment, ...]]]:
+        def node(c: sqlite3.Connection) -> tuple[Stat, tuple[Segment, ...]]:
+            row = self._resolve(c, path)
+            return _stat(row, path), _segments(row)
+
+        return self._tx(node, write=False)
+
+    def _prepare_write(self, path: str) -> Deferred[tuple[Stat | None, tuple[Segment, ...]]]:
+        def prepare(c: sqlite3.Connection) -> tuple[Stat | None, tuple[Segment, ...]]:
+            parent_path, name = paths.split(path)
+            parent = self._resolve_dir(c, parent_path, path)
+            row = self._child(c, parent["id"], name)
+            if row is None:
+                return None, ()
+            if row["kind"] == "dir":
+                raise IsADirectory(path)
+            return _stat(row, path), _segments(row)
+
+        return self._tx(prepare, write=False)
+
+    def _load_chunks(self, path: str, content: Any, first: int, last: int) -> Deferred[list[bytes]]:
+        def load() -> list[bytes]:
+            assert self._conn is not None
+            rows = self._conn.execute(
+                "SELECT n, data FROM chunks WHERE content = ? AND n BETWEEN ? AND ? ORDER BY n", (content, first, last)
+            ).fetchall()
+            if [r[0] for r in rows] != list(range(first, last + 1)):
+                raise FileChanged(path)
+            return [r[1] for r in rows]
+
+        return self._run(load)
+
+    def _begin_upload_sync(self, c: sqlite3.Connection, path: str, now: float) -> int:
+        cursor = c.execute("INSERT INTO uploads(touched, path) VALUES (?, ?)", (now, path))
+        return int(cursor.lastrowid or 0)
+
+    def _begin_upload(self, path: str) -> Deferred[Any]:
+        now = self._now()
+        return self._tx(self._begin_upload_sync, path, now)
+
+    def _put_chunk(self, content: Any, n: int, data: bytes) -> Deferred[None]:
+        def put() -> None:
+            assert self._conn is not None
+            self._conn.execute("INSERT INTO chunks(content, n, data) VALUES (?, ?, ?)", (content, n, data))
+
+        return self._run(put)
+
+    def _touch_upload(self, content: Any) -> Deferred[None]:
+        now = self._now()
+
+        def touch() -> None:
+            assert self._conn is not None
+            self._conn.execute("UPDATE uploads SET touched = ? WHERE content = ?", (now, content))
+
+        return self._run(touch)
+
+    def _commit_sync(self, c: sqlite3.Connection, plan: CommitPlan, now: float) -> Stat:
+        if c.execute("SELECT 1 FROM uploads WHERE content = ?", (plan.content,)).fetchone() is None:
+            raise FSError(plan.path, "the pending write was discarded (stale) before its commit")
+        parent_path, name = paths.split(plan.path)
+        parent = self._resolve_dir(c, parent_path, plan.path)
+        row = self._child(c, parent["id"], name)
+        if row is not None and row["kind"] == "dir":
+            raise IsADirectory(plan.path)
+        current = _segments(row) if row is not None else None
+        new = commit_segments(current, plan)
+        size = sum(s.length for s in new)
+        released = contents_of(current or ()) - contents_of(new)
+        if plan.content not in contents_of(new):
+            released.add(plan.content)
+        if row is None:
+            c.execute(
+                "INSERT INTO inodes(parent, name, kind, size, mode, owner, ctime, mtime, segments) VALUES (?, ?, 'file', ?, ?, ?, ?, ?, ?)",
+                (parent["id"], name, size, plan.perm, plan.owner, now, now, _dump_segments(new)),
+            )
+            self._touch_dir(c, parent["id"], now)
+        else:
+            c.execute(
+                "UPDATE inodes SET size = ?, mtime = ?, segments = ? WHERE id = ?",
+                (size, now, _dump_segments(new), row["id"]),
+            )
+        self._delete_contents(c, released)
+        c.execute("DELETE FROM uploads WHERE content = ?", (plan.content,))
+        return _stat(self._child(c, parent["id"], name), plan.path)  # type: ignore[arg-type]
+
+    def _commit_upload(self, plan: CommitPlan) -> Deferred[Stat]:
+        return self._tx(self._commit_sync, plan, self._now())
+
+    def _commit_small(self, plan: CommitPlan, data: bytes) -> Deferred[Stat]:
+        """A write that fits one chunk is one transaction: no pending state at all."""
+        now = self._now()
+
+        def small(c: sqlite3.Connection) -> Stat:
+            content = self._begin_upload_sync(c, plan.path, now)
+            if data:
+                c.execute("INSERT INTO chunks(content, n, data) VALUES (?, 0, ?)", (content, data))
+            return self._commit_sync(c, replace(plan, content=content), now)
+
+        return self._tx(small)
+
+    def _abort_upload(self, content: Any) -> Deferred[None]:
+        def abort(c: sqlite3.Connection) -> None:
+            # only while still pending: after a commit the chunks are live
+            if c.execute("DELETE FROM uploads WHERE content = ?", (content,)).rowcount:
+                self._delete_contents(c, [content])
+
+        return self._tx(abort)
+
+    # -- maintenance -----------------------------------------------------------------
+
+    @deferred_method
+    async def usage(self) -> dict[str, int]:
+        """Counts for ``df``-like reports and tests: files, dirs, bytes, chunks, pending uploads."""
+
+        def count(c: sqlite3.Connection) -> dict[str, int]:
+            files, size = c.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM inodes WHERE kind = 'file'").fetchone()
+            dirs = c.execute("SELECT COUNT(*) FROM inodes WHERE kind = 'dir'").fetchone()[0]
+            chunks, stored = c.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM chunks").fetchone()
+            pending = c.execute("SELECT COUNT(*) FROM uploads").fetchone()[0]
+            return {"files": files, "dirs": dirs, "bytes": size, "chunks": chunks, "stored_bytes": stored, "pending_uploads": pending}
+
+        return await self._tx(count, write=False)
+
+    @deferred_method
+    async def collect_garbage(self, stale_after: float = STALE_UPLOAD, *, full: bool = False) -> int:
+        """Remove pending uploads untouched for *stale_after* seconds.
+
+        With *full*, also sweep for chunks no file or upload refers to (none
+        should exist: commits and removals are transactions).  Returns how
+        many content ids were removed.
+        """
+        cutoff = self._now() - stale_after
+
+        def collect(c: sqlite3.Connection) -> int:
+            stale = [r[0] for r in c.execute("SELECT content FROM uploads WHERE touched <= ?", (cutoff,))]
+            self._delete_contents(c, stale)
+            c.executemany("DELETE FROM uploads WHERE content = ?", [(x,) for x in stale])
+            if not full:
+                return len(stale)
+            orphans = [
+                r[0]
+                for r in c.execute(
+                    """SELECT DISTINCT content FROM chunks
+                       WHERE content NOT IN (SELECT content FROM uploads)
+                         AND content NOT IN (SELECT json_extract(s.value, '$[0]') FROM inodes, json_each(inodes.segments) AS s)"""
+                )
+            ]
+            self._delete_contents(c, orphans)
+            return len(stale) + len(orphans)
+
+        removed = await self._tx(collect)
+        if removed:
+            log.info("file store {url}: collected {n} unreferenced content set(s)", url=self.url, n=removed)
+        return removed
+
+    @deferred_method
+    async def wipe(self) -> None:
+        """Delete every file and directory (the root stays); for ``reset-fs --force``."""
+        now = self._now()
+
+        def wipe(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM chunks")
+            c.execute("DELETE FROM uploads")
+            c.execute("DELETE FROM inodes WHERE id != ?", (ROOT_ID,))
+            c.execute("UPDATE inodes SET mtime = ?, ctime = ?, mode = ?, owner = ? WHERE id = ?", (now, now, DIR_PERM, DEFAULT_OWNER, ROOT_ID))
+
+        await self._tx(wipe)
+        log.info("file store {url} wiped", url=self.url)
+
+
+__all__ = ["SQLiteStore"]
