@@ -40,6 +40,8 @@ HEADER = struct.Struct("!cI")
 #: Largest frame accepted; senders cut data into frames of at most this.
 MAX_FRAME = 1024 * 1024
 TOKEN_BYTES = 16
+#: Bytes taken from the socket per read (Twisted's default is 64 KiB).
+READ_SIZE = 256 * 1024
 
 
 class TransferError(OneOSError):
@@ -229,6 +231,10 @@ class _ServerConnection(Protocol):
         self.receiver: _Receiver | None = None
         self.offer: Offer | None = None
 
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
+        self.transport.bufferSize = READ_SIZE
+
     def dataReceived(self, data: bytes) -> None:
         if self.offer is None:
             self.buffer += data
@@ -286,6 +292,16 @@ class _ServerConnection(Protocol):
             self.receiver.lost()
 
 
+class StreamFactory(Factory):
+    """Builds server connections (named, as twistd logs 'StreamFactory starting on PORT')."""
+
+    noisy = False
+    server: "TransferServer"
+
+    def buildProtocol(self, addr: Any) -> _ServerConnection:
+        return _ServerConnection(self.server)
+
+
 class TransferServer(service.Service):
     """Listens on an endpoint and serves registered one-time streams."""
 
@@ -310,8 +326,8 @@ class TransferServer(service.Service):
     @defer.inlineCallbacks
     def listen(self) -> Any:
         """Start listening; fires with (host, port)."""
-        factory = Factory.forProtocol(lambda: _ServerConnection(self))
-        factory.noisy = False
+        factory = StreamFactory()
+        factory.server = self
         self.port = yield serverFromString(self.reactor, self.endpoint).listen(factory)
         return self.address
 
@@ -361,6 +377,8 @@ class _ClientConnection(Protocol):
         self.sent_all = False
 
     def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
+        self.transport.bufferSize = READ_SIZE
         self.transport.write(self.token.encode() + b"\n")
         if self.source is not None:
             _Pump(self.transport, self.source, self._sent)

@@ -106,3 +106,55 @@ def runtimes(tmp_path):
             rt.stop()
         except Exception:
             rt.kill()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedRuntime:
+    """A one-machine OneOS (runtime + its own broker) on a free loopback port."""
+
+    def __init__(self, root: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.home = root / "embedded"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.home / "runtime.log"
+        self._log = open(self.log_path, "wb")
+        env = dict(os.environ, ONEOS_HOME=str(self.home), PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(twistd("oneosd", "--id", "solo", "--pubsub", self.url, *extra),
+                                        stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.home)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def oneos(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+        return oneos(args[0], "--pubsub", self.url, *args[1:], **kw)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self._log.close()
+
+
+@pytest.fixture
+def embedded_runtime(tmp_path):
+    """Start ``twistd oneosd`` with the embedded broker; waits until it leads the kernel."""
+    started: list[EmbeddedRuntime] = []
+
+    def start(*extra: str, wait: bool = True) -> EmbeddedRuntime:
+        rt = EmbeddedRuntime(tmp_path / f"e{len(started)}", *extra)
+        started.append(rt)
+        if wait:
+            wait_for("the runtime to lead", lambda: "now leads the kernel" in rt.log(), logs=rt.log)
+        return rt
+
+    yield start
+    for rt in started:
+        rt.stop()

@@ -21,6 +21,16 @@ def within(d, what, seconds=30.0):
 
 
 @defer.inlineCallbacks
+def eventually(check, what, seconds=10.0):
+    """Poll *check* on the reactor until true; signals reach other processes asynchronously."""
+    end = reactor.seconds() + seconds
+    while not check():
+        if reactor.seconds() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield task.deferLater(reactor, 0.02, lambda: None)
+
+
+@defer.inlineCallbacks
 def read_all(stream):
     out = []
     while True:
@@ -91,12 +101,12 @@ class ManagerTests(unittest.TestCase):
         agent = self.manager.spawn(AgentSpec("sleep", ["60"]))
         self.manager.pause(agent.id)
         self.assertEqual(agent.state, PAUSED)
-        self.assertEqual(psutil.Process(agent.pid).status(), psutil.STATUS_STOPPED)
+        yield eventually(lambda: psutil.Process(agent.pid).status() == psutil.STATUS_STOPPED, "SIGSTOP to take effect")
         with self.assertRaises(AgentError):
             self.manager.pause(agent.id)
         self.manager.resume(agent.id)
         self.assertEqual(agent.state, RUNNING)
-        self.assertNotEqual(psutil.Process(agent.pid).status(), psutil.STATUS_STOPPED)
+        yield eventually(lambda: psutil.Process(agent.pid).status() != psutil.STATUS_STOPPED, "SIGCONT to take effect")
         self.manager.kill(agent.id)
         yield within(agent.ended, "sleep to die")
         self.assertEqual((agent.state, agent.signal), (KILLED, 15))

@@ -14,6 +14,13 @@ from oneos.pubsub.client import PubSubClient, parse_broker_url
 from oneos.pubsub.rpc import RPCClient, RPCServer
 
 
+class TCPStringTransport(StringTransport):
+    """A StringTransport that, like TCP, accepts socket options."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.nodelay = enabled
+
+
 class FakeBroker:
     """Plays the broker's side of one fake connection."""
 
@@ -21,7 +28,7 @@ class FakeBroker:
         host, port, factory, timeout, bind = reactor.tcpClients[index]
         self.factory = factory
         self.proto = factory.buildProtocol(None)
-        self.transport = StringTransport()
+        self.transport = TCPStringTransport()
         self.proto.makeConnection(self.transport)
         self.parser = mqtt.PacketParser()
 
@@ -67,6 +74,11 @@ def test_url_parsing():
     assert parse_broker_url("mqtt://h").port == 1883
     with pytest.raises(Exception, match="pubsub"):
         parse_broker_url("http://h")
+
+
+def test_small_packets_are_not_delayed(reactor, client):
+    broker = FakeBroker(reactor, client)
+    assert broker.transport.nodelay is True  # Nagle + delayed ACK would add ~40 ms per RPC hop
 
 
 def test_connects_and_flushes_queued_publish(reactor, client):

@@ -150,3 +150,34 @@ def test_unclaimed_token_expires():
     clock.advance(5)
     assert errors and errors[0].value.kind == "ETIMEDOUT"
     assert sink.aborted
+
+
+class FailingSink(HashSink):
+    """Accepts a few writes, then fails like a program that closed its input."""
+
+    def write(self, data: bytes) -> defer.Deferred:
+        self.received += len(data)
+        if self.received > 2 * 2**20:
+            return task.deferLater(reactor, 0.01, lambda: (_ for _ in ()).throw(TransferError("program closed its input", "EPIPE")))
+        return defer.succeed(None)
+
+
+class FailingSinkTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_sender_learns_that_the_receiver_failed(self):
+        server = TransferServer(reactor)
+        server.startService()
+        host, port = yield server.listen()
+        try:
+            sink = FailingSink()
+            token, done = server.offer(sink=sink)
+            done.addErrback(lambda f: None)
+            source = PatternSource(64 * 2**20)
+            with self.assertRaises(TransferError) as e:
+                yield send(reactor, host, port, token, source)
+            self.assertEqual(e.exception.kind, "EPIPE")
+            self.assertLess(source.produced, 32 * 2**20)
+        finally:
+            yield server.stopService()

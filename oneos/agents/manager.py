@@ -9,6 +9,9 @@ lost: the exit status is reported only after both streams reached their end.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import functools
 import os
 import secrets
 import shutil
@@ -23,6 +26,7 @@ import psutil
 from twisted.application import service
 from twisted.internet import defer, error, protocol, task
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -39,14 +43,53 @@ HIGH_WATER = 1024 * 1024
 
 
 def session_argv(argv: list[str]) -> list[str] | None:
-    """Wrap *argv* so the child starts a new session (its own process group).
+    """Wrap *argv* so the child starts a new session and dies with its runtime.
 
-    Twisted's spawnProcess has no pre-exec hook; util-linux ``setsid`` execs
-    in place (no fork) when its caller is not a group leader, which a fresh
-    child never is, so the agent's pid is the group id.
+    Twisted's spawnProcess has no pre-exec hook, so util-linux does it:
+    ``setsid`` gives the agent its own process group (it execs in place, no
+    fork, since a fresh child is never a group leader, so the agent's pid is
+    the group id) and ``setpriv --pdeathsig KILL`` makes the kernel kill the
+    agent if the runtime process dies, so a SIGKILLed runtime leaves no
+    orphans running behind the scheduler's back.
     """
-    exe = shutil.which("setsid")
-    return [exe, *argv] if exe else None
+    setsid = shutil.which("setsid")
+    if setsid is None:
+        return None
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return [setsid, setpriv, "--pdeathsig", "KILL", "--", *argv]
+    return [setsid, *argv]
+
+
+#: Bytes read from a child's pipe per wakeup (Twisted reads 8 KiB, which
+#: caps a pipe at a few hundred MB/s of reactor wakeups).
+READ_SIZE = 256 * 1024
+
+
+#: fcntl F_SETPIPE_SZ (Linux): a 1 MiB pipe means 16x fewer wakeups than 64 KiB.
+_F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # not Linux, or over /proc/sys/fs/pipe-max-size: keep the default
+
+
+def _read_large(reader: Any) -> Any:
+    """``doRead`` for a child's output pipe that takes up to READ_SIZE bytes at once."""
+    try:
+        data = os.read(reader.fd, READ_SIZE)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EINTR):
+            return None
+        return CONNECTION_LOST
+    if not data:
+        return CONNECTION_DONE
+    reader.dataReceived(data)
+    return None
 
 
 class AgentError(OneOSError):
@@ -88,7 +131,12 @@ class OutputStream:
         self._ended = False
         self._waiter: defer.Deferred | None = None
         self._paused = False
+        self._may_pause = True
         self.total = 0
+
+    def no_more_pausing(self) -> None:
+        """The producer has exited; what remains is bounded, so never pause again."""
+        self._may_pause = False
 
     def feed(self, data: bytes) -> None:
         self.total += len(data)
@@ -98,7 +146,7 @@ class OutputStream:
             return
         self._chunks.append(data)
         self._size += len(data)
-        if self._size >= HIGH_WATER and not self._paused:
+        if self._size >= HIGH_WATER and not self._paused and self._may_pause:
             self._paused = True
             self._pause()
 
@@ -218,6 +266,13 @@ class AgentProcess(protocol.ProcessProtocol):
     # -- ProcessProtocol ----------------------------------------------------
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
+        for fd in (0, 1, 2):
+            pipe = self._reader(fd)
+            if pipe is None:
+                continue
+            _grow_pipe(pipe.fd)
+            if fd:
+                pipe.doRead = functools.partial(_read_large, pipe)
         try:
             self._psutil = psutil.Process(self.pid)
         except psutil.Error:
@@ -242,6 +297,18 @@ class AgentProcess(protocol.ProcessProtocol):
 
     def inConnectionLost(self) -> None:
         self.stdin.stopProducing()
+
+    def processExited(self, reason: Failure) -> None:
+        """The child is gone: let its last output in even if nobody reads it.
+
+        Twisted reports the end only once every pipe is closed, and a paused
+        pipe is never read to its end; what is left is at most one pipe
+        buffer, so reading it unconditionally stays bounded.
+        """
+        self.stdout.no_more_pausing()
+        self.stderr.no_more_pausing()
+        self._resume_fd(1)
+        self._resume_fd(2)
 
     def processEnded(self, reason: Failure) -> None:
         if self._kill_timer is not None and self._kill_timer.active():

@@ -12,19 +12,36 @@ import sys
 
 from oneos.errors import OneOSError, describe
 
-#: subcommand name -> module under ``oneos.cli``
+#: subcommand name -> module under ``oneos.cli`` (or a full ``oneos.`` module
+#: path), ``module:function`` when one module serves several commands; the
+#: default function is ``run``
 COMMANDS: dict[str, str] = {
     "configure": "configure",
     "status": "status",
     "grid": "grid",
     "psd": "psd",
+    "fs": "fs",
+    "reset-fs": "oneos.fs.cli_reset",
+    "run": "run",
+    "ps": "control:ps",
+    "kill": "control:kill",
+    "pause": "control:pause",
+    "resume": "control:resume",
 }
+
+
+def _entry(name: str) -> tuple[object, str]:
+    target, _, function = COMMANDS[name].partition(":")
+    module = target if target.startswith("oneos.") else f"oneos.cli.{target}"
+    return importlib.import_module(module), function or "run"
 
 
 def _usage() -> str:
     lines = ["usage: oneos COMMAND [ARGS...]", "", "commands:"]
-    for name, module in COMMANDS.items():
-        summary = getattr(importlib.import_module(f"oneos.cli.{module}"), "SUMMARY", "")
+    for name in COMMANDS:
+        module, function = _entry(name)
+        summaries = getattr(module, "SUMMARIES", {})
+        summary = summaries.get(function) or getattr(module, "SUMMARY", "")
         lines.append(f"  {name:<12}{summary}")
     lines += ["", "Run 'oneos COMMAND --help' for a command's options."]
     return "\n".join(lines)
@@ -46,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"oneos: unknown command {name!r}\n", file=sys.stderr)
         print(_usage(), file=sys.stderr)
         return 2
-    module = importlib.import_module(f"oneos.cli.{COMMANDS[name]}")
+    module, function = _entry(name)
     try:
-        return int(module.run(rest) or 0)
+        return int(getattr(module, function)(rest) or 0)
     except OneOSError as e:
         print(f"oneos {name}: {describe(e)}", file=sys.stderr)
         return 1

@@ -120,6 +120,9 @@ class _Connection(Protocol):
 
     def connectionMade(self) -> None:
         c = self.client
+        # Requests and replies are small packets: without NODELAY, Nagle's
+        # algorithm meets delayed ACKs and every RPC waits ~40 ms per hop.
+        self.transport.setTcpNoDelay(True)
         self.send(
             mqtt.encode_connect(
                 c.client_id,

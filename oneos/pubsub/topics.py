@@ -35,3 +35,12 @@ def reply(client_id: str) -> str:
 
 #: The RPC target served by whichever runtime currently leads the kernel.
 KERNEL = "kernel"
+
+
+def agent(runtime_id: str, agent_id: str) -> str:
+    """Retained status of one agent (cleared some time after it ended)."""
+    return f"{TOPIC_ROOT}/agents/{runtime_id}/{agent_id}"
+
+
+#: Subscription filter for every agent's status.
+ALL_AGENTS = f"{TOPIC_ROOT}/agents/+/+"

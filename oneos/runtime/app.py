@@ -51,13 +51,18 @@ def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    import oneos.fs.service  # noqa: F401  (registers the fs kernel service)
+    import oneos.scheduler.service  # noqa: F401  (registers the scheduler kernel service)
     from oneos.runtime.embedded import EmbeddedBroker
     from oneos.runtime.service import RuntimeService
 
     top = service.MultiService()
+    runtime = RuntimeService(config, reactor, on_fatal=_exit_on_fatal(reactor))
     if config.wants_embedded_broker:
         address = parse_broker_url(config.pubsub)
-        EmbeddedBroker(address.host, address.port, reactor).setServiceParent(top)
-    RuntimeService(config, reactor, on_fatal=_exit_on_fatal(reactor)).setServiceParent(top)
+        embedded = EmbeddedBroker(address.host, address.port, reactor)
+        embedded.setServiceParent(top)
+        runtime.broker_ready = embedded.ready
+    runtime.setServiceParent(top)
     reactor.callWhenRunning(lambda: log.info("{block}", block=describe_config(config)))
     return top

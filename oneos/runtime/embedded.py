@@ -41,7 +41,9 @@ class EmbeddedBroker(service.MultiService):
     def _probe(self) -> defer.Deferred:
         cls = TCP6ClientEndpoint if ":" in self.host else TCP4ClientEndpoint
         endpoint = cls(self.reactor, self.host, self.port, timeout=2)
-        d = endpoint.connect(Factory.forProtocol(Protocol))
+        factory = Factory.forProtocol(Protocol)
+        factory.noisy = False
+        d = endpoint.connect(factory)
 
         def answered(protocol: Protocol) -> bool:
             protocol.transport.loseConnection()
@@ -57,7 +59,8 @@ class EmbeddedBroker(service.MultiService):
         from oneos.broker.service import BrokerService
 
         iface = self.host if self.host != "localhost" else "127.0.0.1"
-        broker = BrokerService(f"tcp:{self.port}:interface={iface}")
+        escaped = iface.replace(":", "\\:")  # endpoint syntax escapes IPv6 colons
+        broker = BrokerService(f"tcp:{self.port}:interface={escaped}")
         broker.setServiceParent(self)
         self.hosting = True
         return broker.whenListening().addCallback(self._listening)

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oneos import __version__
+from oneos.agents.host import AgentHost
 from oneos.config import Config
 from oneos.errors import OneOSError, describe
 from oneos.pubsub.client import PubSubClient
@@ -28,6 +29,7 @@ from oneos.runtime.host import HostStats, find_interpreters, guess_address
 from oneos.runtime.kernel import KernelHost
 from oneos.runtime.membership import Membership
 from oneos.runtime.status import RuntimeStatus
+from oneos.transfer import TransferServer
 
 log = Logger()
 
@@ -60,13 +62,20 @@ class RuntimeService(service.MultiService):
         self.agents = 0
         self._stats: HostStats | None = None
         self._interpreters: tuple[str, ...] = ()
+        self.transfer = TransferServer(reactor, config.listen.get("pipe") or "tcp:0:interface=127.0.0.1")
         self.client = PubSubClient(config.pubsub, reactor, keepalive=config.keepalive)
-        self.client.setServiceParent(self)
+        #: fires when the broker may be tried (the embedded one is up)
+        self.broker_ready: defer.Deferred | None = None
         self.rpc = RPCClient(self.client, reactor)
+        self.agent_host = AgentHost(self)
         self.membership = Membership(self.client, self.rpc, reactor, self.describe, interval=config.stats_interval)
         self.kernel = KernelHost(self, kernel_factories)
         self.election = Election(self.membership, self.kernel, reactor, is_kernel=config.kernel, settle=settle)
-        self.server = RPCServer(self.client, config.id, {"ping": self._ping, "status": self._status, "members": self._members})
+        self.server = RPCServer(
+            self.client,
+            config.id,
+            {"ping": self._ping, "status": self._status, "members": self._members, **self.agent_host.handlers()},
+        )
         self.ready: defer.Deferred = defer.Deferred()
 
     @property
@@ -85,11 +94,18 @@ class RuntimeService(service.MultiService):
             tags=self.config.tags,
             interpreters=self._interpreters,
             agents=self.agents,
+            agents_memory_mb=self.agent_host.agents_memory_mb(),
             started_at=self.started_at,
             interval=self.config.stats_interval,
-            services={"version": __version__},
+            services=self._services(),
             **stats,
         )
+
+    def _services(self) -> dict[str, str]:
+        out = {"version": __version__}
+        if self.transfer.port is not None:
+            out["transfer"] = str(self.transfer.address[1])
+        return out
 
     def _ping(self) -> dict[str, Any]:
         return {"id": self.id, "instance": self.instance}
@@ -107,7 +123,19 @@ class RuntimeService(service.MultiService):
         if not self.address:
             self.address = guess_address(self.client.address.host)
         super().startService()
-        self.client.whenConnected().addCallback(lambda _: self._join()).addErrback(self._fatal)
+        self.transfer.startService()
+        self.agent_host.start(self.config.stats_interval)
+        d = self.transfer.listen()
+
+        def cannot_listen(f: Failure) -> None:
+            raise OneOSError(f"cannot listen for streams on {self.transfer.endpoint}: {f.getErrorMessage()}")
+
+        d.addErrback(cannot_listen)
+        if self.broker_ready is not None:
+            d.addCallback(lambda _: self.broker_ready)
+        d.addCallback(lambda _: self.client.startService())
+        d.addCallback(lambda _: self.client.whenConnected())
+        d.addCallback(lambda _: self._join()).addErrback(self._fatal)
 
     @defer.inlineCallbacks
     def _join(self) -> Any:
@@ -135,5 +163,9 @@ class RuntimeService(service.MultiService):
         yield self.server.stop()
         self.rpc.cancel_all()
         # Membership says 'left' while the client is still connected.
+        yield self.agent_host.stop()
         yield self.membership.stopService()
+        yield self.transfer.stopService()
+        if self.client.running:
+            yield self.client.stopService()
         yield super().stopService()

@@ -1,0 +1,215 @@
+"""Agents on one runtime, reachable from the whole network.
+
+Wraps the :class:`AgentManager` with the runtime's RPC methods (spawn, kill,
+pause, resume, list, attach, stdin, pipe) and publishes each agent's status
+as a retained message, so any runtime or tool can build the grid-wide
+process table and wait for an agent's exit without polling.
+
+Programs that live in the OneOS file system (an absolute path that does not
+exist on this host) are fetched into ``$ONEOS_HOME/cache`` first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from oneos.agents.manager import ENDED, AgentManager, AgentProcess, AgentSpec
+from oneos.agents.program import ProgramError
+from oneos.pubsub import messages, topics
+from oneos.transfer import send
+
+log = Logger()
+
+#: Ended agents' retained statuses are cleared after this many seconds.
+KEEP_ENDED = 300.0
+
+
+class _Discard:
+    """Drains an output stream nobody attached to, so the program never blocks."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._next()
+
+    def _next(self) -> None:
+        self.stream.next().addCallback(lambda data: self._next() if data else None).addErrback(lambda f: None)
+
+
+class AgentHost:
+    """The runtime's agents: RPC handlers, status publishing, program fetching."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.reactor = runtime.reactor
+        self.manager = AgentManager(runtime.reactor, runtime.id, memory_limit_mb=runtime.config.memory_mb)
+        self.manager.on_event(self._on_event)
+        self.cache = Path(runtime.config.home) / "cache"
+        self._loop: task.LoopingCall | None = None
+
+    def start(self, interval: float) -> None:
+        """Start the manager and refresh live agents' statuses every *interval* s."""
+        self.manager.startService()
+        self._loop = task.LoopingCall(self.refresh)
+        self._loop.clock = self.reactor
+        self._loop.start(interval, now=False).addErrback(lambda f: log.failure("agent refresh failed", f))
+
+    def stop(self) -> defer.Deferred:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self.manager.stopService()
+
+    def refresh(self) -> None:
+        """Republish running agents so CPU, memory and uptime in ``oneos ps`` stay current."""
+        if not self.runtime.client.connected:
+            return
+        for agent in self.manager.live_agents():
+            self._publish(agent.info())
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "agent_spawn": self.spawn,
+            "agent_kill": lambda agent_id, grace=None: self.manager.kill(agent_id, grace).info(),
+            "agent_pause": lambda agent_id: self.manager.pause(agent_id).info(),
+            "agent_resume": lambda agent_id: self.manager.resume(agent_id).info(),
+            "agent_list": lambda: [a.info() for a in self.manager.agents.values()],
+            "agent_attach": self.attach,
+            "agent_stdin": self.stdin,
+            "agent_pipe_out": self.pipe_out,
+        }
+
+    # -- status publishing ----------------------------------------------------
+    def _publish(self, body: dict[str, Any]) -> None:
+        topic = topics.agent(self.runtime.id, body["id"])
+        payload = messages.encode("agent.status", **{k: v for k, v in body.items() if k != "event"})
+        self.runtime.client.publish(topic, payload, qos=1, retain=True).addErrback(lambda f: None)
+
+    def _on_event(self, body: dict[str, Any]) -> None:
+        self._publish(body)
+        self.runtime.agents = len(self.manager.live_agents())
+        if body["state"] in ENDED:
+            self.reactor.callLater(KEEP_ENDED, self._clear, topics.agent(self.runtime.id, body["id"]), body["id"])
+
+    def _clear(self, topic: str, agent_id: str) -> None:
+        agent = self.manager.agents.get(agent_id)
+        if agent is None or agent.state in ENDED:
+            self.runtime.client.publish(topic, b"", qos=1, retain=True).addErrback(lambda f: None)
+
+    def agents_memory_mb(self) -> float:
+        return sum(a.info()["memory_mb"] for a in self.manager.live_agents())
+
+    # -- RPC ------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def spawn(self, program: str, args: list[str] | None = None, cwd: str | None = None, env: dict[str, str] | None = None,
+              name: str = "", memory_mb: int = 0, restart: str = "no", agent_id: str | None = None,
+              stdout: str = "attach", stdin: bool = True, stderr: str = "attach", stdin_file: str | None = None) -> Any:
+        """Start a program here; fires with the agent's info.
+
+        *stdout*/*stderr*: ``attach`` (held until a reader attaches),
+        ``discard``, ``file:PATH`` or ``append:PATH`` (a OneOS file, written
+        through the file-system service and visible once the program's
+        output ends).  *stdin_file*: a OneOS file to feed the program.
+        """
+        local = yield self._localise(program)
+        if stdin_file:
+            yield self._fs().stat(stdin_file)  # a missing input file is an error before anything runs
+        environment = dict(os.environ)
+        environment.update(env or {})
+        environment["ONEOS_RUNTIME"] = self.runtime.id
+        spec = AgentSpec(local, list(args or []), cwd=cwd, env=environment, name=name or os.path.basename(program),
+                         memory_limit_mb=int(memory_mb or 0), restart=restart, stdin=stdin)
+        agent = self.manager.spawn(spec, agent_id=agent_id)
+        for mode, stream in ((stdout, agent.stdout), (stderr if stdout != "discard" else "discard", agent.stderr)):
+            if mode == "discard":
+                _Discard(stream)
+            elif mode.startswith(("file:", "append:")):
+                self._to_file(agent, stream, mode)
+        if stdin_file:
+            self._from_file(agent, stdin_file)
+        return agent.info()
+
+    def _fs(self) -> Any:
+        from oneos.fs.client import FSClient
+
+        return FSClient(self.runtime.rpc, self.reactor)
+
+    def _to_file(self, agent: AgentProcess, stream: Any, mode: str) -> None:
+        how, _, path = mode.partition(":")
+        d = self._fs().write_from(path, stream, "append" if how == "append" else "truncate")
+
+        def failed(f: Any) -> None:
+            if agent.state not in ENDED:
+                self.manager.kill(agent.id, reason=f"cannot write output to {path}: {f.getErrorMessage()}")
+
+        d.addErrback(failed)
+
+    def _from_file(self, agent: AgentProcess, path: str) -> None:
+        d = self._fs().read_into(path, agent.stdin)
+
+        def failed(f: Any) -> None:
+            agent.stdin.finish()
+            if agent.state not in ENDED:
+                self.manager.kill(agent.id, reason=f"cannot read input from {path}: {f.getErrorMessage()}")
+
+        d.addErrback(failed)
+
+    @defer.inlineCallbacks
+    def _localise(self, program: str) -> Any:
+        """A host path for *program*, fetching it from the OneOS file system if needed."""
+        if not os.path.isabs(program) or os.path.exists(program):
+            return program
+        from oneos.fs.errors import FSError
+
+        fs = self._fs()
+        try:
+            st = yield fs.stat(program)
+        except FSError:
+            raise ProgramError(f"{program}: no such file on runtime {self.runtime.id} or in the OneOS file system") from None
+        key = hashlib.sha256(f"{program}\0{st.mtime}\0{st.size}".encode()).hexdigest()[:16]
+        target = self.cache / key / os.path.basename(program)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = yield fs.read(program)
+            tmp = target.with_name(target.name + ".part")
+            tmp.write_bytes(data)
+            os.chmod(tmp, 0o755 if st.mode & 0o111 else 0o644)
+            os.replace(tmp, target)
+        return str(target)
+
+    def _where(self) -> dict[str, Any]:
+        host, port = self.runtime.transfer.address
+        if host in ("0.0.0.0", "::", ""):
+            host = self.runtime.address
+        return {"host": host, "port": port}
+
+    def attach(self, agent_id: str, stream: str = "stdout") -> dict[str, Any]:
+        """A token to read the agent's stdout or stderr from."""
+        agent = self.manager.get(agent_id)
+        source = agent.stdout if stream == "stdout" else agent.stderr
+        token, done = self.runtime.transfer.offer(source=source)
+        done.addErrback(lambda f: log.info("{stream} of agent {id} ended: {why}", stream=stream, id=agent_id, why=f.getErrorMessage()))
+        return {**self._where(), "token": token}
+
+    def stdin(self, agent_id: str) -> dict[str, Any]:
+        """A token to stream into the agent's stdin; the stream's end closes it."""
+        agent = self.manager.get(agent_id)
+        token, done = self.runtime.transfer.offer(sink=agent.stdin)
+        done.addErrback(lambda f: log.info("input of agent {id} ended: {why}", id=agent_id, why=f.getErrorMessage()))
+        return {**self._where(), "token": token}
+
+    def pipe_out(self, agent_id: str, host: str, port: int, token: str) -> dict[str, Any]:
+        """Send the agent's stdout to another runtime's sink (the next pipeline stage)."""
+        agent = self.manager.get(agent_id)
+        d = send(self.reactor, host, port, token, agent.stdout)
+
+        def broken(failure: Any) -> None:
+            if agent.state not in ENDED:
+                self.manager.kill(agent.id, reason=f"pipe to {host}:{port} broke: {failure.getErrorMessage()}")
+
+        d.addErrback(broken)
+        return {"ok": True}

@@ -1,0 +1,80 @@
+"""``oneos ps``, ``oneos kill``, ``oneos pause``, ``oneos resume``: the grid-wide process table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from oneos.cli.common import default_pubsub_url, run_with_client
+
+SUMMARIES = {
+    "ps": "list agents (programs) running anywhere in the network",
+    "kill": "stop an agent (SIGTERM, then SIGKILL after a grace period)",
+    "pause": "pause an agent (SIGSTOP)",
+    "resume": "resume a paused agent (SIGCONT)",
+}
+
+
+def scheduler_call(url: str, method: str, timeout: float = 10.0, **args: Any) -> Any:
+    """One RPC to the scheduler kernel service."""
+
+    def job(reactor: Any, client: Any) -> Any:
+        from oneos.pubsub.rpc import RPCClient
+
+        return RPCClient(client, reactor).call("scheduler", method, timeout=timeout, **args)
+
+    return run_with_client(url, job, timeout=timeout)
+
+
+def format_ps(rows: list[dict[str, Any]]) -> str:
+    """The process table as text (pure, for tests)."""
+    header = ("ID", "NAME", "RUNTIME", "STATE", "CPU%", "MEM MB", "UPTIME", "EXIT")
+    table = [header]
+    for r in rows:
+        exit_text = "" if r.get("exit_code") is None and r.get("signal") is None else (
+            f"sig {r['signal']}" if r.get("signal") is not None else str(r["exit_code"]))
+        table.append((r["id"], str(r.get("name", "")), r["runtime"], r["state"], f"{r.get('cpu_percent', 0):.0f}",
+                      f"{r.get('memory_mb', 0):.0f}", f"{r.get('uptime', 0):.0f}s", exit_text))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in table)
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"oneos {name}", description=SUMMARIES[name])
+    parser.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json)")
+    return parser
+
+
+def ps(argv: list[str]) -> int:
+    parser = _parser("ps")
+    parser.add_argument("-a", "--all", action="store_true", help="include agents that ended recently")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    rows = scheduler_call(args.pubsub or default_pubsub_url(), "ps", all=args.all)
+    print(json.dumps(rows, indent=2) if args.json else format_ps(rows))
+    return 0
+
+
+def _control(name: str, argv: list[str]) -> int:
+    parser = _parser(name)
+    parser.add_argument("agent_id")
+    if name == "kill":
+        parser.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default 5)")
+    args = parser.parse_args(argv)
+    extra = {"grace": args.grace} if name == "kill" else {}
+    info = scheduler_call(args.pubsub or default_pubsub_url(), name, agent_id=args.agent_id, **extra)
+    print(f"{info['id']} on {info['runtime']}: {info['state']}")
+    return 0
+
+
+def kill(argv: list[str]) -> int:
+    return _control("kill", argv)
+
+
+def pause(argv: list[str]) -> int:
+    return _control("pause", argv)
+
+
+def resume(argv: list[str]) -> int:
+    return _control("resume", argv)

@@ -1,0 +1,173 @@
+"""``oneos run``: run a program somewhere in the network as if it were local.
+
+Standard output and error stream back here as the program writes them;
+standard input is forwarded when it is not a terminal; the command exits with
+the program's status (128+N when killed by signal N, 1 when it failed or was
+lost) once all its output has arrived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from twisted.internet import defer, threads
+
+from oneos.agents.manager import ENDED, EXITED, KILLED
+from oneos.cli.common import default_pubsub_url, run_with_client
+from oneos.pubsub import messages, topics
+
+SUMMARY = "run a program on a runtime chosen by the scheduler (or a pipeline across runtimes)"
+
+
+class LocalSink:
+    """Writes a remote stream to a local binary stream."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+
+    def write(self, data: bytes) -> defer.Deferred:
+        self.out.write(data)
+        self.out.flush()
+        return defer.succeed(None)
+
+    def finish(self) -> defer.Deferred:
+        self.out.flush()
+        return defer.succeed({})
+
+    def abort(self) -> None:
+        self.out.flush()
+
+
+class LocalSource:
+    """Reads local stdin in a thread so a slow producer never blocks the reactor."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def next(self) -> defer.Deferred:
+        return threads.deferToThread(self.stream.read1, 65536)
+
+
+def exit_status(info: dict[str, Any]) -> int:
+    """The shell-style status for an ended agent."""
+    if info["state"] == EXITED:
+        return int(info.get("exit_code") or 0)
+    if info["state"] == KILLED and info.get("signal"):
+        return 128 + int(info["signal"])
+    return 1
+
+
+def wait_ended(client: Any, runtime: str, agent_id: str) -> defer.Deferred:
+    """Fires with the agent's final status, from its retained status topic."""
+    done: defer.Deferred = defer.Deferred()
+
+    def on(message: Any) -> None:
+        if not message.payload or done.called:
+            return
+        try:
+            body = messages.decode(message.payload, "agent.status")
+        except messages.MalformedMessage:
+            return
+        if body.get("state") in ENDED:
+            done.callback(body)
+
+    client.subscribe(topics.agent(runtime, agent_id), on)
+    return done
+
+
+@defer.inlineCallbacks
+def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], forward_stdin: bool,
+           stdout: bool = True, stdin: bool = True) -> Any:
+    """Stream the last stage's output here and our stdin to the first; fire with the last stage's status."""
+    from oneos.transfer import receive, send
+
+    first, last = infos[0], infos[-1]
+    ended = wait_ended(client, last["runtime"], last["id"])
+    streams = []
+    for name, out in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer)):
+        if name == "stdout" and not stdout:
+            continue  # redirected to a OneOS file by the runtime
+        where = yield rpc.call(last["runtime"], "agent_attach", agent_id=last["id"], stream=name)
+        streams.append(receive(reactor, where["host"], where["port"], where["token"], LocalSink(out)))
+    for info in infos[:-1]:  # earlier stages' stderr comes here too
+        where = yield rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream="stderr")
+        streams.append(receive(reactor, where["host"], where["port"], where["token"], LocalSink(sys.stderr.buffer)))
+    if stdin:
+        where = yield rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
+        source: Any = LocalSource(sys.stdin.buffer) if forward_stdin else _Empty()
+        send(reactor, where["host"], where["port"], where["token"], source).addErrback(lambda f: None)
+    yield defer.DeferredList(streams, consumeErrors=True)
+    final = yield ended
+    return final
+
+
+class _Empty:
+    def next(self) -> defer.Deferred:
+        return defer.succeed(b"")
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="oneos run", description=SUMMARY,
+                                     epilog="pipeline: oneos run --pipe 'python3 gen.py @rt-1 | wc -c @rt-2' "
+                                            "(@RUNTIME pins a stage, @tag:T needs a tag)")
+    parser.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json)")
+    parser.add_argument("--on", dest="runtime", help="run on this runtime")
+    parser.add_argument("--tag", action="append", default=[], help="run on a runtime with this tag (repeatable)")
+    parser.add_argument("--memory", type=int, default=0, help="memory limit for the program, MB")
+    parser.add_argument("--restart", choices=("no", "on-failure"), default="no",
+                        help="on-failure: start it again elsewhere if its runtime dies (runs detached)")
+    parser.add_argument("--explain", action="store_true", help="show how the scheduler ranks runtimes; run nothing")
+    parser.add_argument("--detach", "-d", action="store_true", help="start it and print its id; output is discarded")
+    parser.add_argument("--pipe", metavar="PIPELINE", help="run a pipeline of stages, each placed separately")
+    parser.add_argument("--stdout-file", metavar="PATH", help="write the program's output to this OneOS file")
+    parser.add_argument("--append", action="store_true", help="with --stdout-file: append instead of replacing")
+    parser.add_argument("--stdin-file", metavar="PATH", help="feed the program this OneOS file as input")
+    parser.add_argument("program", nargs="?")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if not args.pipe and not args.program:
+        parser.error("give a PROGRAM or --pipe PIPELINE")
+    stages: list[dict[str, Any]] = []
+    if args.pipe:
+        from oneos.scheduler.pipeline import parse_pipeline
+
+        stages = [{"program": s.program, "args": list(s.args), "runtime": s.runtime, "tags": list(s.tags)}
+                  for s in parse_pipeline(args.pipe)]
+    forward_stdin = not sys.stdin.isatty() and not args.stdin_file
+    detached = args.detach or args.restart == "on-failure"
+
+    @defer.inlineCallbacks
+    def job(reactor: Any, client: Any) -> Any:
+        from oneos.pubsub.rpc import RPCClient
+
+        rpc = RPCClient(client, reactor, default_timeout=15.0)
+        if args.explain:
+            text = yield rpc.call("scheduler", "explain", program=args.program or stages[0]["program"],
+                                  runtime=args.runtime, tags=args.tag, memory_mb=args.memory)
+            return ("text", text)
+        if stages:
+            infos = yield rpc.call("scheduler", "pipeline", stages=stages)
+        else:
+            stdout = "discard" if detached else "attach"
+            if args.stdout_file:
+                stdout = ("append:" if args.append else "file:") + args.stdout_file
+            info = yield rpc.call("scheduler", "spawn", program=args.program, args=args.args, runtime=args.runtime,
+                                  tags=args.tag, memory_mb=args.memory, restart=args.restart, stdout=stdout,
+                                  stdin=not detached, stdin_file=args.stdin_file)
+            infos = [info]
+        if detached:
+            return ("text", "\n".join(f"{i['id']} on {i['runtime']}" for i in infos))
+        final = yield attach(reactor, client, rpc, infos, forward_stdin, stdout=not args.stdout_file,
+                             stdin=not args.stdin_file)
+        return ("status", final)
+
+    kind, value = run_with_client(args.pubsub or default_pubsub_url(), job)
+    if kind == "text":
+        print(value)
+        return 0
+    if value["state"] not in (EXITED, KILLED) or value.get("reason"):
+        print(f"oneos run: {value['name']} on {value['runtime']} {value['state']}"
+              + (f": {value['reason']}" if value.get("reason") else ""), file=sys.stderr)
+    return exit_status(value)

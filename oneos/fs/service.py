@@ -1,0 +1,223 @@
+"""The file-system kernel service: one tree for every runtime.
+
+Runs on the elected leader.  Metadata operations are pubsub RPCs on the
+``fs`` target; file content never rides the broker: ``read_open`` and
+``write_open`` register a one-time token with the leader runtime's transfer
+server (``oneos.transfer``) and the caller streams the bytes over TCP.
+
+If the store cannot be reached the service keeps running, answers every
+request with a plain ``EIO ... unreachable`` error, and retries opening it
+with backoff until it comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from oneos.errors import describe
+from oneos.fs.errors import StoreUnavailable
+from oneos.fs.reset import ensure_tree
+from oneos.fs.store import DEFAULT_OWNER, FileStore, open_store, redact
+from oneos.pubsub.rpc import RPCServer
+from oneos.runtime.kernel import register_kernel_service
+from oneos.transfer import TransferServer
+
+log = Logger()
+
+#: RPC target of the file-system service.
+TARGET = "fs"
+#: Seconds between garbage collections of abandoned uploads.
+GC_INTERVAL = 600.0
+
+
+class _ReaderSource:
+    """A ChunkReader seen as a transfer Source."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def next(self) -> defer.Deferred:
+        return self.reader.read_chunk()
+
+
+class _WriterSink:
+    """A store Writer seen as a transfer Sink; ``finish`` commits."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def write(self, data: bytes) -> defer.Deferred:
+        return self.writer.write(data)
+
+    def finish(self) -> defer.Deferred:
+        return self.writer.commit().addCallback(lambda stat: stat.to_dict())
+
+    def abort(self) -> Any:
+        return self.writer.abort().addErrback(lambda f: None)
+
+
+class FileSystemService(service.Service):
+    """Serves the store at *url* over RPC and the transfer server."""
+
+    name = "fs"
+
+    def __init__(self, url: str, client: Any, transfer: TransferServer, advertise: str, reactor: Any,
+                 retry_max: float = 10.0) -> None:
+        self.url = url
+        self.client = client
+        self.transfer = transfer
+        self.advertise = advertise
+        self.reactor = reactor
+        self.retry_max = retry_max
+        self.store: FileStore | None = None
+        self.last_error: BaseException = StoreUnavailable(f"file store {url}", "not opened yet")
+        self._retry: IDelayedCall | None = None
+        self._gc: task.LoopingCall | None = None
+        self._delay = 0.5
+        self.server = RPCServer(
+            client,
+            TARGET,
+            {
+                "stat": self.stat,
+                "exists": self.exists,
+                "listdir": self.listdir,
+                "mkdir": self.mkdir,
+                "remove": self.remove,
+                "rename": self.rename,
+                "copy": self.copy,
+                "glob": self.glob,
+                "read_open": self.read_open,
+                "write_open": self.write_open,
+                "usage": self.usage,
+            },
+        )
+
+    # -- lifecycle -----------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self.server.start().addErrback(lambda f: log.failure("fs RPC target failed to start", f))
+        self._open()
+
+    def _open(self) -> None:
+        self._retry = None
+
+        @defer.inlineCallbacks
+        def opened(store: FileStore) -> Any:
+            if not self.running:
+                yield store.close()
+                return
+            # A brand-new store gets the standard tree (/bin, /home, /tmp...)
+            # so a fresh machine is usable without running reset-fs first.
+            if not (yield store.scandir("/")):
+                created = yield Deferred.fromCoroutine(ensure_tree(store))
+                log.info("new file store: created {dirs}", dirs=" ".join(created))
+            self.store = store
+            self._delay = 0.5
+            log.info("file system serving {url}", url=redact(self.url))
+            # Pending uploads of writers that died (crash, lost connection)
+            # are invisible; collect them now and then.
+            self._gc = task.LoopingCall(self._collect)
+            self._gc.clock = self.reactor
+            self._gc.start(GC_INTERVAL, now=True)
+
+        def failed(failure: Any) -> None:
+            if not self.running:
+                return
+            error = failure.value
+            self.last_error = error if isinstance(error, StoreUnavailable) else StoreUnavailable(f"file store {self.url}", describe(error))
+            log.warn("file store unreachable: {error}; retrying in {delay:.1f}s", error=str(self.last_error), delay=self._delay)
+            self._retry = self.reactor.callLater(self._delay, self._open)
+            self._delay = min(self.retry_max, self._delay * 2)
+
+        open_store(self.url, self.reactor).addCallbacks(opened, failed)
+
+    def _collect(self) -> defer.Deferred:
+        if self.store is None:
+            return defer.succeed(None)
+
+        def done(n: int) -> None:
+            if n:
+                log.info("collected {n} abandoned upload(s)", n=n)
+
+        return self.store.collect_garbage().addCallbacks(done, lambda f: log.warn("garbage collection failed: {e}", e=f.getErrorMessage()))
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._gc is not None and self._gc.running:
+            self._gc.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        yield self.server.stop()
+        store, self.store = self.store, None
+        if store is not None:
+            yield store.close()
+
+    def _store(self) -> FileStore:
+        if self.store is None:
+            raise self.last_error
+        return self.store
+
+    # -- RPC methods ---------------------------------------------------------
+    def stat(self, path: str) -> defer.Deferred:
+        return self._store().stat(path).addCallback(lambda s: s.to_dict())
+
+    def exists(self, path: str) -> defer.Deferred:
+        return self._store().exists(path)
+
+    def listdir(self, path: str) -> defer.Deferred:
+        return self._store().scandir(path).addCallback(lambda stats: [s.to_dict() for s in stats])
+
+    def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False, owner: str = DEFAULT_OWNER) -> defer.Deferred:
+        return self._store().mkdir(path, parents=parents, exist_ok=exist_ok, owner=owner).addCallback(lambda s: s.to_dict())
+
+    def remove(self, path: str, recursive: bool = False) -> defer.Deferred:
+        return self._store().remove(path, recursive=recursive)
+
+    def rename(self, src: str, dst: str) -> defer.Deferred:
+        return self._store().rename(src, dst).addCallback(lambda s: s.to_dict())
+
+    def copy(self, src: str, dst: str, recursive: bool = False) -> defer.Deferred:
+        return self._store().copy(src, dst, recursive=recursive).addCallback(lambda s: s.to_dict())
+
+    def glob(self, pattern: str, cwd: str = "/") -> defer.Deferred:
+        return self._store().glob(pattern, cwd)
+
+    def usage(self) -> defer.Deferred:
+        return self._store().usage()
+
+    def _where(self) -> dict[str, Any]:
+        host, port = self.transfer.address
+        if host in ("0.0.0.0", "::", ""):
+            host = self.advertise
+        return {"host": host, "port": port}
+
+    @defer.inlineCallbacks
+    def read_open(self, path: str, offset: int = 0, length: int | None = None) -> Any:
+        """Open *path* for reading; the caller fetches the bytes with the token."""
+        reader = yield self._store().read_chunks(path, offset, length)
+        token, done = self.transfer.offer(source=_ReaderSource(reader))
+        done.addBoth(lambda r: (reader.close(), None)[1])
+        return {**self._where(), "token": token, "size": reader.length, "stat": reader.stat.to_dict()}
+
+    @defer.inlineCallbacks
+    def write_open(self, path: str, mode: str = "truncate", owner: str = DEFAULT_OWNER) -> Any:
+        """Open *path* for writing; nothing is visible until the stream ends cleanly."""
+        writer = yield self._store().open_write(path, mode, owner=owner)
+        token, done = self.transfer.offer(sink=_WriterSink(writer))
+        done.addErrback(lambda f: log.info("write to {path} abandoned: {error}", path=path, error=f.getErrorMessage()))
+        return {**self._where(), "token": token}
+
+
+def make_fs_service(runtime: Any) -> FileSystemService:
+    """Kernel factory: the leader's file-system service."""
+    return FileSystemService(runtime.config.store, runtime.client, runtime.transfer, runtime.address, runtime.reactor)
+
+
+register_kernel_service("fs", make_fs_service)
