@@ -3,7 +3,6 @@
 import random
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -48,12 +47,6 @@ class FakeBroker:
 
     def lose(self):
         self.proto.connectionLost(Failure(ConnectionRefusedError("gone")))
-
-
-def _connector_succeeds(reactor):
-    # MemoryReactor leaves the endpoint's Deferred pending; firing the
-    # factory's protocol through FakeBroker is what the client sees.
-    pass
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from _runtimes import RuntimeProcess, leaders, live, oneos, statuses, twistd, wait_for
+from _runtimes import leaders, live, oneos, statuses, twistd, wait_for
 
 
 def free_port() -> int:

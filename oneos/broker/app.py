@@ -17,7 +17,7 @@ def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: 
     """A broker service; on a bind failure the process exits with status 1."""
     from twisted.internet import reactor
 
-    iface = f"\\:".join(interface.split(":"))
+    iface = interface.replace(":", "\\:")  # endpoint syntax escapes IPv6 colons
     broker = BrokerService(
         f"tcp:{port}:interface={iface}",
         websocket=f"tcp:{websocket_port}:interface={iface}" if websocket_port else None,

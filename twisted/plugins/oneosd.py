@@ -6,8 +6,6 @@ happens here (the services do their work when twistd starts them).
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
