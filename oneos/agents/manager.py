@@ -206,6 +206,7 @@ class StdinSink:
         if self.closed or self.agent.transport is None or self.agent.state in ENDED:
             return defer.fail(AgentError("the program no longer reads its input", "EPIPE"))
         self.agent.transport.writeToChild(0, data)
+        self.agent.stdin_bytes += len(data)
         if not self.paused:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
@@ -241,6 +242,8 @@ class AgentProcess(protocol.ProcessProtocol):
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.stdin_bytes = 0
+        #: where stdout goes: attach, discard, file:PATH, append:PATH, pipe:AGENT@RUNTIME
+        self.stdout_to = "attach"
         self.stdout = OutputStream(lambda: self._pause_fd(1), lambda: self._resume_fd(1))
         self.stderr = OutputStream(lambda: self._pause_fd(2), lambda: self._resume_fd(2))
         self.stdin = StdinSink(self)
@@ -370,6 +373,10 @@ class AgentProcess(protocol.ProcessProtocol):
             "memory_mb": round(rss, 1),
             "uptime": round(end - self.started_at, 3),
             "restart": self.spec.restart,
+            "stdin_bytes": self.stdin_bytes,
+            "stdout_bytes": self.stdout.total,
+            "stderr_bytes": self.stderr.total,
+            "stdout_to": self.stdout_to,
         }
 
 
@@ -490,23 +497,22 @@ class AgentManager(service.Service):
             agent._kill_timer = self.clock.callLater(grace, lambda: agent.state not in ENDED and agent.send_signal("KILL"))
         return agent
 
-    def pause(self, agent_id: str) -> AgentProcess:
+    def _switch(self, agent_id: str, want: str, signal_name: str, becomes: str, event: str) -> AgentProcess:
         agent = self.get(agent_id)
-        if agent.state != RUNNING:
-            raise AgentError(f"agent {agent_id} is {agent.state}, not running", "EINVAL")
-        agent.send_signal("STOP")
-        agent.state = PAUSED
-        self._emit(agent, "paused")
+        if agent.state != want:
+            raise AgentError(f"agent {agent_id} is {agent.state}, not {want}", "EINVAL")
+        agent.send_signal(signal_name)
+        agent.state = becomes
+        self._emit(agent, event)
         return agent
 
+    def pause(self, agent_id: str) -> AgentProcess:
+        """SIGSTOP a running agent."""
+        return self._switch(agent_id, RUNNING, "STOP", PAUSED, "paused")
+
     def resume(self, agent_id: str) -> AgentProcess:
-        agent = self.get(agent_id)
-        if agent.state != PAUSED:
-            raise AgentError(f"agent {agent_id} is {agent.state}, not paused", "EINVAL")
-        agent.send_signal("CONT")
-        agent.state = RUNNING
-        self._emit(agent, "resumed")
-        return agent
+        """SIGCONT a paused agent."""
+        return self._switch(agent_id, PAUSED, "CONT", RUNNING, "resumed")
 
     def check_limits(self) -> None:
         """Enforce per-agent and per-runtime memory limits, with a reason."""

@@ -64,3 +64,30 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
     if isinstance(result, Failure):
         result.raiseException()
     return result
+
+
+class OutputSink:
+    """A transfer sink writing to a local binary stream (stdout/stderr).
+
+    Flushes after every write so interleaved output from a remote program
+    shows up as it is produced.
+    """
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+
+    def write(self, data: bytes) -> Any:
+        from twisted.internet import defer
+
+        self.out.write(data)
+        self.out.flush()
+        return defer.succeed(None)
+
+    def finish(self) -> Any:
+        from twisted.internet import defer
+
+        self.out.flush()
+        return defer.succeed({})
+
+    def abort(self) -> None:
+        self.out.flush()

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
-from oneos.cli.common import default_pubsub_url, run_with_client
+from oneos.cli.common import OutputSink, default_pubsub_url, run_with_client
 
 SUMMARY = "copy files in and out of the OneOS file tree: put, get, ls, cat, mkdir, rm"
 CHUNK = 256 * 1024
@@ -104,24 +104,6 @@ class FileSink:
             pass
 
 
-class StdoutSink:
-    """Streams a file to standard output (``cat``)."""
-
-    def __init__(self, out: Any) -> None:
-        self.out = out
-
-    def write(self, data: bytes) -> defer.Deferred:
-        self.out.write(data)
-        return defer.succeed(None)
-
-    def finish(self) -> defer.Deferred:
-        self.out.flush()
-        return defer.succeed({})
-
-    def abort(self) -> None:
-        self.out.flush()
-
-
 def format_listing(entries: list[Any], long: bool) -> str:
     """``ls`` output: names, or ``ls -l`` style rows (pure, for tests)."""
     if not long:
@@ -200,7 +182,7 @@ def run(argv: list[str]) -> int:
             entries = (yield fs.listdir(args.path)) if st.is_dir else [st]
             return format_listing(entries, args.long) or None
         if args.command == "cat":
-            yield fs.read_into(args.path, StdoutSink(sys.stdout.buffer))
+            yield fs.read_into(args.path, OutputSink(sys.stdout.buffer))
             return None
         if args.command == "mkdir":
             yield fs.mkdir(args.path, parents=args.parents, exist_ok=args.parents)

@@ -15,29 +15,10 @@ from typing import Any
 from twisted.internet import defer, threads
 
 from oneos.agents.manager import ENDED, EXITED, KILLED
-from oneos.cli.common import default_pubsub_url, run_with_client
+from oneos.cli.common import OutputSink, default_pubsub_url, run_with_client
 from oneos.pubsub import messages, topics
 
 SUMMARY = "run a program on a runtime chosen by the scheduler (or a pipeline across runtimes)"
-
-
-class LocalSink:
-    """Writes a remote stream to a local binary stream."""
-
-    def __init__(self, out: Any) -> None:
-        self.out = out
-
-    def write(self, data: bytes) -> defer.Deferred:
-        self.out.write(data)
-        self.out.flush()
-        return defer.succeed(None)
-
-    def finish(self) -> defer.Deferred:
-        self.out.flush()
-        return defer.succeed({})
-
-    def abort(self) -> None:
-        self.out.flush()
 
 
 class LocalSource:
@@ -90,10 +71,10 @@ def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], for
         if name == "stdout" and not stdout:
             continue  # redirected to a OneOS file by the runtime
         where = yield rpc.call(last["runtime"], "agent_attach", agent_id=last["id"], stream=name)
-        streams.append(receive(reactor, where["host"], where["port"], where["token"], LocalSink(out)))
+        streams.append(receive(reactor, where["host"], where["port"], where["token"], OutputSink(out)))
     for info in infos[:-1]:  # earlier stages' stderr comes here too
         where = yield rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream="stderr")
-        streams.append(receive(reactor, where["host"], where["port"], where["token"], LocalSink(sys.stderr.buffer)))
+        streams.append(receive(reactor, where["host"], where["port"], where["token"], OutputSink(sys.stderr.buffer)))
     if stdin:
         where = yield rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
         source: Any = LocalSource(sys.stdin.buffer) if forward_stdin else _Empty()
