@@ -128,6 +128,17 @@ class ManagerTests(unittest.TestCase):
         self.assertEqual(agent.state, FAILED)
         self.assertIn("memory limit exceeded", agent.reason)
 
+    @defer.inlineCallbacks
+    def test_runtime_memory_limit_stops_the_largest_agent(self):
+        self.manager.memory_limit_mb = 150
+        code = "import time\nx = bytearray(200 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\ntime.sleep(60)\n"
+        big = self.manager.spawn(AgentSpec("python3", ["-c", code]))
+        small = self.manager.spawn(AgentSpec("sleep", ["60"]))
+        yield within(big.ended, "the runtime memory limit", 60)
+        self.assertEqual(big.state, FAILED)
+        self.assertIn("runtime memory limit exceeded", big.reason)
+        self.assertEqual(small.state, RUNNING)
+
     def test_unknown_agent_is_a_plain_error(self):
         with self.assertRaises(AgentError) as e:
             self.manager.kill("nope")

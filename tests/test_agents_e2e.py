@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from _brokers import start_oneospsd
-from _runtimes import RuntimeProcess, leaders, live, oneos, statuses, wait_for
+from _runtimes import RuntimeProcess, leaders, live, statuses, wait_for
 
 # A deterministic byte stream: N MiB of sha256-chained blocks.
 GEN = (
@@ -68,6 +68,32 @@ def test_three_stage_pipeline_across_runtimes_is_byte_exact(grid, tmp_path):
     r = run(grid, "run", "--pipe", f"python3 {gen} 100 @rt-1 | cat @rt-2 | sha256sum @rt-3", timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0].decode() == expected_sha(100)
+
+
+def test_program_from_the_oneos_file_system_and_file_redirection(grid, tmp_path):
+    script = tmp_path / "count.py"
+    script.write_text("import sys\nlines = sys.stdin.read().split()\nprint(len(lines), sum(map(int, lines)))\n")
+    assert run(grid, "fs", "put", str(script), "/bin/count.py").returncode == 0
+    made = run(grid, "run", "--on", "rt-2", "--stdout-file", "/tmp/numbers.txt", "seq", "1", "100")
+    assert made.returncode == 0, made.stderr
+    counted = run(grid, "run", "--on", "rt-3", "--stdin-file", "/tmp/numbers.txt", "/bin/count.py")
+    assert (counted.returncode, counted.stdout) == (0, b"100 5050\n"), counted.stderr
+    missing = run(grid, "run", "--stdin-file", "/tmp/no-such-input", "cat")
+    assert missing.returncode == 1 and b"no such file or directory" in missing.stderr
+
+
+def test_pipes_are_listed_with_their_bytes(grid):
+    proc = subprocess.Popen([sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", grid.url, "--pipe",
+                             "yes @rt-1 | sleep 300 @rt-2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        rows = wait_for("the pipe to be listed with bytes",
+                        lambda: [p for p in json.loads(run(grid, "pipes", "--json").stdout) if p["bytes"] > 0 and p["state"] == "running"])
+        assert rows[0]["from"].endswith("@rt-1") and rows[0]["to"].endswith("@rt-2")
+    finally:
+        for r in json.loads(run(grid, "ps", "--json").stdout):
+            if r["name"] in ("yes", "sleep"):
+                run(grid, "kill", r["id"])
+        proc.wait(timeout=60)
 
 
 def test_slow_reader_bounds_memory(grid, tmp_path):

@@ -124,6 +124,7 @@ class AgentHost:
         spec = AgentSpec(local, list(args or []), cwd=cwd, env=environment, name=name or os.path.basename(program),
                          memory_limit_mb=int(memory_mb or 0), restart=restart, stdin=stdin)
         agent = self.manager.spawn(spec, agent_id=agent_id)
+        agent.stdout_to = stdout
         for mode, stream in ((stdout, agent.stdout), (stderr if stdout != "discard" else "discard", agent.stderr)):
             if mode == "discard":
                 _Discard(stream)
@@ -202,9 +203,10 @@ class AgentHost:
         done.addErrback(lambda f: log.info("input of agent {id} ended: {why}", id=agent_id, why=f.getErrorMessage()))
         return {**self._where(), "token": token}
 
-    def pipe_out(self, agent_id: str, host: str, port: int, token: str) -> dict[str, Any]:
+    def pipe_out(self, agent_id: str, host: str, port: int, token: str, to: str = "") -> dict[str, Any]:
         """Send the agent's stdout to another runtime's sink (the next pipeline stage)."""
         agent = self.manager.get(agent_id)
+        agent.stdout_to = f"pipe:{to or f'{host}:{port}'}"
         d = send(self.reactor, host, port, token, agent.stdout)
 
         def broken(failure: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from oneos.cli.common import default_pubsub_url, run_with_client
 
 SUMMARIES = {
+    "pipes": "list pipes between agents with the bytes they carried and their rate",
     "ps": "list agents (programs) running anywhere in the network",
     "kill": "stop an agent (SIGTERM, then SIGKILL after a grace period)",
     "pause": "pause an agent (SIGSTOP)",
@@ -53,6 +54,22 @@ def ps(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     rows = scheduler_call(args.pubsub or default_pubsub_url(), "ps", all=args.all)
     print(json.dumps(rows, indent=2) if args.json else format_ps(rows))
+    return 0
+
+
+def format_pipes(rows: list[dict[str, Any]]) -> str:
+    header = ("FROM", "TO", "STATE", "BYTES", "MB/s")
+    table = [header] + [(r["from"], r["to"], r["state"], str(r["bytes"]), f"{r['mb_per_s']:.1f}") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in table)
+
+
+def pipes(argv: list[str]) -> int:
+    parser = _parser("pipes")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    rows = scheduler_call(args.pubsub or default_pubsub_url(), "pipes")
+    print(json.dumps(rows, indent=2) if args.json else format_pipes(rows))
     return 0
 
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "reset-fs": "oneos.fs.cli_reset",
     "run": "run",
     "ps": "control:ps",
+    "pipes": "control:pipes",
     "kill": "control:kill",
     "pause": "control:pause",
     "resume": "control:resume",

@@ -49,6 +49,7 @@ class SchedulerService(service.Service):
                 "pipeline": self.pipeline,
                 "explain": self.explain,
                 "ps": self.ps,
+                "pipes": self.pipes,
                 "kill": lambda agent_id, grace=None: self._forward(agent_id, "agent_kill", grace=grace),
                 "pause": lambda agent_id: self._forward(agent_id, "agent_pause"),
                 "resume": lambda agent_id: self._forward(agent_id, "agent_resume"),
@@ -86,6 +87,19 @@ class SchedulerService(service.Service):
     def ps(self, all: bool = False) -> list[dict[str, Any]]:
         rows = [r for r in self.table.values() if all or r["state"] not in ENDED or r["state"] == LOST]
         return sorted(rows, key=lambda r: (r["runtime"], r.get("uptime", 0)))
+
+    def pipes(self) -> list[dict[str, Any]]:
+        """Every pipe between agents: from, to, bytes so far and average rate."""
+        out = []
+        for row in self.table.values():
+            target = str(row.get("stdout_to", ""))
+            if not target.startswith("pipe:"):
+                continue
+            uptime = max(float(row.get("uptime", 0)), 1e-3)
+            sent = int(row.get("stdout_bytes", 0))
+            out.append({"from": f"{row['id']}@{row['runtime']}", "to": target[5:], "state": row["state"],
+                        "bytes": sent, "mb_per_s": round(sent / uptime / 1e6, 2)})
+        return sorted(out, key=lambda p: p["from"])
 
     def locate(self, agent_id: str) -> dict[str, Any]:
         row = self.table.get(agent_id)
@@ -135,7 +149,8 @@ class SchedulerService(service.Service):
                 infos.append(info)
             for left, right in zip(infos, infos[1:]):
                 where = yield self.rpc.call(right["runtime"], "agent_stdin", agent_id=right["id"])
-                yield self.rpc.call(left["runtime"], "agent_pipe_out", agent_id=left["id"], **where)
+                yield self.rpc.call(left["runtime"], "agent_pipe_out", agent_id=left["id"],
+                                    to=f"{right['id']}@{right['runtime']}", **where)
         except Exception:
             for info in infos:
                 self.rpc.call(info["runtime"], "agent_kill", agent_id=info["id"]).addErrback(lambda f: None)
