@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import secrets
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol as TypingProtocol
@@ -74,22 +75,43 @@ def frame(kind: bytes, payload: bytes = b"") -> bytes:
 
 
 class FrameParser:
-    """Splits a byte stream into (kind, payload) frames; bounded buffering."""
+    """Splits a byte stream into (kind, payload) frames; bounded buffering.
+
+    Bulk data passes through here, so it copies as little as it can: the
+    pieces of an incomplete frame are only joined once the frame is whole,
+    and each payload is copied once out of the received data.
+    """
 
     def __init__(self) -> None:
-        self.buffer = bytearray()
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._need = 0
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
-        self.buffer += data
+        if self._parts:
+            self._parts.append(data)
+            self._size += len(data)
+            if self._size < self._need:
+                return []
+            data = b"".join(self._parts)
+            self._parts, self._size = [], 0
+        view = memoryview(data)
         out = []
-        while len(self.buffer) >= HEADER.size:
-            kind, length = HEADER.unpack_from(self.buffer)
+        pos, end = 0, len(data)
+        need = HEADER.size
+        while end - pos >= HEADER.size:
+            kind, length = HEADER.unpack_from(data, pos)
             if kind not in (DATA, END, ERROR) or length > MAX_FRAME:
                 raise TransferError(f"malformed frame (kind {kind!r}, length {length})", "EPROTO")
-            if len(self.buffer) < HEADER.size + length:
+            start = pos + HEADER.size
+            if end - start < length:
+                need = HEADER.size + length
                 break
-            out.append((kind, bytes(self.buffer[HEADER.size : HEADER.size + length])))
-            del self.buffer[: HEADER.size + length]
+            out.append((kind, view[start : start + length].tobytes()))
+            pos = start + length
+            need = HEADER.size
+        if pos < end:
+            self._parts, self._size, self._need = [view[pos:].tobytes()], end - pos, need
         return out
 
 
@@ -167,7 +189,7 @@ class _Receiver:
     def __init__(self, transport: Any, sink: Sink) -> None:
         self.transport = transport
         self.sink = sink
-        self.queue: list[tuple[bytes, bytes]] = []
+        self.queue: deque[tuple[bytes, bytes]] = deque()
         self.busy = False
         self.done: defer.Deferred = defer.Deferred()
         self.bytes = 0
@@ -181,7 +203,7 @@ class _Receiver:
 
     def _drain(self) -> None:
         while self.queue and not self.busy and not self.done.called:
-            kind, payload = self.queue.pop(0)
+            kind, payload = self.queue.popleft()
             if kind == DATA:
                 self.busy = True
                 self.transport.pauseProducing()

@@ -181,3 +181,30 @@ class FailingSinkTests(unittest.TestCase):
             self.assertLess(source.produced, 32 * 2**20)
         finally:
             yield server.stopService()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from oneos.transfer import DATA, END, FrameParser, frame  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=3000), max_size=8), st.lists(st.integers(min_value=1, max_value=4000), min_size=1, max_size=50))
+def test_frames_survive_any_fragmentation(payloads, cuts):
+    stream = b"".join(frame(DATA, p) for p in payloads) + frame(END, b"{}")
+    parser, got, pos, i = FrameParser(), [], 0, 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        got += parser.feed(stream[pos : pos + step])
+        pos, i = pos + step, i + 1
+    assert got == [(DATA, p) for p in payloads] + [(END, b"{}")]
+
+
+def test_malformed_frame_is_an_error():
+    import pytest
+
+    with pytest.raises(TransferError):
+        FrameParser().feed(b"Q\x00\x00\x00\x01x")
+    with pytest.raises(TransferError):
+        FrameParser().feed(b"D\xff\xff\xff\xff")
