@@ -1,0 +1,42 @@
+"""The OneOS shell: a bash-like language over the whole grid.
+
+:mod:`oneos.shell.parser` turns text into an AST and
+:mod:`oneos.shell.expand` expands words; both are pure (no I/O) so the
+shell service can be tested, and fuzzed, without a running grid.
+"""
+
+from oneos.shell.expand import expand_word, glob_pattern, unparse
+from oneos.shell.parser import (
+    MAX_LINE,
+    AndOr,
+    Assignment,
+    Command,
+    Literal,
+    Param,
+    Pipeline,
+    Placement,
+    Redirect,
+    Script,
+    ShellSyntaxError,
+    Word,
+    parse,
+)
+
+__all__ = [
+    "MAX_LINE",
+    "AndOr",
+    "Assignment",
+    "Command",
+    "Literal",
+    "Param",
+    "Pipeline",
+    "Placement",
+    "Redirect",
+    "Script",
+    "ShellSyntaxError",
+    "Word",
+    "expand_word",
+    "glob_pattern",
+    "parse",
+    "unparse",
+]
