@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "run": "run",
     "ps": "control:ps",
     "pipes": "control:pipes",
+    "shell": "shell",
+    "user": "user",
+    "passwd": "user:passwd",
     "kill": "control:kill",
     "pause": "control:pause",
     "resume": "control:resume",
@@ -38,7 +41,7 @@ def _entry(name: str) -> tuple[object, str]:
 
 
 def _usage() -> str:
-    lines = ["usage: oneos COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: oneos                 open the OneOS shell", "       oneos -c LINE         run one shell line", "       oneos COMMAND [ARGS...]", "", "commands:"]
     for name in COMMANDS:
         module, function = _entry(name)
         summaries = getattr(module, "SUMMARIES", {})
@@ -51,7 +54,10 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``oneos COMMAND ...``; return the process exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args or args[0] == "-c":
+        # 'oneos' alone opens the shell, 'oneos -c LINE' runs one line, as in the original
+        return _dispatch("shell", args)
+    if args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     if args[0] == "--version":
@@ -64,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"oneos: unknown command {name!r}\n", file=sys.stderr)
         print(_usage(), file=sys.stderr)
         return 2
+    return _dispatch(name, rest)
+
+
+def _dispatch(name: str, rest: list[str]) -> int:
+    """Run one subcommand, turning typed errors into one plain line."""
     module, function = _entry(name)
     try:
         return int(getattr(module, function)(rest) or 0)

@@ -53,6 +53,7 @@ def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
         reactor = default_reactor
     import oneos.fs.service  # noqa: F401  (registers the fs kernel service)
     import oneos.scheduler.service  # noqa: F401  (registers the scheduler kernel service)
+    import oneos.shell.server  # noqa: F401  (registers the shell kernel service)
     from oneos.runtime.embedded import EmbeddedBroker
     from oneos.runtime.service import RuntimeService
 

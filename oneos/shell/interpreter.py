@@ -1,0 +1,680 @@
+"""Runs shell lines: one :class:`Session` per login, one :class:`Interpreter` per terminal.
+
+The interpreter turns the parser's AST (:mod:`oneos.shell.parser`) into
+actions on the grid:
+
+* built-in commands (:mod:`oneos.shell.builtins`) run here, in the shell
+  service, against the OneOS file system through :class:`FSClient`;
+* anything else is an *agent* started through the scheduler (RPC target
+  ``scheduler``), its output streamed back over the runtimes' TCP transfer
+  servers, exactly as ``oneos run`` does; consecutive external stages of a
+  pipeline are wired runtime to runtime (never through the shell).
+
+Where built-ins and programs meet in one pipeline the pipeline is cut into
+*segments* of consecutive built-ins or consecutive programs; each segment's
+output is collected (up to :data:`MAX_CAPTURE` bytes) and fed to the next.
+That keeps built-ins simple (they see their input as bytes) at the price of
+streaming only inside program segments: documented in docs/shell.md.
+
+Output goes to *writers*: anything with ``write(bytes)``.  Errors that are
+:class:`OneOSError` become one plain line on the error writer; anything else
+is logged with its traceback and shown as an internal error, never killing
+the session.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from oneos.errors import OneOSError, describe
+from oneos.fs import paths
+from oneos.shell.expand import expand_word, glob_pattern
+from oneos.shell.parser import AndOr, Command, Pipeline, Script, ShellSyntaxError, parse
+
+log = Logger()
+
+#: Largest output of a segment collected to feed a built-in (or a redirected built-in's file).
+MAX_CAPTURE = 64 * 1024 * 1024
+#: Lines kept in a session's history.
+HISTORY_SIZE = 1000
+#: Nesting limit for ``source`` (a file sourcing itself must not recurse forever).
+MAX_SOURCE_DEPTH = 16
+#: Interpreters whose first argument may name a OneOS script (``python3 /home/app.py``).
+SCRIPT_RUNNERS = {"python3": ".py", "python": ".py", "node": ".js", "sh": ".sh"}
+
+STATUS_NOT_FOUND = 127
+STATUS_CANNOT_RUN = 126
+STATUS_SYNTAX = 2
+
+
+class Writer(Protocol):
+    def write(self, data: bytes) -> Any: ...
+
+
+class ShellError(OneOSError):
+    """A command cannot be run as written (bad redirection, unsupported form)."""
+
+
+class Capture:
+    """A writer collecting bytes, refusing to grow past *limit*."""
+
+    def __init__(self, limit: int = MAX_CAPTURE) -> None:
+        self.data = bytearray()
+        self.limit = limit
+
+    def write(self, data: bytes) -> None:
+        if len(self.data) + len(data) > self.limit:
+            raise ShellError(f"output larger than {self.limit // 2**20} MiB cannot be collected for the next command")
+        self.data += data
+
+
+class _FileDest:
+    """``> PATH`` / ``>> PATH``: a OneOS file (one object per redirection, so 2>&1 can share it)."""
+
+    def __init__(self, path: str, append: bool) -> None:
+        self.path = path
+        self.append = append
+
+    def __repr__(self) -> str:
+        return f"{'>>' if self.append else '>'} {self.path}"
+
+
+class _Terminal:
+    """The session's own stdout or stderr."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Pipe:
+    """Into the next stage of the pipeline."""
+
+
+TERMINAL_OUT, TERMINAL_ERR, PIPE = _Terminal("stdout"), _Terminal("stderr"), _Pipe()
+
+
+@dataclass
+class Stage:
+    """One pipeline stage once expanded: argv, environment, where its streams go."""
+
+    argv: list[str]
+    assignments: dict[str, str]
+    stdin_file: str | None
+    stdout: Any
+    stderr: Any
+    runtime: str | None = None
+    tags: tuple[str, ...] = ()
+    builtin: Callable[..., Any] | None = None
+
+
+@dataclass
+class Job:
+    """An and-or list being run: its agents, so they can be stopped; its result."""
+
+    number: int
+    text: str
+    agents: list[dict[str, Any]] = field(default_factory=list)
+    done: defer.Deferred | None = None
+    status: int | None = None
+
+
+class Session:
+    """What one login keeps between lines: user, cwd, variables, history, jobs."""
+
+    def __init__(self, user: str, home: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.user = user
+        self.home = home or "/home"
+        self.cwd = self.home
+        self.env: dict[str, str] = {"USER": user, "HOME": self.home, "PWD": self.cwd, "SHELL": "oneos", "PS1": "\\u@oneos:\\w$ "}
+        self.env.update(env or {})
+        #: names passed to agents in their environment (``export``)
+        self.exported: set[str] = set()
+        self.status = 0
+        self.history: list[str] = []
+        self.jobs: dict[int, Job] = {}
+        self._next_job = 1
+
+    def new_job(self, text: str) -> Job:
+        job = Job(self._next_job, text)
+        self._next_job += 1
+        return job
+
+    def set_cwd(self, path: str) -> None:
+        self.env["OLDPWD"] = self.cwd
+        self.cwd = path
+        self.env["PWD"] = path
+
+    def prompt(self) -> str:
+        """PS1 with ``\\u`` (user), ``\\w`` (cwd, ~ for home) and ``\\W`` (its last name)."""
+        cwd = self.cwd
+        short = "~" + cwd[len(self.home):] if paths.is_within(cwd, self.home) else cwd
+        ps1 = self.env.get("PS1", "$ ")
+        return ps1.replace("\\u", self.user).replace("\\w", short).replace("\\W", paths.basename(cwd) or "/")
+
+    def agent_env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in self.env.items() if k in self.exported}
+        env.update(extra)
+        env["ONEOS_CWD"] = self.cwd
+        env["ONEOS_USER"] = self.user
+        return env
+
+
+class Grid:
+    """What the interpreter needs of the network: files, RPC, the broker, a clock.
+
+    In the shell service these are the runtime's own objects; tests may pass
+    fakes.
+    """
+
+    def __init__(self, fs: Any, rpc: Any, client: Any, reactor: Any) -> None:
+        self.fs = fs
+        self.rpc = rpc
+        self.client = client
+        self.reactor = reactor
+
+    @classmethod
+    def of_runtime(cls, runtime: Any) -> "Grid":
+        from oneos.fs.client import FSClient
+
+        return cls(FSClient(runtime.rpc, runtime.reactor), runtime.rpc, runtime.client, runtime.reactor)
+
+
+class Interpreter:
+    """Executes lines for one session, writing to *out* and *err*."""
+
+    def __init__(self, session: Session, grid: Grid, out: Writer, err: Writer) -> None:
+        from oneos.shell.builtins import BUILTINS
+
+        self.session = session
+        self.grid = grid
+        self.out = out
+        self.err = err
+        self.builtins = BUILTINS
+        self.foreground: Job | None = None
+        #: set by ``exit``: the status the session should end with
+        self.exit_status: int | None = None
+        #: called with text to clear the screen etc. (interactive terminals set it)
+        self.on_clear: Callable[[], None] | None = None
+        self._depth = 0
+
+    # -- entry points ---------------------------------------------------------
+    def execute(self, line: str, record: bool = True) -> defer.Deferred:
+        """Run *line*; fires with its exit status (never fails)."""
+        return defer.Deferred.fromCoroutine(self._execute(line, record))
+
+    async def _execute(self, line: str, record: bool) -> int:
+        if record and line.strip():
+            self.session.history.append(line.rstrip("\n"))
+            del self.session.history[:-HISTORY_SIZE]
+        try:
+            script = parse(line)
+        except ShellSyntaxError as e:
+            self.error(f"oneos: {e}")
+            self.session.status = STATUS_SYNTAX
+            return STATUS_SYNTAX
+        return await self.run_script(script)
+
+    async def run_script(self, script: Script) -> int:
+        for item in script.items:
+            if self.exit_status is not None:
+                break
+            if item.background:
+                self._start_background(item)
+                self.session.status = 0
+            else:
+                job = Job(0, _text(item))  # foreground: no job number
+                self.foreground = job
+                try:
+                    await self._run_and_or(item, job)
+                finally:
+                    self.foreground = None
+        return self.session.status
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop the agents of the command in the foreground."""
+        if self.foreground is not None:
+            self._stop_agents(self.foreground)
+
+    def hangup(self) -> None:
+        """The client went away: stop every agent this session started."""
+        self.interrupt()
+        for job in list(self.session.jobs.values()):
+            self._stop_agents(job)
+
+    def _stop_agents(self, job: Job) -> None:
+        for info in job.agents:
+            self.grid.rpc.call("scheduler", "kill", agent_id=info["id"], grace=2.0).addErrback(lambda f: None)
+
+    def error(self, text: str) -> None:
+        self.err.write(text.encode("utf-8", "replace") + b"\n")
+
+    # -- jobs -----------------------------------------------------------------
+    def _start_background(self, item: AndOr) -> None:
+        job = self.session.new_job(_text(item))
+        self.session.jobs[job.number] = job
+
+        def finished(status: int) -> int:
+            job.status = status
+            self.out.write(f"[{job.number}] done ({status})  {job.text}\n".encode())
+            return status
+
+        job.done = defer.Deferred.fromCoroutine(self._run_and_or(item, job, background=True)).addCallback(finished)
+        self.out.write(f"[{job.number}] started  {job.text}\n".encode())
+
+    async def wait_job(self, job: Job) -> int:
+        """``fg``: make *job* the foreground one and wait for it."""
+        self.foreground = job
+        try:
+            assert job.done is not None
+            status = await job.done
+        finally:
+            self.foreground = None
+            self.session.jobs.pop(job.number, None)
+        return int(status)
+
+    # -- and-or lists and pipelines -------------------------------------------
+    async def _run_and_or(self, item: AndOr, job: Job, background: bool = False) -> int:
+        status = await self._run_pipeline(item.first, job)
+        for op, pipeline in item.rest:
+            if self.exit_status is not None:
+                break
+            if (op == "&&") == (status == 0):
+                status = await self._run_pipeline(pipeline, job)
+        return status
+
+    async def _run_pipeline(self, pipeline: Pipeline, job: Job) -> int:
+        try:
+            status = await self._pipeline(pipeline, job)
+        except OneOSError as e:
+            self.error(f"oneos: {describe(e)}")
+            status = _status_for(e)
+        except defer.CancelledError:
+            status = 130
+        except Exception as e:  # a bug here must not end the session
+            log.failure("shell command failed")
+            self.error(f"oneos: internal error: {describe(e)}")
+            status = 1
+        self.session.status = status
+        return status
+
+    async def _pipeline(self, pipeline: Pipeline, job: Job) -> int:
+        stages = []
+        last = len(pipeline.stages) - 1
+        for i, command in enumerate(pipeline.stages):
+            stages.append(await self._stage(command, piped_in=i > 0, piped_out=i < last))
+        if len(stages) == 1 and not stages[0].argv:
+            return await self._bare(stages[0], pipeline.stages[0])
+        # Cut into segments of consecutive built-ins / programs.
+        segments: list[list[Stage]] = []
+        for stage in stages:
+            if segments and (segments[-1][0].builtin is None) == (stage.builtin is None):
+                segments[-1].append(stage)
+            else:
+                segments.append([stage])
+        data: bytes | None = None
+        status = 0
+        for n, segment in enumerate(segments):
+            capture = Capture() if n < len(segments) - 1 else None
+            if segment[0].builtin is not None:
+                for stage in segment:
+                    sink = Capture() if PIPE in (stage.stdout, stage.stderr) else None
+                    status, data = await self._builtin(stage, data, sink)
+            else:
+                status = await self._external(segment, data, capture, job)
+                data = bytes(capture.data) if capture is not None else None
+        return status
+
+    async def _bare(self, stage: Stage, command: Command) -> int:
+        """``NAME=value`` (sets shell variables) or ``> FILE`` (creates/truncates it)."""
+        self.session.env.update(stage.assignments)
+        for dest in {id(d): d for d in (stage.stdout, stage.stderr)}.values():
+            if isinstance(dest, _FileDest):
+                await self.grid.fs.write(dest.path, b"", "append" if dest.append else "truncate")
+        return 0
+
+    # -- expansion ------------------------------------------------------------
+    async def _stage(self, command: Command, piped_in: bool, piped_out: bool) -> Stage:
+        env, status = self.session.env, self.session.status
+        argv: list[str] = []
+        for word in command.words:
+            pattern = glob_pattern(word, env, status)
+            if pattern is not None:
+                matches = await self.grid.fs.glob(pattern, self.session.cwd)
+                if matches:
+                    argv.extend(_display(m, pattern, self.session.cwd) for m in matches)
+                    continue
+            argv.append(expand_word(word, env, status))
+        assignments = {a.name: expand_word(a.value, env, status) for a in command.assignments}
+        stdin_file: str | None = None
+        stdout: Any = PIPE if piped_out else TERMINAL_OUT
+        stderr: Any = TERMINAL_ERR
+        for r in command.redirects:
+            if r.op == ">&":
+                if (r.fd, r.target) == (2, 1):
+                    stderr = stdout
+                elif (r.fd, r.target) == (1, 2):
+                    stdout = stderr
+                elif r.fd != r.target:
+                    raise ShellError(f"{r.fd}>&{r.target}: only 2>&1 and 1>&2 are supported")
+                continue
+            assert not isinstance(r.target, int)
+            target = expand_word(r.target, env, status)
+            if not target:
+                raise ShellError("a redirection needs a file name")
+            path = paths.normalise(target, self.session.cwd)
+            if r.op == "<":
+                if r.fd != 0:
+                    raise ShellError(f"{r.fd}<: only standard input (0) can be read from a file")
+                if piped_in:
+                    raise ShellError("a stage cannot read both from a pipe and from a file ('<')")
+                stdin_file = path
+            else:
+                dest = _FileDest(path, r.op == ">>")
+                if r.fd == 1:
+                    stdout = dest
+                elif r.fd == 2:
+                    stderr = dest
+                else:
+                    raise ShellError(f"{r.fd}>: only standard output (1) and error (2) can be redirected")
+        placed = command.placement.runtime is not None or bool(command.placement.tags)
+        builtin = self.builtins.get(argv[0]) if argv and not placed else None
+        return Stage(argv, assignments, stdin_file, stdout, stderr, command.placement.runtime, command.placement.tags, builtin)
+
+    # -- built-ins ------------------------------------------------------------
+    async def _builtin(self, stage: Stage, data: bytes | None, sink: Capture | None) -> tuple[int, bytes | None]:
+        """Run one built-in; returns its status and what it wrote to the pipe (if any)."""
+        from oneos.shell.builtins import Context
+
+        if stage.stdin_file is not None:
+            data = await self.grid.fs.read(stage.stdin_file)
+        files: dict[int, tuple[_FileDest, Capture]] = {}
+
+        def writer(dest: Any) -> Writer:
+            if dest is TERMINAL_OUT:
+                return self.out
+            if dest is TERMINAL_ERR:
+                return self.err
+            if dest is PIPE:
+                assert sink is not None
+                return sink
+            if id(dest) not in files:
+                files[id(dest)] = (dest, Capture())
+            return files[id(dest)][1]
+
+        ctx = Context(self, stage.argv[0], data, writer(stage.stdout), writer(stage.stderr), stage.assignments)
+        try:
+            status = await stage.builtin(ctx, stage.argv[1:])  # type: ignore[misc]
+        except OneOSError as e:
+            ctx.error(describe(e))
+            status = _status_for(e)
+        for dest, capture in files.values():
+            try:
+                await self.grid.fs.write(dest.path, bytes(capture.data), "append" if dest.append else "truncate")
+            except OneOSError as e:
+                self.error(f"oneos: {describe(e)}")
+                status = 1
+        return int(status or 0), (bytes(sink.data) if sink is not None else None)
+
+    # -- programs -------------------------------------------------------------
+    async def _resolve(self, argv: list[str]) -> tuple[str, list[str]]:
+        """Map OneOS script paths to absolute paths the runtimes can fetch.
+
+        ``python3 app.py`` in /home becomes program ``/home/app.py`` (its
+        interpreter follows from the extension); ``./tool.sh`` and
+        ``bin/x.py`` are taken from the cwd.  Anything else is a program on
+        the runtime's host, found on its PATH.
+        """
+        from oneos.agents.program import interpreter_for
+
+        program, args = argv[0], argv[1:]
+        ext = SCRIPT_RUNNERS.get(program)
+        if ext and args and args[0].endswith(ext) and not args[0].startswith("-"):
+            path = paths.normalise(args[0], self.session.cwd)
+            if await self.grid.fs.exists(path):
+                return path, args[1:]
+        if "/" in program or interpreter_for(program):
+            path = paths.normalise(program, self.session.cwd)
+            if await self.grid.fs.exists(path):
+                return path, args
+        return program, args
+
+    async def _external(self, stages: list[Stage], data: bytes | None, capture: Capture | None, job: Job) -> int:
+        """Start *stages* as agents, wire them, stream their output; the last one's status."""
+        from oneos.cli.run import exit_status
+        from oneos.fs.client import BytesSink, BytesSource
+
+        rpc, reactor = self.grid.rpc, self.grid.reactor
+        infos: list[dict[str, Any]] = []
+        waits: list[tuple[defer.Deferred, Any]] = []
+        streams: list[defer.Deferred] = []
+        try:
+            for i, stage in enumerate(stages):
+                if i > 0 and stage.stdin_file:
+                    raise ShellError("only the first program of a pipeline can read a file with '<'")
+                if stage.stdout is PIPE and stage.stderr is PIPE and i < len(stages) - 1:
+                    raise ShellError("2>&1 into a pipe is supported for built-ins only")
+                program, args = await self._resolve(stage.argv)
+                merged = isinstance(stage.stdout, _FileDest) and stage.stderr is stage.stdout
+                stdout_mode = _file_mode(stage.stdout) if isinstance(stage.stdout, _FileDest) and not merged else "attach"
+                stderr_mode = _file_mode(stage.stderr) if isinstance(stage.stderr, _FileDest) and not merged else "attach"
+                info = await rpc.call("scheduler", "spawn", timeout=20.0, program=program, args=args,
+                                      runtime=stage.runtime, tags=list(stage.tags),
+                                      env=self.session.agent_env(stage.assignments), stdout=stdout_mode,
+                                      stdin=True, stderr=stderr_mode, stdin_file=stage.stdin_file)
+                infos.append(info)
+                job.agents.append(info)
+                waits.append(await self._watch(info))
+            # runtime-to-runtime pipes between consecutive programs
+            for left, right in zip(infos, infos[1:]):
+                where = await rpc.call(right["runtime"], "agent_stdin", agent_id=right["id"])
+                await rpc.call(left["runtime"], "agent_pipe_out", agent_id=left["id"], to=f"{right['id']}@{right['runtime']}", **where)
+            if not stages[0].stdin_file:
+                where = await rpc.call(infos[0]["runtime"], "agent_stdin", agent_id=infos[0]["id"])
+                _send(reactor, where, BytesSource(data or b""))
+            for i, (stage, info) in enumerate(zip(stages, infos)):
+                merged = isinstance(stage.stdout, _FileDest) and stage.stderr is stage.stdout
+                if merged:
+                    bridge = Merge(2)
+                    streams.append(self.grid.fs.write_from(stage.stdout.path, bridge, "append" if stage.stdout.append else "truncate"))
+                    for name in ("stdout", "stderr"):
+                        streams.append(await self._attach(info, name, bridge))
+                    continue
+                out_sink: Any = None
+                if stage.stdout is PIPE and i == len(stages) - 1:
+                    out_sink = WriterSink(capture) if capture is not None else BytesSink()
+                elif isinstance(stage.stdout, _Terminal):
+                    out_sink = WriterSink(self.out if stage.stdout is TERMINAL_OUT else self.err)
+                if out_sink is not None:
+                    streams.append(await self._attach(info, "stdout", out_sink))
+                if isinstance(stage.stderr, _Terminal):
+                    streams.append(await self._attach(info, "stderr", WriterSink(self.err if stage.stderr is TERMINAL_ERR else self.out)))
+                elif stage.stderr is PIPE or stage.stderr is stage.stdout:
+                    # 2>&1 at the end of the line: both into what takes stdout
+                    streams.append(await self._attach(info, "stderr", WriterSink(capture) if capture is not None else WriterSink(self.out)))
+        except BaseException:
+            for info in infos:
+                rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
+            for _, sub in waits:
+                _cancel(sub)
+            raise
+        results = await defer.DeferredList(streams, consumeErrors=True)
+        for ok, value in results:
+            if not ok:
+                log.info("a stream of {job!r} ended early: {error}", job=job.text, error=value.getErrorMessage())
+        finals = []
+        for ended, sub in waits:
+            try:
+                finals.append(await ended)
+            finally:
+                _cancel(sub)
+        for final in finals:
+            if final.get("state") not in ("exited", "killed") or final.get("reason"):
+                self.error(f"oneos: {final.get('name', '?')} on {final.get('runtime', '?')} {final.get('state')}"
+                           + (f": {final['reason']}" if final.get("reason") else ""))
+        return exit_status(finals[-1])
+
+    async def _attach(self, info: dict[str, Any], stream: str, sink: Any) -> defer.Deferred:
+        from oneos.transfer import receive
+
+        where = await self.grid.rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream=stream)
+        return receive(self.grid.reactor, where["host"], where["port"], where["token"], sink)
+
+    async def _watch(self, info: dict[str, Any]) -> tuple[defer.Deferred, Any]:
+        """A Deferred firing with the agent's final status, and the subscription to cancel after."""
+        from oneos.agents.manager import ENDED
+        from oneos.pubsub import messages, topics
+
+        done: defer.Deferred = defer.Deferred()
+
+        def on(message: Any) -> None:
+            if not message.payload or done.called:
+                return
+            try:
+                body = messages.decode(message.payload, "agent.status")
+            except messages.MalformedMessage:
+                return
+            if body.get("state") in ENDED:
+                done.callback(body)
+
+        sub = await self.grid.client.subscribe(topics.agent(info["runtime"], info["id"]), on)
+        return done, sub
+
+
+def _send(reactor: Any, where: dict[str, Any], source: Any) -> None:
+    from oneos.transfer import send
+
+    send(reactor, where["host"], where["port"], where["token"], source).addErrback(lambda f: None)
+
+
+def _cancel(sub: Any) -> None:
+    try:
+        sub.cancel()
+    except Exception:
+        pass
+
+
+def _file_mode(dest: _FileDest) -> str:
+    return ("append:" if dest.append else "file:") + dest.path
+
+
+def _display(match: str, pattern: str, cwd: str) -> str:
+    """A glob match shown the way it was asked: relative patterns give relative names (as bash)."""
+    if pattern.startswith("/"):
+        return match
+    import posixpath
+
+    return posixpath.relpath(match, cwd)
+
+
+def _text(item: AndOr) -> str:
+    from oneos.shell.expand import unparse
+
+    return unparse(Script((AndOr(item.first, item.rest, False),)))
+
+
+def _status_for(error: BaseException) -> int:
+    """127 for "command not found", 126 for "cannot run", else 1 (as bash)."""
+    kind = getattr(error, "kind", None) or getattr(error, "code", None)
+    text = str(error)
+    if "command not found" in text or (kind == "ENOENT" and "no such file on runtime" in text):
+        return STATUS_NOT_FOUND
+    if kind in ("EACCES", "ENOEXEC") and "not executable" in text:
+        return STATUS_CANNOT_RUN
+    return 1
+
+
+class WriterSink:
+    """A transfer sink writing to a shell writer (terminal, capture)."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def write(self, data: bytes) -> defer.Deferred:
+        try:
+            self.writer.write(data)
+        except Exception as e:
+            return defer.fail(e)
+        return defer.succeed(None)
+
+    def finish(self) -> defer.Deferred:
+        return defer.succeed({})
+
+    def abort(self) -> None:
+        pass
+
+
+class Merge:
+    """Several sinks feeding one source (``> FILE 2>&1`` for a program).
+
+    Writers wait while more than *limit* bytes are queued, so a slow file
+    store slows the program instead of filling memory; the source ends when
+    every writer has finished.
+    """
+
+    def __init__(self, writers: int, limit: int = 1024 * 1024) -> None:
+        self.open = writers
+        self.limit = limit
+        self.queue: list[bytes] = []
+        self.queued = 0
+        self._reader: defer.Deferred | None = None
+        self._blocked: list[defer.Deferred] = []
+
+    # sink side
+    def write(self, data: bytes) -> defer.Deferred:
+        if not data:
+            return defer.succeed(None)
+        self.queue.append(data)
+        self.queued += len(data)
+        self._wake()
+        if self.queued <= self.limit:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._blocked.append(d)
+        return d
+
+    def finish(self) -> defer.Deferred:
+        self.open -= 1
+        self._wake()
+        return defer.succeed({})
+
+    def abort(self) -> None:
+        self.finish()
+
+    # source side
+    def next(self) -> defer.Deferred:
+        if self.queue:
+            return defer.succeed(self._take())
+        if self.open <= 0:
+            return defer.succeed(b"")
+        self._reader = defer.Deferred()
+        return self._reader
+
+    def _take(self) -> bytes:
+        data = b"".join(self.queue)
+        self.queue.clear()
+        self.queued = 0
+        blocked, self._blocked = self._blocked, []
+        for d in blocked:
+            d.callback(None)
+        return data
+
+    def _wake(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
+        if self.queue:
+            reader.callback(self._take())
+        elif self.open <= 0:
+            reader.callback(b"")
+        else:
+            self._reader = reader
+
+
+def now() -> float:
+    return time.time()
