@@ -14,9 +14,9 @@ from typing import Any
 
 from twisted.internet import defer, threads
 
-from oneos.agents.manager import ENDED, EXITED, KILLED
+from oneos.agents.manager import EXITED, KILLED
+from oneos.agents.watch import watch_agent
 from oneos.cli.common import OutputSink, default_pubsub_url, run_with_client
-from oneos.pubsub import messages, topics
 
 SUMMARY = "run a program on a runtime chosen by the scheduler (or a pipeline across runtimes)"
 
@@ -40,24 +40,6 @@ def exit_status(info: dict[str, Any]) -> int:
     return 1
 
 
-def wait_ended(client: Any, runtime: str, agent_id: str) -> defer.Deferred:
-    """Fires with the agent's final status, from its retained status topic."""
-    done: defer.Deferred = defer.Deferred()
-
-    def on(message: Any) -> None:
-        if not message.payload or done.called:
-            return
-        try:
-            body = messages.decode(message.payload, "agent.status")
-        except messages.MalformedMessage:
-            return
-        if body.get("state") in ENDED:
-            done.callback(body)
-
-    client.subscribe(topics.agent(runtime, agent_id), on)
-    return done
-
-
 @defer.inlineCallbacks
 def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], forward_stdin: bool,
            stdout: bool = True, stdin: bool = True) -> Any:
@@ -65,7 +47,7 @@ def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], for
     from oneos.transfer import receive, send
 
     first, last = infos[0], infos[-1]
-    ended = wait_ended(client, last["runtime"], last["id"])
+    ended, _ = watch_agent(client, last["runtime"], last["id"])
     streams = []
     for name, out in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer)):
         if name == "stdout" and not stdout:

@@ -527,22 +527,10 @@ class Interpreter:
 
     async def _watch(self, info: dict[str, Any]) -> tuple[defer.Deferred, Any]:
         """A Deferred firing with the agent's final status, and the subscription to cancel after."""
-        from oneos.agents.manager import ENDED
-        from oneos.pubsub import messages, topics
+        from oneos.agents.watch import watch_agent
 
-        done: defer.Deferred = defer.Deferred()
-
-        def on(message: Any) -> None:
-            if not message.payload or done.called:
-                return
-            try:
-                body = messages.decode(message.payload, "agent.status")
-            except messages.MalformedMessage:
-                return
-            if body.get("state") in ENDED:
-                done.callback(body)
-
-        sub = await self.grid.client.subscribe(topics.agent(info["runtime"], info["id"]), on)
+        done, subscribed = watch_agent(self.grid.client, info["runtime"], info["id"])
+        sub = await subscribed
         return done, sub
 
 
