@@ -1,10 +1,12 @@
 """The shell service end to end: a real runtime, the real OpenSSH client.
 
-One embedded runtime (its own broker, SQLite store) serves SSH on a free
-loopback port for the whole module; users log in with a key pair made here
-by ssh-keygen, or with a password from ``oneos user add`` (given to ssh
-through SSH_ASKPASS).  Waiting is always "until a condition holds, or a
-deadline".
+One embedded runtime (its own broker, SQLite store) serves SSH and telnet on
+free loopback ports for the whole module; users log in with a key pair made
+here by ssh-keygen, or with a password from ``oneos user add`` (given to ssh
+through SSH_ASKPASS, typed to a small telnet client written here).
+Interactive terminals are ``ssh -tt`` driven by writing keys.  A few tests
+of the front ends' pieces use no network.  Waiting is always "until a
+condition holds, or a deadline".
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from _runtimes import free_port, wait_for
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
                                 reason="needs the OpenSSH client")
 
-# Until oneos/runtime/app.py imports oneos.shell.server itself, the runtime
-# is started through this wrapper, which registers the shell kernel service.
+# The runtime runs on the asyncio reactor here (as under 'oneos grid'), while
+# tests/test_shell_grid.py uses twistd's default one: the shell is exercised on both.
 _BOOT = ("import sys\nfrom oneos.reactor import install_asyncio_reactor\ninstall_asyncio_reactor()\n"
          "import oneos.shell.server\nfrom oneos.twistd import main\nmain()\n")
 
@@ -222,3 +224,322 @@ def test_client_vanishing_stops_its_agents(shell):
     p.kill()
     p.wait()
     wait_for("the agent to be stopped", lambda: " sleep " not in shell.ssh("ps").stdout, deadline=30, logs=shell.log)
+
+
+# -- input for programs ------------------------------------------------------------------------
+
+
+UPPER = "python3 -c 'import sys; print(sys.stdin.read().upper(), end=\"\")'"
+
+
+def test_piped_input_reaches_the_program(shell):
+    r = shell.ssh("python3 -c 'import sys; print(sys.stdin.read().upper())'", input="hello\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "HELLO"
+    # built-ins read it too; EOF is final, as on a pipe: the second reader gets nothing
+    r = shell.ssh(f"wc -l; {UPPER}; echo end", input="a\nb\nc\n")
+    assert r.stdout.split() == ["3", "end"], r.stderr
+    # '<' from a OneOS file wins over the session's input; background jobs get none
+    shell.ssh("echo from-file > /tmp/in.txt")
+    r = shell.ssh(f"{UPPER} < /tmp/in.txt", input="from-session\n")
+    assert r.stdout == "FROM-FILE\n", r.stderr
+    r = shell.ssh(f"{UPPER} > /tmp/bg-in.txt & fg; cat /tmp/bg-in.txt; echo [done]", input="ignored\n")
+    assert r.stdout.endswith("\n[done]\n") and "IGNORED" not in r.stdout, r.stdout
+
+
+def test_large_piped_input_streams_through(shell):
+    """8 MiB through a program and into a OneOS file: more than the shell holds, so the SSH window waits."""
+    import hashlib
+
+    data = os.urandom(8 * 2**20)
+    r = subprocess.run([*shell.ssh_argv(), "--", "sha256sum"], input=data, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    r = subprocess.run([*shell.ssh_argv(), "--", "cat > /tmp/upload.bin; wc -c /tmp/upload.bin"], input=data,
+                       capture_output=True, timeout=120)
+    assert r.stdout.split()[0] == str(len(data)).encode(), r.stderr
+
+
+class Terminal:
+    """``ssh -tt``: the shell's interactive terminal, driven by writing keys and reading the screen."""
+
+    def __init__(self, argv: list[str]) -> None:
+        import threading
+
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.screen = b""
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                return
+            with self._lock:
+                self.screen += chunk
+
+    def send(self, keys: bytes) -> None:
+        self.process.stdin.write(keys)
+        self.process.stdin.flush()
+
+    def expect(self, text: bytes, deadline: float = 30, after: int = 0) -> int:
+        """Wait until *text* is on the screen past offset *after*; returns where it ends."""
+        def seen() -> int:
+            with self._lock:
+                at = self.screen.find(text, after)
+            return at + len(text) if at >= 0 else 0
+
+        return wait_for(f"{text!r} on the terminal", seen, deadline=deadline, logs=lambda: self.screen.decode(errors="replace"))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+def test_typed_lines_go_to_the_running_program(shell):
+    term = Terminal([*shell.ssh_argv(), "-tt"])
+    try:
+        at = term.expect(b"alice@oneos:~$ ")
+        term.send(UPPER.encode() + b"\r")
+        term.send(b"first line\rsecond\r")
+        term.send(b"\x04")  # Ctrl-D: end of its input
+        at = term.expect(b"FIRST LINE\r\nSECOND\r\n", after=at)
+        at = term.expect(b"alice@oneos:~$ ", after=at)
+        # Ctrl-D ended that program's input only: the next one reads fresh typing
+        term.send(b"python3 -c 'print(input()[::-1])'\r")
+        term.send(b"olleh\r")
+        at = term.expect(b"hello\r\n", after=at)
+        at = term.expect(b"alice@oneos:~$ ", after=at)
+        # Ctrl-C stops a program waiting for input; the session goes on
+        term.send(b"cat @solo\r")
+        wait_for("cat to run", lambda: " cat " in shell.ssh("ps").stdout, deadline=30, logs=shell.log)
+        term.send(b"\x03")
+        at = term.expect(b"alice@oneos:~$ ", after=at)
+        term.send(b"echo status=$?\r")
+        term.expect(b"status=130", after=at)
+        term.send(b"exit\r")
+        assert term.process.wait(timeout=30) == 0
+    finally:
+        term.close()
+
+
+# -- tail -f -----------------------------------------------------------------------------------
+
+
+def test_tail_follow_truncation_and_removal_on_a_fake_clock():
+    """The polling logic alone: the in-memory file system and a Clock instead of the network."""
+    from twisted.internet.task import Clock
+
+    from oneos.shell.interpreter import Grid, Interpreter, Session
+    from test_shell_interpreter import FakeFS, Out
+
+    class RangeFS(FakeFS):
+        def read_into(self, path, sink, offset=0, length=None):
+            end = None if length is None else offset + length
+            return self.read(path).addCallback(lambda data: sink.write(data[offset:end]))
+
+    fs, clock, out, err = RangeFS(), Clock(), Out(), Out()
+    fs.files["/tmp/log"] = b"a\nb\n"
+    interp = Interpreter(Session("ann", home="/home"), Grid(fs, None, None, clock), out, err)
+    ended: list = []
+    interp.execute("tail -n 1 -f /tmp/log").addBoth(ended.append)
+    assert out.text == "b\n"
+    fs.files["/tmp/log"] += b"c\n"
+    clock.advance(0.5)
+    assert out.text == "b\nc\n"
+    fs.files["/tmp/log"] = b"x\n"  # truncated
+    clock.advance(0.5)
+    assert out.text.endswith("c\nx\n") and "truncated" in err.text
+    del fs.files["/tmp/log"]
+    clock.advance(0.5)
+    assert "waiting for it" in err.text
+    fs.files["/tmp/log"] = b"back\n"
+    clock.advance(0.5)
+    assert out.text.endswith("x\nback\n")
+    assert ended == []
+    interp.interrupt()  # Ctrl-C
+    assert ended == [130] and not clock.getDelayedCalls()
+
+
+def test_session_input_pipe_and_terminal_ends():
+    from oneos.shell.interpreter import SessionInput
+
+    def drain(reader) -> list[bytes]:
+        got: list[bytes] = []
+        while True:
+            d = reader.next()
+            assert d.called, "data or EOF is ready"
+            got.append(d.result)
+            if not d.result:
+                return got
+
+    paused: list[str] = []
+    pipe = SessionInput(limit=4, pause=lambda: paused.append("pause"), resume=lambda: paused.append("resume"))
+    pipe.feed(b"abc")
+    assert paused == []
+    pipe.feed(b"def")  # past the limit: the front end is told to hold its client
+    assert paused == ["pause"]
+    pipe.close()
+    assert drain(pipe.reader()) == [b"abcdef", b""] and paused == ["pause", "resume"]
+    assert drain(pipe.reader()) == [b""]  # a pipe's EOF is final
+    tty = SessionInput(limit=4)
+    first = tty.reader()
+    pending = first.next()
+    tty.feed(b"hi\n")
+    assert pending.result == b"hi\n"
+    tty.end_of_input()  # Ctrl-D ends this reader's input only
+    assert drain(first) == [b""]
+    assert tty.feed(b"12345") is False  # nobody to hold back at a terminal: excess is refused
+    tty.feed(b"ok")
+    assert tty.reader().next().result == b"ok"  # the next program reads fresh typing
+
+
+def test_tail_follow_prints_what_is_appended(shell):
+    import threading
+
+    shell.ssh("echo old-1 > /tmp/follow.txt; echo old-2 >> /tmp/follow.txt")
+    p = subprocess.Popen([*shell.ssh_argv(), "--", "tail -n 1 -f /tmp/follow.txt"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    stop = threading.Event()
+
+    def writer() -> None:
+        for i in range(1, 4):
+            if stop.wait(0.3):  # a writer appending at its own pace, not synchronisation
+                return
+            shell.ssh(f"echo new-{i} >> /tmp/follow.txt")
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        lines = [p.stdout.readline() for _ in range(4)]
+        assert lines == ["old-2\n", "new-1\n", "new-2\n", "new-3\n"]
+    finally:
+        stop.set()
+        t.join(timeout=60)
+        p.kill()
+        p.wait()
+    # the session's end stopped it: a later truncation is not reported to anybody, nothing hangs
+    assert shell.ssh("echo fresh > /tmp/follow.txt; tail -n 5 /tmp/follow.txt").stdout == "fresh\n"
+
+
+def test_tail_follow_stops_on_ctrl_c(shell):
+    shell.ssh("echo start > /tmp/follow2.txt")
+    term = Terminal([*shell.ssh_argv(), "-tt"])
+    try:
+        at = term.expect(b"alice@oneos:~$ ")
+        term.send(b"tail -f /tmp/follow2.txt\r")
+        at = term.expect(b"start\r\n", after=at)
+        shell.ssh("echo appended >> /tmp/follow2.txt")
+        at = term.expect(b"appended\r\n", after=at)
+        term.send(b"\x03")
+        at = term.expect(b"alice@oneos:~$ ", after=at)
+        term.send(b"echo status=$?\r")
+        term.expect(b"status=130", after=at)
+        term.send(b"exit\r")
+        assert term.process.wait(timeout=30) == 0
+    finally:
+        term.close()
+
+
+# -- telnet ------------------------------------------------------------------------------------
+
+
+class TelnetClient:
+    """A minimal telnet client on a socket.
+
+    *answer*: reply to option negotiation the way the Debian ``telnet``
+    client does (DO ECHO for the server's WILL ECHO, refuse the rest);
+    otherwise ignore it like ``nc`` (the case that used to break the login).
+    """
+
+    IAC, DONT, DO, WONT, WILL, ECHO = 255, 254, 253, 252, 251, 1
+
+    def __init__(self, port: int, answer: bool) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.answer = answer
+        self.text = b""
+        self._pending = b""
+
+    def _pump(self) -> None:
+        data = self._pending + self.sock.recv(65536)
+        self._pending = b""
+        if not data:
+            raise EOFError("the server closed the connection")
+        i = 0
+        while i < len(data):
+            b = data[i]
+            if b != self.IAC:
+                self.text += bytes([b])
+                i += 1
+                continue
+            if i + 1 >= len(data) or (data[i + 1] in (self.DO, self.DONT, self.WILL, self.WONT) and i + 2 >= len(data)):
+                self._pending = data[i:]
+                break
+            command = data[i + 1]
+            if command in (self.DO, self.DONT, self.WILL, self.WONT):
+                option = data[i + 2]
+                if self.answer:
+                    if command == self.WILL:
+                        reply = self.DO if option == self.ECHO else self.DONT
+                    elif command == self.DO:
+                        reply = self.WONT
+                    else:
+                        reply = self.DONT if command == self.WONT else self.WONT
+                    self.sock.sendall(bytes([self.IAC, reply, option]))
+                i += 3
+            elif command == self.IAC:
+                self.text += b"\xff"
+                i += 2
+            else:
+                i += 2
+
+    def expect(self, what: bytes, deadline: float = 30) -> bytes:
+        end = time.monotonic() + deadline
+        while what not in self.text:
+            if time.monotonic() > end:
+                raise AssertionError(f"{what!r} never came; got {self.text!r}")
+            self._pump()
+        before, _, self.text = self.text.partition(what)
+        return before
+
+    def line(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("answer", [True, False], ids=["negotiating-client", "raw-client"])
+def test_telnet_password_login_and_commands(shell, answer):
+    env = dict(os.environ, ONEOS_HOME=str(shell.home))
+    subprocess.run([*_cli("user"), "add", "tess", "--password-stdin"], input="tel-pw-1\n", capture_output=True,
+                   text=True, env=env, timeout=30)  # (the second run finds tess already there)
+    wait_for("the telnet listener", lambda: "shell serving telnet" in shell.log(), deadline=30, logs=shell.log)
+    c = TelnetClient(shell.telnet_port, answer)
+    try:
+        c.expect(b"Username: ")
+        c.line("tess")
+        c.expect(b"Password: ")
+        c.line("wrong-pw")
+        c.expect(b"Login refused")
+        c.expect(b"Username: ")
+        c.line("tess")
+        c.expect(b"Password: ")
+        c.line("tel-pw-1")
+        c.expect(b"tess@oneos:~$ ")
+        c.line("pwd")
+        assert c.expect(b"tess@oneos:~$ ").strip() == b"/home/tess"
+        # a program reads the lines typed while it runs; Ctrl-D ends its input
+        c.line(UPPER)
+        c.line("typed over telnet")
+        c.sock.sendall(b"\x04")
+        assert c.expect(b"tess@oneos:~$ ").strip() == b"TYPED OVER TELNET"
+        c.line("echo $USER; exit")
+        assert c.expect(b"tess\r\n") is not None
+    finally:
+        c.close()
+    assert "AlreadyNegotiating" not in shell.log() and "Unhandled error" not in shell.log()

@@ -3,9 +3,12 @@
 Each built-in is ``async def name(ctx, args) -> int``.  File commands work on
 the OneOS tree through :class:`oneos.fs.client.FSClient`, with relative
 paths taken from the session's cwd; process commands ask the scheduler.
-Built-ins see their standard input as bytes (``ctx.stdin``, None when there
-is none) and write through ``ctx.out`` / ``ctx.err``; a typed
+Built-ins see their standard input as bytes (``await ctx.input()``: what
+the previous stage wrote, or, for the first stage, the session's input read
+to its end) and write through ``ctx.out`` / ``ctx.err``; a typed
 :class:`OneOSError` raised here becomes ``NAME: message`` and status 1.
+Built-ins that wait (``tail -f``, reading typed input) wait through
+``ctx.job`` so Ctrl-C and a vanished client end them.
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ def builtin(name: str, usage: str, *aliases: str) -> Callable[[Builtin], Builtin
 
 
 class Context:
-    """One built-in invocation: its session, input bytes and output writers."""
+    """One built-in invocation: its session, input and output writers, the job it belongs to."""
 
-    def __init__(self, interp: Any, name: str, stdin: bytes | None, out: Any, err: Any, assignments: dict[str, str]) -> None:
+    def __init__(self, interp: Any, name: str, stdin: bytes | None, out: Any, err: Any, assignments: dict[str, str],
+                 job: Any = None, source: Any = None) -> None:
+        from oneos.shell.interpreter import Job
+
         self.interp = interp
         self.session = interp.session
         self.grid = interp.grid
@@ -52,6 +58,32 @@ class Context:
         self.out = out
         self.err = err
         self.assignments = assignments
+        self.job = job if job is not None else Job(0, name)
+        #: the session's input (a transfer Source) when this is a pipeline's first stage, else None
+        self.source = source
+
+    async def input(self) -> bytes:
+        """Standard input as bytes: the pipe's, else the session's read to its end (Ctrl-D / EOF)."""
+        if self.stdin is None and self.source is not None:
+            from oneos.shell.interpreter import MAX_CAPTURE, ShellError
+
+            parts, size = [], 0
+            while True:
+                data = await self.job.wait(self.source.next())
+                if not data:
+                    break
+                size += len(data)
+                if size > MAX_CAPTURE:
+                    raise ShellError(f"input larger than {MAX_CAPTURE // 2**20} MiB")
+                parts.append(data)
+            self.stdin = b"".join(parts)
+        return self.stdin or b""
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait on the reactor's clock; Ctrl-C (or the client leaving) ends the wait with CancelledError."""
+        from twisted.internet import task
+
+        await self.job.wait(task.deferLater(self.grid.reactor, seconds, lambda: None))
 
     def path(self, p: str) -> str:
         return paths.normalise(p, self.session.cwd)
@@ -119,7 +151,7 @@ async def _inputs(ctx: Context, files: list[str]) -> list[tuple[str, bytes]]:
     out = []
     for name in files or ["-"]:
         if name == "-":
-            out.append(("-", ctx.stdin or b""))
+            out.append(("-", await ctx.input()))
         else:
             out.append((name, await ctx.fs.read(ctx.path(name))))
     return out
@@ -217,7 +249,7 @@ async def cat(ctx: Context, args: list[str]) -> int:
     status = 0
     for name in args or ["-"]:
         if name == "-":
-            ctx.out.write(ctx.stdin or b"")
+            ctx.out.write(await ctx.input())
             continue
         try:
             await ctx.fs.read_into(ctx.path(name), _OutSink(ctx.out))
@@ -340,16 +372,61 @@ async def head(ctx: Context, args: list[str]) -> int:
     return 0
 
 
-@builtin("tail", "tail [-n N] [FILE...]   last N lines (default 10)")
+#: How often ``tail -f`` looks at the file's size (seconds of the reactor's clock).
+FOLLOW_INTERVAL = 0.5
+
+
+@builtin("tail", "tail [-n N] [-f] [FILE...]   last N lines (default 10); -f: then what is appended to FILE, until Ctrl-C")
 async def tail(ctx: Context, args: list[str]) -> int:
-    opts, files = split_options(args, "", "n")
+    opts, files = split_options(args, "fF", "n")
     n = _count(opts.get("n"), 10)
+    if opts.get("f") or opts.get("F"):
+        if len(files) != 1:
+            raise UsageError("-f follows exactly one file")
+        return await _follow(ctx, files[0], n)
     inputs = await _inputs(ctx, files)
     for i, (name, data) in enumerate(inputs):
         if len(inputs) > 1:
             ctx.line(("\n" if i else "") + f"==> {name} <==")
         ctx.out.write(b"".join(_lines(data)[-n:] if n else []))
     return 0
+
+
+async def _follow(ctx: Context, name: str, n: int) -> int:
+    """``tail -f``: the last *n* lines, then whatever is appended, until the job is stopped.
+
+    The file system has no change notifications, so the size is polled every
+    FOLLOW_INTERVAL seconds and only the new bytes are read (streamed, from
+    the old end).  A file that shrinks was truncated: it is followed again
+    from its start.  A file that vanishes is waited for (as ``tail -F``).
+    Ends only through Ctrl-C or the session's end (status 130).
+    """
+    path = ctx.path(name)
+    data = await ctx.fs.read(path)
+    ctx.out.write(b"".join(_lines(data)[-n:] if n else []))
+    offset, missing = len(data), False
+    while True:
+        await ctx.sleep(FOLLOW_INTERVAL)
+        try:
+            st = await ctx.fs.stat(path)
+        except FSError as e:
+            if not missing:
+                ctx.error(f"{describe(e)}; waiting for it to come back")
+                missing, offset = True, 0
+            continue
+        if missing:
+            ctx.error(f"{path} is back; following it from its start")
+            missing = False
+        if st.size < offset:
+            ctx.error(f"{path}: file truncated")
+            offset = 0
+        if st.size > offset:
+            try:
+                await ctx.fs.read_into(path, _OutSink(ctx.out), offset, st.size - offset)
+            except FSError as e:
+                ctx.error(describe(e))
+                continue
+            offset = st.size
 
 
 @builtin("wc", "wc [-l] [-w] [-c] [FILE...]   count lines, words, bytes")
@@ -371,7 +448,7 @@ async def wc(ctx: Context, args: list[str]) -> int:
 @builtin("tee", "tee [-a] FILE...   copy standard input to files and to the output")
 async def tee(ctx: Context, args: list[str]) -> int:
     opts, files = split_options(args, "a")
-    data = ctx.stdin or b""
+    data = await ctx.input()
     ctx.out.write(data)
     for name in files:
         await ctx.fs.write(ctx.path(name), data, "append" if opts.get("a") else "truncate")

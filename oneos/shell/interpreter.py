@@ -16,6 +16,13 @@ output is collected (up to :data:`MAX_CAPTURE` bytes) and fed to the next.
 That keeps built-ins simple (they see their input as bytes) at the price of
 streaming only inside program segments: documented in docs/shell.md.
 
+What the client sends while a command runs (piped into ``ssh host CMD``, or
+typed at the terminal) reaches the first stage of the foreground pipeline
+through :class:`SessionInput`: a program's stdin is streamed to its runtime
+(``agent_stdin`` + :func:`oneos.transfer.send`, as ``oneos run`` does), a
+built-in reads it whole.  Background jobs and stages reading ``< FILE`` do
+not take it.
+
 Output goes to *writers*: anything with ``write(bytes)``.  Errors that are
 :class:`OneOSError` become one plain line on the error writer; anything else
 is logged with its traceback and shown as an internal error, never killing
@@ -25,6 +32,7 @@ the session.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,6 +53,10 @@ MAX_CAPTURE = 64 * 1024 * 1024
 HISTORY_SIZE = 1000
 #: Nesting limit for ``source`` (a file sourcing itself must not recurse forever).
 MAX_SOURCE_DEPTH = 16
+#: Bytes of session input held for the program before the front end is asked to pause its client.
+INPUT_LIMIT = 1024 * 1024
+#: Largest piece handed to a reader at once (the transfer cuts frames anyway).
+INPUT_CHUNK = 64 * 1024
 #: Interpreters whose first argument may name a OneOS script (``python3 /home/app.py``).
 SCRIPT_RUNNERS = {"python3": ".py", "python": ".py", "node": ".js", "sh": ".sh"}
 
@@ -115,13 +127,176 @@ class Stage:
 
 @dataclass
 class Job:
-    """An and-or list being run: its agents, so they can be stopped; its result."""
+    """An and-or list being run: its agents and waits, so they can be stopped; its result."""
 
     number: int
     text: str
     agents: list[dict[str, Any]] = field(default_factory=list)
     done: defer.Deferred | None = None
     status: int | None = None
+    #: started with '&': never reads the session's input
+    background: bool = False
+    #: set by Ctrl-C / hangup; built-ins that wait (tail -f, reading input) end with 130
+    stopped: bool = False
+    #: what the job's built-ins are waiting on, cancelled when it is stopped
+    waiting: set[defer.Deferred] = field(default_factory=set)
+
+    async def wait(self, d: defer.Deferred) -> Any:
+        """Await *d* unless the job is stopped meanwhile (then CancelledError, as Ctrl-C should)."""
+        if self.stopped:
+            d.cancel()
+            raise defer.CancelledError()
+        self.waiting.add(d)
+        try:
+            return await d
+        finally:
+            self.waiting.discard(d)
+
+
+_EOF = None  # a terminal's Ctrl-D, queued in SessionInput between data chunks
+
+
+class SessionInput:
+    """Bytes the session's client sends while commands run, for the foreground pipeline's stdin.
+
+    The SSH/telnet front end feeds it (:meth:`feed`, :meth:`end_of_input`,
+    :meth:`close`); the interpreter hands one :meth:`reader` at a time (a
+    transfer *Source*) to the first stage of a foreground pipeline.
+
+    Two kinds of end, because a pipe and a terminal differ: :meth:`close` is
+    the channel's EOF (``ssh host CMD < file``) and is final, every later
+    reader sees EOF at once; :meth:`end_of_input` is a terminal's Ctrl-D and
+    ends only the current reader's input, the next program reads fresh
+    typing, as on a tty.
+
+    Input waits here until a reader takes it (the program may still be
+    starting).  Past *limit* bytes the front end's *pause* is called, so a
+    fast client cannot fill the shell's memory while a program reads slowly;
+    *resume* once the backlog is taken.  Without *pause*, input past the
+    limit is dropped and :meth:`feed` returns False.
+    """
+
+    def __init__(self, limit: int = INPUT_LIMIT, pause: Callable[[], Any] | None = None,
+                 resume: Callable[[], Any] | None = None) -> None:
+        self.limit = limit
+        self._pause = pause
+        self._resume = resume
+        self.paused = False
+        self.closed = False
+        self._chunks: deque[bytes | None] = deque()
+        self._size = 0
+        self._reader: _InputReader | None = None
+        self._waiting: defer.Deferred | None = None
+
+    # -- the front end's side ------------------------------------------------------
+    def feed(self, data: bytes) -> bool:
+        if self.closed or not data:
+            return True
+        if self._pause is None and self._size + len(data) > self.limit:
+            return False
+        self._chunks.append(data)
+        self._size += len(data)
+        self._wake()
+        if self._size > self.limit and not self.paused and self._pause is not None:
+            self.paused = True
+            self._pause()
+        return True
+
+    def end_of_input(self) -> None:
+        """Ctrl-D at a terminal: the current (or next) reader's input ends here."""
+        if not self.closed:
+            self._chunks.append(_EOF)
+            self._wake()
+
+    def close(self) -> None:
+        """The client will send nothing more (channel EOF or gone)."""
+        self.closed = True
+        self._wake()
+
+    def discard(self) -> None:
+        """Drop what no program read (a terminal's typing during a command that did not want it)."""
+        self._chunks.clear()
+        self._size = 0
+        self._maybe_resume()
+
+    # -- the interpreter's side ----------------------------------------------------
+    def reader(self) -> _InputReader:
+        """A Source for one stage; any earlier reader is ended first (one reader at a time)."""
+        if self._reader is not None:
+            self._release(self._reader)
+        self._reader = _InputReader(self)
+        return self._reader
+
+    def _next(self, reader: _InputReader) -> defer.Deferred:
+        if reader.ended or reader is not self._reader:
+            return defer.succeed(b"")
+        if self._chunks:
+            return defer.succeed(self._take(reader))
+        if self.closed:
+            reader.ended = True
+            return defer.succeed(b"")
+
+        def cancelled(d: defer.Deferred) -> None:
+            if self._waiting is d:
+                self._waiting = None
+
+        self._waiting = defer.Deferred(cancelled)
+        return self._waiting
+
+    def _take(self, reader: _InputReader) -> bytes:
+        first = self._chunks.popleft()
+        if first is _EOF:
+            reader.ended = True
+            return b""
+        parts, size = [first], len(first)
+        while self._chunks and self._chunks[0] is not _EOF and size < INPUT_CHUNK:
+            chunk = self._chunks.popleft()
+            assert chunk is not None
+            parts.append(chunk)
+            size += len(chunk)
+        self._size -= size
+        self._maybe_resume()
+        return b"".join(parts)
+
+    def _wake(self) -> None:
+        d, reader = self._waiting, self._reader
+        if d is None or reader is None or not (self._chunks or self.closed):
+            return
+        self._waiting = None
+        if self._chunks:
+            d.callback(self._take(reader))
+        else:
+            reader.ended = True
+            d.callback(b"")
+
+    def _release(self, reader: _InputReader) -> None:
+        reader.ended = True
+        if self._reader is reader:
+            self._reader = None
+            d, self._waiting = self._waiting, None
+            if d is not None:
+                d.callback(b"")
+
+    def _maybe_resume(self) -> None:
+        if self.paused and self._size <= self.limit // 2:
+            self.paused = False
+            if self._resume is not None:
+                self._resume()
+
+
+class _InputReader:
+    """One stage's view of the session input: a transfer Source ending at EOF or :meth:`close`."""
+
+    def __init__(self, feed: SessionInput) -> None:
+        self.feed = feed
+        self.ended = False
+
+    def next(self) -> defer.Deferred:
+        return self.feed._next(self)
+
+    def close(self) -> None:
+        """The stage is over: stop taking input (a pending read ends with EOF)."""
+        self.feed._release(self)
 
 
 class Session:
@@ -201,7 +376,13 @@ class Interpreter:
         self.exit_status: int | None = None
         #: called with text to clear the screen etc. (interactive terminals set it)
         self.on_clear: Callable[[], None] | None = None
+        #: what the client sends, for foreground programs (set by the front end; None: empty input)
+        self.input: SessionInput | None = None
         self._depth = 0
+        #: Ctrl-C during the current line: the rest of it is not run (as bash)
+        self.interrupted = False
+        #: the client went away: nothing more is run (a line may still be waiting for the home directory)
+        self.gone = False
 
     # -- entry points ---------------------------------------------------------
     def execute(self, line: str, record: bool = True) -> defer.Deferred:
@@ -209,6 +390,7 @@ class Interpreter:
         return defer.Deferred.fromCoroutine(self._execute(line, record))
 
     async def _execute(self, line: str, record: bool) -> int:
+        self.interrupted = False
         if record and line.strip():
             self.session.history.append(line.rstrip("\n"))
             del self.session.history[:-HISTORY_SIZE]
@@ -222,32 +404,39 @@ class Interpreter:
 
     async def run_script(self, script: Script) -> int:
         for item in script.items:
-            if self.exit_status is not None:
+            if self.exit_status is not None or self.interrupted or self.gone:
                 break
             if item.background:
                 self._start_background(item)
                 self.session.status = 0
             else:
                 job = Job(0, _text(item))  # foreground: no job number
-                self.foreground = job
+                outer, self.foreground = self.foreground, job  # 'source' nests run_script
                 try:
                     await self._run_and_or(item, job)
                 finally:
-                    self.foreground = None
+                    self.foreground = outer
         return self.session.status
 
     def interrupt(self) -> None:
-        """Ctrl-C: stop the agents of the command in the foreground."""
+        """Ctrl-C: stop the command in the foreground (its agents, and built-ins that wait) and the rest of the line."""
+        self.interrupted = True
         if self.foreground is not None:
-            self._stop_agents(self.foreground)
+            self._stop(self.foreground)
 
     def hangup(self) -> None:
-        """The client went away: stop every agent this session started."""
+        """The client went away: stop every agent this session started, and run nothing more."""
+        self.gone = True
         self.interrupt()
         for job in list(self.session.jobs.values()):
-            self._stop_agents(job)
+            self._stop(job)
+        if self.input is not None:
+            self.input.close()
 
-    def _stop_agents(self, job: Job) -> None:
+    def _stop(self, job: Job) -> None:
+        job.stopped = True
+        for d in list(job.waiting):
+            d.cancel()
         for info in job.agents:
             self.grid.rpc.call("scheduler", "kill", agent_id=info["id"], grace=2.0).addErrback(lambda f: None)
 
@@ -257,6 +446,7 @@ class Interpreter:
     # -- jobs -----------------------------------------------------------------
     def _start_background(self, item: AndOr) -> None:
         job = self.session.new_job(_text(item))
+        job.background = True
         self.session.jobs[job.number] = job
 
         def finished(status: int) -> int:
@@ -282,7 +472,7 @@ class Interpreter:
     async def _run_and_or(self, item: AndOr, job: Job, background: bool = False) -> int:
         status = await self._run_pipeline(item.first, job)
         for op, pipeline in item.rest:
-            if self.exit_status is not None:
+            if self.exit_status is not None or job.stopped:
                 break
             if (op == "&&") == (status == 0):
                 status = await self._run_pipeline(pipeline, job)
@@ -300,6 +490,8 @@ class Interpreter:
             log.failure("shell command failed")
             self.error(f"oneos: internal error: {describe(e)}")
             status = 1
+        if job.stopped:
+            status = 130  # Ctrl-C, as bash reports SIGINT, however the agents were stopped (SIGTERM)
         self.session.status = status
         return status
 
@@ -319,15 +511,23 @@ class Interpreter:
                 segments.append([stage])
         data: bytes | None = None
         status = 0
-        for n, segment in enumerate(segments):
-            capture = Capture() if n < len(segments) - 1 else None
-            if segment[0].builtin is not None:
-                for stage in segment:
-                    sink = Capture() if PIPE in (stage.stdout, stage.stderr) else None
-                    status, data = await self._builtin(stage, data, sink)
-            else:
-                status = await self._external(segment, data, capture, job)
-                data = bytes(capture.data) if capture is not None else None
+        # The session's input goes to the first stage only, and never to background jobs.
+        reader = self.input.reader() if self.input is not None and not job.background and stages[0].stdin_file is None else None
+        try:
+            for n, segment in enumerate(segments):
+                if job.stopped:
+                    return 130
+                capture = Capture() if n < len(segments) - 1 else None
+                if segment[0].builtin is not None:
+                    for i, stage in enumerate(segment):
+                        sink = Capture() if PIPE in (stage.stdout, stage.stderr) else None
+                        status, data = await self._builtin(stage, data, sink, job, reader if n == i == 0 else None)
+                else:
+                    status = await self._external(segment, data, capture, job, reader if n == 0 else None)
+                    data = bytes(capture.data) if capture is not None else None
+        finally:
+            if reader is not None:
+                reader.close()
         return status
 
     async def _bare(self, stage: Stage, command: Command) -> int:
@@ -387,8 +587,13 @@ class Interpreter:
         return Stage(argv, assignments, stdin_file, stdout, stderr, command.placement.runtime, command.placement.tags, builtin)
 
     # -- built-ins ------------------------------------------------------------
-    async def _builtin(self, stage: Stage, data: bytes | None, sink: Capture | None) -> tuple[int, bytes | None]:
-        """Run one built-in; returns its status and what it wrote to the pipe (if any)."""
+    async def _builtin(self, stage: Stage, data: bytes | None, sink: Capture | None, job: Job | None = None,
+                       source: Any = None) -> tuple[int, bytes | None]:
+        """Run one built-in; returns its status and what it wrote to the pipe (if any).
+
+        *source*: the session's input when this built-in is the first stage
+        (read only if the built-in asks for its input, see Context.input).
+        """
         from oneos.shell.builtins import Context
 
         if stage.stdin_file is not None:
@@ -407,12 +612,15 @@ class Interpreter:
                 files[id(dest)] = (dest, Capture())
             return files[id(dest)][1]
 
-        ctx = Context(self, stage.argv[0], data, writer(stage.stdout), writer(stage.stderr), stage.assignments)
+        ctx = Context(self, stage.argv[0], data, writer(stage.stdout), writer(stage.stderr), stage.assignments,
+                      job=job or Job(0, ""), source=source)
         try:
             status = await stage.builtin(ctx, stage.argv[1:])  # type: ignore[misc]
         except OneOSError as e:
             ctx.error(describe(e))
             status = _status_for(e)
+        except defer.CancelledError:  # Ctrl-C while it waited; what it wrote to files is still kept
+            status = 130
         for dest, capture in files.values():
             try:
                 await self.grid.fs.write(dest.path, bytes(capture.data), "append" if dest.append else "truncate")
@@ -444,8 +652,13 @@ class Interpreter:
                 return path, args
         return program, args
 
-    async def _external(self, stages: list[Stage], data: bytes | None, capture: Capture | None, job: Job) -> int:
-        """Start *stages* as agents, wire them, stream their output; the last one's status."""
+    async def _external(self, stages: list[Stage], data: bytes | None, capture: Capture | None, job: Job,
+                        source: Any = None) -> int:
+        """Start *stages* as agents, wire them, stream their output; the last one's status.
+
+        The first program's stdin is *data* (what built-ins before it wrote),
+        else *source* (the session's input), else empty.
+        """
         from oneos.cli.run import exit_status
         from oneos.fs.client import BytesSink, BytesSource
 
@@ -476,7 +689,7 @@ class Interpreter:
                 await rpc.call(left["runtime"], "agent_pipe_out", agent_id=left["id"], to=f"{right['id']}@{right['runtime']}", **where)
             if not stages[0].stdin_file:
                 where = await rpc.call(infos[0]["runtime"], "agent_stdin", agent_id=infos[0]["id"])
-                _send(reactor, where, BytesSource(data or b""))
+                _send(reactor, where, source if data is None and source is not None else BytesSource(data or b""))
             for i, (stage, info) in enumerate(zip(stages, infos)):
                 merged = isinstance(stage.stdout, _FileDest) and stage.stderr is stage.stdout
                 if merged:

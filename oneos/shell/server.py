@@ -10,13 +10,22 @@ history, jobs) and :class:`Interpreter`:
 
 * ``exec`` requests (``ssh host 'ls /'``, ``oneos -c LINE``) run one line;
   stdout goes to the channel, stderr to its extended-data stream, and the
-  line's status comes back as the SSH ``exit-status``;
+  line's status comes back as the SSH ``exit-status``; what the client sends
+  is the line's standard input (``echo hi | ssh host 'wc -l'``), its EOF is
+  final as on a pipe;
 * ``shell`` requests with a pty get an interactive terminal (twisted.conch
   insults/recvline: line editing, history with the arrow keys, tab
-  completion of built-ins and paths, Ctrl-C stops the foreground agents,
-  Ctrl-D on an empty line logs out);
+  completion of built-ins and paths, Ctrl-C stops the foreground command,
+  Ctrl-D on an empty line logs out); while a command runs, typed lines go
+  to it (echoed and edited here, as a tty in cooked mode would) and Ctrl-D
+  ends its input;
 * ``shell`` requests without a pty (``echo ls | ssh host``) read lines and run
-  them in order, like ``sh`` reading a script.
+  them in order, like ``sh`` reading a script; the input is the script, so
+  programs get none.
+
+Telnet (``listen.telnet``) logs in through the same Portal with a user name
+and password, then works line by line like the terminal above, the client
+doing the line editing.
 
 When a client vanishes the channel closes and every agent its session
 started is stopped.  The host key is made on first start
@@ -26,6 +35,7 @@ started is stopped.  The host key is made on first start
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +43,10 @@ from twisted.application import service
 from twisted.conch import avatar, recvline
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser, ISession
-from twisted.conch.ssh import connection, factory, keys, session, userauth
-from twisted.conch.telnet import AuthenticatingTelnetProtocol, ITelnetProtocol, TelnetProtocol, TelnetTransport
-from twisted.cred import portal as cred_portal
+from twisted.conch.ssh import connection, factory, keys, session, transport, userauth
+from twisted.conch.telnet import (BRK, ECHO, IP, LINEMODE_EOF, AuthenticatingTelnetProtocol, ITelnetProtocol,
+                                  OptionRefused, TelnetProtocol, TelnetTransport)
+from twisted.cred import credentials, portal as cred_portal
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -47,7 +58,7 @@ from zope.interface import implementer
 from oneos.errors import describe
 from oneos.fs import paths
 from oneos.runtime.kernel import register_kernel_service
-from oneos.shell.interpreter import Grid, Interpreter, Session
+from oneos.shell.interpreter import Grid, Interpreter, Session, SessionInput
 from oneos.shell.parser import MAX_LINE
 from oneos.shell.users import FailureDelay, PasswordChecker, PublicKeyChecker
 
@@ -82,6 +93,18 @@ def load_or_create_host_key(home: Path) -> keys.Key:
 # -- shared plumbing ------------------------------------------------------------------------
 
 
+class _NoDelaySSHTransport(transport.SSHServerTransport):
+    """SSH transport with TCP_NODELAY: each command's short reply goes out at once.
+
+    Without it Nagle's algorithm meets the client's delayed ACKs and logins
+    and replies stall ~40 ms (conch's own unix server sets it too).
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        super().connectionMade()
+
+
 class _Glue:
     """A minimal transport made of callables (as twisted.conch.manhole_ssh does)."""
 
@@ -112,7 +135,7 @@ class _SafeWriter:
 
     def __init__(self, write: Any, crlf: bool = False) -> None:
         self._write = write
-        self.crlf = crlf
+        self.crlf = crlf  # for a client terminal in raw mode (ssh -t HOST LINE), which will not add the CR
         self.closed = False
 
     def write(self, data: bytes) -> None:
@@ -124,6 +147,75 @@ class _SafeWriter:
             self._write(data)
         except Exception:
             self.closed = True
+
+
+class _WindowHold:
+    """Back-pressure on one SSH channel's input: stop granting window while the shell holds too much.
+
+    conch re-opens a channel's receive window by itself as data arrives
+    (SSHConnection.ssh_CHANNEL_DATA, once less than half is left).  Setting
+    the channel's ``localWindowSize`` to 0 stops that, so the client stops
+    sending once its window is used up; only this channel waits (rekeying,
+    window adjusts for our output and the channel's close keep flowing,
+    which pausing the TCP socket would stop).  :meth:`resume` restores the
+    size and grants the missing window.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.size = channel.localWindowSize
+
+    def pause(self) -> None:
+        self.channel.localWindowSize = 0
+
+    def resume(self) -> None:
+        ch = self.channel
+        ch.localWindowSize = self.size
+        missing = self.size - ch.localWindowLeft
+        if missing > 0 and ch.conn is not None and not ch.localClosed:
+            ch.conn.adjustWindow(ch, missing)
+
+
+class _CookedKeys:
+    """Keystrokes of ``ssh -t HOST LINE`` made into program input, as a tty in cooked mode.
+
+    The client's terminal is raw, so the echo, Enter (CR), backspace,
+    Ctrl-C (interrupt) and Ctrl-D (end of input) are done here.
+    """
+
+    def __init__(self, interp: Interpreter, out: _SafeWriter) -> None:
+        self.interp = interp
+        self.out = out
+        self.line = bytearray()
+
+    def keys(self, data: bytes) -> None:
+        inp = self.interp.input
+        assert inp is not None
+        for byte in data:
+            key = bytes([byte])
+            if key == b"\x03":
+                self.out.write(b"^C\r\n")
+                self.line.clear()
+                self.interp.interrupt()
+            elif key == b"\x04":
+                if self.line:
+                    inp.feed(bytes(self.line))
+                    self.line.clear()
+                else:
+                    inp.end_of_input()
+            elif key in (b"\r", b"\n"):
+                self.out.write(b"\r\n")
+                inp.feed(bytes(self.line) + b"\n")
+                self.line.clear()
+            elif key in (b"\x7f", b"\x08"):
+                while self.line and self.line[-1] & 0xC0 == 0x80:  # a UTF-8 character's continuation bytes
+                    self.line.pop()
+                if self.line:
+                    self.line.pop()
+                    self.out.write(b"\b \b")
+            elif byte >= 0x20 and len(self.line) < MAX_LINE:
+                self.line += key
+                self.out.write(key)
 
 
 def _end_status(status: int) -> Failure:
@@ -172,10 +264,16 @@ class ShellSession:
 
     def execCommand(self, proto: Any, cmd: bytes) -> None:
         channel = proto.session
-        out = _SafeWriter(channel.write)
-        err = _SafeWriter(lambda d: channel.writeExtended(connection.EXTENDED_DATA_STDERR, d))
+        out = _SafeWriter(channel.write, crlf=self.pty is not None)
+        err = _SafeWriter(lambda d: channel.writeExtended(connection.EXTENDED_DATA_STDERR, d), crlf=self.pty is not None)
         interp = self._interpreter(out, err)
-        proto.makeConnection(_Glue(lambda data: None, lambda: None))  # input is not read in exec mode
+        if self.pty is None:
+            hold = _WindowHold(channel)
+            interp.input = SessionInput(pause=hold.pause, resume=hold.resume)
+            proto.makeConnection(_Glue(interp.input.feed, lambda: None))  # the client's data: the line's stdin
+        else:  # ssh -t HOST LINE: raw keystrokes, cooked here
+            interp.input = SessionInput()
+            proto.makeConnection(_Glue(_CookedKeys(interp, out).keys, lambda: None))
         try:
             line = cmd.decode("utf-8")
         except UnicodeDecodeError:
@@ -209,6 +307,8 @@ class ShellSession:
     def eofReceived(self) -> None:
         if self.plain is not None:
             self.plain.eof()
+        elif self.interp is not None and self.interp.input is not None and self.terminal is None:
+            self.interp.input.close()  # exec: the piped input ended (final, as on a pipe)
 
     def closed(self) -> None:
         for w in self.writers:
@@ -285,6 +385,7 @@ class ShellTerminal(recvline.HistoricRecvLine):
         self.channel.terminal = self
         out = _SafeWriter(self.terminal.write)  # insults turns \n into \r\n itself
         self.interp = self.channel._interpreter(out, out)
+        self.interp.input = SessionInput()  # typing: no pause (it would hold Ctrl-C back too), excess dropped
         self.terminal.write(BANNER.encode())
         self.channel.shell.prepare(self.interp).addBoth(lambda _: self._ready())
 
@@ -294,6 +395,8 @@ class ShellTerminal(recvline.HistoricRecvLine):
 
     def _ready(self) -> None:
         self.busy = False
+        assert self.interp is not None and self.interp.input is not None
+        self.interp.input.discard()  # typed during the command but not read by it
         self.ps = (self._prompt(), b"> ")
         self.pn = 0
         self.lineBuffer = []
@@ -313,6 +416,7 @@ class ShellTerminal(recvline.HistoricRecvLine):
         if keyID == b"\x03":  # Ctrl-C
             if self.busy:
                 self.terminal.write(b"^C\n")
+                self.lineBuffer, self.lineBufferIndex = [], 0
                 assert self.interp is not None
                 self.interp.interrupt()
             else:
@@ -320,7 +424,8 @@ class ShellTerminal(recvline.HistoricRecvLine):
                 self._ready()
             return
         if self.busy:
-            return  # typing while a command runs is ignored (no type-ahead)
+            self._program_key(keyID, modifier)
+            return
         if keyID == b"\x04" and not self.lineBuffer:  # Ctrl-D
             self.terminal.write(b"logout\n")
             self._logout(self.interp.session.status if self.interp else 0)
@@ -337,9 +442,43 @@ class ShellTerminal(recvline.HistoricRecvLine):
             return  # refuse to grow past the parser's limit
         super().keystrokeReceived(keyID, modifier)
 
+    def _program_key(self, keyID: Any, modifier: Any) -> None:
+        """A key while a command runs: edit a line for the program, as a tty in cooked mode.
+
+        Enter sends the line (see handle_RETURN); Ctrl-D sends what is typed
+        without a newline, or, on an empty line, ends the program's input.
+        History and completion are the shell's, not the program's: off.
+        """
+        assert self.interp is not None and self.interp.input is not None
+        if keyID == b"\x04":
+            if self.lineBuffer:
+                self.interp.input.feed(b"".join(self.lineBuffer))
+                self.lineBuffer, self.lineBufferIndex = [], 0
+            else:
+                self.interp.input.end_of_input()
+            return
+        if keyID in (self.terminal.UP_ARROW, self.terminal.DOWN_ARROW, b"\t"):
+            return
+        if isinstance(keyID, bytes) and len(self.lineBuffer) >= MAX_LINE:
+            return
+        super().keystrokeReceived(keyID, modifier)
+
+    def handle_RETURN(self) -> None:
+        if not self.busy:
+            super().handle_RETURN()
+            return
+        # a line typed for the running program: not a command, so not in the history
+        assert self.interp is not None and self.interp.input is not None
+        line = b"".join(self.lineBuffer)
+        self.lineBuffer, self.lineBufferIndex = [], 0
+        self.terminal.nextLine()
+        if not self.interp.input.feed(line + b"\n"):
+            self.terminal.write(b"\x07")  # nobody reads and the backlog is full
+
     def lineReceived(self, line: bytes) -> None:
         assert self.interp is not None
         self.busy = True
+        self.ps = (b"", b"")  # a redraw while the command runs shows no prompt
         text = line.decode("utf-8", "replace")
         self.interp.execute(text).addBoth(self._done)
 
@@ -404,37 +543,134 @@ components.registerAdapter(ShellSession, ShellAvatar, ISession)
 # -- telnet ---------------------------------------------------------------------------------
 
 
+class TelnetLogin(AuthenticatingTelnetProtocol):
+    """conch's telnet login, made to work with any client.
+
+    conch waits for the client's answer to ``WILL ECHO`` (sent to hide the
+    password) before it answers ``WONT ECHO`` and logs in; a client that
+    never answers option negotiation (``nc``, a raw socket) left the first
+    negotiation pending, the second failed with AlreadyNegotiating and the
+    login never happened.  A client refusing with DONT ECHO failed the same
+    way (AlreadyDisabled).  Here echo is given back only if the client took
+    it, negotiation failures are ignored, and the login goes ahead without
+    waiting.  Lines typed before the login ends are kept for the shell.
+    """
+
+    def __init__(self, portal: Any) -> None:
+        super().__init__(portal)
+        self.early: list[bytes] = []
+
+    def telnet_User(self, line: bytes) -> str:
+        self.username = line.strip()
+        self.transport.will(ECHO).addErrback(lambda f: None)
+        self.transport.write(b"Password: ")
+        return "Password"
+
+    def telnet_Password(self, line: bytes) -> None:
+        username, password = self.username, line.rstrip(b"\r")
+        del self.username
+        echo = self.transport.getOptionState(ECHO).us
+        if echo.negotiating:  # the client never answered WILL ECHO: stop waiting, we do not echo
+            pending, echo.onResult = echo.onResult, None
+            echo.negotiating, echo.state = False, "no"
+            if pending is not None:
+                pending.errback(Failure(OptionRefused(ECHO)))
+        elif echo.state == "yes":  # it let us echo (hiding the password): give echo back
+            self.transport.wont(ECHO).addErrback(lambda f: None)
+        self.transport.write(b"\n")
+        self.state = "Discard"  # before logging in: a successful login (maybe at once) moves on to "Command"
+        d = self.portal.login(credentials.UsernamePassword(username, password), None, ITelnetProtocol)
+        d.addCallbacks(self._cbLogin, self._ebLogin)
+
+    def telnet_Discard(self, line: bytes) -> None:
+        self.early.append(line)
+
+    def _cbLogin(self, ial: Any) -> None:
+        super()._cbLogin(ial)
+        early, self.early = self.early, []
+        rest = self.clearLineBuffer()
+        if early or rest:
+            self.protocol.dataReceived(b"".join(line + b"\n" for line in early) + rest)
+
+    def _ebLogin(self, failure: Failure) -> None:
+        self.early = []
+        self.transport.write(b"\nLogin refused\n")
+        self.transport.write(b"Username: ")
+        self.state = "User"
+
+
 class TelnetShell(TelnetProtocol):
-    """A logged-in telnet user: lines in, output out (the telnet client edits the line)."""
+    """A logged-in telnet user: lines in, output out (the telnet client edits the line).
+
+    While a command runs, what the user types is the program's input (the
+    session's SessionInput); Ctrl-D (a raw 0x04, or telnet's EOF command)
+    ends it; Ctrl-C (0x03 or telnet's IP command) interrupts.  Between
+    commands, complete lines are run in order.
+    """
 
     def __init__(self, user: str, shell: "ShellService") -> None:
         self.user = user
         self.shell = shell
         self.buffer = b""
-        self.running = True
+        #: a command runs: what arrives is its input
+        self.running = False
+        #: the first prompt was shown (lines typed before it wait in the buffer)
+        self.started = False
 
     def connectionMade(self) -> None:
-        out = _SafeWriter(self.transport.write, crlf=True)
+        out = _SafeWriter(self.transport.write)  # TelnetTransport turns \n into \r\n itself
         self.interp = self.shell.new_interpreter(self.user, out, out)
+        self.interp.input = SessionInput()
         out.write(BANNER.encode())
         self.shell.prepare(self.interp).addBoth(lambda _: self._prompt())
 
     def _prompt(self) -> None:
-        self.running = False
+        self.running, self.started = False, True
+        self.interp.input.discard()
         self.transport.write(self.interp.session.prompt().encode("utf-8", "replace"))
         self._drain()
 
-    def dataReceived(self, data: bytes) -> None:
-        if b"\x03" in data and self.running:
+    def unhandledCommand(self, command: bytes, argument: Any) -> None:
+        if command in (IP, BRK):
+            # The client (which echoed ^C itself) follows IP with DO TIMING-MARK and drops our
+            # output until the answer, written right after this: so answer on the next turn.
+            self.shell.reactor.callLater(0, self._interrupt, b"\n")
+        elif command == LINEMODE_EOF:  # IAC EOF (236)
+            self.dataReceived(b"\x04")
+
+    def _interrupt(self, echo: bytes) -> None:
+        self.transport.write(echo)
+        if self.running:
             self.interp.interrupt()
-        self.buffer += data.replace(b"\r\n", b"\n").replace(b"\r\0", b"\n").replace(b"\r", b"\n")
+        else:  # at the prompt: drop the line being typed
+            self.buffer = b""
+            self.transport.write(self.interp.session.prompt().encode("utf-8", "replace"))
+
+    def dataReceived(self, data: bytes) -> None:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r\0", b"\n").replace(b"\r", b"\n")
+        if self.running:
+            for piece in re.split(b"([\x03\x04])", data):
+                if piece == b"\x03":
+                    self._interrupt(b"^C\n")
+                elif piece == b"\x04":
+                    self.interp.input.end_of_input()
+                elif piece:
+                    self.interp.input.feed(piece)
+            return
+        if b"\x03" in data:
+            self._interrupt(b"^C\n")
+            data = data.rpartition(b"\x03")[2]
+        if data.startswith(b"\x04") and not self.buffer:  # Ctrl-D on an empty line logs out
+            self.transport.loseConnection()
+            return
+        self.buffer += data.replace(b"\x04", b"")
         if len(self.buffer) > MAX_LINE and b"\n" not in self.buffer:
             self.buffer = b""
             self.interp.error(f"oneos: line too long (the limit is {MAX_LINE} characters)")
         self._drain()
 
     def _drain(self) -> None:
-        if self.running or b"\n" not in self.buffer:
+        if self.running or not self.started or b"\n" not in self.buffer:
             return
         line, self.buffer = self.buffer.split(b"\n", 1)
         self.running = True
@@ -521,6 +757,7 @@ class ShellService(service.Service):
     def ssh_factory(self) -> factory.SSHFactory:
         key = load_or_create_host_key(self.home)
         f = factory.SSHFactory()
+        f.protocol = _NoDelaySSHTransport
         f.portal = self.portal
         f.publicKeys = {key.sshType(): key.public()}
         f.privateKeys = {key.sshType(): key}
@@ -529,7 +766,7 @@ class ShellService(service.Service):
 
     def telnet_factory(self) -> protocol.ServerFactory:
         f = protocol.ServerFactory()
-        f.protocol = lambda: TelnetTransport(AuthenticatingTelnetProtocol, self.portal)  # type: ignore[assignment]
+        f.protocol = lambda: TelnetTransport(TelnetLogin, self.portal)  # type: ignore[assignment]
         return f
 
     def startService(self) -> None:
