@@ -45,7 +45,13 @@ class RuntimeProcess:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-            self.process.wait(timeout=30)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                # a runtime that does not stop is a failure of the test, not a leak of the machine
+                self.process.kill()
+                self.process.wait()
+                raise
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

@@ -436,7 +436,11 @@ class AgentManager(service.Service):
         live = [a for a in self.agents.values() if a.state not in ENDED]
         for agent in live:
             self.kill(agent.id)
-        return defer.DeferredList([a.ended for a in live])
+        done = defer.DeferredList([a.ended for a in live])
+        # SIGKILL follows after kill_grace; never let a stuck child hold the
+        # runtime's shutdown hostage beyond that.
+        timer = self.clock.callLater(self.kill_grace + 5.0, lambda: done.called or done.callback([]))
+        return done.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
 
     # -- lifecycle -----------------------------------------------------------
     def new_id(self) -> str:
