@@ -119,6 +119,20 @@ class Target:
         self.key: Path | None = None
         self.known_hosts = root / "known_hosts"
 
+    stop_grace = 10.0
+
+    def log(self) -> str:
+        """The server's log so far (empty before it started)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except (OSError, AttributeError):
+            return ""
+
+    def stop(self) -> None:
+        stop_process(getattr(self, "process", None), grace=self.stop_grace)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+
     def ssh_base(self) -> list[str]:
         """The OpenSSH client, identical options for both servers (no user/system config, no agent, pinned host key)."""
         assert self.key is not None
@@ -150,13 +164,6 @@ class Target:
         fields = public_key_file.read_text().split()[:2]
         with open(self.known_hosts, "a") as f:
             f.write(f"[127.0.0.1]:{self.port} {' '.join(fields)}\n")
-
-    def log(self) -> str:
-        return ""
-
-    def stop(self) -> None:
-        pass
-
 
 class OneOSTarget(Target):
     name = "OneOS"
@@ -205,16 +212,7 @@ class OneOSTarget(Target):
             return False
         return r.returncode == 0
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (OSError, AttributeError):
-            return ""
-
-    def stop(self) -> None:
-        stop_process(self.process, grace=30)
-        if self._log is not None:
-            self._log.close()
+    stop_grace = 30.0  # a runtime stops its kernel services first
 
 
 class OpenSSHTarget(Target):
@@ -305,16 +303,6 @@ class OpenSSHTarget(Target):
         argv = super().session_argv()
         return [*argv, "--", "exec bash"] if self.via_exec_bash else argv
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (OSError, AttributeError):
-            return ""
-
-    def stop(self) -> None:
-        stop_process(self.process, grace=10)
-        if self._log is not None:
-            self._log.close()
 
 
 # -- measurements --------------------------------------------------------------------------
