@@ -342,8 +342,12 @@ class TransferServer(service.Service):
         host = self.port.getHost()
         return host.host, host.port
 
-    def startService(self) -> None:
-        super().startService()
+    def where(self, advertise: str) -> dict[str, Any]:
+        """Host and port a peer should connect to; *advertise* replaces a wildcard interface."""
+        host, port = self.address
+        if host in ("0.0.0.0", "::", ""):
+            host = advertise
+        return {"host": host, "port": port}
 
     @defer.inlineCallbacks
     def listen(self) -> Any:

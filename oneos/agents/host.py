@@ -182,26 +182,20 @@ class AgentHost:
             os.replace(tmp, target)
         return str(target)
 
-    def _where(self) -> dict[str, Any]:
-        host, port = self.runtime.transfer.address
-        if host in ("0.0.0.0", "::", ""):
-            host = self.runtime.address
-        return {"host": host, "port": port}
-
     def attach(self, agent_id: str, stream: str = "stdout") -> dict[str, Any]:
         """A token to read the agent's stdout or stderr from."""
         agent = self.manager.get(agent_id)
         source = agent.stdout if stream == "stdout" else agent.stderr
         token, done = self.runtime.transfer.offer(source=source)
         done.addErrback(lambda f: log.info("{stream} of agent {id} ended: {why}", stream=stream, id=agent_id, why=f.getErrorMessage()))
-        return {**self._where(), "token": token}
+        return {**self.runtime.transfer.where(self.runtime.address), "token": token}
 
     def stdin(self, agent_id: str) -> dict[str, Any]:
         """A token to stream into the agent's stdin; the stream's end closes it."""
         agent = self.manager.get(agent_id)
         token, done = self.runtime.transfer.offer(sink=agent.stdin)
         done.addErrback(lambda f: log.info("input of agent {id} ended: {why}", id=agent_id, why=f.getErrorMessage()))
-        return {**self._where(), "token": token}
+        return {**self.runtime.transfer.where(self.runtime.address), "token": token}
 
     def pipe_out(self, agent_id: str, host: str, port: int, token: str, to: str = "") -> dict[str, Any]:
         """Send the agent's stdout to another runtime's sink (the next pipeline stage)."""

@@ -192,19 +192,13 @@ class FileSystemService(service.Service):
     def usage(self) -> defer.Deferred:
         return self._store().usage()
 
-    def _where(self) -> dict[str, Any]:
-        host, port = self.transfer.address
-        if host in ("0.0.0.0", "::", ""):
-            host = self.advertise
-        return {"host": host, "port": port}
-
     @defer.inlineCallbacks
     def read_open(self, path: str, offset: int = 0, length: int | None = None) -> Any:
         """Open *path* for reading; the caller fetches the bytes with the token."""
         reader = yield self._store().read_chunks(path, offset, length)
         token, done = self.transfer.offer(source=_ReaderSource(reader))
         done.addBoth(lambda r: (reader.close(), None)[1])
-        return {**self._where(), "token": token, "size": reader.length, "stat": reader.stat.to_dict()}
+        return {**self.transfer.where(self.advertise), "token": token, "size": reader.length, "stat": reader.stat.to_dict()}
 
     @defer.inlineCallbacks
     def write_open(self, path: str, mode: str = "truncate", owner: str = DEFAULT_OWNER) -> Any:
@@ -212,7 +206,7 @@ class FileSystemService(service.Service):
         writer = yield self._store().open_write(path, mode, owner=owner)
         token, done = self.transfer.offer(sink=_WriterSink(writer))
         done.addErrback(lambda f: log.info("write to {path} abandoned: {error}", path=path, error=f.getErrorMessage()))
-        return {**self._where(), "token": token}
+        return {**self.transfer.where(self.advertise), "token": token}
 
 
 def make_fs_service(runtime: Any) -> FileSystemService:
