@@ -25,6 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from _brokers import free_port
+
 ENV_URL = "ONEOS_TEST_MONGODB_URL"
 
 
@@ -58,12 +60,6 @@ class MongoServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ping(url: str, timeout: float = 1.0) -> bool:

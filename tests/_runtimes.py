@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 
+from _brokers import free_port
 from oneos.twistd import twistd_command as twistd
 
 
@@ -112,14 +113,6 @@ def runtimes(tmp_path):
             rt.stop()
         except Exception:
             rt.kill()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EmbeddedRuntime:
