@@ -74,22 +74,19 @@ class RuntimeMaker:
     options = Options
 
     def makeService(self, options: Options) -> Any:
-        from oneos.reactor import install_asyncio_reactor
+        # The asyncio reactor must be chosen before anything imports the reactor.
         from oneos.errors import OneOSError, describe
+        from oneos.reactor import install_asyncio_reactor
 
         try:
             install_asyncio_reactor()
-        except OneOSError as e:
-            raise SystemExit(f"oneosd: {describe(e)}")
-        from oneos.config import load_config
-        from oneos.runtime.app import build_runtime
+            from oneos.config import load_config
+            from oneos.runtime.app import build_runtime
 
-        try:
             home = Path(options["home"]).expanduser() if options["home"] else None
-            config = load_config(home, options.overrides())
+            return build_runtime(load_config(home, options.overrides()))
         except OneOSError as e:
-            raise SystemExit(f"oneosd: {describe(e)}")
-        return build_runtime(config)
+            raise SystemExit(f"oneosd: {describe(e)}") from None
 
 
 oneosd = RuntimeMaker()
