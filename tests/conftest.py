@@ -12,4 +12,4 @@ try:
 except Exception:  # already installed (e.g. a plugin imported it first)
     pass
 
-pytest_plugins = ["_brokers", "_mongo", "_runtimes"]
+pytest_plugins = ["_brokers", "_mongo", "_runtimes", "_netns"]
