@@ -36,14 +36,55 @@ def oneos_home(environ: dict[str, str] | None = None) -> Path:
     return Path(env.get("ONEOS_HOME") or Path.home() / ".oneos").expanduser()
 
 
+#: Port each listener takes when its setting is ``auto``.
+AUTO_PORTS = {"pipe": 0, "ssh": 2222, "desktop": 3000}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def default_listen() -> dict[str, str]:
-    """Listeners on loopback; telnet off.  Endpoint strings, '' = off."""
-    return {
-        "pipe": "tcp:0:interface=127.0.0.1",
-        "ssh": "tcp:2222:interface=127.0.0.1",
-        "telnet": "",
-        "desktop": "tcp:3000:interface=127.0.0.1",
-    }
+    """Listener settings: endpoint strings, '' = off, ``auto`` = see :func:`resolve_listen`; telnet off."""
+    return {"pipe": "auto", "ssh": "auto", "telnet": "", "desktop": "auto"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* names this machine only (127.0.0.0/8, ::1, localhost)."""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def resolve_listen(listen: dict[str, str], pubsub: str, address: str) -> dict[str, str]:
+    """Concrete endpoint strings for the ``auto`` listeners.
+
+    A network whose broker is on loopback can only have members on this
+    machine, so ``auto`` listens on 127.0.0.1 there: nothing is exposed on
+    the one-machine default.  Once the broker is elsewhere the network spans
+    machines, and a listener on loopback would silently strand its peers, so
+    ``auto`` listens on the advertised *address* (every interface when the
+    address is a host name rather than an IP literal).
+    """
+    local = is_loopback(parse_broker_url(pubsub).host)
+    if local:
+        interface = "127.0.0.1"
+    elif _is_ip_literal(address):
+        interface = address
+    else:
+        interface = "::" if ":" in address else "0.0.0.0"
+    out = {}
+    for name, value in listen.items():
+        if value == "auto":
+            kind = "tcp6" if ":" in interface else "tcp"
+            value = f"{kind}:{AUTO_PORTS.get(name, 0)}:interface={interface.replace(':', chr(92) + ':')}"
+        out[name] = value
+    return out
+
+
+def _is_ip_literal(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -54,6 +95,7 @@ class Config:
     id: str
     pubsub: str = DEFAULT_PUBSUB
     broker: str = "auto"
+    #: '' = use the network's store, or host one here (SQLite under home) when the network has none
     store: str = ""
     kernel: bool = True
     memory_mb: int = 1024
@@ -62,6 +104,8 @@ class Config:
     keepalive: int = 2
     stats_interval: float = 2.0
     listen: dict[str, str] = field(default_factory=default_listen)
+    #: I/O devices this machine exposes (:class:`Device`); not served yet
+    devices: tuple = ()
     #: True when no config file existed: the one-machine embedded default.
     embedded: bool = False
     #: True when the id was generated because none was configured.
@@ -78,14 +122,18 @@ class Config:
         return d
 
     @property
+    def local_store(self) -> str:
+        """The SQLite store this runtime hosts when the network has none yet."""
+        return f"sqlite:///{self.home / 'fs.sqlite3'}"
+
+    @property
     def wants_embedded_broker(self) -> bool:
         """Whether this runtime may host the broker itself if none answers."""
         if self.broker == "embedded":
             return True
         if self.broker == "external":
             return False
-        host = parse_broker_url(self.pubsub).host
-        return host in ("127.0.0.1", "localhost", "::1")
+        return is_loopback(parse_broker_url(self.pubsub).host)
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -132,10 +180,10 @@ def validate_store(value: Any) -> str:
 
 
 def validate_endpoint(name: str, value: Any) -> str:
-    """A Twisted server endpoint string such as ``tcp:2222:interface=127.0.0.1``, or '' for off."""
+    """A Twisted server endpoint string such as ``tcp:2222:interface=127.0.0.1``, '' for off, or ``auto``."""
     if not isinstance(value, str):
         raise ConfigError(name, f"expected an endpoint string, got {value!r}")
-    if value and value.split(":", 1)[0] not in ("tcp", "tcp6", "ssl", "unix"):
+    if value and value != "auto" and value.split(":", 1)[0] not in ("tcp", "tcp6", "ssl", "unix"):
         raise ConfigError(name, f"{value!r} is not an endpoint string like tcp:2222:interface=127.0.0.1")
     return value
 
@@ -157,7 +205,7 @@ def _validate(raw: dict[str, Any], home: Path, embedded: bool) -> Config:
     broker = raw.get("broker", "auto")
     if broker not in BROKER_MODES:
         raise ConfigError("broker", f"{broker!r} is not one of {', '.join(BROKER_MODES)}")
-    store = raw.get("store") or f"sqlite:///{home / 'fs.sqlite3'}"
+    store = raw.get("store") or ""
     tags = raw.get("tags", [])
     if isinstance(tags, str):
         tags = [t for t in tags.replace(",", " ").split() if t]
@@ -179,7 +227,7 @@ def _validate(raw: dict[str, Any], home: Path, embedded: bool) -> Config:
         id=rid,
         pubsub=pubsub,
         broker=broker,
-        store=validate_store(store),
+        store=validate_store(store) if store else "",
         kernel=_as_bool("kernel", raw.get("kernel", True)),
         memory_mb=_as_number("memory_mb", raw.get("memory_mb", 1024), int, 16, 16 * 1024 * 1024),
         tags=tuple(tags),
@@ -187,6 +235,7 @@ def _validate(raw: dict[str, Any], home: Path, embedded: bool) -> Config:
         keepalive=_as_number("keepalive", raw.get("keepalive", 2), int, 1, 3600),
         stats_interval=_as_number("stats_interval", raw.get("stats_interval", 2.0), float, 0.1, 3600),
         listen=listen,
+        devices=validate_devices(raw.get("devices", ())),
         embedded=embedded,
         generated_id=generated,
     )
@@ -244,3 +293,92 @@ def with_changes(config: Config, **changes: Any) -> Config:
     raw.update(changes)
     result = _validate(raw, config.home, config.embedded)
     return result if "id" in changes else replace(result, generated_id=config.generated_id)
+
+
+# --- I/O devices ----------------------------------------------------------
+
+DEVICE_DIRECTIONS = ("in", "out")
+DEVICE_DRIVERS = ("video", "gpio", "command", "random", "dump")
+DEVICE_SPEC_FORM = "NAME:in|out:DRIVER[:KEY=VALUE,...]"
+OPTION_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Device:
+    """An I/O device this machine exposes: ``config.json`` holds it as
+    ``{"name", "direction", "driver", "options"}``."""
+
+    name: str
+    direction: str
+    driver: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        """The one-line form ``NAME:in|out:DRIVER[:KEY=VALUE,...]``."""
+        text = f"{self.name}:{self.direction}:{self.driver}"
+        if self.options:
+            text += ":" + ",".join(f"{k}={v}" for k, v in self.options.items())
+        return text
+
+
+def parse_device_spec(text: str, index: int = 0) -> Device:
+    """A :class:`Device` from ``NAME:in|out:DRIVER[:KEY=VALUE,...]``; errors name ``devices[index].FIELD``."""
+    where = f"devices[{index}]"
+    if not isinstance(text, str) or text.count(":") < 2:
+        raise ConfigError(where, f"{text!r} is not {DEVICE_SPEC_FORM}")
+    name, direction, driver, *rest = text.strip().split(":", 3)
+    options: dict[str, str] = {}
+    for item in (rest[0].split(",") if rest and rest[0].strip() else []):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ConfigError(f"{where}.options", f"{item!r} is not KEY=VALUE")
+        if key in options:
+            raise ConfigError(f"{where}.options.{key}", "given twice")
+        options[key] = value.strip()
+    return _device({"name": name.strip(), "direction": direction.strip(), "driver": driver.strip(), "options": options}, index)
+
+
+def _device(value: Any, index: int) -> Device:
+    where = f"devices[{index}]"
+    if isinstance(value, str):
+        return parse_device_spec(value, index)
+    if not isinstance(value, dict):
+        raise ConfigError(where, f"expected an object {{name, direction, driver, options}} or {DEVICE_SPEC_FORM}, got {value!r}")
+    for key in value:
+        if key not in ("name", "direction", "driver", "options"):
+            raise ConfigError(f"{where}.{key}", "unknown key (known: name, direction, driver, options)")
+    name = value.get("name")
+    if not isinstance(name, str) or not ID_PATTERN.match(name):
+        raise ConfigError(f"{where}.name", f"{name!r} is not a device name (letters, digits, '.', '_', '-'; up to 64)")
+    direction = value.get("direction")
+    if direction not in DEVICE_DIRECTIONS:
+        raise ConfigError(f"{where}.direction", f"{direction!r} is not in or out")
+    driver = value.get("driver")
+    if driver not in DEVICE_DRIVERS:
+        raise ConfigError(f"{where}.driver", f"{driver!r} is not one of {', '.join(DEVICE_DRIVERS)}")
+    given = value.get("options", {})
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where}.options", f"expected an object of KEY to VALUE, got {given!r}")
+    options: dict[str, str] = {}
+    for key, option in given.items():
+        if not isinstance(key, str) or not OPTION_KEY_PATTERN.match(key):
+            raise ConfigError(f"{where}.options", f"{key!r} is not an option name (a letter or '_', then letters, digits, '.', '_', '-')")
+        if isinstance(option, bool) or not isinstance(option, (str, int, float)):
+            raise ConfigError(f"{where}.options.{key}", f"expected a string, got {option!r}")
+        options[key] = str(option)
+    return Device(name=name, direction=direction, driver=driver, options=options)
+
+
+def validate_devices(value: Any) -> tuple[Device, ...]:
+    """The ``devices`` setting: a list of device objects (or spec strings), names unique."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError("devices", f"expected a list of devices, got {value!r}")
+    devices: list[Device] = []
+    for index, item in enumerate(value):
+        device = item if isinstance(item, Device) else _device(item, index)
+        if any(d.name == device.name for d in devices):
+            raise ConfigError(f"devices[{index}].name", f"{device.name!r} is already the name of another device")
+        devices.append(device)
+    return tuple(devices)

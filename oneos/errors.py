@@ -46,6 +46,13 @@ class RPCTimeout(RPCError):
         self.timeout = timeout
 
 
+class KernelUnavailable(RPCError):
+    """No runtime leads the kernel right now (an election is under way, or no kernel runtime is alive)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="KernelUnavailable")
+
+
 class DuplicateRuntimeId(OneOSError):
     """Another live runtime on the network already uses this runtime id."""
 

@@ -335,6 +335,8 @@ class TransferServer(service.Service):
         self.endpoint = endpoint
         self.token_ttl = token_ttl
         self.port: Any = None
+        #: the host peers are told to connect to when we listen on every interface
+        self.advertise = "127.0.0.1"
         self._offers: dict[str, Offer] = {}
 
     @property
@@ -342,12 +344,21 @@ class TransferServer(service.Service):
         host = self.port.getHost()
         return host.host, host.port
 
-    def where(self, advertise: str) -> dict[str, Any]:
-        """Host and port a peer should connect to; *advertise* replaces a wildcard interface."""
+    def where(self) -> dict[str, Any]:
+        """Host and port a peer should connect to (the advertised host replaces a wildcard interface)."""
         host, port = self.address
         if host in ("0.0.0.0", "::", ""):
-            host = advertise
+            host = self.advertise
         return {"host": host, "port": port}
+
+    @property
+    def stream_address(self) -> str:
+        """``host:port`` as peers should use it ('' before listening)."""
+        if self.port is None:
+            return ""
+        where = self.where()
+        host = f"[{where['host']}]" if ":" in where["host"] else where["host"]
+        return f"{host}:{where['port']}"
 
     @defer.inlineCallbacks
     def listen(self) -> Any:
@@ -387,7 +398,11 @@ class TransferServer(service.Service):
         if entry.sink is not None:
             entry.sink.abort()
         if entry.result is not None and not entry.result.called:
-            entry.result.errback(TransferError("nobody connected for the transfer in time", "ETIMEDOUT"))
+            # The usual cause across machines: the peer cannot reach the address we advertise.
+            log.warn("nobody claimed a stream at {address} within {ttl:.0f}s (can the peer reach this address? "
+                     "see the 'address' setting and listen.pipe)", address=self.stream_address, ttl=self.token_ttl)
+            entry.result.errback(TransferError(f"nobody connected to stream address {self.stream_address} "
+                                               f"within {self.token_ttl:.0f}s", "ETIMEDOUT"))
 
 
 class _ClientConnection(Protocol):
@@ -461,7 +476,9 @@ def _connect(reactor: Any, host: str, port: int, proto: _ClientConnection) -> de
     h = host.replace(":", "\\:")
     endpoint = clientFromString(reactor, f"tcp:host={h}:port={port}:timeout=10")
     d = endpoint.connect(Factory.forProtocol(lambda: proto))
-    d.addErrback(lambda f: proto._fail(Failure(TransferError(f"cannot connect to {host}:{port}: {f.getErrorMessage()}", "ECONNREFUSED"))))
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    d.addErrback(lambda f: proto._fail(Failure(TransferError(
+        f"cannot connect to stream address {shown}: {f.getErrorMessage()}", "ECONNREFUSED"))))
     return proto.result
 
 

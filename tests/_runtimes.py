@@ -36,7 +36,10 @@ class RuntimeProcess:
             (self.home / "config.json").write_text(json.dumps(config))
         self.log_path = self.home / "runtime.log"
         env = dict(os.environ, ONEOS_HOME=str(self.home), PYTHONUNBUFFERED="1")
-        args = ["oneosd", "--id", rid, "--pubsub", url, "--broker", "external", "--stats-interval", "0.5", *extra]
+        # Many runtimes share this machine in tests: each front door on an ephemeral port unless the test says.
+        configured = "ssh" in (config or {}).get("listen", {})
+        door = () if configured or "--ssh" in extra else ("--ssh", "tcp:0:interface=127.0.0.1")
+        args = ["oneosd", "--id", rid, "--pubsub", url, "--broker", "external", "--stats-interval", "0.5", *door, *extra]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(twistd(*args), stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.home)
 

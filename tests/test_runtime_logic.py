@@ -65,7 +65,8 @@ class TestConfig:
         c = load_config(tmp_path)
         assert c.embedded and c.kernel and c.generated_id
         assert c.pubsub == "mqtt://127.0.0.1:1883" and c.wants_embedded_broker
-        assert c.store == f"sqlite:///{tmp_path / 'fs.sqlite3'}"
+        # no store setting: the network's, or this home's SQLite file when the network has none
+        assert c.store == "" and c.local_store == f"sqlite:///{tmp_path / 'fs.sqlite3'}"
 
     def test_flags_override_file_override_defaults(self, tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({"id": "from-file", "memory_mb": 512, "kernel": False}))

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from oneos.fs import errors, paths
 from oneos.fs.store import Stat
 from oneos.shell.interpreter import Grid, Interpreter, Session
-from oneos.shell.users import FailureDelay, PasswordChecker, UserDB, hash_password, verify_password
+from oneos.shell.users import hash_password, verify_password
 
 
 class FakeFS:
@@ -159,22 +159,3 @@ def test_password_hashes():
     stored = hash_password("pw-1", n=2**10)
     assert verify_password("pw-1", stored) and not verify_password("pw-2", stored)
     assert not verify_password("pw-1", "garbage")
-
-
-def test_password_checker_refuses_slowly(tmp_path):
-    from twisted.cred.credentials import UsernamePassword
-    from twisted.cred.error import UnauthorizedLogin
-    from twisted.internet.task import Clock
-
-    UserDB(tmp_path).add("bob", "right")
-    clock = Clock()
-    checker = PasswordChecker(tmp_path, FailureDelay(clock, base=1.0))
-    good: list = []
-    checker.requestAvatarId(UsernamePassword(b"bob", b"right")).addBoth(good.append)
-    assert good == [b"bob"]
-    for name in (b"bob", b"nobody"):
-        bad: list = []
-        checker.requestAvatarId(UsernamePassword(name, b"wrong")).addBoth(bad.append)
-        assert bad == []  # not yet: refusals wait
-        clock.advance(1.0)
-        assert bad[0].check(UnauthorizedLogin) and str(bad[0].value) == "login refused"

@@ -170,7 +170,9 @@ def test_password_login(shell, tmp_path):
     r = subprocess.run([*_cli("user"), "add", "bob", "--password-stdin"],
                        input="s3cret-pw\n", capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 0, r.stderr
-    assert "s3cret" not in (shell.home / "users.json").read_text()
+    # kept in the tree (the store file under the runtime's home), hashed; nothing in the home itself
+    assert not (shell.home / "users.json").exists()
+    assert not any(b"s3cret" in f.read_bytes() for f in shell.home.glob("fs.sqlite3*"))
 
     def attempt(password: str) -> subprocess.CompletedProcess:
         askpass = tmp_path / f"askpass-{len(password)}.sh"

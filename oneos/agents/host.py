@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -41,32 +43,47 @@ class _Discard:
         self.stream.next().addCallback(lambda data: self._next() if data else None).addErrback(lambda f: None)
 
 
-class AgentHost:
+class AgentHost(service.Service):
     """The runtime's agents: RPC handlers, status publishing, program fetching."""
 
-    def __init__(self, runtime: Any) -> None:
-        self.runtime = runtime
-        self.reactor = runtime.reactor
-        self.manager = AgentManager(runtime.reactor, runtime.id, memory_limit_mb=runtime.config.memory_mb)
+    name = "agents"
+
+    def __init__(self, runtime_id: str, reactor: Any, client: Any, transfer: Any, fs: Callable[[], Any], *,
+                 home: Path, memory_mb: int, interval: float) -> None:
+        self.runtime_id = runtime_id
+        self.reactor = reactor
+        self.client = client
+        self.transfer = transfer
+        #: the file-system client (programs and redirections live in the OneOS tree)
+        self._fs = fs
+        self.interval = interval
+        self.manager = AgentManager(reactor, runtime_id, memory_limit_mb=memory_mb)
         self.manager.on_event(self._on_event)
-        self.cache = Path(runtime.config.home) / "cache"
+        self.cache = Path(home) / "cache"
         self._loop: task.LoopingCall | None = None
 
-    def start(self, interval: float) -> None:
-        """Start the manager and refresh live agents' statuses every *interval* s."""
+    def startService(self) -> None:
+        """Start the manager and refresh live agents' statuses every interval."""
+        super().startService()
         self.manager.startService()
         self._loop = task.LoopingCall(self.refresh)
         self._loop.clock = self.reactor
-        self._loop.start(interval, now=False).addErrback(lambda f: log.failure("agent refresh failed", f))
+        self._loop.start(self.interval, now=False).addErrback(lambda f: log.failure("agent refresh failed", f))
 
-    def stop(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return self.manager.stopService()
 
+    @property
+    def count(self) -> int:
+        """Agents running here now (reported in the runtime's status)."""
+        return len(self.manager.live_agents())
+
     def refresh(self) -> None:
         """Republish running agents so CPU, memory and uptime in ``oneos ps`` stay current."""
-        if not self.runtime.client.connected:
+        if not self.client.connected:
             return
         for agent in self.manager.live_agents():
             self._publish(agent.info())
@@ -85,20 +102,19 @@ class AgentHost:
 
     # -- status publishing ----------------------------------------------------
     def _publish(self, body: dict[str, Any]) -> None:
-        topic = topics.agent(self.runtime.id, body["id"])
+        topic = topics.agent(self.runtime_id, body["id"])
         payload = messages.encode("agent.status", **{k: v for k, v in body.items() if k != "event"})
-        self.runtime.client.publish(topic, payload, qos=1, retain=True).addErrback(lambda f: None)
+        self.client.publish(topic, payload, qos=1, retain=True).addErrback(lambda f: None)
 
     def _on_event(self, body: dict[str, Any]) -> None:
         self._publish(body)
-        self.runtime.agents = len(self.manager.live_agents())
         if body["state"] in ENDED:
-            self.reactor.callLater(KEEP_ENDED, self._clear, topics.agent(self.runtime.id, body["id"]), body["id"])
+            self.reactor.callLater(KEEP_ENDED, self._clear, topics.agent(self.runtime_id, body["id"]), body["id"])
 
     def _clear(self, topic: str, agent_id: str) -> None:
         agent = self.manager.agents.get(agent_id)
         if agent is None or agent.state in ENDED:
-            self.runtime.client.publish(topic, b"", qos=1, retain=True).addErrback(lambda f: None)
+            self.client.publish(topic, b"", qos=1, retain=True).addErrback(lambda f: None)
 
     def agents_memory_mb(self) -> float:
         return sum(a.info()["memory_mb"] for a in self.manager.live_agents())
@@ -120,7 +136,7 @@ class AgentHost:
             yield self._fs().stat(stdin_file)  # a missing input file is an error before anything runs
         environment = dict(os.environ)
         environment.update(env or {})
-        environment["ONEOS_RUNTIME"] = self.runtime.id
+        environment["ONEOS_RUNTIME"] = self.runtime_id
         spec = AgentSpec(local, list(args or []), cwd=cwd, env=environment, name=name or os.path.basename(program),
                          memory_limit_mb=int(memory_mb or 0), restart=restart, stdin=stdin)
         agent = self.manager.spawn(spec, agent_id=agent_id)
@@ -133,11 +149,6 @@ class AgentHost:
         if stdin_file:
             self._from_file(agent, stdin_file)
         return agent.info()
-
-    def _fs(self) -> Any:
-        from oneos.fs.client import FSClient
-
-        return FSClient(self.runtime.rpc, self.reactor)
 
     def _to_file(self, agent: AgentProcess, stream: Any, mode: str) -> None:
         how, _, path = mode.partition(":")
@@ -170,7 +181,7 @@ class AgentHost:
         try:
             st = yield fs.stat(program)
         except FSError:
-            raise ProgramError(f"{program}: no such file on runtime {self.runtime.id} or in the OneOS file system") from None
+            raise ProgramError(f"{program}: no such file on runtime {self.runtime_id} or in the OneOS file system") from None
         key = hashlib.sha256(f"{program}\0{st.mtime}\0{st.size}".encode()).hexdigest()[:16]
         target = self.cache / key / os.path.basename(program)
         if not target.exists():
@@ -186,16 +197,16 @@ class AgentHost:
         """A token to read the agent's stdout or stderr from."""
         agent = self.manager.get(agent_id)
         source = agent.stdout if stream == "stdout" else agent.stderr
-        token, done = self.runtime.transfer.offer(source=source)
+        token, done = self.transfer.offer(source=source)
         done.addErrback(lambda f: log.info("{stream} of agent {id} ended: {why}", stream=stream, id=agent_id, why=f.getErrorMessage()))
-        return {**self.runtime.transfer.where(self.runtime.address), "token": token}
+        return {**self.transfer.where(), "token": token}
 
     def stdin(self, agent_id: str) -> dict[str, Any]:
         """A token to stream into the agent's stdin; the stream's end closes it."""
         agent = self.manager.get(agent_id)
-        token, done = self.runtime.transfer.offer(sink=agent.stdin)
+        token, done = self.transfer.offer(sink=agent.stdin)
         done.addErrback(lambda f: log.info("input of agent {id} ended: {why}", id=agent_id, why=f.getErrorMessage()))
-        return {**self.runtime.transfer.where(self.runtime.address), "token": token}
+        return {**self.transfer.where(), "token": token}
 
     def pipe_out(self, agent_id: str, host: str, port: int, token: str, to: str = "") -> dict[str, Any]:
         """Send the agent's stdout to another runtime's sink (the next pipeline stage)."""

@@ -10,12 +10,17 @@ from oneos.errors import OneOSError, PubSubUnavailable
 
 
 def default_pubsub_url() -> str:
-    """The broker named in ``$ONEOS_HOME/config.json``, else the embedded default."""
-    try:
-        return load_config(oneos_home()).pubsub
-    except OneOSError:
-        from oneos.config import DEFAULT_PUBSUB
+    """The broker this home's running runtime uses (flags included); else the one in config.json; else the default."""
+    from oneos.cli.shell import read_runtime_file
+    from oneos.config import DEFAULT_PUBSUB
 
+    home = oneos_home()
+    running = read_runtime_file(home).get("pubsub")
+    if running:
+        return str(running)
+    try:
+        return load_config(home).pubsub
+    except OneOSError:
         return DEFAULT_PUBSUB
 
 
@@ -64,6 +69,54 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
     if isinstance(result, Failure):
         result.raiseException()
     return result
+
+
+def network_rpc(reactor: Any, client: Any, default_timeout: float = 5.0) -> Any:
+    """An RPC client that knows, from a snapshot of the network taken now, who serves what.
+
+    Costs one broker round trip (the retained statuses and store record);
+    afterwards a call to the file system or the scheduler fails at once with
+    the reason when nobody serves it ("store host rt-a is down") instead of
+    after a timeout.  Fires with the RPCClient.
+    """
+    from oneos.pubsub import topics
+    from oneos.pubsub.messages import MalformedMessage
+    from oneos.pubsub.rpc import RPCClient
+    from oneos.runtime.netstore import StoreRecord, route_check
+    from oneos.runtime.status import RuntimeStatus
+
+    statuses: dict[str, RuntimeStatus] = {}
+    record: list[StoreRecord] = []
+
+    def on_status(message: Any) -> None:
+        rid = topics.runtime_from_status_topic(message.topic)
+        if rid is None or not message.payload:
+            return
+        try:
+            statuses[rid] = RuntimeStatus.decode(message.payload)
+        except MalformedMessage:
+            pass
+
+    def on_store(message: Any) -> None:
+        try:
+            record[:] = [StoreRecord.decode(message.payload)]
+        except MalformedMessage:
+            pass
+
+    def ready(_: Any) -> Any:
+        import time
+
+        from oneos.cli.status import judged_state
+
+        now = time.time()
+        view = [s.with_(state=judged_state(s, now)) for s in statuses.values()]
+        return RPCClient(client, reactor, default_timeout=default_timeout,
+                         precheck=lambda target: route_check(target, view, record[0] if record else None))
+
+    d = client.subscribe(topics.ALL_STATUS, on_status)
+    d.addCallback(lambda _: client.subscribe(topics.NETWORK_STORE, on_store))
+    d.addCallback(lambda _: client.barrier())
+    return d.addCallback(ready)
 
 
 class OutputSink:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from oneos.cli.common import default_pubsub_url, run_with_client
+from oneos.cli.common import default_pubsub_url, network_rpc, run_with_client
 
 SUMMARIES = {
     "pipes": "list pipes between agents with the bytes they carried and their rate",
@@ -21,9 +21,8 @@ def scheduler_call(url: str, method: str, timeout: float = 10.0, **args: Any) ->
     """One RPC to the scheduler kernel service."""
 
     def job(reactor: Any, client: Any) -> Any:
-        from oneos.pubsub.rpc import RPCClient
-
-        return RPCClient(client, reactor).call("scheduler", method, timeout=timeout, **args)
+        d = network_rpc(reactor, client)
+        return d.addCallback(lambda rpc: rpc.call("scheduler", method, timeout=timeout, **args))
 
     return run_with_client(url, job, timeout=timeout)
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
-from oneos.cli.common import OutputSink, default_pubsub_url, run_with_client
+from oneos.cli.common import OutputSink, default_pubsub_url, network_rpc, run_with_client
 
 SUMMARY = "copy files in and out of the OneOS file tree: put, get, ls, cat, mkdir, rm"
 CHUNK = 256 * 1024
@@ -155,9 +155,8 @@ def run(argv: list[str]) -> int:
     @defer.inlineCallbacks
     def job(reactor: Any, client: Any) -> Any:
         from oneos.fs.client import FSClient
-        from oneos.pubsub.rpc import RPCClient
 
-        fs = FSClient(RPCClient(client, reactor), reactor, timeout=args.timeout)
+        fs = FSClient((yield network_rpc(reactor, client)), reactor, timeout=args.timeout)
         if args.command == "put":
             progress = Progress(f"put {args.local.name}", args.local.stat().st_size, sys.stderr, show)
             st = yield fs.write_from(args.remote, FileSource(args.local, progress), "append" if args.append else "truncate")

@@ -76,13 +76,17 @@ def wait_for_port(reactor: Any, port: int, deadline: float) -> Any:
 class Grid:
     """Starts and stops the grid's processes."""
 
-    def __init__(self, reactor: Any, directory: Path, runtimes: int, kernels: int, port: int, out: Any) -> None:
+    def __init__(self, reactor: Any, directory: Path, runtimes: int, kernels: int, port: int, out: Any,
+                 store: str | None = None, ssh_port: int = 2222) -> None:
         self.reactor = reactor
         self.directory = directory
         self.runtimes = runtimes
         self.kernels = kernels
         self.port = port
         self.out = out
+        #: one tree for the whole grid: every runtime opens the same store, so it survives a leader's death
+        self.store = store or f"sqlite:///{directory / 'fs.sqlite3'}"
+        self.ssh_port = ssh_port
         self.children: dict[str, tuple[Child, Any]] = {}
         self.width = max(4, len(f"rt-{runtimes}"))
         self.stopping = False
@@ -110,11 +114,17 @@ class Grid:
         for i in range(1, self.runtimes + 1):
             name = f"rt-{i}"
             kernel = "--kernel" if i <= self.kernels else "--no-kernel"
+            ssh = f"tcp:{self.ssh_port + i - 1}:interface=127.0.0.1" if self.ssh_port else ""
             self.spawn(
                 name,
-                twistd_command("oneosd", "--id", name, "--pubsub", url, "--broker", "external", kernel),
+                twistd_command("oneosd", "--id", name, "--pubsub", url, "--broker", "external", kernel,
+                               "--store", self.store, "--ssh", ssh),
                 home=self.directory / name,
             )
+        self.note(f"file tree: {self.store} (shared by every runtime)")
+        if self.ssh_port:
+            self.note("shells: " + ", ".join(f"rt-{i} on port {self.ssh_port + i - 1}" for i in range(1, self.runtimes + 1))
+                      + f" (oneos user add NAME --pubsub {url}, then oneos shell --host 127.0.0.1 --port PORT -u NAME)")
         self.note(f"grid running; try 'oneos status --pubsub {url}'; Ctrl-C stops it")
 
     def note(self, text: str) -> None:
@@ -154,6 +164,10 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--kernels", type=int, default=None, help="how many of them may host the kernel (default all)")
     parser.add_argument("--dir", type=Path, default=None, help="where each runtime's ONEOS_HOME goes (default $ONEOS_HOME/grid)")
     parser.add_argument("--port", type=int, default=1883, help="broker port on 127.0.0.1 (default 1883)")
+    parser.add_argument("--store", help="the grid's file store URL (default: one SQLite file under --dir, "
+                                         "shared by every runtime)")
+    parser.add_argument("--ssh-port", type=int, default=2222, metavar="BASE",
+                        help="rt-N's SSH shell listens on BASE+N-1 on 127.0.0.1 (default 2222; 0 = no shells)")
     args = parser.parse_args(argv)
     if not 1 <= args.runtimes <= 500:
         parser.error("--runtimes must be between 1 and 500")
@@ -166,7 +180,11 @@ def run(argv: list[str]) -> int:
     from twisted.internet import reactor
 
     directory = (args.dir or oneos_home() / "grid").resolve()
-    grid = Grid(reactor, directory, args.runtimes, kernels, args.port, sys.stdout)
+    if args.store:
+        from oneos.config import validate_store
+
+        validate_store(args.store)
+    grid = Grid(reactor, directory, args.runtimes, kernels, args.port, sys.stdout, store=args.store, ssh_port=args.ssh_port)
     status = {"code": 0}
 
     def failed(f: Any) -> None:

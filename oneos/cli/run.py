@@ -16,7 +16,8 @@ from twisted.internet import defer, threads
 
 from oneos.agents.manager import EXITED, KILLED
 from oneos.agents.watch import watch_agent
-from oneos.cli.common import OutputSink, default_pubsub_url, run_with_client
+from oneos.cli.common import OutputSink, default_pubsub_url, network_rpc, run_with_client
+from oneos.errors import OneOSError
 
 SUMMARY = "run a program on a runtime chosen by the scheduler (or a pipeline across runtimes)"
 
@@ -48,22 +49,35 @@ def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], for
 
     first, last = infos[0], infos[-1]
     ended, _ = watch_agent(client, last["runtime"], last["id"])
-    streams = []
+    streams: list[tuple[str, defer.Deferred]] = []
     for name, out in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer)):
         if name == "stdout" and not stdout:
             continue  # redirected to a OneOS file by the runtime
         where = yield rpc.call(last["runtime"], "agent_attach", agent_id=last["id"], stream=name)
-        streams.append(receive(reactor, where["host"], where["port"], where["token"], OutputSink(out)))
+        streams.append((f"{name} of {last['name']} on {last['runtime']}",
+                        receive(reactor, where["host"], where["port"], where["token"], OutputSink(out))))
     for info in infos[:-1]:  # earlier stages' stderr comes here too
         where = yield rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream="stderr")
-        streams.append(receive(reactor, where["host"], where["port"], where["token"], OutputSink(sys.stderr.buffer)))
+        streams.append((f"stderr of {info['name']} on {info['runtime']}",
+                        receive(reactor, where["host"], where["port"], where["token"], OutputSink(sys.stderr.buffer))))
     if stdin:
         where = yield rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
         source: Any = LocalSource(sys.stdin.buffer) if forward_stdin else _Empty()
+        # A program that ends without reading all its input is not an error (a UNIX writer would get SIGPIPE).
         send(reactor, where["host"], where["port"], where["token"], source).addErrback(lambda f: None)
-    yield defer.DeferredList(streams, consumeErrors=True)
+    results = yield defer.DeferredList([d for _, d in streams], consumeErrors=True)
+    lost = [f"{what}: {value.getErrorMessage()}" for (what, _), (ok, value) in zip(streams, results) if not ok]
+    if lost:
+        # Output that cannot arrive must not look like success: stop the program and say why.
+        for info in infos:
+            rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
+        raise StreamLost("; ".join(lost))
     final = yield ended
     return final
+
+
+class StreamLost(OneOSError):
+    """A stream between this command and the program broke (unreachable address, peer gone)."""
 
 
 class _Empty:
@@ -103,9 +117,7 @@ def run(argv: list[str]) -> int:
 
     @defer.inlineCallbacks
     def job(reactor: Any, client: Any) -> Any:
-        from oneos.pubsub.rpc import RPCClient
-
-        rpc = RPCClient(client, reactor, default_timeout=15.0)
+        rpc = yield network_rpc(reactor, client, default_timeout=15.0)
         if args.explain:
             text = yield rpc.call("scheduler", "explain", program=args.program or stages[0]["program"],
                                   runtime=args.runtime, tags=args.tag, memory_mb=args.memory)

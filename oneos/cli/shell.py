@@ -2,11 +2,14 @@
 
 We drive the OpenSSH client rather than re-implementing a terminal: it
 already does raw mode, window resizes, agent keys and known-hosts pinning
-well, and the shell service is a plain SSH server.  The service is found
-from ``listen.ssh`` in ``$ONEOS_HOME/config.json`` (or ``--host``/``--port``).
-When the runtime's host key is in this ``$ONEOS_HOME`` (the same machine),
-it is pinned through a private known-hosts file, so no "authenticity can't
-be established" question is asked and a different key is refused.
+well, and the shell service is a plain SSH server.  It connects to this
+machine's own runtime (every runtime serves the shell): the address that
+runtime wrote in ``$ONEOS_HOME/runtime.json``, else ``listen.ssh`` from the
+settings (or ``--host``/``--port``), so a leader change never breaks it.
+The network's public host key, which the runtime writes to this
+``$ONEOS_HOME``, is pinned through a private known-hosts file, so no
+"authenticity can't be established" question is asked and a different key
+is refused.
 
 Exit status: the remote line's status with ``-c``; 255 when the connection
 or login fails (OpenSSH's convention).
@@ -47,35 +50,60 @@ def endpoint_address(endpoint: str) -> tuple[str, int]:
             port = f
     if port is None:
         raise ShellClientError(f"listen.ssh {endpoint!r} names no port; give --port")
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return host, int(port)
+    return connect_host(host), int(port)
 
 
 def _configured() -> tuple[str, int, Path]:
-    from oneos.config import load_config, oneos_home
+    """Where this machine's runtime serves the shell: what it wrote in runtime.json, else its settings."""
+    from oneos.config import load_config, oneos_home, resolve_listen
+    from oneos.runtime.host import guess_address
+    from oneos.pubsub.client import parse_broker_url
 
     home = oneos_home()
+    running = read_runtime_file(home)
+    if running.get("ssh"):
+        host, _, port = str(running["ssh"]).rpartition(":")
+        return (connect_host(host.strip("[]")), int(port), home)
     try:
         config = load_config(home)
     except OneOSError:
-        from oneos.config import default_listen
+        from oneos.config import DEFAULT_PUBSUB, default_listen
 
-        return (*endpoint_address(default_listen()["ssh"]), home)
-    if not config.listen.get("ssh"):
+        return (*endpoint_address(resolve_listen(default_listen(), DEFAULT_PUBSUB, "127.0.0.1")["ssh"]), home)
+    address = config.address or guess_address(parse_broker_url(config.pubsub).host)
+    endpoint = resolve_listen(config.listen, config.pubsub, address).get("ssh")
+    if not endpoint:
         raise ShellClientError("the shell's SSH listener is off (listen.ssh is empty); give --host and --port")
-    return (*endpoint_address(config.listen["ssh"]), home)
+    return (*endpoint_address(endpoint), home)
+
+
+def connect_host(host: str) -> str:
+    """A host to connect to for a listening address (a wildcard means this machine)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def read_runtime_file(home: Path) -> dict:
+    """``$ONEOS_HOME/runtime.json`` as the runtime living there wrote it, if that runtime still runs."""
+    import json
+
+    try:
+        info = json.loads((home / "runtime.json").read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def local_identity(home: Path, user: str) -> str | None:
-    """A key that lets the owner of this ``$ONEOS_HOME`` into its runtime's shell.
+    """A key that lets the owner of this ``$ONEOS_HOME`` into its own runtime's shell.
 
-    Used only when the runtime's host key is in *home* (same machine, same
-    home): whoever can write *home* already controls that runtime, so the
-    first ``oneos`` makes ``client_key`` there and maps it to *user* in
-    ``authorized_keys``.  A newcomer's ``twistd -n oneosd`` then ``oneos``
-    works without setting up users; other machines still need
-    ``oneos user add`` or a key of their own.
+    Used only when this home's runtime has written the network's public host
+    key here (same machine, same home): whoever can write *home* already
+    controls that runtime, so the first ``oneos`` makes ``client_key`` there
+    and maps it to *user* in ``local_authorized_keys``, which that runtime's
+    front door (and only it) accepts.  A newcomer's ``twistd -n oneosd`` then
+    ``oneos`` works without setting up users; reaching other runtimes needs
+    ``oneos user add`` or a key in the tree's ``/etc/oneos/authorized_keys``.
     """
     if not (home / "ssh_host_key.pub").exists() or not os.access(home, os.W_OK):
         return None
@@ -86,7 +114,7 @@ def local_identity(home: Path, user: str) -> str | None:
             return None
         subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"oneos-{user}", "-f", str(key)], check=True)
     public = " ".join(Path(f"{key}.pub").read_text().split()[:2])
-    keys = home / "authorized_keys"
+    keys = home / "local_authorized_keys"
     existing = keys.read_text() if keys.exists() else ""
     entry = f"{user} {public}"
     if entry not in existing.splitlines():

@@ -29,14 +29,17 @@ def judged_state(status: RuntimeStatus, now: float) -> str:
 
 def format_table(statuses: list[RuntimeStatus], now: float) -> str:
     """Render the runtime table (pure, for tests)."""
-    header = ("ID", "ADDRESS", "ROLE", "STATE", "CPU%", "MEMORY (used/limit MB)", "AGENTS")
+    header = ("ID", "ADDRESS", "STREAMS", "SSH", "PID", "ROLE", "STATE", "CPU%", "MEMORY (used/limit MB)", "AGENTS")
     rows = [header]
     for s in sorted(statuses, key=lambda s: (judged_state(s, now) != ALIVE, s.id)):
         state = judged_state(s, now)
         alive = state == ALIVE
         role = "leader" if s.leader and alive else "kernel" if s.kernel else "-"
+        if s.fs_serving and alive:
+            role += ",fs"
         memory = f"{s.rss_mb:.0f}/{s.memory_limit_mb}" if alive else "-"
-        rows.append((s.id, s.address or "-", role, state, f"{s.cpu_percent:.0f}" if alive else "-", memory, str(s.agents) if alive else "-"))
+        rows.append((s.id, s.address or "-", s.stream or "-", s.ssh or "-", str(s.pid or "-"), role, state,
+                     f"{s.cpu_percent:.0f}" if alive else "-", memory, str(s.agents) if alive else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     live = sum(1 for s in statuses if judged_state(s, now) == ALIVE)

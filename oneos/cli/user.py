@@ -1,9 +1,11 @@
-"""``oneos user add|del|list`` and ``oneos passwd``: shell users in ``$ONEOS_HOME/users.json``.
+"""``oneos user add|del|list`` and ``oneos passwd``: shell users, kept in the OneOS tree.
 
-Passwords are asked twice on a terminal (never echoed) or read from
+Users live in ``/etc/oneos/users.json`` in the network's file tree, so one
+``oneos user add`` on any machine lets the user in at every runtime's front
+door.  Passwords are asked twice on a terminal (never echoed) or read from
 standard input with ``--password-stdin`` (for scripts); only a salted
-scrypt hash is stored.  The running shell re-reads the file at each login,
-so no restart is needed.
+scrypt hash is stored.  Front doors read the users at each login, so no
+restart is needed.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import argparse
 import getpass
 import sys
 
-from oneos.config import oneos_home
-from oneos.shell.users import UserDB, UserError, validate_user_name
+from collections.abc import Callable
+from typing import Any
+
+from oneos.cli.common import default_pubsub_url, network_rpc, run_with_client
+from oneos.shell.users import UserError, validate_user_name
 
 SUMMARIES = {
     "run": "manage shell users: add NAME, del NAME, list",
@@ -34,29 +39,42 @@ def _password(from_stdin: bool) -> str:
     return password
 
 
+def with_users(pubsub: str | None, action: Callable[[Any], Any]) -> Any:
+    """Run ``action(TreeUsers)`` against the network's tree; fires with its result."""
+
+    def job(reactor: Any, client: Any) -> Any:
+        from oneos.fs.client import FSClient
+        from oneos.shell.users import TreeUsers
+
+        d = network_rpc(reactor, client)
+        return d.addCallback(lambda rpc: action(TreeUsers(FSClient(rpc, reactor, system=True))))
+
+    return run_with_client(pubsub or default_pubsub_url(), job)
+
+
 def run(argv: list[str]) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json)")
     parser = argparse.ArgumentParser(prog="oneos user", description=SUMMARIES["run"])
     sub = parser.add_subparsers(dest="action", required=True)
-    add = sub.add_parser("add", help="add a user (asks the password twice)")
+    add = sub.add_parser("add", help="add a user (asks the password twice)", parents=[common])
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    rm = sub.add_parser("del", help="remove a user")
+    rm = sub.add_parser("del", help="remove a user", parents=[common])
     rm.add_argument("name")
-    sub.add_parser("list", help="list users")
+    sub.add_parser("list", help="list users", parents=[common])
     args = parser.parse_args(argv)
-    db = UserDB(oneos_home())
     if args.action == "list":
-        for name in db.names():
+        for name in with_users(args.pubsub, lambda users: users.names()):
             print(name)
         return 0
     if args.action == "del":
-        db.remove(args.name)
+        with_users(args.pubsub, lambda users: users.remove(args.name))
         print(f"removed user {args.name}")
         return 0
     validate_user_name(args.name)
-    if args.name in db.names():
-        raise UserError(f"user {args.name!r} already exists (use 'oneos passwd {args.name}')")
-    db.add(args.name, _password(args.password_stdin))
+    password = _password(args.password_stdin)  # one connection per process: ask first, then add (refused if present)
+    with_users(args.pubsub, lambda users: users.add(args.name, password))
     print(f"added user {args.name}")
     return 0
 
@@ -65,11 +83,10 @@ def passwd(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oneos passwd", description=SUMMARIES["passwd"])
     parser.add_argument("name", nargs="?", default=None, help="user (default: your login name)")
     parser.add_argument("--password-stdin", action="store_true", help="read the new password from standard input")
+    parser.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json)")
     args = parser.parse_args(argv)
     name = args.name or getpass.getuser()
-    db = UserDB(oneos_home())
-    if name not in db.names():
-        raise UserError(f"no user {name!r} (add one with 'oneos user add {name}')")
-    db.set_password(name, _password(args.password_stdin))
+    password = _password(args.password_stdin)
+    with_users(args.pubsub, lambda users: users.set_password(name, password))
     print(f"password changed for {name}")
     return 0

@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "url",
         nargs="?",
-        help="sqlite:///ABSOLUTE/PATH.db or mongodb://HOST:PORT/DATABASE (default: the configured store)",
+        help="sqlite:///ABSOLUTE/PATH.db or mongodb://HOST:PORT/DATABASE (default: the configured store, "
+             "else the network's as this machine last saw it, else $ONEOS_HOME/fs.sqlite3)",
     )
     parser.add_argument("--force", action="store_true", help="wipe a store that holds files before initialising it")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the store to answer (default 10)")
@@ -38,9 +39,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configured_store() -> str:
+    """The store setting; else the network's store as this home last saw it; else this home's SQLite file."""
     from oneos.config import load_config
+    from oneos.runtime.netstore import recall
 
-    return load_config().store
+    config = load_config()
+    remembered = recall(config.home)
+    return config.store or (remembered.url if remembered is not None else config.local_store)
 
 
 def _run_reactor(job: Any) -> Any:

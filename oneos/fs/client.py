@@ -1,13 +1,18 @@
 """The file-system client every part of OneOS uses (shell, agents, desktop, CLI).
 
-Metadata goes over pubsub RPC to the ``fs`` kernel target; content is
-streamed over TCP from/to the leader's transfer server, so a 1 GiB file
+Metadata goes over pubsub RPC to the ``fs`` target; content is streamed
+over TCP from/to the serving runtime's transfer server, so a 1 GiB file
 never sits whole in memory on either side.  Errors arrive as the same typed
 errors the store raises (``NotFound``, ``IsADirectory`` ...).
+
+Inside a runtime the RPC client's precheck knows from the membership
+whether anybody serves the tree; when nobody does a call fails at once with
+the reason ("store host rt-a is down") instead of waiting for a timeout.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -27,12 +32,16 @@ for _code in ("ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ENOTEMPTY", "EACCES", "E
 class FSClient:
     """Asynchronous access to the OneOS file tree."""
 
-    def __init__(self, rpc: RPCClient, reactor: Any, timeout: float = 10.0) -> None:
+    def __init__(self, rpc: RPCClient, reactor: Any, timeout: float = 10.0, *, system: bool = False) -> None:
         self.rpc = rpc
         self.reactor = reactor
         self.timeout = timeout
+        #: the kernel's own client: may reach /etc/oneos
+        self.system = system
 
     def _call(self, method: str, **args: Any) -> defer.Deferred:
+        if self.system:
+            args["system"] = True
         return self.rpc.call(TARGET, method, timeout=self.timeout, **args)
 
     def stat(self, path: str) -> defer.Deferred:
@@ -75,6 +84,15 @@ class FSClient:
         where = yield self._call("write_open", path=path, mode=mode)
         status = yield send(self.reactor, where["host"], where["port"], where["token"], source)
         return Stat.from_dict(status)
+
+    def read_small(self, path: str) -> defer.Deferred:
+        """A small file's bytes in one round trip (kernel state such as users and keys)."""
+        return self._call("read_small", path=path).addCallback(lambda r: base64.b64decode(r["data"]))
+
+    def write_small(self, path: str, data: bytes, exclusive: bool = False) -> defer.Deferred:
+        """Write a small file in one round trip; *exclusive*: fail with AlreadyExists if it is there."""
+        return self._call("write_small", path=path, data=base64.b64encode(data).decode(),
+                          exclusive=exclusive).addCallback(Stat.from_dict)
 
     @defer.inlineCallbacks
     def read(self, path: str, offset: int = 0, length: int | None = None) -> Any:

@@ -140,6 +140,16 @@ class StoreUnavailable(FSError):
         self.path = None
 
 
+class FileSystemUnavailable(StoreUnavailable):
+    """Nobody serves the network's file tree right now; the message says who should and why not."""
+
+    def __init__(self, reason: str) -> None:
+        self.where = reason
+        self.path = None
+        self.detail = None
+        Exception.__init__(self, reason)
+
+
 class InvalidStoreURL(FSError):
     """A store URL this code cannot open (unknown scheme, relative sqlite path...)."""
 

@@ -1,9 +1,16 @@
-"""The file-system kernel service: one tree for every runtime.
+"""The file-system service: one tree for every runtime.
 
-Runs on the elected leader.  Metadata operations are pubsub RPCs on the
-``fs`` target; file content never rides the broker: ``read_open`` and
-``write_open`` register a one-time token with the leader runtime's transfer
-server (``oneos.transfer``) and the caller streams the bytes over TCP.
+Runs on the runtime that serves the network's store (see
+:mod:`oneos.runtime.netstore`: the store host for SQLite, the leader for a
+shared MongoDB).  Metadata operations are pubsub RPCs on the ``fs`` target;
+file content never rides the broker: ``read_open`` and ``write_open``
+register a one-time token with this runtime's transfer server
+(``oneos.transfer``) and the caller streams the bytes over TCP.
+
+``/etc/oneos`` holds the kernel's own state (users, keys, the SSH host key)
+so that every runtime serves the same users with the same host key: it is
+refused to requests that do not say ``system=True``.  Until the bus
+authenticates its clients this guards against mistakes, not attackers.
 
 If the store cannot be reached the service keeps running, answers every
 request with a plain ``EIO ... unreachable`` error, and retries opening it
@@ -20,12 +27,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+import base64
+
 from oneos.errors import describe
-from oneos.fs.errors import StoreUnavailable
+from oneos.fs import paths
+from oneos.fs.errors import AlreadyExists, InvalidArgument, PermissionDenied, StoreUnavailable
 from oneos.fs.reset import ensure_tree
 from oneos.fs.store import DEFAULT_OWNER, FileStore, open_store, redact
 from oneos.pubsub.rpc import RPCServer
-from oneos.runtime.kernel import register_kernel_service
 from oneos.transfer import TransferServer
 
 log = Logger()
@@ -34,6 +43,30 @@ log = Logger()
 TARGET = "fs"
 #: Seconds between garbage collections of abandoned uploads.
 GC_INTERVAL = 600.0
+#: The kernel's own state; only requests with ``system=True`` reach it.
+SYSTEM_DIR = "/etc/oneos"
+#: Largest content ``read_small``/``write_small`` carry inside an RPC message.
+SMALL_LIMIT = 256 * 1024
+
+
+def guard(system: bool, path: str, *, holding: bool = False, itself: bool = False) -> None:
+    """Refuse a user request for a path in the kernel's area.
+
+    *holding*: also refuse a directory that holds the area (removing,
+    renaming or copying ``/etc`` would take it along).  *itself*: the area's
+    own directory may be looked at (``stat``), not into.
+    """
+    if system:
+        return
+    path = paths.normalise(path)
+    inside = paths.is_within(path, SYSTEM_DIR) and not (itself and path == SYSTEM_DIR)
+    if inside or (holding and paths.is_within(SYSTEM_DIR, path)):
+        raise PermissionDenied(path, f"{SYSTEM_DIR} is the kernel's")
+
+
+def visible(system: bool, found: list[str]) -> list[str]:
+    """Glob results a user request may see."""
+    return found if system else [p for p in found if not paths.is_within(paths.normalise(p), SYSTEM_DIR)]
 
 
 class _ReaderSource:
@@ -67,12 +100,10 @@ class FileSystemService(service.Service):
 
     name = "fs"
 
-    def __init__(self, url: str, client: Any, transfer: TransferServer, advertise: str, reactor: Any,
-                 retry_max: float = 10.0) -> None:
+    def __init__(self, url: str, client: Any, transfer: TransferServer, reactor: Any, retry_max: float = 10.0) -> None:
         self.url = url
         self.client = client
         self.transfer = transfer
-        self.advertise = advertise
         self.reactor = reactor
         self.retry_max = retry_max
         self.store: FileStore | None = None
@@ -80,6 +111,7 @@ class FileSystemService(service.Service):
         self._retry: IDelayedCall | None = None
         self._gc: task.LoopingCall | None = None
         self._delay = 0.5
+        self._exclusive = defer.DeferredLock()
         self.server = RPCServer(
             client,
             TARGET,
@@ -94,6 +126,8 @@ class FileSystemService(service.Service):
                 "glob": self.glob,
                 "read_open": self.read_open,
                 "write_open": self.write_open,
+                "read_small": self.read_small,
+                "write_small": self.write_small,
                 "usage": self.usage,
             },
         )
@@ -165,53 +199,87 @@ class FileSystemService(service.Service):
         return self.store
 
     # -- RPC methods ---------------------------------------------------------
-    def stat(self, path: str) -> defer.Deferred:
+    def stat(self, path: str, system: bool = False) -> defer.Deferred:
+        guard(system, path, itself=True)
         return self._store().stat(path).addCallback(lambda s: s.to_dict())
 
-    def exists(self, path: str) -> defer.Deferred:
+    def exists(self, path: str, system: bool = False) -> defer.Deferred:
+        guard(system, path, itself=True)
         return self._store().exists(path)
 
-    def listdir(self, path: str) -> defer.Deferred:
+    def listdir(self, path: str, system: bool = False) -> defer.Deferred:
+        guard(system, path)
         return self._store().scandir(path).addCallback(lambda stats: [s.to_dict() for s in stats])
 
-    def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False, owner: str = DEFAULT_OWNER) -> defer.Deferred:
+    def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False, owner: str = DEFAULT_OWNER,
+              system: bool = False) -> defer.Deferred:
+        guard(system, path)
         return self._store().mkdir(path, parents=parents, exist_ok=exist_ok, owner=owner).addCallback(lambda s: s.to_dict())
 
-    def remove(self, path: str, recursive: bool = False) -> defer.Deferred:
+    def remove(self, path: str, recursive: bool = False, system: bool = False) -> defer.Deferred:
+        guard(system, path, holding=True)
         return self._store().remove(path, recursive=recursive)
 
-    def rename(self, src: str, dst: str) -> defer.Deferred:
+    def rename(self, src: str, dst: str, system: bool = False) -> defer.Deferred:
+        guard(system, src, holding=True)
+        guard(system, dst, holding=True)
         return self._store().rename(src, dst).addCallback(lambda s: s.to_dict())
 
-    def copy(self, src: str, dst: str, recursive: bool = False) -> defer.Deferred:
+    def copy(self, src: str, dst: str, recursive: bool = False, system: bool = False) -> defer.Deferred:
+        guard(system, src, holding=recursive)
+        guard(system, dst)
         return self._store().copy(src, dst, recursive=recursive).addCallback(lambda s: s.to_dict())
 
-    def glob(self, pattern: str, cwd: str = "/") -> defer.Deferred:
-        return self._store().glob(pattern, cwd)
+    def glob(self, pattern: str, cwd: str = "/", system: bool = False) -> defer.Deferred:
+        return self._store().glob(pattern, cwd).addCallback(lambda found: visible(system, found))
 
     def usage(self) -> defer.Deferred:
         return self._store().usage()
 
     @defer.inlineCallbacks
-    def read_open(self, path: str, offset: int = 0, length: int | None = None) -> Any:
+    def read_open(self, path: str, offset: int = 0, length: int | None = None, system: bool = False) -> Any:
         """Open *path* for reading; the caller fetches the bytes with the token."""
+        guard(system, path)
         reader = yield self._store().read_chunks(path, offset, length)
         token, done = self.transfer.offer(source=_ReaderSource(reader))
         done.addBoth(lambda r: (reader.close(), None)[1])
-        return {**self.transfer.where(self.advertise), "token": token, "size": reader.length, "stat": reader.stat.to_dict()}
+        return {**self.transfer.where(), "token": token, "size": reader.length, "stat": reader.stat.to_dict()}
 
     @defer.inlineCallbacks
-    def write_open(self, path: str, mode: str = "truncate", owner: str = DEFAULT_OWNER) -> Any:
+    def write_open(self, path: str, mode: str = "truncate", owner: str = DEFAULT_OWNER, system: bool = False) -> Any:
         """Open *path* for writing; nothing is visible until the stream ends cleanly."""
+        guard(system, path)
         writer = yield self._store().open_write(path, mode, owner=owner)
         token, done = self.transfer.offer(sink=_WriterSink(writer))
         done.addErrback(lambda f: log.info("write to {path} abandoned: {error}", path=path, error=f.getErrorMessage()))
-        return {**self.transfer.where(self.advertise), "token": token}
+        return {**self.transfer.where(), "token": token}
 
+    @defer.inlineCallbacks
+    def read_small(self, path: str, system: bool = False) -> Any:
+        """A small file's content in the reply itself (base64), for kernel state read on every login."""
+        guard(system, path)
+        store = self._store()
+        st = yield store.stat(path)
+        if st.size > SMALL_LIMIT:
+            raise InvalidArgument(path, f"larger than {SMALL_LIMIT} bytes; stream it with read_open")
+        data = yield store.read(path)
+        return {"data": base64.b64encode(data).decode(), "stat": st.to_dict()}
 
-def make_fs_service(runtime: Any) -> FileSystemService:
-    """Kernel factory: the leader's file-system service."""
-    return FileSystemService(runtime.config.store, runtime.client, runtime.transfer, runtime.address, runtime.reactor)
-
-
-register_kernel_service("fs", make_fs_service)
+    @defer.inlineCallbacks
+    def write_small(self, path: str, data: str, exclusive: bool = False, system: bool = False) -> Any:
+        """Write a small file from the request itself; *exclusive*: refuse if it exists (first writer wins)."""
+        guard(system, path)
+        content = base64.b64decode(data.encode(), validate=True)
+        if len(content) > SMALL_LIMIT:
+            raise InvalidArgument(path, f"larger than {SMALL_LIMIT} bytes; stream it with write_open")
+        store = self._store()
+        # One service serves the tree at a time, so check-then-write cannot interleave with
+        # another exclusive write here: the lock makes it atomic within this service.
+        yield self._exclusive.acquire()
+        try:
+            if exclusive and (yield store.exists(path)):
+                raise AlreadyExists(path)
+            st = yield store.write(path, content)
+        finally:
+            self._exclusive.release()
+        return st.to_dict()

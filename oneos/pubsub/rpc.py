@@ -117,10 +117,14 @@ class RPCServer:
 class RPCClient:
     """Makes calls and matches replies to them by correlation id."""
 
-    def __init__(self, client: PubSubClient, reactor: Any, default_timeout: float = 5.0) -> None:
+    def __init__(self, client: PubSubClient, reactor: Any, default_timeout: float = 5.0,
+                 precheck: Callable[[str], None] | None = None) -> None:
         self.client = client
         self.reactor = reactor
         self.default_timeout = default_timeout
+        #: raises at once when *target* is known to have nobody serving it (inside a runtime,
+        #: from the membership), so a caller gets the reason instead of waiting for a timeout
+        self.precheck = precheck
         self.reply_topic = topics.reply(client.client_id)
         self._pending: dict[str, tuple[defer.Deferred, IDelayedCall]] = {}
         self._ready: defer.Deferred | None = None
@@ -135,6 +139,11 @@ class RPCClient:
     def call(self, target: str, method: str, timeout: float | None = None, **args: Any) -> defer.Deferred:
         """Call *method* on *target*; fires with its result or a typed error."""
         timeout = self.default_timeout if timeout is None else timeout
+        if self.precheck is not None:
+            try:
+                self.precheck(target)
+            except Exception as e:
+                return defer.fail(e)
         corr = uuid.uuid4().hex
         result: defer.Deferred = defer.Deferred()
 

@@ -44,3 +44,7 @@ def agent(runtime_id: str, agent_id: str) -> str:
 
 #: Subscription filter for every agent's status.
 ALL_AGENTS = f"{TOPIC_ROOT}/agents/+/+"
+
+
+#: Retained record of the store that holds the network's file tree.
+NETWORK_STORE = f"{TOPIC_ROOT}/network/store"

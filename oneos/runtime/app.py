@@ -37,7 +37,7 @@ def describe_config(config: Config) -> str:
             else ""
         ),
         f"  pubsub    {config.pubsub}" + ("  (hosted here if none answers)" if config.wants_embedded_broker else ""),
-        f"  store     {config.store}",
+        f"  store     {config.store or 'the network' + chr(39) + 's (or SQLite under home if the network has none yet)'}",
         f"  kernel    {'yes' if config.kernel else 'no'}",
         f"  memory    {config.memory_mb} MB",
         f"  tags      {', '.join(config.tags) or '-'}",
@@ -46,18 +46,19 @@ def describe_config(config: Config) -> str:
 
 
 def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
-    """The runtime tree: optional embedded broker, then the runtime."""
+    """The runtime tree: ``oneosd`` holding the optional embedded broker, then the runtime.
+
+    docs/architecture.md draws the tree this returns (tests/test_service_tree.py checks it).
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    import oneos.fs.service  # noqa: F401  (registers the fs kernel service)
-    import oneos.scheduler.service  # noqa: F401  (registers the scheduler kernel service)
-    import oneos.shell.server  # noqa: F401  (registers the shell kernel service)
     from oneos.runtime.embedded import EmbeddedBroker
     from oneos.runtime.service import RuntimeService
 
     top = service.MultiService()
+    top.setName("oneosd")
     runtime = RuntimeService(config, reactor, on_fatal=_exit_on_fatal(reactor))
     if config.wants_embedded_broker:
         address = parse_broker_url(config.pubsub)

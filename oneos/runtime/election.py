@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -22,8 +23,10 @@ from oneos.runtime.status import elect
 log = Logger()
 
 
-class Election:
+class Election(service.Service):
     """Decides whether this runtime hosts the kernel, and acts on it."""
+
+    name = "election"
 
     def __init__(self, membership: Membership, kernel: KernelHost, reactor: Any, *, is_kernel: bool, settle: float = 0.5) -> None:
         self.membership = membership
@@ -37,7 +40,8 @@ class Election:
         self._busy: defer.Deferred | None = None
         self._stopped = False
 
-    def start(self) -> None:
+    def startService(self) -> None:
+        super().startService()
         self.membership.on_change(self.evaluate)
         self.evaluate()
 
@@ -84,7 +88,8 @@ class Election:
         d.addCallback(lambda _: self.membership.set_leader(False))
         d.addErrback(lambda f: log.failure("stepping down failed", f))
 
-    def stop(self) -> defer.Deferred:
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
         self._stopped = True
         if self._pending is not None and self._pending.active():
             self._pending.cancel()

@@ -1,10 +1,12 @@
-"""Kernel services: hosted only by the elected leader runtime.
+"""Services a runtime runs only while it holds a role.
 
-Later parts of OneOS (file system, scheduler, shell, desktop) register a
-factory here; the leader builds and starts them when it takes over and stops
-them when it steps down, so exactly one copy runs in the network.  The
-kernel always answers a few RPCs itself on the ``kernel`` target so callers
-can find and query the leader.
+Two roles move between runtimes: the *kernel leader* (scheduler, the
+``kernel`` RPC target) and the *file-system server* (the runtime that serves
+the network's store, see :mod:`oneos.runtime.netstore`).  A :class:`RoleHost`
+is the named node of the service tree under which that role's services
+live: it builds them from the factories :func:`oneos.runtime.app.build_runtime`
+declares when the role is taken, and removes them when it is given up, so
+exactly one copy of each runs in the network.
 """
 
 from __future__ import annotations
@@ -22,63 +24,83 @@ from oneos.pubsub.rpc import RPCServer
 
 log = Logger()
 
-#: name -> factory(runtime) returning a service to run on the leader.
-KernelFactory = Callable[[Any], service.IService]
-_REGISTRY: dict[str, KernelFactory] = {}
+#: Builds one service of a role; called each time the role is taken.
+Factory = Callable[[], service.IService]
 
 
-def register_kernel_service(name: str, factory: KernelFactory) -> None:
-    """Make *factory* run on whichever runtime leads the kernel."""
-    _REGISTRY[name] = factory
+class RoleHost(service.MultiService):
+    """The services of one role on this runtime: present only while the role is held."""
 
-
-def registered_kernel_services() -> dict[str, KernelFactory]:
-    return dict(_REGISTRY)
-
-
-class KernelHost(service.MultiService):
-    """The kernel services of one runtime, present only while it leads."""
-
-    name = "kernel"
-
-    def __init__(self, runtime: Any, factories: dict[str, KernelFactory] | None = None) -> None:
+    def __init__(self, name: str, factories: dict[str, Factory], on_change: Callable[[bool], Any] | None = None) -> None:
         super().__init__()
-        self.runtime = runtime
-        self.factories = registered_kernel_services() if factories is None else factories
-        self.rpc: RPCServer | None = None
+        self.setName(name)
+        self.factories = dict(factories)
+        self.on_change = on_change
+        self.holding = False
 
     @defer.inlineCallbacks
     def take_over(self) -> Any:
-        """Start the kernel RPC target and every registered kernel service."""
-        membership = self.runtime.membership
+        """Build and start every service of the role."""
+        if self.holding:
+            return
+        self.holding = True
+        yield self._before_start()
+        for name, factory in self.factories.items():
+            try:
+                child = factory()
+                child.setName(name)
+                child.setServiceParent(self)  # started at once when this host is running
+            except Exception:
+                log.failure("{role} service {name} failed to start", role=self.name, name=name)
+        log.info("{role} services started here: {names}", role=self.name, names=", ".join(self.factories) or "-")
+        if self.on_change is not None:
+            self.on_change(True)
+
+    @defer.inlineCallbacks
+    def step_down(self) -> Any:
+        """Stop and remove every service of the role (another runtime holds it now)."""
+        if not self.holding:
+            return
+        self.holding = False
+        for child in list(self):
+            yield defer.maybeDeferred(child.disownServiceParent)
+        yield self._after_stop()
+        log.info("{role} services stopped here", role=self.name)
+        if self.on_change is not None:
+            self.on_change(False)
+
+    def _before_start(self) -> Any:
+        return None
+
+    def _after_stop(self) -> Any:
+        return None
+
+    def stopService(self) -> defer.Deferred:
+        d = defer.maybeDeferred(super().stopService)
+        return d.addCallback(lambda _: self.step_down())
+
+
+class KernelHost(RoleHost):
+    """The kernel leader's services, plus the ``kernel`` RPC target callers use to find the leader."""
+
+    def __init__(self, client: Any, membership: Any, factories: dict[str, Factory]) -> None:
+        super().__init__("kernel", factories)
+        self.client = client
+        self.membership = membership
+        self.rpc: RPCServer | None = None
+
+    def _before_start(self) -> Any:
+        membership = self.membership
         self.rpc = RPCServer(
-            self.runtime.client,
+            self.client,
             topics.KERNEL,
             {
                 "ping": lambda: {"leader": membership.id, "instance": membership.instance},
                 "runtimes": lambda: [asdict(s) for s in membership.statuses()],
             },
         )
-        yield self.rpc.start()
-        for name, factory in self.factories.items():
-            try:
-                child = factory(self.runtime)
-                child.setName(name)
-                child.setServiceParent(self)
-            except Exception:
-                log.failure("kernel service {name} failed to start", name=name)
-        if not self.running:
-            self.startService()
-        log.info("kernel services started here: {names}", names=", ".join(["rpc", *self.factories]) )
+        return self.rpc.start()
 
-    @defer.inlineCallbacks
-    def step_down(self) -> Any:
-        """Stop every kernel service here (another runtime leads now)."""
-        if self.rpc is not None:
-            yield self.rpc.stop()
-            self.rpc = None
-        if self.running:
-            yield self.stopService()
-        for child in list(self):
-            yield defer.maybeDeferred(child.disownServiceParent)
-        log.info("kernel services stopped here")
+    def _after_stop(self) -> Any:
+        rpc, self.rpc = self.rpc, None
+        return rpc.stop() if rpc is not None else None

@@ -1,13 +1,26 @@
 """The runtime service: one per machine, the root of a runtime's tree.
 
-It connects to the pubsub network, joins the membership (refusing a
-duplicate id), answers RPCs addressed to this runtime, and takes part in the
-kernel election.  ``makeService`` only builds it; all I/O starts in
-``startService``.
+Its children are declared in one place, :meth:`RuntimeService.__init__`,
+grouped by where they run:
+
+* on every runtime: ``transfer`` (streams), ``pubsub``, ``membership``,
+  ``agents``, ``rpc`` (this runtime's own RPC target), ``election``,
+  ``store`` (agrees on the network's store) and the front door ``shell``;
+* only on the kernel leader: the children of ``kernel`` (``scheduler``);
+* only on the runtime that serves the network's store: the children of
+  ``fs`` (the file-system service).
+
+Each child's constructor names what it uses; nothing is found through a
+registry or a runtime object passed around.  ``makeService`` only builds
+the tree; :meth:`startService` starts the children in the order their
+dependencies need (listen, reach the broker, agree on the store, join,
+serve) and :meth:`stopService` stops them one by one in reverse.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -20,22 +33,49 @@ from twisted.python.failure import Failure
 
 from oneos import __version__
 from oneos.agents.host import AgentHost
-from oneos.config import Config
+from oneos.config import Config, resolve_listen
 from oneos.errors import OneOSError, describe
+from oneos.fs.client import FSClient
+from oneos.fs.service import FileSystemService
 from oneos.pubsub.client import PubSubClient
 from oneos.pubsub.rpc import RPCClient, RPCServer
 from oneos.runtime.election import Election
 from oneos.runtime.host import HostStats, find_interpreters, guess_address
-from oneos.runtime.kernel import KernelHost
+from oneos.runtime.kernel import KernelHost, RoleHost
 from oneos.runtime.membership import Membership
+from oneos.runtime.netstore import machine_id, route_check
 from oneos.runtime.status import RuntimeStatus
+from oneos.runtime.storehost import StoreHost
+from oneos.scheduler.service import SchedulerService
+from oneos.shell.interpreter import Grid
+from oneos.shell.server import ShellService
 from oneos.transfer import TransferServer
 
 log = Logger()
 
+#: Where a runtime tells the ``oneos`` command on its machine how to reach it (removed at a clean stop).
+RUNTIME_FILE = "runtime.json"
+
 
 def _default_fatal(error: BaseException) -> None:
     log.critical("runtime cannot go on: {error}", error=describe(error))
+
+
+class RPCService(service.Service):
+    """This runtime's own RPC target (ping, status, members, the agents' methods) as a named service."""
+
+    name = "rpc"
+
+    def __init__(self, server: RPCServer) -> None:
+        self.server = server
+
+    def startService(self) -> None:
+        super().startService()
+        self.started = self.server.start()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return self.server.stop()
 
 
 class RuntimeService(service.MultiService):
@@ -50,7 +90,6 @@ class RuntimeService(service.MultiService):
         *,
         on_fatal: Callable[[BaseException], Any] = _default_fatal,
         settle: float = 0.5,
-        kernel_factories: dict | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -59,25 +98,54 @@ class RuntimeService(service.MultiService):
         self.instance = uuid.uuid4().hex
         self.started_at = time.time()
         self.address = config.address
-        self.agents = 0
+        self.machine = machine_id()
         self._stats: HostStats | None = None
         self._interpreters: tuple[str, ...] = ()
-        self.transfer = TransferServer(reactor, config.listen.get("pipe") or "tcp:0:interface=127.0.0.1")
-        self.client = PubSubClient(config.pubsub, reactor, keepalive=config.keepalive)
         #: fires when the broker may be tried (the embedded one is up)
         self.broker_ready: defer.Deferred | None = None
-        self.rpc = RPCClient(self.client, reactor)
-        self.agent_host = AgentHost(self)
-        self.membership = Membership(self.client, self.rpc, reactor, self.describe, interval=config.stats_interval)
-        self.kernel = KernelHost(self, kernel_factories)
-        self.election = Election(self.membership, self.kernel, reactor, is_kernel=config.kernel, settle=settle)
-        self.server = RPCServer(
-            self.client,
-            config.id,
-            {"ping": self._ping, "status": self._status, "members": self._members, **self.agent_host.handlers()},
-        )
         self.ready: defer.Deferred = defer.Deferred()
+        rid = config.id
 
+        # -- on every runtime ---------------------------------------------------------
+        self.transfer = TransferServer(reactor, "")  # endpoint set at start, once the address is known
+        self.client = PubSubClient(config.pubsub, reactor, keepalive=config.keepalive)
+        self.client.setName("pubsub")
+        self.rpc = RPCClient(self.client, reactor, precheck=self._precheck)
+        self.store: StoreHost | None = None
+        self.shell: ShellService | None = None
+        self.membership = Membership(self.client, self.rpc, reactor, self.describe, interval=config.stats_interval)
+        fs = FSClient(self.rpc, reactor)
+        self.agents = AgentHost(rid, reactor, self.client, self.transfer, lambda: fs, home=config.home,
+                                memory_mb=config.memory_mb, interval=config.stats_interval)
+        self.rpc_service = RPCService(RPCServer(
+            self.client, rid,
+            {"ping": self._ping, "status": self._status, "members": self._members, **self.agents.handlers()},
+        ))
+
+        # -- only on the kernel leader ---------------------------------------------------
+        self.kernel = KernelHost(self.client, self.membership, {
+            "scheduler": lambda: SchedulerService(self.client, self.rpc, self.membership, reactor),
+        })
+        self.election = Election(self.membership, self.kernel, reactor, is_kernel=config.kernel, settle=settle)
+
+        # -- only on the runtime that serves the network's store ------------------------------
+        self.fs_role = RoleHost("fs", {
+            "fs": lambda: FileSystemService(self._store_url(), self.client, self.transfer, reactor),
+        })
+        self.store = StoreHost(self.client, self.membership, self.fs_role, reactor, me=rid, configured=config.store,
+                               local_store=config.local_store, kernel=config.kernel, machine=self.machine,
+                               home=config.home)
+
+        # -- front doors, on every runtime ----------------------------------------------------
+        grid = Grid(fs, self.rpc, self.client, reactor)
+        self.shell = ShellService(grid, FSClient(self.rpc, reactor, system=True), "", config.listen.get("telnet", ""),
+                                  config.home, reactor)
+
+        for child in (self.transfer, self.client, self.membership, self.agents, self.rpc_service, self.kernel,
+                      self.fs_role, self.election, self.store, self.shell):
+            child.setServiceParent(self)
+
+    # -- what this runtime tells the others ------------------------------------------------
     @property
     def id(self) -> str:
         return self.config.id
@@ -85,6 +153,7 @@ class RuntimeService(service.MultiService):
     def describe(self) -> RuntimeStatus:
         """This runtime's status as of now (stats sampled on every call)."""
         stats = self._stats.sample() if self._stats is not None else {}
+        store = self.store.status_fields() if self.store is not None else {}
         return RuntimeStatus(
             id=self.config.id,
             instance=self.instance,
@@ -93,19 +162,26 @@ class RuntimeService(service.MultiService):
             memory_limit_mb=self.config.memory_mb,
             tags=self.config.tags,
             interpreters=self._interpreters,
-            agents=self.agents,
-            agents_memory_mb=self.agent_host.agents_memory_mb(),
+            agents=self.agents.count if hasattr(self, "agents") else 0,
+            agents_memory_mb=self.agents.agents_memory_mb() if hasattr(self, "agents") else 0.0,
             started_at=self.started_at,
             interval=self.config.stats_interval,
-            services=self._services(),
+            services={"version": __version__},
+            stream=self.transfer.stream_address,
+            ssh=self.shell.ssh_address if self.shell is not None else "",
+            pid=os.getpid(),
+            **store,
             **stats,
         )
 
-    def _services(self) -> dict[str, str]:
-        out = {"version": __version__}
-        if self.transfer.port is not None:
-            out["transfer"] = str(self.transfer.address[1])
-        return out
+    def _store_url(self) -> str:
+        assert self.store is not None and self.store.record is not None
+        return self.store.record.url
+
+    def _precheck(self, target: str) -> None:
+        """Fail a call at once when the membership says nobody serves *target*."""
+        if self.membership.joined and self.store is not None:
+            route_check(target, self.membership.live(), self.store.record)
 
     def _ping(self) -> dict[str, Any]:
         return {"id": self.id, "instance": self.instance}
@@ -117,39 +193,64 @@ class RuntimeService(service.MultiService):
     def _status(self) -> dict[str, Any]:
         return {"status": self.describe().encode().decode(), "leading": self.election.leading}
 
+    # -- start and stop -------------------------------------------------------------------
     def startService(self) -> None:
+        # Not MultiService.startService: the children start in _boot, each once what it needs is there.
+        service.Service.startService(self)
         self._stats = HostStats()
         self._interpreters = find_interpreters()
         if not self.address:
             self.address = guess_address(self.client.address.host)
-        super().startService()
-        self.transfer.startService()
-        self.agent_host.start(self.config.stats_interval)
-        d = self.transfer.listen()
-
-        def cannot_listen(f: Failure) -> None:
-            raise OneOSError(f"cannot listen for streams on {self.transfer.endpoint}: {f.getErrorMessage()}")
-
-        d.addErrback(cannot_listen)
-        if self.broker_ready is not None:
-            d.addCallback(lambda _: self.broker_ready)
-        d.addCallback(lambda _: self.client.startService())
-        d.addCallback(lambda _: self.client.whenConnected())
-        d.addCallback(lambda _: self._join()).addErrback(self._fatal)
+        listen = resolve_listen(self.config.listen, self.config.pubsub, self.address)
+        self.transfer.endpoint = listen["pipe"] or "tcp:0:interface=127.0.0.1"
+        self.transfer.advertise = self.address
+        assert self.shell is not None
+        self.shell.ssh_endpoint = listen.get("ssh", "")
+        self._boot().addErrback(self._fatal)
 
     @defer.inlineCallbacks
-    def _join(self) -> Any:
+    def _boot(self) -> Any:
+        self.transfer.startService()
+        try:
+            yield self.transfer.listen()
+        except Exception as e:
+            raise OneOSError(f"cannot listen for streams on {self.transfer.endpoint}: {describe(e)}") from None
+        if self.broker_ready is not None:
+            yield self.broker_ready
+        self.client.startService()
+        yield self.client.whenConnected()
+        assert self.store is not None and self.shell is not None
+        yield self.store.join()
         yield self.membership.join()
         self.membership.on_conflict(self._fatal)
-        yield self.server.start()
-        self.election.start()
+        self.agents.startService()
+        self.rpc_service.startService()
+        yield self.rpc_service.started
+        self.kernel.startService()
+        self.fs_role.startService()
+        self.election.startService()
+        self.store.startService()
+        self.shell.startService()
         log.info(
-            "runtime {id} joined the network at {url} ({n} live runtime(s))",
-            id=self.id,
-            url=self.client.address.url,
-            n=len(self.membership.live()),
+            "runtime {id} joined the network at {url} ({n} live runtime(s)); streams at {stream}",
+            id=self.id, url=self.client.address.url, n=len(self.membership.live()), stream=self.transfer.stream_address,
         )
         self.ready.callback(self)
+        self.shell.opened.addCallback(lambda _: self._opened())
+
+    def _opened(self) -> None:
+        """The front door listens: tell the network, and the ``oneos`` command on this machine."""
+        if self.membership.joined:
+            self.membership.publish()
+        info = {"id": self.id, "pid": os.getpid(), "pubsub": self.config.pubsub, "stream": self.transfer.stream_address,
+                "ssh": self.shell.ssh_address if self.shell is not None else ""}
+        path = self.config.home / RUNTIME_FILE
+        try:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(info) + "\n")
+            tmp.replace(path)
+        except OSError as e:
+            log.warn("cannot write {path}: {error}", path=str(path), error=e)
 
     def _fatal(self, error: Any) -> None:
         value = error.value if isinstance(error, Failure) else error
@@ -159,13 +260,20 @@ class RuntimeService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        yield self.election.stop()
-        yield self.server.stop()
+        """Stop the children one by one, last started first, so membership says 'left' while still connected."""
+        service.Service.stopService(self)
         self.rpc.cancel_all()
-        # Membership says 'left' while the client is still connected.
-        yield self.agent_host.stop()
-        yield self.membership.stopService()
-        yield self.transfer.stopService()
+        for child in reversed(list(self)):
+            if child is self.client:
+                continue  # last of all, after everything that publishes on the way out
+            if child.running:
+                try:
+                    yield defer.maybeDeferred(child.stopService)
+                except Exception:
+                    log.failure("stopping {name} failed", name=child.name)
         if self.client.running:
             yield self.client.stopService()
-        yield super().stopService()
+        try:
+            (self.config.home / RUNTIME_FILE).unlink()
+        except OSError:
+            pass

@@ -43,6 +43,15 @@ class RuntimeStatus:
     #: seconds between refreshes, so any reader can judge staleness
     interval: float = 2.0
     services: dict[str, str] = field(default_factory=dict)
+    #: host:port peers connect to for streams (pipes, file content, agent output)
+    stream: str = ""
+    #: host:port of this runtime's SSH front door ('' when off)
+    ssh: str = ""
+    pid: int = 0
+    #: this runtime can open the network's store, so it may serve the file tree
+    fs_eligible: bool = False
+    #: this runtime serves the file tree now
+    fs_serving: bool = False
 
     @property
     def alive(self) -> bool:
@@ -91,6 +100,11 @@ class RuntimeStatus:
                 updated_at=float(body.get("updated_at", 0.0)),
                 interval=float(body.get("interval", 2.0)),
                 services={str(k): str(v) for k, v in dict(body.get("services") or {}).items()},
+                stream=str(body.get("stream", "")),
+                ssh=str(body.get("ssh", "")),
+                pid=int(body.get("pid", 0) or 0),
+                fs_eligible=bool(body.get("fs_eligible", False)),
+                fs_serving=bool(body.get("fs_serving", False)),
             )
         except (TypeError, ValueError) as e:
             raise messages.MalformedMessage(f"bad runtime status field: {e}") from None

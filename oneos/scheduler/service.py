@@ -1,6 +1,6 @@
 """The scheduler kernel service: places agents, keeps the process table.
 
-Runs on the kernel leader, RPC target ``scheduler``.  It places each agent
+Runs on the kernel leader (under the ``kernel`` role host), RPC target ``scheduler``.  It places each agent
 with :mod:`oneos.scheduler.placement` over the live membership, asks the
 chosen runtime to spawn it, wires pipelines runtime-to-runtime, and watches
 the retained agent statuses to build the grid-wide process table.  When a
@@ -21,7 +21,6 @@ from oneos.agents.manager import ENDED, LOST, AgentError
 from oneos.agents.program import interpreter_for
 from oneos.pubsub import messages, topics
 from oneos.pubsub.rpc import RPCServer
-from oneos.runtime.kernel import register_kernel_service
 from oneos.scheduler.placement import Needs, explain, place
 
 log = Logger()
@@ -34,15 +33,16 @@ class SchedulerService(service.Service):
 
     name = "scheduler"
 
-    def __init__(self, runtime: Any) -> None:
-        self.runtime = runtime
-        self.membership = runtime.membership
-        self.rpc = runtime.rpc
+    def __init__(self, client: Any, rpc: Any, membership: Any, reactor: Any) -> None:
+        self.client = client
+        self.membership = membership
+        self.rpc = rpc
+        self.reactor = reactor
         self.table: dict[str, dict[str, Any]] = {}
         self.specs: dict[str, dict[str, Any]] = {}
         self._sub: Any = None
         self.server = RPCServer(
-            runtime.client,
+            client,
             TARGET,
             {
                 "spawn": self.spawn,
@@ -60,7 +60,7 @@ class SchedulerService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.server.start()
-        self.runtime.client.subscribe(topics.ALL_AGENTS, self._on_agent).addCallback(lambda sub: setattr(self, "_sub", sub))
+        self.client.subscribe(topics.ALL_AGENTS, self._on_agent).addCallback(lambda sub: setattr(self, "_sub", sub))
         self.membership.on_change(self._check_runtimes)
 
     def stopService(self) -> defer.Deferred:
@@ -166,8 +166,8 @@ class SchedulerService(service.Service):
             lost = {**row, "state": LOST, "reason": f"runtime {row['runtime']} died"}
             self.table[agent_id] = lost
             topic = topics.agent(row["runtime"], agent_id)
-            self.runtime.client.publish(topic, messages.encode("agent.status", **lost), qos=1, retain=True)
-            self.runtime.reactor.callLater(KEEP_ENDED, self.runtime.client.publish, topic, b"", 1, True)
+            self.client.publish(topic, messages.encode("agent.status", **lost), qos=1, retain=True)
+            self.reactor.callLater(KEEP_ENDED, self.client.publish, topic, b"", 1, True)
             log.warn("agent {id} lost with runtime {rt}", id=agent_id, rt=row["runtime"])
             spec = self.specs.pop(agent_id, None)
             if spec is None and row.get("restart") == "on-failure":
@@ -185,5 +185,3 @@ class SchedulerService(service.Service):
 
         d.addCallbacks(done, lambda f: log.error("could not restart agent {id}: {error}", id=old_id, error=f.getErrorMessage()))
 
-
-register_kernel_service("scheduler", SchedulerService)

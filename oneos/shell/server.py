@@ -1,9 +1,9 @@
-"""The shell kernel service: SSH (and optionally telnet) in front of the interpreter.
+"""The shell front door: SSH (and optionally telnet) in front of the interpreter.
 
 One cred ``Portal`` serves both protocols, so a user is the same user
 however they connect.  Checkers (:mod:`oneos.shell.users`): SSH public keys
-from ``$ONEOS_HOME/authorized_keys`` and scrypt password hashes from
-``$ONEOS_HOME/users.json``; there is no anonymous access.
+from ``/etc/oneos/authorized_keys`` and scrypt password hashes from
+``/etc/oneos/users.json`` in the OneOS tree; there is no anonymous access.
 
 Every SSH session channel gets its own :class:`Session` (cwd, variables,
 history, jobs) and :class:`Interpreter`:
@@ -28,8 +28,9 @@ and password, then works line by line like the terminal above, the client
 doing the line editing.
 
 When a client vanishes the channel closes and every agent its session
-started is stopped.  The host key is made on first start
-(``$ONEOS_HOME/ssh_host_key``, ed25519) and kept, so clients can pin it.
+started is stopped.  Every runtime runs this front door; the host key is
+the network's, kept in the tree (``/etc/oneos/ssh_host_key``, ed25519), so
+clients pin one key whichever runtime they reach.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from twisted.application import service
 from twisted.conch import avatar, recvline
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser, ISession
-from twisted.conch.ssh import connection, factory, keys, session, transport, userauth
+from twisted.conch.ssh import connection, factory, keys, session, transport
 from twisted.conch.telnet import (BRK, ECHO, IP, LINEMODE_EOF, AuthenticatingTelnetProtocol, ITelnetProtocol,
                                   OptionRefused, TelnetProtocol, TelnetTransport)
 from twisted.cred import credentials, portal as cred_portal
@@ -57,36 +58,59 @@ from zope.interface import implementer
 
 from oneos.errors import describe
 from oneos.fs import paths
-from oneos.runtime.kernel import register_kernel_service
 from oneos.shell.interpreter import Grid, Interpreter, Session, SessionInput
 from oneos.shell.parser import MAX_LINE
-from oneos.shell.users import FailureDelay, PasswordChecker, PublicKeyChecker
+from oneos.shell.users import HOST_KEY_PATH, FailureDelay, PasswordChecker, PublicKeyChecker, TreeUsers, migrate_home
 
 log = Logger()
 
 HOST_KEY_FILE = "ssh_host_key"
+#: How long a front door waits between tries when the tree cannot be reached at start (doubling up to the max).
+RETRY_DELAY, RETRY_MAX = 0.2, 5.0
 BANNER = "OneOS shell. Type 'help' for the built-ins; anything else runs on the grid.\n"
 
 
 # -- host key -------------------------------------------------------------------------
 
 
-def load_or_create_host_key(home: Path) -> keys.Key:
-    """The runtime's SSH host key: made once (ed25519, mode 0600) and kept."""
-    path = Path(home) / HOST_KEY_FILE
-    if path.exists():
-        return keys.Key.fromFile(str(path))
+def _new_host_key() -> keys.Key:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    key = keys.Key(ed25519.Ed25519PrivateKey.generate())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.toString("OPENSSH"))
-    os.replace(tmp, path)
-    path.with_name(path.name + ".pub").write_bytes(key.public().toString("OPENSSH") + b"\n")
-    log.info("made a new SSH host key {path} ({fp})", path=str(path), fp=key.fingerprint())
+    return keys.Key(ed25519.Ed25519PrivateKey.generate())
+
+
+@defer.inlineCallbacks
+def network_host_key(fs: Any, home: Path) -> Any:
+    """The network's SSH host key, kept in the tree so every front door shows the same one.
+
+    The first front door to start puts one there (the key an older runtime
+    kept in ``$ONEOS_HOME/ssh_host_key`` if there is one, else a new ed25519
+    key); the write is exclusive, so of two doors starting at once both end
+    with the winner's key.  The public half is also written to
+    ``$ONEOS_HOME/ssh_host_key.pub``, where ``oneos`` on this machine pins it.
+    """
+    from oneos.fs.errors import AlreadyExists, NotFound
+
+    try:
+        data = yield fs.read_small(HOST_KEY_PATH)
+    except NotFound:
+        local = Path(home) / HOST_KEY_FILE
+        migrated = local.exists()
+        key = keys.Key.fromFile(str(local)) if migrated else _new_host_key()
+        yield fs.mkdir("/etc/oneos", parents=True, exist_ok=True)
+        try:
+            yield fs.write_small(HOST_KEY_PATH, key.toString("OPENSSH"), exclusive=True)
+            log.info("the network's SSH host key is now {fp} ({how})", fp=key.fingerprint(),
+                     how=f"moved from {local}" if migrated else "new")
+        except AlreadyExists:
+            pass  # another front door was first: use its key
+        data = yield fs.read_small(HOST_KEY_PATH)
+    key = keys.Key.fromString(data)
+    pub = Path(home) / (HOST_KEY_FILE + ".pub")
+    text = key.public().toString("OPENSSH") + b"\n"
+    if not pub.exists() or pub.read_bytes() != text:
+        pub.parent.mkdir(parents=True, exist_ok=True)
+        pub.write_bytes(text)
     return key
 
 
@@ -707,17 +731,23 @@ class ShellRealm:
         raise NotImplementedError("the OneOS shell offers SSH and telnet only")
 
 
-class _QuietUserAuth(userauth.SSHUserAuthServer):
-    """Public keys and passwords only; a wrong password waits (conch adds its own delay too)."""
-
-
 class ShellService(service.Service):
-    """Listens for SSH (and telnet when configured) and runs the shell for each session."""
+    """A front door: SSH (and telnet when configured) on this runtime, the shell for each session.
+
+    Every runtime runs one (a session only needs RPC to the kernel services),
+    so a user connects to the nearest runtime and a leader change never moves
+    or drops the door.  Users, keys and the host key come from the tree
+    (:mod:`oneos.shell.users`), so every door knows the same people and shows
+    the same host key; until the tree can be reached the door waits, saying
+    why in the log, and opens as soon as it can.
+    """
 
     name = "shell"
 
-    def __init__(self, runtime: Any, ssh: str, telnet: str, home: Path, reactor: Any) -> None:
-        self.runtime = runtime
+    def __init__(self, grid: Grid, system_fs: Any, ssh: str, telnet: str, home: Path, reactor: Any) -> None:
+        self.grid = grid
+        #: a file-system client that may reach the kernel's area (users, keys, host key)
+        self.system_fs = system_fs
         self.ssh_endpoint = ssh
         self.telnet_endpoint = telnet
         self.home = Path(home)
@@ -725,14 +755,15 @@ class ShellService(service.Service):
         self.ports: list[Any] = []
         self.interpreters: set[Interpreter] = set()
         self.delay = FailureDelay(reactor)
-        self.portal = cred_portal.Portal(ShellRealm(self), [PublicKeyChecker(self.home, self.delay), PasswordChecker(self.home, self.delay)])
-        self._grid: Grid | None = None
-
-    @property
-    def grid(self) -> Grid:
-        if self._grid is None:
-            self._grid = Grid.of_runtime(self.runtime)
-        return self._grid
+        users = TreeUsers(system_fs)
+        self.portal = cred_portal.Portal(ShellRealm(self), [PublicKeyChecker(users, self.home, self.delay),
+                                                           PasswordChecker(users, self.delay)])
+        #: fires once the doors listen (or failed to)
+        self.opened: defer.Deferred = defer.Deferred()
+        self._retry: Any = None
+        self._delay = RETRY_DELAY
+        #: host:port of the SSH door once it listens
+        self.ssh_address = ""
 
     def new_interpreter(self, user: str, out: Any, err: Any) -> Interpreter:
         interp = Interpreter(Session(user, home=paths.join("/home", user)), self.grid, out, err)
@@ -754,14 +785,12 @@ class ShellService(service.Service):
 
         return self.grid.fs.mkdir(session.home, parents=True, exist_ok=True).addCallbacks(lambda _: None, failed)
 
-    def ssh_factory(self) -> factory.SSHFactory:
-        key = load_or_create_host_key(self.home)
+    def ssh_factory(self, key: keys.Key) -> factory.SSHFactory:
         f = factory.SSHFactory()
         f.protocol = _NoDelaySSHTransport
         f.portal = self.portal
         f.publicKeys = {key.sshType(): key.public()}
         f.privateKeys = {key.sshType(): key}
-        f.services = {**f.services, b"ssh-userauth": _QuietUserAuth}
         return f
 
     def telnet_factory(self) -> protocol.ServerFactory:
@@ -771,38 +800,57 @@ class ShellService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        for name, endpoint, make in (("ssh", self.ssh_endpoint, self.ssh_factory), ("telnet", self.telnet_endpoint, self.telnet_factory)):
+        if not self.ssh_endpoint and not self.telnet_endpoint:
+            self.opened.callback(None)
+            return
+        self._open()
+
+    def _open(self) -> None:
+        self._retry = None
+        d = defer.Deferred.fromCoroutine(self._prepare_and_listen())
+
+        def failed(f: Failure) -> None:
+            if not self.running:
+                return
+            if self._delay >= 1.0:  # the first short waits are the normal start-up race; no need to alarm
+                log.warn("shell not serving yet: {error}; trying again in {delay:.0f}s", error=describe(f.value),
+                         delay=self._delay)
+            self._retry = self.reactor.callLater(self._delay, self._open)
+            self._delay = min(RETRY_MAX, self._delay * 2)
+
+        d.addErrback(failed)
+
+    async def _prepare_and_listen(self) -> None:
+        for line in await migrate_home(self.system_fs, self.home):
+            log.info("moved shell users into the tree: {what}", what=line)
+        key = await network_host_key(self.system_fs, self.home) if self.ssh_endpoint else None
+        if not self.running:
+            return
+        for name, endpoint, make in (("ssh", self.ssh_endpoint, lambda: self.ssh_factory(key)),
+                                     ("telnet", self.telnet_endpoint, self.telnet_factory)):
             if not endpoint:
                 continue
             try:
-                d = serverFromString(self.reactor, endpoint).listen(make())
+                port = await serverFromString(self.reactor, endpoint).listen(make())
             except Exception as e:
+                # Another program holds the port: say so plainly; the runtime keeps going without this door.
                 log.error("shell cannot serve {name} on {ep}: {e}", name=name, ep=endpoint, e=describe(e))
                 continue
-
-            def listening(port: Any, name: str = name, endpoint: str = endpoint) -> None:
-                self.ports.append(port)
-                log.info("shell serving {name} on {ep}", name=name, ep=endpoint)
-
-            def failed(f: Failure, name: str = name, endpoint: str = endpoint) -> None:
-                log.error("shell cannot serve {name} on {ep}: {e}", name=name, ep=endpoint, e=f.getErrorMessage())
-
-            d.addCallbacks(listening, failed)
+            self.ports.append(port)
+            host = port.getHost()
+            if name == "ssh":
+                self.ssh_address = f"{host.host}:{host.port}"
+            log.info("shell serving {name} on {host}:{port}", name=name, host=host.host, port=host.port)
+        if not self.opened.called:
+            self.opened.callback(None)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         for interp in list(self.interpreters):
             interp.hangup()
         ports, self.ports = self.ports, []
         for port in ports:
             yield defer.maybeDeferred(port.stopListening)
-
-
-def make_shell_service(runtime: Any) -> ShellService:
-    """Kernel factory: the leader's shell (SSH on listen.ssh, telnet on listen.telnet)."""
-    listen = runtime.config.listen
-    return ShellService(runtime, listen.get("ssh", ""), listen.get("telnet", ""), runtime.config.home, runtime.reactor)
-
-
-register_kernel_service("shell", make_shell_service)

@@ -1,15 +1,21 @@
 """Who may log in to the shell: password hashes and SSH public keys.
 
-Passwords live in ``$ONEOS_HOME/users.json`` as salted scrypt hashes (the
-standard library's ``hashlib.scrypt``, so no C extension is needed and a
-stolen file does not give the passwords away).  Public keys live in
-``$ONEOS_HOME/authorized_keys``: ``NAME KEYTYPE BASE64 [comment]`` lines give
-a key to the OneOS user NAME; plain OpenSSH lines (``KEYTYPE BASE64
-[comment]``) give it to the machine owner (the local login name), the way
-``~/.ssh/authorized_keys`` gives access to one account.
+Both live in the OneOS file tree, in the kernel's area ``/etc/oneos``, so
+every runtime's front door serves the same users and a leader change loses
+nobody.  Passwords are in ``/etc/oneos/users.json`` as salted scrypt hashes
+(the standard library's ``hashlib.scrypt``, so no C extension is needed and
+a stolen file does not give the passwords away; hashing runs in a thread).
+Public keys are in ``/etc/oneos/authorized_keys``: ``NAME KEYTYPE BASE64
+[comment]`` lines give a key to the OneOS user NAME; plain OpenSSH lines
+(``KEYTYPE BASE64 [comment]``) give it to the machine owner (the local login
+name), the way ``~/.ssh/authorized_keys`` gives access to one account.
+Older runtimes kept both in ``$ONEOS_HOME``: :func:`migrate_home` moves them
+into the tree on first start.
 
-Both files are re-read on every login, so ``oneos user add`` and edits of
-``authorized_keys`` take effect without restarting the runtime.
+Both are re-read on every login, so ``oneos user add`` on any machine takes
+effect without restarting anything.  One more file stays on the machine:
+``$ONEOS_HOME/local_authorized_keys``, the key the ``oneos`` command minted
+for this machine's owner to reach this machine's own runtime.
 
 The checkers below answer Twisted's cred ``ICredentialsChecker``; every
 refusal is the same :class:`UnauthorizedLogin` ("login refused"), never
@@ -27,6 +33,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,7 @@ from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh import keys
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -81,63 +88,148 @@ def verify_password(password: str, stored: str) -> bool:
         return False
 
 
-class UserDB:
-    """``users.json`` under a OneOS home: ``{"v": 1, "users": {NAME: {"password": HASH}}}``."""
+#: Where the kernel keeps who may log in, in the OneOS tree (see oneos.fs.service.SYSTEM_DIR).
+USERS_PATH = "/etc/oneos/users.json"
+KEYS_PATH = "/etc/oneos/authorized_keys"
+HOST_KEY_PATH = "/etc/oneos/ssh_host_key"
+#: Keys the ``oneos`` command on this machine minted for its own runtime (see oneos.cli.shell.local_identity).
+LOCAL_KEYS_FILE = "local_authorized_keys"
 
-    def __init__(self, home: Path) -> None:
-        self.path = Path(home) / USERS_FILE
 
-    def load(self) -> dict[str, dict[str, Any]]:
+def parse_users(data: bytes, where: str = USERS_PATH) -> dict[str, dict[str, Any]]:
+    """The users in a ``users.json`` text; an unreadable one gives nobody (and a log line)."""
+    try:
+        raw = json.loads(data or b"{}")
+    except ValueError as e:
+        log.warn("cannot read {path}: {error}; nobody can log in with a password", path=where, error=e)
+        return {}
+    users = raw.get("users") if isinstance(raw, dict) else None
+    return {k: v for k, v in users.items() if isinstance(v, dict)} if isinstance(users, dict) else {}
+
+
+def render_users(users: dict[str, dict[str, Any]]) -> bytes:
+    return json.dumps({"v": 1, "users": users}, indent=2, sort_keys=True).encode() + b"\n"
+
+
+class TreeUsers:
+    """Users and keys kept in the OneOS tree, so every runtime's front door knows the same people.
+
+    *fs* is an :class:`oneos.fs.client.FSClient` with ``system=True``.  Every
+    read goes to the tree, so ``oneos user add`` on any machine takes effect
+    at the next login everywhere.
+    """
+
+    def __init__(self, fs: Any, blocking: Callable[..., defer.Deferred] = threads.deferToThread) -> None:
+        self.fs = fs
+        #: runs scrypt off the reactor thread (tests pass a synchronous runner)
+        self.blocking = blocking
+
+    @defer.inlineCallbacks
+    def _read(self, path: str) -> Any:
+        from oneos.fs.errors import NotFound
+
         try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            log.warn("cannot read {path}: {error}; nobody can log in with a password", path=str(self.path), error=e)
-            return {}
-        users = raw.get("users") if isinstance(raw, dict) else None
-        return {k: v for k, v in users.items() if isinstance(v, dict)} if isinstance(users, dict) else {}
+            data = yield self.fs.read_small(path)
+        except NotFound:
+            return b""
+        return data
 
-    def save(self, users: dict[str, dict[str, Any]]) -> None:
-        """Atomic replace, readable by the owner only (hashes are still secrets)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"v": 1, "users": users}, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+    @defer.inlineCallbacks
+    def load(self) -> Any:
+        data = yield self._read(USERS_PATH)
+        return parse_users(data)
 
-    def names(self) -> list[str]:
-        return sorted(self.load())
+    @defer.inlineCallbacks
+    def save(self, users: dict[str, dict[str, Any]]) -> Any:
+        yield self.fs.mkdir("/etc/oneos", parents=True, exist_ok=True)
+        yield self.fs.write_small(USERS_PATH, render_users(users))
 
-    def add(self, name: str, password: str) -> None:
+    @defer.inlineCallbacks
+    def names(self) -> Any:
+        users = yield self.load()
+        return sorted(users)
+
+    @defer.inlineCallbacks
+    def add(self, name: str, password: str) -> Any:
         validate_user_name(name)
-        users = self.load()
+        users = yield self.load()
         if name in users:
             raise UserError(f"user {name!r} already exists (use 'oneos passwd {name}' to change the password)")
-        users[name] = {"password": hash_password(password)}
-        self.save(users)
+        users[name] = {"password": (yield self.blocking(hash_password, password))}
+        yield self.save(users)
 
-    def set_password(self, name: str, password: str) -> None:
-        users = self.load()
+    @defer.inlineCallbacks
+    def set_password(self, name: str, password: str) -> Any:
+        users = yield self.load()
         if name not in users:
             raise UserError(f"no user {name!r} (add one with 'oneos user add {name}')")
-        users[name]["password"] = hash_password(password)
-        self.save(users)
+        users[name]["password"] = yield self.blocking(hash_password, password)
+        yield self.save(users)
 
-    def remove(self, name: str) -> None:
-        users = self.load()
+    @defer.inlineCallbacks
+    def remove(self, name: str) -> Any:
+        users = yield self.load()
         if users.pop(name, None) is None:
             raise UserError(f"no user {name!r}")
-        self.save(users)
+        yield self.save(users)
 
-    def check(self, name: str, password: str) -> bool:
-        entry = self.load().get(name)
-        if entry is None:
-            # Hash anyway so timing does not tell whether the user exists.
-            verify_password(password, _DUMMY_HASH)
-            return False
-        return verify_password(password, str(entry.get("password", "")))
+    @defer.inlineCallbacks
+    def check(self, name: str, password: str) -> Any:
+        """Whether *password* is *name*'s; scrypt runs in a thread so logins never stall the reactor."""
+        users = yield self.load()
+        entry = users.get(name)
+        # Hash even for an unknown user so timing does not tell whether the user exists.
+        stored = str(entry.get("password", "")) if entry is not None else _DUMMY_HASH
+        ok = yield self.blocking(verify_password, password, stored)
+        return bool(ok and entry is not None)
+
+    @defer.inlineCallbacks
+    def authorized_keys(self) -> Any:
+        data = yield self._read(KEYS_PATH)
+        return parse_authorized_keys(data.decode("utf-8", "replace"), KEYS_PATH)
+
+    @defer.inlineCallbacks
+    def add_key_lines(self, lines: list[str]) -> Any:
+        """Append *lines* not already in the tree's authorized_keys; fires with how many were added."""
+        data = yield self._read(KEYS_PATH)
+        text = data.decode("utf-8", "replace")
+        present = set(text.splitlines())
+        new = [line for line in lines if line.strip() and line not in present]
+        if new:
+            text = text + ("" if not text or text.endswith("\n") else "\n") + "\n".join(new) + "\n"
+            yield self.fs.mkdir("/etc/oneos", parents=True, exist_ok=True)
+            yield self.fs.write_small(KEYS_PATH, text.encode())
+        return len(new)
+
+
+@defer.inlineCallbacks
+def migrate_home(fs: Any, home: Path) -> Any:
+    """Move a runtime's old ``users.json`` and ``authorized_keys`` from ``$ONEOS_HOME`` into the tree.
+
+    Users the tree does not know yet are added (the tree wins on a clash),
+    keys are appended, and the local files are renamed ``*.migrated`` so they
+    are not merged again and nobody mistakes them for the live ones.
+    Fires with a list of what was done, for the log.
+    """
+    done: list[str] = []
+    tree = TreeUsers(fs)
+    local_users = Path(home) / USERS_FILE
+    if local_users.exists():
+        mine = parse_users(local_users.read_bytes(), str(local_users))
+        users = yield tree.load()
+        added = [name for name in mine if name not in users]
+        if added:
+            users.update({name: mine[name] for name in added})
+            yield tree.save(users)
+        local_users.rename(local_users.with_name(USERS_FILE + ".migrated"))
+        done.append(f"{local_users} -> {USERS_PATH} ({len(added)} user(s) added)")
+    local_keys = Path(home) / KEYS_FILE
+    if local_keys.exists():
+        lines = [line for line in local_keys.read_text(errors="replace").splitlines() if line.strip() and not line.startswith("#")]
+        n = yield tree.add_key_lines(lines)
+        local_keys.rename(local_keys.with_name(KEYS_FILE + ".migrated"))
+        done.append(f"{local_keys} -> {KEYS_PATH} ({n} key(s) added)")
+    return done
 
 
 _DUMMY_HASH = hash_password("not a password", salt=b"\0" * 16)
@@ -151,18 +243,10 @@ def machine_owner() -> str:
         return "root"
 
 
-def read_authorized_keys(home: Path) -> list[tuple[str, bytes]]:
-    """(user, key blob) pairs from ``authorized_keys``; bad lines are skipped with a log line."""
-    path = Path(home) / KEYS_FILE
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        log.warn("cannot read {path}: {error}", path=str(path), error=e)
-        return []
+def parse_authorized_keys(text: str, where: str) -> list[tuple[str, bytes]]:
+    """(user, key blob) pairs from authorized_keys text; bad lines are skipped with a log line."""
     out: list[tuple[str, bytes]] = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.splitlines(), 1):
         words = line.split()
         if not words or words[0].startswith("#"):
             continue
@@ -172,10 +256,23 @@ def read_authorized_keys(home: Path) -> list[tuple[str, bytes]]:
         try:
             blob = keys.Key.fromString(" ".join(words[:2]).encode()).blob()
         except Exception:
-            log.warn("{path}:{n}: not a public key line; skipped", path=str(path), n=number)
+            log.warn("{path}:{n}: not a public key line; skipped", path=where, n=number)
             continue
         out.append((user, blob))
     return out
+
+
+def read_local_keys(home: Path) -> list[tuple[str, bytes]]:
+    """The keys in ``$ONEOS_HOME/local_authorized_keys`` (this machine's own ``oneos`` client)."""
+    path = Path(home) / LOCAL_KEYS_FILE
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        log.warn("cannot read {path}: {error}", path=str(path), error=e)
+        return []
+    return parse_authorized_keys(text, str(path))
 
 
 def _is_key_type(word: str) -> bool:
@@ -212,65 +309,72 @@ class FailureDelay:
 
 @implementer(ICredentialsChecker)
 class PasswordChecker:
-    """Passwords from users.json, refused slowly and without saying why."""
+    """Passwords from the tree's users.json, refused slowly and without saying why."""
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, home: Path, delay: FailureDelay) -> None:
-        self.db = UserDB(home)
+    def __init__(self, users: TreeUsers, delay: FailureDelay) -> None:
+        self.users = users
         self.delay = delay
 
-    def requestAvatarId(self, creds: Any) -> defer.Deferred:
+    @defer.inlineCallbacks
+    def requestAvatarId(self, creds: Any) -> Any:
         try:
             name = creds.username.decode("utf-8")
             password = creds.password.decode("utf-8")
         except (UnicodeDecodeError, AttributeError):
-            return self.delay.refuse("?")
-        if len(name) > 64 or not self.db.check(name, password):
+            yield self.delay.refuse("?")
+            return
+        try:
+            ok = len(name) <= 64 and (yield self.users.check(name, password))
+        except OneOSError as e:  # the tree cannot be read: refuse, and say why in the log
+            log.warn("password login for {user!r} refused: {error}", user=name[:64], error=str(e))
+            ok = False
+        if not ok:
             log.info("password login refused for {user!r}", user=name[:64])
-            return self.delay.refuse(name[:64])
+            yield self.delay.refuse(name[:64])
         self.delay.succeeded(name)
-        return defer.succeed(name.encode())
+        return name.encode()
 
 
 @implementer(ICredentialsChecker)
 class PublicKeyChecker:
-    """SSH keys from authorized_keys; a key is only good for the user it is mapped to."""
+    """SSH keys from the tree's authorized_keys (and this machine's own client key); a key is only good for its user."""
 
     credentialInterfaces = (credentials.ISSHPrivateKey,)
 
-    def __init__(self, home: Path, delay: FailureDelay) -> None:
+    def __init__(self, users: TreeUsers, home: Path, delay: FailureDelay) -> None:
+        self.users = users
         self.home = Path(home)
         self.delay = delay
 
-    def requestAvatarId(self, creds: Any) -> defer.Deferred:
+    @defer.inlineCallbacks
+    def _known(self, name: str, blob: bytes) -> Any:
+        if (name, blob) in set(read_local_keys(self.home)):
+            return True
+        try:
+            pairs = yield self.users.authorized_keys()
+        except OneOSError as e:
+            log.warn("key login for {user!r} refused: {error}", user=name[:64], error=str(e))
+            return False
+        return (name, blob) in set(pairs)
+
+    @defer.inlineCallbacks
+    def requestAvatarId(self, creds: Any) -> Any:
         try:
             name = creds.username.decode("utf-8")
         except UnicodeDecodeError:
-            return defer.fail(error.UnauthorizedLogin("login refused"))
-        if (name, creds.blob) not in set(read_authorized_keys(self.home)):
+            raise error.UnauthorizedLogin("login refused") from None
+        if not (yield self._known(name, creds.blob)):
             # The client asking "would this key do?" is normal: no delay.
-            return defer.fail(error.UnauthorizedLogin("login refused"))
+            raise error.UnauthorizedLogin("login refused")
         if not creds.signature:
-            return defer.fail(ValidPublicKey())  # conch: ask for the signature
+            raise ValidPublicKey()  # conch: ask for the signature
         try:
             ok = keys.Key.fromString(creds.blob).verify(creds.signature, creds.sigData)
         except Exception:
             ok = False
         if not ok:
-            return self.delay.refuse(name)
+            yield self.delay.refuse(name)
         self.delay.succeeded(name)
-        return defer.succeed(name.encode())
-
-
-@implementer(ICredentialsChecker)
-class AnonymousChecker:
-    """Lets anyone in as *user*: only when the configuration asks for it."""
-
-    credentialInterfaces = (credentials.IAnonymous,)
-
-    def __init__(self, user: str = "guest") -> None:
-        self.user = user
-
-    def requestAvatarId(self, creds: Any) -> defer.Deferred:
-        return defer.succeed(self.user.encode())
+        return name.encode()
