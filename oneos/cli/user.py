@@ -21,7 +21,7 @@ from oneos.cli.common import default_pubsub_url, network_rpc, run_with_client
 from oneos.shell.users import UserError, validate_user_name
 
 SUMMARIES = {
-    "run": "manage shell users: add NAME, del NAME, list",
+    "run": "manage shell users: add NAME, addkey NAME KEYFILE, del NAME, list",
     "passwd": "change a shell user's password",
 }
 SUMMARY = SUMMARIES["run"]
@@ -60,6 +60,10 @@ def run(argv: list[str]) -> int:
     add = sub.add_parser("add", help="add a user (asks the password twice)", parents=[common])
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    key = sub.add_parser("addkey", help="let NAME log in with an SSH public key (a .pub file, '-' for stdin)",
+                         parents=[common])
+    key.add_argument("name")
+    key.add_argument("keyfile")
     rm = sub.add_parser("del", help="remove a user", parents=[common])
     rm.add_argument("name")
     sub.add_parser("list", help="list users", parents=[common])
@@ -67,6 +71,17 @@ def run(argv: list[str]) -> int:
     if args.action == "list":
         for name in with_users(args.pubsub, lambda users: users.names()):
             print(name)
+        return 0
+    if args.action == "addkey":
+        validate_user_name(args.name)
+        text = sys.stdin.read() if args.keyfile == "-" else open(args.keyfile, encoding="utf-8").read()
+        lines = [f"{args.name} {line.strip()}" for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        from oneos.shell.users import parse_authorized_keys
+
+        if not lines or len(parse_authorized_keys("\n".join(lines), args.keyfile)) != len(lines):
+            raise UserError(f"{args.keyfile}: not an SSH public key (expected lines like 'ssh-ed25519 AAAA... comment')")
+        added = with_users(args.pubsub, lambda users: users.add_key_lines(lines))
+        print(f"{added} key(s) added for {args.name}")
         return 0
     if args.action == "del":
         with_users(args.pubsub, lambda users: users.remove(args.name))
