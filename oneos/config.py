@@ -103,6 +103,8 @@ class Config:
     address: str = ""
     keepalive: int = 2
     stats_interval: float = 2.0
+    #: seconds a runtime may be unreachable before its programs are restarted elsewhere
+    disconnect_grace: float = 10.0
     listen: dict[str, str] = field(default_factory=default_listen)
     #: I/O devices this machine exposes (:class:`Device`); not served yet
     devices: tuple = ()
@@ -234,6 +236,7 @@ def _validate(raw: dict[str, Any], home: Path, embedded: bool) -> Config:
         address=address,
         keepalive=_as_number("keepalive", raw.get("keepalive", 2), int, 1, 3600),
         stats_interval=_as_number("stats_interval", raw.get("stats_interval", 2.0), float, 0.1, 3600),
+        disconnect_grace=_as_number("disconnect_grace", raw.get("disconnect_grace", 10.0), float, 0, 86400),
         listen=listen,
         devices=validate_devices(raw.get("devices", ())),
         embedded=embedded,

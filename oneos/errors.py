@@ -53,6 +53,13 @@ class KernelUnavailable(RPCError):
         super().__init__(message, kind="KernelUnavailable")
 
 
+class StaleEpoch(RPCError):
+    """A command from an older leadership term: a newer leader has taken over since."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="StaleEpoch")
+
+
 class DuplicateRuntimeId(OneOSError):
     """Another live runtime on the network already uses this runtime id."""
 

@@ -185,6 +185,6 @@ def test_restart_on_failure_after_runtime_sigkill(grid):
                and r["id"] != agent_id]
         return old is not None and old["state"] == "lost" and new
 
-    new = wait_for("the agent to be restarted elsewhere", restarted, logs=grid.logs)
+    new = wait_for("the agent to be restarted elsewhere (after the disconnect grace)", restarted, deadline=60, logs=grid.logs)
     for r in new:
         run(grid, "kill", r["id"])

@@ -91,7 +91,7 @@ class AgentHost(service.Service):
     def handlers(self) -> dict[str, Any]:
         return {
             "agent_spawn": self.spawn,
-            "agent_kill": lambda agent_id, grace=None: self.manager.kill(agent_id, grace).info(),
+            "agent_kill": self.kill,
             "agent_pause": lambda agent_id: self.manager.pause(agent_id).info(),
             "agent_resume": lambda agent_id: self.manager.resume(agent_id).info(),
             "agent_list": lambda: [a.info() for a in self.manager.agents.values()],
@@ -99,6 +99,11 @@ class AgentHost(service.Service):
             "agent_stdin": self.stdin,
             "agent_pipe_out": self.pipe_out,
         }
+
+    def kill(self, agent_id: str, grace: float | None = None, reason: str = "") -> dict[str, Any]:
+        if reason:
+            log.info("stopping agent {id}: {reason}", id=agent_id, reason=reason)
+        return self.manager.kill(agent_id, grace, reason=reason).info()
 
     # -- status publishing ----------------------------------------------------
     def _publish(self, body: dict[str, Any]) -> None:
@@ -123,7 +128,8 @@ class AgentHost(service.Service):
     @defer.inlineCallbacks
     def spawn(self, program: str, args: list[str] | None = None, cwd: str | None = None, env: dict[str, str] | None = None,
               name: str = "", memory_mb: int = 0, restart: str = "no", agent_id: str | None = None,
-              stdout: str = "attach", stdin: bool = True, stderr: str = "attach", stdin_file: str | None = None) -> Any:
+              stdout: str = "attach", stdin: bool = True, stderr: str = "attach", stdin_file: str | None = None,
+              job: str = "", incarnation: int = 0, history: dict[str, Any] | None = None) -> Any:
         """Start a program here; fires with the agent's info.
 
         *stdout*/*stderr*: ``attach`` (held until a reader attaches),
@@ -138,7 +144,8 @@ class AgentHost(service.Service):
         environment.update(env or {})
         environment["ONEOS_RUNTIME"] = self.runtime_id
         spec = AgentSpec(local, list(args or []), cwd=cwd, env=environment, name=name or os.path.basename(program),
-                         memory_limit_mb=int(memory_mb or 0), restart=restart, stdin=stdin)
+                         memory_limit_mb=int(memory_mb or 0), restart=restart, stdin=stdin, job=job,
+                         incarnation=int(incarnation), history=dict(history or {}))
         agent = self.manager.spawn(spec, agent_id=agent_id)
         agent.stdout_to = stdout
         for mode, stream in ((stdout, agent.stdout), (stderr if stdout != "discard" else "discard", agent.stderr)):

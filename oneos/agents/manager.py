@@ -101,6 +101,9 @@ class AgentError(OneOSError):
         self.code = kind
 
 
+RESTART_POLICIES = ("no", "on-failure", "always")
+
+
 @dataclass
 class AgentSpec:
     """What to run and how."""
@@ -111,8 +114,14 @@ class AgentSpec:
     env: dict[str, str] | None = None
     name: str = ""
     memory_limit_mb: int = 0
-    restart: str = "no"  # "no" | "on-failure"
+    restart: str = "no"  # "no" | "on-failure" | "always"
     stdin: bool = True  # keep the child's stdin open for writing
+    #: the job this agent is one incarnation of ('' = its own id): restarts keep the job, not the agent id
+    job: str = ""
+    #: which start of the job this is (0 first); a returning runtime's older incarnation is superseded
+    incarnation: int = 0
+    #: the scheduler's restart bookkeeping, carried so a new leader picks it up (oneos.scheduler.restarts)
+    history: dict[str, Any] = field(default_factory=dict)
 
 
 class OutputStream:
@@ -373,6 +382,9 @@ class AgentProcess(protocol.ProcessProtocol):
             "memory_mb": round(rss, 1),
             "uptime": round(end - self.started_at, 3),
             "restart": self.spec.restart,
+            "job": self.spec.job or self.id,
+            "incarnation": self.spec.incarnation,
+            "history": dict(self.spec.history),
             "stdin_bytes": self.stdin_bytes,
             "stdout_bytes": self.stdout.total,
             "stderr_bytes": self.stderr.total,
@@ -454,8 +466,8 @@ class AgentManager(service.Service):
 
     def spawn(self, spec: AgentSpec, agent_id: str | None = None) -> AgentProcess:
         """Start *spec*; raises ProgramError/AgentError with a plain reason."""
-        if spec.restart not in ("no", "on-failure"):
-            raise AgentError(f"unknown restart policy {spec.restart!r} (no, on-failure)", "EINVAL")
+        if spec.restart not in RESTART_POLICIES:
+            raise AgentError(f"unknown restart policy {spec.restart!r} ({', '.join(RESTART_POLICIES)})", "EINVAL")
         if spec.cwd is not None and not os.path.isdir(spec.cwd):
             raise ProgramError(f"working directory {spec.cwd} does not exist on runtime {self.runtime_id}", "ENOENT")
         env = dict(os.environ if spec.env is None else spec.env)

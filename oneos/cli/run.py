@@ -93,8 +93,10 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--on", dest="runtime", help="run on this runtime")
     parser.add_argument("--tag", action="append", default=[], help="run on a runtime with this tag (repeatable)")
     parser.add_argument("--memory", type=int, default=0, help="memory limit for the program, MB")
-    parser.add_argument("--restart", choices=("no", "on-failure"), default="no",
-                        help="on-failure: start it again elsewhere if its runtime dies (runs detached)")
+    parser.add_argument("--restart", choices=("no", "on-failure", "always"), default="no",
+                        help="on-failure: start it again when it fails (non-zero exit, signal) or its runtime dies; "
+                             "always: also after a clean exit; with back-off, and quarantined when it keeps failing "
+                             "(runs detached)")
     parser.add_argument("--explain", action="store_true", help="show how the scheduler ranks runtimes; run nothing")
     parser.add_argument("--detach", "-d", action="store_true", help="start it and print its id; output is discarded")
     parser.add_argument("--pipe", metavar="PIPELINE", help="run a pipeline of stages, each placed separately")
@@ -113,7 +115,7 @@ def run(argv: list[str]) -> int:
         stages = [{"program": s.program, "args": list(s.args), "runtime": s.runtime, "tags": list(s.tags)}
                   for s in parse_pipeline(args.pipe)]
     forward_stdin = not sys.stdin.isatty() and not args.stdin_file
-    detached = args.detach or args.restart == "on-failure"
+    detached = args.detach or args.restart != "no"
 
     @defer.inlineCallbacks
     def job(reactor: Any, client: Any) -> Any:

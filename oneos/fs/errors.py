@@ -48,6 +48,11 @@ class FSError(OneOSError):
     def message(self) -> str:
         return str(self)
 
+    @property
+    def kind(self) -> str:
+        """The wire name, as RPC errors call it (the errno name)."""
+        return self.code
+
     def to_wire(self) -> dict[str, Any]:
         """The error as JSON-able fields, for an RPC reply."""
         return {"code": self.code, "message": str(self), "path": self.path}

@@ -100,7 +100,8 @@ class FileSystemService(service.Service):
 
     name = "fs"
 
-    def __init__(self, url: str, client: Any, transfer: TransferServer, reactor: Any, retry_max: float = 10.0) -> None:
+    def __init__(self, url: str, client: Any, transfer: TransferServer, reactor: Any, retry_max: float = 10.0,
+                 guard: Any = None) -> None:
         self.url = url
         self.client = client
         self.transfer = transfer
@@ -130,6 +131,7 @@ class FileSystemService(service.Service):
                 "write_small": self.write_small,
                 "usage": self.usage,
             },
+            guard=guard,
         )
 
     # -- lifecycle -----------------------------------------------------------

@@ -152,6 +152,7 @@ class _Connection(Protocol):
         self._arm(keepalive * 0.5, self._keepalive_tick)
 
     def dataReceived(self, data: bytes) -> None:
+        self.client.last_heard = self.client.reactor.seconds()
         try:
             packets = self.parser.feed(data)
         except mqtt.MalformedPacket as e:
@@ -258,6 +259,12 @@ class PubSubClient(service.Service):
         self._listeners: list[tuple[Callable[[], Any] | None, Callable[[], Any] | None]] = []
         self._last_refusal: str | None = None
         self.last_error: str | None = None
+        #: reactor time of the last bytes from the broker: a leader's lease is renewed by them
+        self.last_heard = float("-inf")
+        #: reactor time the current connection was accepted (-inf while disconnected)
+        self.connected_since = float("-inf")
+        #: publishes that must not go out after a reactor time (requests whose caller gave up)
+        self._expires: dict[defer.Deferred, float] = {}
 
     # -- public API -------------------------------------------------------
     @property
@@ -277,12 +284,21 @@ class PubSubClient(service.Service):
         """Call *on_connect* after every accepted (re)connection, *on_disconnect* after every loss."""
         self._listeners.append((on_connect, on_disconnect))
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> defer.Deferred:
-        """Publish; the Deferred fires when written (QoS 0) or acknowledged (QoS 1)."""
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+                expires: float | None = None) -> defer.Deferred:
+        """Publish; the Deferred fires when written (QoS 0) or acknowledged (QoS 1).
+
+        *expires* (a reactor time): if the message is still queued (broker
+        unreachable) or unacknowledged at a reconnect after that time, it is
+        dropped instead of sent late, and the Deferred fails.
+        """
         mqtt.validate_topic(topic)
         if qos not in (0, 1):
             return defer.fail(ValueError("only QoS 0 and 1 are supported"))
         d: defer.Deferred = defer.Deferred()
+        if expires is not None:
+            self._expires[d] = expires
+            d.addBoth(lambda r: (self._expires.pop(d, None), r)[1])
         if self._conn is None:
             if len(self._queue) >= self.max_queue:
                 return defer.fail(PubSubUnavailable(f"broker at {self.address.url} unreachable and {self.max_queue} messages already wait"))
@@ -399,8 +415,17 @@ class PubSubClient(service.Service):
         )
         self._retry = self.reactor.callLater(delay, self._connect)
 
+    def _expired(self, d: defer.Deferred) -> bool:
+        """Fail *d* and say so if its message is past its expiry (never sent late)."""
+        when = self._expires.get(d)
+        if when is None or self.reactor.seconds() < when:
+            return False
+        d.errback(PubSubUnavailable("dropped a message that waited past its deadline for the broker"))
+        return True
+
     def _on_accepted(self, conn: _Connection) -> None:
         self._conn = conn
+        self.connected_since = self.last_heard = self.reactor.seconds()
         self._attempts = 0
         self.last_error = None
         log.info("connected to pubsub broker at {url} as {id}", url=self.address.url, id=self.client_id)
@@ -411,10 +436,14 @@ class PubSubClient(service.Service):
         if subs:
             self._send_subscribe(subs, [waiting.get(id(s)) for s in subs])
         for pid, (topic, payload, retain, d) in sorted(self._inflight.items()):
+            if self._expired(d):
+                del self._inflight[pid]
+                continue
             conn.send(mqtt.encode_publish(topic, payload, 1, retain, pid, dup=True))
         queue, self._queue = self._queue, []
         for topic, payload, qos, retain, d in queue:
-            self._send_publish(topic, payload, qos, retain, d)
+            if not self._expired(d):
+                self._send_publish(topic, payload, qos, retain, d)
         waiters, self._connected_waiters = self._connected_waiters, []
         for d in waiters:
             d.callback(self)
@@ -425,6 +454,7 @@ class PubSubClient(service.Service):
     def _on_lost(self, conn: _Connection, reason: Failure | None) -> None:
         was_accepted = self._conn is conn
         self._conn = None
+        self.connected_since = float("-inf")
         for d in list(self._acks.values()):
             d.errback(PubSubUnavailable("connection to broker lost before it answered"))
         self._acks.clear()

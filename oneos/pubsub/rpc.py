@@ -45,13 +45,21 @@ def error_kind(error: BaseException) -> str:
     return type(error).__name__
 
 
+class Unanswered(Exception):
+    """Raised by a server's guard: this server must not answer (another one may)."""
+
+
 class RPCServer:
     """Answers requests for one target with the handlers given."""
 
-    def __init__(self, client: PubSubClient, target: str, handlers: dict[str, Handler]) -> None:
+    def __init__(self, client: PubSubClient, target: str, handlers: dict[str, Handler],
+                 guard: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.client = client
         self.target = target
         self.handlers = dict(handlers)
+        #: called with (method, meta) before a handler: raises to refuse (typed error sent back),
+        #: or raises :class:`Unanswered` to drop the request without a word
+        self.guard = guard
         self._sub: Subscription | None = None
 
     def start(self) -> defer.Deferred:
@@ -85,6 +93,16 @@ class RPCServer:
         if not reply_to.startswith(topics.reply("")):
             log.warn("dropped request with foreign reply topic {topic}", topic=reply_to)
             return
+        meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+        if self.guard is not None:
+            try:
+                self.guard(method, meta)
+            except Unanswered as e:
+                log.info("not answering {method} on {target}: {why}", method=method, target=self.target, why=str(e))
+                return
+            except Exception as e:
+                self._answer(reply_to, corr, ok=False, error={"kind": error_kind(e), "message": str(e)})
+                return
         handler = self.handlers.get(method)
         if handler is None:
             d = defer.fail(RPCError(f"{self.target!r} has no method {method!r}", kind="NoSuchMethod"))
@@ -136,8 +154,13 @@ class RPCClient:
         self._ready.addBoth(lambda r: (d.callback(None), r)[1])
         return d
 
-    def call(self, target: str, method: str, timeout: float | None = None, **args: Any) -> defer.Deferred:
-        """Call *method* on *target*; fires with its result or a typed error."""
+    def call(self, target: str, method: str, timeout: float | None = None, meta: dict[str, Any] | None = None,
+             **args: Any) -> defer.Deferred:
+        """Call *method* on *target*; fires with its result or a typed error.
+
+        *meta* travels beside the arguments (the caller's fencing epoch), for
+        the server's guard rather than the handler.
+        """
         timeout = self.default_timeout if timeout is None else timeout
         if self.precheck is not None:
             try:
@@ -158,8 +181,11 @@ class RPCClient:
         def send(_: Any) -> None:
             if corr not in self._pending:
                 return
-            payload = messages.encode("rpc.request", id=corr, method=method, args=args, reply_to=self.reply_topic)
-            self.client.publish(topics.rpc(target), payload, qos=1).addErrback(lambda f: None)
+            extra = {"meta": meta} if meta else {}
+            payload = messages.encode("rpc.request", id=corr, method=method, args=args, reply_to=self.reply_topic, **extra)
+            # A request whose caller has given up is never delivered late (after a cut heals).
+            self.client.publish(topics.rpc(target), payload, qos=1,
+                                expires=self.reactor.seconds() + timeout).addErrback(lambda f: None)
 
         self._ensure_subscribed().addCallback(send)
         return result

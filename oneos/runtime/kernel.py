@@ -83,10 +83,12 @@ class RoleHost(service.MultiService):
 class KernelHost(RoleHost):
     """The kernel leader's services, plus the ``kernel`` RPC target callers use to find the leader."""
 
-    def __init__(self, client: Any, membership: Any, factories: dict[str, Factory]) -> None:
+    def __init__(self, client: Any, membership: Any, factories: dict[str, Factory], guard: Any = None) -> None:
         super().__init__("kernel", factories)
         self.client = client
         self.membership = membership
+        #: the election's lease check, so a lapsed leader never answers
+        self.guard = guard
         self.rpc: RPCServer | None = None
 
     def _before_start(self) -> Any:
@@ -95,9 +97,10 @@ class KernelHost(RoleHost):
             self.client,
             topics.KERNEL,
             {
-                "ping": lambda: {"leader": membership.id, "instance": membership.instance},
+                "ping": lambda: {"leader": membership.id, "instance": membership.instance, "epoch": membership.epoch},
                 "runtimes": lambda: [asdict(s) for s in membership.statuses()],
             },
+            guard=self.guard,
         )
         return self.rpc.start()
 

@@ -55,9 +55,16 @@ class Membership(service.Service):
         self.probe_timeout = probe_timeout
         self.leader = False
         self.joined = False
+        #: our view is current: every retained status has arrived since the last (re)connection
+        self.synced = False
+        #: the leadership term this runtime leads, or 0
+        self.epoch = 0
+        #: the highest term seen anywhere (statuses, fenced commands): commands of older terms are refused
+        self.max_epoch = 0
         self._view: dict[str, tuple[RuntimeStatus, float]] = {}
         self._listeners: list[Listener] = []
         self._conflict_listeners: list[Callable[[DuplicateRuntimeId], Any]] = []
+        self._epoch_listeners: list[Callable[[int], Any]] = []
         self._live_ids: frozenset[str] = frozenset()
         self._loop: task.LoopingCall | None = None
         first = describe()
@@ -68,11 +75,19 @@ class Membership(service.Service):
 
     # -- queries ----------------------------------------------------------
     def statuses(self) -> list[RuntimeStatus]:
-        """Every runtime ever seen, with state as this runtime judges it now."""
+        """Every runtime ever seen, with state as this runtime judges it now.
+
+        A status not refreshed for ``dead_after`` counts as dead only while
+        we ourselves have been connected (and in step with the broker) that
+        long: a runtime that was cut off, or whose broker restarted, heard
+        nothing because of its own trouble, and must not judge everyone
+        dead (and elect itself, or restart their programs) on that.
+        """
         now = self.reactor.seconds()
+        can_judge = self.synced and now - self.client.connected_since > self.dead_after
         out = []
         for status, seen in self._view.values():
-            if status.alive and now - seen > self.dead_after and status.instance != self.instance:
+            if can_judge and status.alive and now - seen > self.dead_after and status.instance != self.instance:
                 status = status.with_(state=DEAD)
             out.append(status)
         return sorted(out, key=lambda s: s.id)
@@ -98,7 +113,8 @@ class Membership(service.Service):
         yield self.client.barrier()
         yield self._check_duplicate()
         self.joined = True
-        self.client.add_listener(on_connect=self._on_reconnect)
+        self.synced = True
+        self.client.add_listener(on_connect=self._on_reconnect, on_disconnect=self._on_disconnect)
         yield self.publish()
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.reactor
@@ -122,14 +138,27 @@ class Membership(service.Service):
                 f"{other.address or 'an unknown address'}; start this one with another id (--id NAME)"
             )
 
+    def _on_disconnect(self) -> None:
+        self.synced = False
+        self._notify_if_changed(force=True)
+
     def _on_reconnect(self) -> None:
-        # Our will may have fired while we were away: say we are alive again.
-        if self.joined and self.running:
-            self.publish()
+        # Our will may have fired while we were away: say we are alive again, and only act on the view
+        # again once every retained status has arrived (the barrier).
+        if not (self.joined and self.running):
+            return
+        self.publish()
+
+        def synced(_: Any) -> None:
+            self.synced = self.client.connected
+            self._notify_if_changed(force=True)
+
+        self.client.barrier().addCallbacks(synced, lambda f: None)
 
     def publish(self) -> defer.Deferred:
         """Publish our current status (retained)."""
-        status = self.describe().with_(leader=self.leader, state=ALIVE, updated_at=self.reactor.seconds())
+        status = self.describe().with_(leader=self.leader, epoch=self.epoch or self.max_epoch, state=ALIVE,
+                                       updated_at=self.reactor.seconds())
         self._record(status)
         return self.client.publish(topics.status(self.id), status.encode(), qos=1, retain=True).addErrback(
             lambda f: log.warn("could not publish status: {error}", error=f.getErrorMessage())
@@ -195,7 +224,22 @@ class Membership(service.Service):
         else:
             self.publish()  # we were first: reclaim the retained status
 
+    def note_epoch(self, epoch: int) -> bool:
+        """Remember a term seen; True if it is the newest yet."""
+        if epoch > self.max_epoch:
+            self.max_epoch = epoch
+            for listener in list(self._epoch_listeners):
+                listener(epoch)
+            return True
+        return False
+
+    def on_epoch(self, listener: Callable[[int], Any]) -> None:
+        """Call *listener* with each newer term seen (to keep it across restarts)."""
+        self._epoch_listeners.append(listener)
+
     def _record(self, status: RuntimeStatus) -> None:
+        if status.leader and status.alive:
+            self.note_epoch(status.epoch)
         old = self._view.get(status.id)
         if old is not None and old[0].instance != status.instance and status.instance != self.instance and old[0].alive and not status.alive:
             # A will from an older incarnation must not kill its successor.
@@ -204,7 +248,7 @@ class Membership(service.Service):
         self._view[status.id] = (status, self.reactor.seconds())
 
     def _notify_if_changed(self, force: bool = False) -> None:
-        live = frozenset(f"{s.id}:{int(s.leader)}" for s in self.live())
+        live = frozenset(f"{s.id}:{int(s.leader)}:{s.epoch if s.leader else 0}" for s in self.live()) | {f"synced:{self.synced}"}
         if live == self._live_ids and not force:
             return
         self._live_ids = live

@@ -198,20 +198,44 @@ def machine_id() -> str:
 NETWORK_FILE = "network.json"
 
 
-def remember(home: Path, record: StoreRecord) -> None:
-    """Keep *record* in ``$ONEOS_HOME/network.json`` (written atomically)."""
+def _read_network(home: Path) -> dict:
+    try:
+        body = json.loads((Path(home) / NETWORK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _write_network(home: Path, **changes: object) -> None:
     path = Path(home) / NETWORK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    body = {**_read_network(home), **changes}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"store": asdict(record)}, indent=2) + "\n")
+    tmp.write_text(json.dumps(body, indent=2) + "\n")
     tmp.replace(path)
+
+
+def remember(home: Path, record: StoreRecord) -> None:
+    """Keep *record* in ``$ONEOS_HOME/network.json`` (written atomically)."""
+    _write_network(home, store=asdict(record))
+
+
+def remember_epoch(home: Path, epoch: int) -> None:
+    """Keep the highest leadership term seen, so terms keep increasing across restarts of everything."""
+    _write_network(home, epoch=int(epoch))
+
+
+def recall_epoch(home: Path) -> int:
+    try:
+        return int(_read_network(home).get("epoch", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def recall(home: Path) -> StoreRecord | None:
     """The record kept by :func:`remember`, or None (missing or unreadable)."""
     try:
-        body = json.loads((Path(home) / NETWORK_FILE).read_text())
-        store = body["store"]
+        store = _read_network(home)["store"]
         return StoreRecord(url=str(store["url"]), host=str(store["host"]), machine=str(store.get("machine", "")),
                            claimed_at=float(store.get("claimed_at", 0.0)))
     except (OSError, ValueError, KeyError, TypeError):

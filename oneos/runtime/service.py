@@ -34,18 +34,19 @@ from twisted.python.failure import Failure
 from oneos import __version__
 from oneos.agents.host import AgentHost
 from oneos.config import Config, resolve_listen
-from oneos.errors import OneOSError, describe
+from oneos.errors import OneOSError, StaleEpoch, describe
 from oneos.fs.client import FSClient
 from oneos.fs.service import FileSystemService
 from oneos.pubsub.client import PubSubClient
-from oneos.pubsub.rpc import RPCClient, RPCServer
+from oneos.pubsub.rpc import RPCClient, RPCServer, Unanswered
 from oneos.runtime.election import Election
 from oneos.runtime.host import HostStats, find_interpreters, guess_address
 from oneos.runtime.kernel import KernelHost, RoleHost
 from oneos.runtime.membership import Membership
-from oneos.runtime.netstore import machine_id, route_check
+from oneos.runtime.netstore import machine_id, recall_epoch, remember_epoch, route_check
 from oneos.runtime.status import RuntimeStatus
 from oneos.runtime.storehost import StoreHost
+from oneos.scheduler.restarts import RestartPolicy
 from oneos.scheduler.service import SchedulerService
 from oneos.shell.interpreter import Grid
 from oneos.shell.server import ShellService
@@ -120,17 +121,23 @@ class RuntimeService(service.MultiService):
         self.rpc_service = RPCService(RPCServer(
             self.client, rid,
             {"ping": self._ping, "status": self._status, "members": self._members, **self.agents.handlers()},
+            guard=self._fence,
         ))
 
         # -- only on the kernel leader ---------------------------------------------------
         self.kernel = KernelHost(self.client, self.membership, {
-            "scheduler": lambda: SchedulerService(self.client, self.rpc, self.membership, reactor),
-        })
-        self.election = Election(self.membership, self.kernel, reactor, is_kernel=config.kernel, settle=settle)
+            "scheduler": lambda: SchedulerService(self.client, self.rpc, self.membership, reactor,
+                                                  guard=self.election.guard,
+                                                  policy=RestartPolicy(disconnect_grace=config.disconnect_grace)),
+        }, guard=lambda method, meta: self.election.guard(method, meta))
+        lease = float(config.keepalive)
+        self.election = Election(self.membership, self.kernel, reactor, is_kernel=config.kernel, settle=settle,
+                                 lease=lease, margin=max(0.5, lease / 4))
 
         # -- only on the runtime that serves the network's store ------------------------------
         self.fs_role = RoleHost("fs", {
-            "fs": lambda: FileSystemService(self._store_url(), self.client, self.transfer, reactor),
+            "fs": lambda: FileSystemService(self._store_url(), self.client, self.transfer, reactor,
+                                            guard=self._lease_guard),
         })
         self.store = StoreHost(self.client, self.membership, self.fs_role, reactor, me=rid, configured=config.store,
                                local_store=config.local_store, kernel=config.kernel, machine=self.machine,
@@ -141,6 +148,8 @@ class RuntimeService(service.MultiService):
         self.shell = ShellService(grid, FSClient(self.rpc, reactor, system=True), "", config.listen.get("telnet", ""),
                                   config.home, reactor)
 
+        self.membership.max_epoch = recall_epoch(config.home)
+        self.membership.on_epoch(lambda epoch: remember_epoch(config.home, epoch))
         for child in (self.transfer, self.client, self.membership, self.agents, self.rpc_service, self.kernel,
                       self.fs_role, self.election, self.store, self.shell):
             child.setServiceParent(self)
@@ -182,6 +191,21 @@ class RuntimeService(service.MultiService):
         """Fail a call at once when the membership says nobody serves *target*."""
         if self.membership.joined and self.store is not None:
             route_check(target, self.membership.live(), self.store.record)
+
+    def _fence(self, method: str, meta: dict[str, Any]) -> None:
+        """Refuse a command sent by the scheduler of an older leadership term (a leader that lost its lease)."""
+        epoch = meta.get("epoch")
+        if not isinstance(epoch, int):
+            return  # not a kernel command (a client attaching to output, a ping)
+        if epoch < self.membership.max_epoch:
+            raise StaleEpoch(f"{method} refused: it comes from leadership term {epoch}, but term "
+                             f"{self.membership.max_epoch} has begun")
+        self.membership.note_epoch(epoch)
+
+    def _lease_guard(self, method: str, meta: dict[str, Any]) -> None:
+        """A role's services answer only while this runtime hears the broker (see Election.lease_valid)."""
+        if not self.election.lease_valid():
+            raise Unanswered("no word from the broker within the lease")
 
     def _ping(self) -> dict[str, Any]:
         return {"id": self.id, "instance": self.instance}

@@ -52,6 +52,8 @@ class RuntimeStatus:
     fs_eligible: bool = False
     #: this runtime serves the file tree now
     fs_serving: bool = False
+    #: the leadership term this runtime leads (or last saw): strictly increasing across the network's life
+    epoch: int = 0
 
     @property
     def alive(self) -> bool:
@@ -105,6 +107,7 @@ class RuntimeStatus:
                 pid=int(body.get("pid", 0) or 0),
                 fs_eligible=bool(body.get("fs_eligible", False)),
                 fs_serving=bool(body.get("fs_serving", False)),
+                epoch=int(body.get("epoch", 0) or 0),
             )
         except (TypeError, ValueError) as e:
             raise messages.MalformedMessage(f"bad runtime status field: {e}") from None
@@ -113,15 +116,19 @@ class RuntimeStatus:
 def elect(statuses: list[RuntimeStatus]) -> str | None:
     """Pick the leader among *statuses* (already filtered to the live ones).
 
-    Leadership is sticky: while a live kernel runtime claims it, it keeps it
-    (if two claim it during a race, the better-ranked keeps it), so a newcomer
-    never pulls the kernel services away.  With no claimant, the
-    best-ranked live kernel runtime is chosen.  Every runtime computes this
-    from the same retained statuses, so they agree without talking.
+    Leadership is sticky: while a live kernel runtime claims it, it keeps it,
+    so a newcomer never pulls the kernel services away.  If two claim it,
+    the newer term (higher epoch) wins, so a stale claim (an old leader
+    coming back, an old retained status) never unseats the live leader;
+    in a race within one term the better-ranked keeps it.  With no
+    claimant, the best-ranked live kernel runtime is chosen.  Every runtime
+    computes this from the same retained statuses, so they agree without
+    talking.
     """
     kernels = [s for s in statuses if s.kernel and s.alive]
     claimants = [s for s in kernels if s.leader]
-    pool = claimants or kernels
-    if not pool:
+    if claimants:
+        return min(claimants, key=lambda s: (-s.epoch, *s.rank())).id
+    if not kernels:
         return None
-    return min(pool, key=RuntimeStatus.rank).id
+    return min(kernels, key=RuntimeStatus.rank).id

@@ -1,11 +1,26 @@
-"""The scheduler kernel service: places agents, keeps the process table.
+"""The scheduler kernel service: places agents, keeps the process table, restarts jobs.
 
-Runs on the kernel leader (under the ``kernel`` role host), RPC target ``scheduler``.  It places each agent
-with :mod:`oneos.scheduler.placement` over the live membership, asks the
-chosen runtime to spawn it, wires pipelines runtime-to-runtime, and watches
-the retained agent statuses to build the grid-wide process table.  When a
-runtime dies its running agents are marked *lost*; those started with
-``restart=on-failure`` are started again on another runtime.
+Runs on the kernel leader (under the ``kernel`` role host), RPC target
+``scheduler``.  It places each agent with :mod:`oneos.scheduler.placement`
+over the live membership (counting placements it just made, so fifty at once
+spread out), asks the chosen runtime to spawn it, wires pipelines
+runtime-to-runtime, and watches the retained agent statuses to build the
+grid-wide process table.
+
+Failures (see docs/failures.md):
+
+* Every command it sends a runtime carries its leadership *epoch*; runtimes
+  refuse older ones, so a leader that lost its lease cannot start or kill
+  anything.
+* A runtime that vanishes has its running agents marked *lost*.  Jobs with a
+  restart policy (:mod:`oneos.scheduler.restarts`) start again elsewhere only
+  after ``disconnect_grace`` (a short cut restarts nothing), with back-off,
+  a cap on attempts and a quarantine for programs that take their runtime
+  down.  A job is a chain of *incarnations*; when a runtime comes back still
+  running an incarnation that was restarted elsewhere, that older one is
+  stopped (and the runtime logs why).
+* Pending restarts are written into the ended agent's retained status, so a
+  new leader continues them; agents of a dead leader are restarted like any.
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from oneos.agents.host import KEEP_ENDED
@@ -22,10 +38,13 @@ from oneos.agents.program import interpreter_for
 from oneos.pubsub import messages, topics
 from oneos.pubsub.rpc import RPCServer
 from oneos.scheduler.placement import Needs, explain, place
+from oneos.scheduler.restarts import LOST as OUTCOME_LOST
+from oneos.scheduler.restarts import USER_KILL_REASON, RestartPolicy, decide, outcome_of
 
 log = Logger()
 
 TARGET = "scheduler"
+LIVE_STATES = ("running", "paused")
 
 
 class SchedulerService(service.Service):
@@ -33,13 +52,19 @@ class SchedulerService(service.Service):
 
     name = "scheduler"
 
-    def __init__(self, client: Any, rpc: Any, membership: Any, reactor: Any) -> None:
+    def __init__(self, client: Any, rpc: Any, membership: Any, reactor: Any, *, guard: Any = None,
+                 policy: RestartPolicy | None = None) -> None:
         self.client = client
         self.membership = membership
         self.rpc = rpc
         self.reactor = reactor
+        self.policy = policy or RestartPolicy()
         self.table: dict[str, dict[str, Any]] = {}
+        #: spawn arguments of jobs started under this leader (env and cwd are not in the status)
         self.specs: dict[str, dict[str, Any]] = {}
+        self._timers: dict[str, IDelayedCall] = {}
+        #: runtime -> [(expires, memory MB)]: placements made but not yet in the runtime's status
+        self._reserved: dict[str, list[tuple[float, int]]] = {}
         self._sub: Any = None
         self.server = RPCServer(
             client,
@@ -50,24 +75,39 @@ class SchedulerService(service.Service):
                 "explain": self.explain,
                 "ps": self.ps,
                 "pipes": self.pipes,
-                "kill": lambda agent_id, grace=None: self._forward(agent_id, "agent_kill", grace=grace),
+                "kill": self.kill,
                 "pause": lambda agent_id: self._forward(agent_id, "agent_pause"),
                 "resume": lambda agent_id: self._forward(agent_id, "agent_resume"),
                 "locate": self.locate,
             },
+            guard=guard,
         )
 
     def startService(self) -> None:
         super().startService()
         self.server.start()
-        self.client.subscribe(topics.ALL_AGENTS, self._on_agent).addCallback(lambda sub: setattr(self, "_sub", sub))
+        d = self.client.subscribe(topics.ALL_AGENTS, self._on_agent)
+        d.addCallback(lambda sub: setattr(self, "_sub", sub))
+        # Once every retained agent status is here, settle what the last leader left: agents of dead
+        # runtimes (its own included), restarts it had scheduled.
+        d.addCallback(lambda _: self.client.barrier())
+        d.addCallback(lambda _: self._check_runtimes())
+        d.addErrback(lambda f: log.failure("scheduler could not read the process table", f))
         self.membership.on_change(self._check_runtimes)
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
         if self._sub is not None:
             self._sub.cancel()
         return self.server.stop()
+
+    # -- commands to runtimes, fenced by our term -------------------------------------
+    def _call(self, runtime: str, method: str, **args: Any) -> defer.Deferred:
+        return self.rpc.call(runtime, method, meta={"epoch": self.membership.epoch}, **args)
 
     # -- the table --------------------------------------------------------------
     def _on_agent(self, message: Any) -> None:
@@ -82,10 +122,92 @@ class SchedulerService(service.Service):
         except messages.MalformedMessage as e:
             log.warn("dropped malformed agent status on {topic}: {error}", topic=message.topic, error=str(e))
             return
+        body.pop("v", None)
+        body.pop("type", None)
+        old = self.table.get(agent_id, {})
+        for kept in ("next_restart_at", "quarantined", "decided"):
+            if kept in old and kept not in body and body.get("state") == old.get("state"):
+                body[kept] = old[kept]
         self.table[agent_id] = body
+        if self.running:
+            self._consider(body)
+
+    def _live_ids(self) -> set[str]:
+        return {s.id for s in self.membership.live()}
+
+    def _job(self, row: dict[str, Any]) -> str:
+        return str(row.get("job") or row["id"])
+
+    def _newer(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """A later incarnation of *row*'s job that is running, starting or pending."""
+        job, inc = self._job(row), int(row.get("incarnation", 0))
+        for other in self.table.values():
+            if other is not row and self._job(other) == job and int(other.get("incarnation", 0)) > inc:
+                return other
+        return None
+
+    def _consider(self, row: dict[str, Any]) -> None:
+        """Act on one agent's news: stop a superseded incarnation, or decide a restart."""
+        state = row.get("state")
+        if state in LIVE_STATES:
+            newer = self._newer(row)
+            if newer is not None and row["runtime"] in self._live_ids():
+                why = (f"superseded by incarnation {newer.get('incarnation')} ({newer['id']} on {newer['runtime']}), "
+                       f"started while {row['runtime']} was unreachable")
+                log.warn("stopping agent {id} on {rt}: {why}", id=row["id"], rt=row["runtime"], why=why)
+                self._call(row["runtime"], "agent_kill", agent_id=row["id"], grace=2.0, reason=why).addErrback(
+                    lambda f: log.warn("could not stop superseded agent {id}: {e}", id=row["id"], e=f.getErrorMessage()))
+            return
+        if state in ENDED and state != LOST:
+            self._plan_restart(row, outcome_of(row))
+
+    def _plan_restart(self, row: dict[str, Any], outcome: str, at_least: float = 0.0) -> None:
+        if row.get("decided") or row.get("restart", "no") == "no" or self._newer(row) is not None:
+            if row.get("next_restart_at") and row["id"] not in self._timers and not row.get("quarantined"):
+                self._arm(row)  # a decision an earlier leader made: carry it out
+            return
+        now = self.reactor.seconds()
+        decision = decide(self.policy, row.get("restart", "no"), outcome, row.get("history"), now)
+        row["decided"] = True
+        if decision.quarantined:
+            row["quarantined"] = decision.quarantined
+            row["history"] = decision.history
+            log.warn("job {job} ({name}) {why}", job=self._job(row), name=row.get("name"), why=decision.quarantined)
+        elif decision.restart:
+            row["next_restart_at"] = now + max(decision.delay, at_least)
+            row["history"] = decision.history
+            self._arm(row)
+        else:
+            return
+        self._republish(row)
+
+    def _arm(self, row: dict[str, Any]) -> None:
+        delay = max(0.0, float(row["next_restart_at"]) - self.reactor.seconds())
+        old = self._timers.pop(row["id"], None)
+        if old is not None and old.active():
+            old.cancel()
+        self._timers[row["id"]] = self.reactor.callLater(delay, self._restart, row["id"])
+
+    def _republish(self, row: dict[str, Any]) -> None:
+        """Keep the decision in the agent's retained status, so a new leader carries it out."""
+        topic = topics.agent(row["runtime"], row["id"])
+        self.client.publish(topic, messages.encode("agent.status", **row), qos=1, retain=True).addErrback(lambda f: None)
 
     def ps(self, all: bool = False) -> list[dict[str, Any]]:
-        rows = [r for r in self.table.values() if all or r["state"] not in ENDED or r["state"] == LOST]
+        """The process table as users should see it: a dead runtime's agent is never 'running'."""
+        live, now = self._live_ids(), self.reactor.seconds()
+        rows = []
+        for r in self.table.values():
+            r = dict(r)
+            if r.get("state") in LIVE_STATES and r["runtime"] not in live:
+                r["state"] = LOST
+                r["reason"] = r.get("reason") or f"runtime {r['runtime']} is unreachable"
+            if r.get("quarantined"):
+                r["state"], r["reason"] = "quarantined", r["quarantined"]
+            elif r.get("next_restart_at") and self._newer(r) is None:
+                r["state"] = f"restarting in {max(0, round(float(r['next_restart_at']) - now))} s"
+            if all or r["state"] not in ENDED:
+                rows.append(r)
         return sorted(rows, key=lambda r: (r["runtime"], r.get("uptime", 0)))
 
     def pipes(self) -> list[dict[str, Any]]:
@@ -109,7 +231,21 @@ class SchedulerService(service.Service):
 
     def _forward(self, agent_id: str, method: str, **args: Any) -> defer.Deferred:
         row = self.locate(agent_id)
-        return self.rpc.call(row["runtime"], method, agent_id=agent_id, **args)
+        return self._call(row["runtime"], method, agent_id=agent_id, **args)
+
+    def kill(self, agent_id: str, grace: float | None = None) -> Any:
+        """A user's kill: the agent stops and its job is not restarted (a pending restart is cancelled)."""
+        row = self.locate(agent_id)
+        timer = self._timers.pop(agent_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if row.get("state") in ENDED:
+            if row.get("next_restart_at"):
+                row["next_restart_at"] = None
+                row["reason"] = "restart cancelled by user"
+                self._republish(row)
+            return row
+        return self._forward(agent_id, "agent_kill", grace=grace, reason=USER_KILL_REASON)
 
     # -- placement ----------------------------------------------------------------
     @staticmethod
@@ -117,24 +253,50 @@ class SchedulerService(service.Service):
         return Needs(interpreter=interpreter_for(program), runtime=runtime, tags=tuple(tags or ()),
                      exclude=tuple(exclude or ()), memory_mb=int(memory_mb or 0))
 
+    def _view(self) -> list[Any]:
+        """The live statuses, counting placements made since each runtime last reported."""
+        now = self.reactor.seconds()
+        out = []
+        for status in self.membership.live():
+            held = [r for r in self._reserved.get(status.id, []) if r[0] > now]
+            self._reserved[status.id] = held
+            if held:
+                status = status.with_(agents=status.agents + len(held),
+                                      agents_memory_mb=status.agents_memory_mb + sum(m for _, m in held))
+            out.append(status)
+        return out
+
+    def _reserve(self, runtime: str, memory_mb: int) -> tuple[float, int]:
+        # held until the runtime's own status (refreshed every interval) includes the agent
+        entry = (self.reactor.seconds() + 2 * self.membership.interval + 1.0, int(memory_mb or 0))
+        self._reserved.setdefault(runtime, []).append(entry)
+        return entry
+
     def explain(self, program: str, runtime: str | None = None, tags: list[str] | None = None, memory_mb: int = 0) -> str:
-        return explain(self.membership.live(), self._needs(program, runtime, tags, None, memory_mb))
+        return explain(self._view(), self._needs(program, runtime, tags, None, memory_mb))
 
     @defer.inlineCallbacks
     def spawn(self, program: str, args: list[str] | None = None, runtime: str | None = None, tags: list[str] | None = None,
               exclude: list[str] | None = None, memory_mb: int = 0, restart: str = "no", cwd: str | None = None,
               env: dict[str, str] | None = None, stdout: str = "attach", stdin: bool = True, agent_id: str | None = None,
-              stderr: str = "attach", stdin_file: str | None = None) -> Any:
+              stderr: str = "attach", stdin_file: str | None = None, job: str = "", incarnation: int = 0,
+              history: dict[str, Any] | None = None) -> Any:
         """Place and start one agent; fires with its info (incl. the runtime chosen)."""
-        verdict = place(self.membership.live(), self._needs(program, runtime, tags, exclude, memory_mb))
-        info = yield self.rpc.call(verdict.runtime, "agent_spawn", program=program, args=list(args or []), cwd=cwd, env=env,
-                                   memory_mb=memory_mb, restart=restart, stdout=stdout, stdin=stdin, agent_id=agent_id,
-                                   stderr=stderr, stdin_file=stdin_file)
-        self.table[info["id"]] = info
-        if restart == "on-failure":
-            self.specs[info["id"]] = {"program": program, "args": list(args or []), "runtime": None, "tags": tags,
-                                      "memory_mb": memory_mb, "restart": restart, "cwd": cwd, "env": env, "stdout": "discard",
-                                      "stdin": False}
+        verdict = place(self._view(), self._needs(program, runtime, tags, exclude, memory_mb))
+        held = self._reserve(verdict.runtime, memory_mb)
+        try:
+            info = yield self._call(verdict.runtime, "agent_spawn", program=program, args=list(args or []), cwd=cwd,
+                                    env=env, memory_mb=memory_mb, restart=restart, stdout=stdout, stdin=stdin,
+                                    agent_id=agent_id, stderr=stderr, stdin_file=stdin_file, job=job,
+                                    incarnation=incarnation, history=history or {})
+        except Exception:
+            if held in self._reserved.get(verdict.runtime, []):
+                self._reserved[verdict.runtime].remove(held)
+            raise
+        self.table.setdefault(info["id"], info)
+        if restart != "no":
+            self.specs[info.get("job") or info["id"]] = {"program": program, "args": list(args or []), "tags": tags,
+                                                         "memory_mb": memory_mb, "restart": restart, "cwd": cwd, "env": env}
         info["placement"] = ", ".join(verdict.reasons)
         return info
 
@@ -143,45 +305,78 @@ class SchedulerService(service.Service):
         """Start every stage, then connect each stdout to the next stdin, runtime to runtime."""
         infos = []
         try:
-            for i, stage in enumerate(stages):
+            for stage in stages:
                 info = yield self.spawn(stage["program"], stage.get("args"), stage.get("runtime"), stage.get("tags"),
                                         stdin=True)
                 infos.append(info)
             for left, right in zip(infos, infos[1:]):
-                where = yield self.rpc.call(right["runtime"], "agent_stdin", agent_id=right["id"])
-                yield self.rpc.call(left["runtime"], "agent_pipe_out", agent_id=left["id"],
-                                    to=f"{right['id']}@{right['runtime']}", **where)
+                where = yield self._call(right["runtime"], "agent_stdin", agent_id=right["id"])
+                yield self._call(left["runtime"], "agent_pipe_out", agent_id=left["id"],
+                                 to=f"{right['id']}@{right['runtime']}", **where)
         except Exception:
             for info in infos:
-                self.rpc.call(info["runtime"], "agent_kill", agent_id=info["id"]).addErrback(lambda f: None)
+                self._call(info["runtime"], "agent_kill", agent_id=info["id"]).addErrback(lambda f: None)
             raise
         return infos
 
     # -- failures -----------------------------------------------------------------
     def _check_runtimes(self) -> None:
-        live = {s.id for s in self.membership.live()}
+        """Mark the agents of vanished runtimes lost; plan their jobs' restarts after the grace."""
+        if not self.running or not self.membership.synced:
+            return  # a view we cannot trust (we are reconnecting) must not declare anyone lost
+        live = self._live_ids()
+        now = self.reactor.seconds()
         for agent_id, row in list(self.table.items()):
-            if row["runtime"] in live or row["state"] in ENDED:
+            if row["runtime"] in live:
                 continue
-            lost = {**row, "state": LOST, "reason": f"runtime {row['runtime']} died"}
+            if row["state"] == LOST:
+                self._plan_restart(row, OUTCOME_LOST, at_least=self.policy.disconnect_grace)
+                continue
+            if row["state"] in ENDED:
+                continue
+            lost = {**row, "state": LOST, "reason": f"runtime {row['runtime']} is unreachable", "lost_at": now}
             self.table[agent_id] = lost
-            topic = topics.agent(row["runtime"], agent_id)
-            self.client.publish(topic, messages.encode("agent.status", **lost), qos=1, retain=True)
-            self.reactor.callLater(KEEP_ENDED, self.client.publish, topic, b"", 1, True)
             log.warn("agent {id} lost with runtime {rt}", id=agent_id, rt=row["runtime"])
-            spec = self.specs.pop(agent_id, None)
-            if spec is None and row.get("restart") == "on-failure":
-                # started under an earlier leader: rebuild what the status tells
-                spec = {"program": row["program"], "args": row.get("args", []), "restart": "on-failure",
-                        "stdout": "discard", "stdin": False}
-            if spec is not None:
-                self._restart(agent_id, row["runtime"], spec)
+            self._plan_restart(lost, OUTCOME_LOST, at_least=self.policy.disconnect_grace)
+            if not lost.get("decided") or not (lost.get("next_restart_at") or lost.get("quarantined")):
+                self._republish(lost)
+            topic = topics.agent(row["runtime"], agent_id)
+            self.reactor.callLater(KEEP_ENDED, self._forget, topic, agent_id)
 
-    def _restart(self, old_id: str, dead_runtime: str, spec: dict[str, Any]) -> None:
-        d = self.spawn(exclude=[dead_runtime], **spec)
+    def _forget(self, topic: str, agent_id: str) -> None:
+        row = self.table.get(agent_id)
+        if row is not None and row.get("state") == LOST and not row.get("next_restart_at"):
+            self.client.publish(topic, b"", 1, True).addErrback(lambda f: None)
+
+    def _restart(self, agent_id: str) -> None:
+        self._timers.pop(agent_id, None)
+        row = self.table.get(agent_id)
+        if row is None or not self.running:
+            return
+        if row["state"] in LIVE_STATES or self._newer(row) is not None:
+            return  # its runtime came back within the grace, or another incarnation runs
+        if row["state"] == LOST and row["runtime"] in self._live_ids():
+            return
+        job = self._job(row)
+        spec = dict(self.specs.get(job) or {"program": row["program"], "args": row.get("args", []),
+                                             "restart": row.get("restart", "on-failure")})
+        exclude = [row["runtime"]] if row["state"] == LOST else []
+        incarnation = int(row.get("incarnation", 0)) + 1
+        d = self.spawn(exclude=exclude, stdout="discard", stdin=False, job=job, incarnation=incarnation,
+                       history=row.get("history") or {}, **spec)
 
         def done(info: dict[str, Any]) -> None:
-            log.info("agent {old} restarted as {new} on {rt}", old=old_id, new=info["id"], rt=info["runtime"])
+            log.info("job {job}: {old} restarted as {new} on {rt} (incarnation {n})", job=job, old=agent_id,
+                     new=info["id"], rt=info["runtime"], n=incarnation)
+            row["next_restart_at"] = None
+            self._republish(row)
 
-        d.addCallbacks(done, lambda f: log.error("could not restart agent {id}: {error}", id=old_id, error=f.getErrorMessage()))
+        def failed(f: Any) -> None:
+            delay = min(self.policy.cap, max(self.policy.base, 2 * float(row.get("_retry", self.policy.base))))
+            row["_retry"] = delay
+            row["next_restart_at"] = self.reactor.seconds() + delay
+            log.error("could not restart job {job} ({error}); trying again in {delay:.0f}s", job=job,
+                      error=f.getErrorMessage(), delay=delay)
+            self._arm(row)
 
+        d.addCallbacks(done, failed)
