@@ -34,5 +34,5 @@ setup(
             "pymongo>=4",
         ],
     },
-    entry_points={"console_scripts": ["oneos = oneos.cli.main:main"]},
+    entry_points={"console_scripts": ["oneos = oneos.cli.main:main", "oneosd = oneos.cli.oneosd:main"]},
 )
