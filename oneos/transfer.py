@@ -426,7 +426,7 @@ class _ClientConnection(Protocol):
         else:
             assert self.sink is not None
             self.receiver = _Receiver(self.transport, self.sink)
-            self.receiver.done.addCallbacks(self._finish, self._fail)
+            self.receiver.done.addCallbacks(self._finish, self._receive_failed)
 
     def _sent(self, failure: Failure | None) -> None:
         if failure is None:
@@ -464,6 +464,11 @@ class _ClientConnection(Protocol):
     def _fail(self, failure: Failure) -> None:
         if not self.result.called:
             self.result.errback(failure)
+
+    def _receive_failed(self, failure: Failure) -> None:
+        # Our sink gave up (a local reader went away): close, so the sender sees it at once.
+        self._fail(failure)
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         if self.receiver is not None:

@@ -132,15 +132,45 @@ class OutputSink:
     def write(self, data: bytes) -> Any:
         from twisted.internet import defer
 
-        self.out.write(data)
-        self.out.flush()
+        try:
+            self.out.write(data)
+            self.out.flush()
+        except BrokenPipeError:
+            # Our reader stopped early (`| head`): like a UNIX writer getting SIGPIPE, stop quietly.
+            quiet_stdout()
+            return defer.fail(ReaderGone("the local reader closed the pipe"))
         return defer.succeed(None)
 
     def finish(self) -> Any:
         from twisted.internet import defer
 
-        self.out.flush()
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            quiet_stdout()
         return defer.succeed({})
 
     def abort(self) -> None:
-        self.out.flush()
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            quiet_stdout()
+
+
+class ReaderGone(OneOSError):
+    """Whoever reads our standard output stopped (a pipe into `head`)."""
+
+    code = "EPIPE"
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so Python's exit-time flush does not complain about the closed pipe."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -16,7 +16,7 @@ from twisted.internet import defer, threads
 
 from oneos.agents.manager import EXITED, KILLED
 from oneos.agents.watch import watch_agent
-from oneos.cli.common import OutputSink, default_pubsub_url, network_rpc, run_with_client
+from oneos.cli.common import OutputSink, ReaderGone, default_pubsub_url, network_rpc, run_with_client
 from oneos.errors import OneOSError
 
 SUMMARY = "run a program on a runtime chosen by the scheduler (or a pipeline across runtimes)"
@@ -65,13 +65,26 @@ def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], for
         source: Any = LocalSource(sys.stdin.buffer) if forward_stdin else _Empty()
         # A program that ends without reading all its input is not an error (a UNIX writer would get SIGPIPE).
         send(reactor, where["host"], where["port"], where["token"], source).addErrback(lambda f: None)
+    stopping: list[defer.Deferred] = []
+
+    def stop_all(failure: Any) -> Any:
+        # The first broken stream stops the program at once (the others then end with it).
+        if not stopping:
+            stopping.extend(rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
+                            for info in infos)
+        return failure
+
+    for _, d in streams:
+        d.addErrback(stop_all)
     results = yield defer.DeferredList([d for _, d in streams], consumeErrors=True)
-    lost = [f"{what}: {value.getErrorMessage()}" for (what, _), (ok, value) in zip(streams, results) if not ok]
-    if lost:
+    failures = [(what, value) for (what, _), (ok, value) in zip(streams, results) if not ok]
+    if failures:
         # Output that cannot arrive must not look like success: stop the program and say why.
-        for info in infos:
-            rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
-        raise StreamLost("; ".join(lost))
+        # (A local reader that stopped early is the one quiet case, as SIGPIPE is for a UNIX writer.)
+        yield defer.DeferredList(stopping)
+        if all(value.check(ReaderGone) for _, value in failures):
+            return {"state": "killed", "signal": 13, "name": last["name"], "runtime": last["runtime"], "quiet": True}
+        raise StreamLost("; ".join(f"{what}: {value.getErrorMessage()}" for what, value in failures))
     final = yield ended
     return final
 
@@ -144,6 +157,8 @@ def run(argv: list[str]) -> int:
     if kind == "text":
         print(value)
         return 0
+    if value.get("quiet"):
+        return exit_status(value)  # 128 + SIGPIPE, nothing to say: the reader wanted no more
     if value["state"] not in (EXITED, KILLED) or value.get("reason"):
         print(f"oneos run: {value['name']} on {value['runtime']} {value['state']}"
               + (f": {value['reason']}" if value.get("reason") else ""), file=sys.stderr)

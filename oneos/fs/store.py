@@ -276,6 +276,10 @@ class FileStore(Protocol):
     def close(self) -> Deferred[None]: ...
 
 
+#: Entries one glob may visit before it is refused (see FileStore.glob).
+GLOB_LIMIT = 100_000
+
+
 def deferred_method(fn: Callable[..., Any]) -> Callable[..., Deferred[Any]]:
     """Expose an ``async def`` method as a Deferred-returning one.
 
@@ -797,22 +801,36 @@ class BaseStore:
         components = paths.glob_parts(pattern, cwd)
         # (path, known to exist and be a directory?)
         found: list[tuple[str, bool]] = [(paths.ROOT, True)]
+        budget = [GLOB_LIMIT]  # entries a pattern may visit: a runaway glob ends with an error, not a hog
+
+        def spend(n: int) -> None:
+            budget[0] -= n
+            if budget[0] < 0:
+                raise InvalidArgument(pattern, f"the pattern visits more than {GLOB_LIMIT} entries; narrow it")
+
         for i, comp in enumerate(components):
             last = i == len(components) - 1
             following: list[tuple[str, bool]] = []
             if comp == "**":
                 for base, _ in found:
-                    following.extend(await self._walk_dirs(base, include_files=last))
+                    walked = await self._walk_dirs(base, include_files=last)
+                    spend(len(walked))
+                    following.extend(walked)
             elif paths.has_magic(comp):
                 for base, _ in found:
                     try:
                         entries = await self.scandir(base)  # type: ignore[attr-defined]
                     except (NotFound, NotADirectory):
                         continue
+                    spend(len(entries))
                     following.extend((e.path, e.is_dir) for e in entries if paths.match_name(e.name, comp))
             else:
                 following = [(paths.join(base, comp), False) for base, _ in found]
-            found = following
+            # '**/**' reaches a path many ways: keep each once (a known directory wins)
+            merged: dict[str, bool] = {}
+            for path, known in following:
+                merged[path] = merged.get(path, False) or known
+            found = list(merged.items())
         result = []
         for path, known in found:
             if known or await self.exists(path):
@@ -830,6 +848,8 @@ class BaseStore:
             except (NotFound, NotADirectory):
                 continue
             out.append((current, True))
+            if len(out) > GLOB_LIMIT:
+                raise InvalidArgument(base, f"'**' below here visits more than {GLOB_LIMIT} entries; narrow the pattern")
             for e in entries:
                 if e.name.startswith("."):
                     continue

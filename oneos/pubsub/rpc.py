@@ -108,12 +108,21 @@ class RPCServer:
             d = defer.fail(RPCError(f"{self.target!r} has no method {method!r}", kind="NoSuchMethod"))
         else:
             d = defer.maybeDeferred(handler, **args)
+            wait = meta.get("timeout")
+            if isinstance(wait, (int, float)) and not d.called:
+                # The caller stops waiting after its timeout: work still running then (a runaway glob,
+                # a listing) is cancelled here rather than left to eat the server.
+                timer = self.client.reactor.callLater(float(wait) + 1.0, d.cancel)
+                d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
 
         def ok(result: Any) -> None:
             self._answer(reply_to, corr, ok=True, result=result)
 
         def failed(failure: Any) -> None:
             error = failure.value
+            if isinstance(error, defer.CancelledError):
+                log.info("{method} on {target} cancelled: its caller's deadline passed", method=method, target=self.target)
+                return
             if not isinstance(error, (OneOSError, TypeError)):
                 log.failure("RPC {method} on {target} failed", failure, method=method, target=self.target)
             kind = error_kind(error)
@@ -181,7 +190,7 @@ class RPCClient:
         def send(_: Any) -> None:
             if corr not in self._pending:
                 return
-            extra = {"meta": meta} if meta else {}
+            extra = {"meta": {**(meta or {}), "timeout": timeout}}
             payload = messages.encode("rpc.request", id=corr, method=method, args=args, reply_to=self.reply_topic, **extra)
             # A request whose caller has given up is never delivered late (after a cut heals).
             self.client.publish(topics.rpc(target), payload, qos=1,
