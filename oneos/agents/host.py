@@ -208,11 +208,24 @@ class AgentHost(service.Service):
         done.addErrback(lambda f: log.info("{stream} of agent {id} ended: {why}", stream=stream, id=agent_id, why=f.getErrorMessage()))
         return {**self.transfer.where(), "token": token}
 
-    def stdin(self, agent_id: str) -> dict[str, Any]:
-        """A token to stream into the agent's stdin; the stream's end closes it."""
+    def stdin(self, agent_id: str, source: str = "") -> dict[str, Any]:
+        """A token to stream into the agent's stdin; the stream's end closes it.
+
+        *source* names the pipeline stage feeding it (``NAME@RUNTIME``).  If
+        that stream breaks (the sender's runtime died), the program is
+        stopped with a reason naming it: a cut-off input must not look like
+        a clean end of file, or the pipeline would report success on a
+        truncated stream.
+        """
         agent = self.manager.get(agent_id)
         token, done = self.transfer.offer(sink=agent.stdin)
-        done.addErrback(lambda f: log.info("input of agent {id} ended: {why}", id=agent_id, why=f.getErrorMessage()))
+
+        def broke(f: Any) -> None:
+            log.info("input of agent {id} ended: {why}", id=agent_id, why=f.getErrorMessage())
+            if source and agent.state not in ENDED and not f.check(defer.CancelledError):
+                self.manager.kill(agent_id, reason=f"its input from {source} broke: {f.getErrorMessage()}")
+
+        done.addErrback(broke)
         return {**self.transfer.where(), "token": token}
 
     def pipe_out(self, agent_id: str, host: str, port: int, token: str, to: str = "") -> dict[str, Any]:

@@ -310,7 +310,8 @@ class SchedulerService(service.Service):
                                         stdin=True)
                 infos.append(info)
             for left, right in zip(infos, infos[1:]):
-                where = yield self._call(right["runtime"], "agent_stdin", agent_id=right["id"])
+                where = yield self._call(right["runtime"], "agent_stdin", agent_id=right["id"],
+                                         source=f"{left['name']}@{left['runtime']}")
                 yield self._call(left["runtime"], "agent_pipe_out", agent_id=left["id"],
                                  to=f"{right['id']}@{right['runtime']}", **where)
         except Exception:
