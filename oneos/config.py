@@ -105,6 +105,8 @@ class Config:
     stats_interval: float = 2.0
     #: seconds a runtime may be unreachable before its programs are restarted elsewhere
     disconnect_grace: float = 10.0
+    #: the OS account programs run as: auto (nobody when the runtime is root, else the runtime's user), or a name
+    run_as: str = "auto"
     listen: dict[str, str] = field(default_factory=default_listen)
     #: I/O devices this machine exposes (:class:`Device`); not served yet
     devices: tuple = ()
@@ -160,6 +162,20 @@ def _as_number(name: str, value: Any, kind: type, low: float, high: float) -> An
     if not low <= number <= high:
         raise ConfigError(name, f"{number} is outside {low:g}..{high:g}")
     return number
+
+
+def _validate_account(value: Any) -> str:
+    """``run_as``: ``auto`` or an OS account that exists here (checked now, so a typo stops the start)."""
+    import pwd
+
+    if not isinstance(value, str) or not value:
+        raise ConfigError("run_as", f"expected 'auto' or an account name, got {value!r}")
+    if value != "auto":
+        try:
+            pwd.getpwnam(value)
+        except KeyError:
+            raise ConfigError("run_as", f"no OS account {value!r} on this machine") from None
+    return value
 
 
 def validate_id(value: Any, name: str = "id") -> str:
@@ -237,6 +253,7 @@ def _validate(raw: dict[str, Any], home: Path, embedded: bool) -> Config:
         keepalive=_as_number("keepalive", raw.get("keepalive", 2), int, 1, 3600),
         stats_interval=_as_number("stats_interval", raw.get("stats_interval", 2.0), float, 0.1, 3600),
         disconnect_grace=_as_number("disconnect_grace", raw.get("disconnect_grace", 10.0), float, 0, 86400),
+        run_as=_validate_account(raw.get("run_as", "auto")),
         listen=listen,
         devices=validate_devices(raw.get("devices", ())),
         embedded=embedded,

@@ -160,3 +160,16 @@ def embedded_runtime(tmp_path):
     yield start
     for rt in started:
         rt.stop()
+
+
+@pytest.fixture
+def public_dir():
+    """A directory every account can read: runtimes started as root run programs as nobody,
+    which cannot see into pytest's private tmp_path."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="oneos-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

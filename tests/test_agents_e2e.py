@@ -62,8 +62,8 @@ def test_stdin_is_forwarded(grid):
     assert (r.returncode, r.stdout) == (0, b"HELLO\n")
 
 
-def test_three_stage_pipeline_across_runtimes_is_byte_exact(grid, tmp_path):
-    gen = tmp_path / "gen.py"
+def test_three_stage_pipeline_across_runtimes_is_byte_exact(grid, public_dir):
+    gen = public_dir / "gen.py"
     gen.write_text(GEN)
     r = run(grid, "run", "--pipe", f"python3 {gen} 100 @rt-1 | cat @rt-2 | sha256sum @rt-3", timeout=300)
     assert r.returncode == 0, r.stderr
@@ -96,8 +96,8 @@ def test_pipes_are_listed_with_their_bytes(grid):
         proc.wait(timeout=60)
 
 
-def test_slow_reader_bounds_memory(grid, tmp_path):
-    slow = tmp_path / "slow.py"
+def test_slow_reader_bounds_memory(grid, public_dir):
+    slow = public_dir / "slow.py"
     slow.write_text("import sys, time\nn = 0\nwhile True:\n    b = sys.stdin.buffer.read(65536)\n    if not b: break\n"
                     "    n += len(b); time.sleep(0.002)\nprint(n)\n")
     writer_rt = psutil.Process(grid.procs["rt-1"].process.pid)

@@ -53,3 +53,15 @@ def test_a_reader_that_stops_early_ends_the_remote_program(trio):
                        shell=True, capture_output=True, text=True, timeout=60)
     assert r.stdout == "y\n" * 50 and "Traceback" not in r.stderr, r.stderr
     wait_for("yes to be stopped", lambda: all(row["state"] != "running" for row in ps(broker.url) if row["name"] == "yes"))
+
+
+def test_programs_do_not_run_as_root_nor_read_the_runtimes_home(trio):
+    import os
+
+    broker, (rt1, _) = trio
+    r = oneos("run", "--pubsub", broker.url, "--on", "rt-1", "id", "-u")
+    assert r.returncode == 0, r.stderr
+    if os.geteuid() == 0:
+        assert r.stdout.strip() != "0", "a runtime started as root runs programs as an unprivileged account"
+        r = oneos("run", "--pubsub", broker.url, "--on", "rt-1", "cat", str(rt1.home / "runtime.json"))
+        assert r.returncode != 0 and "Permission denied" in r.stderr, r

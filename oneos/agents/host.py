@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class AgentHost(service.Service):
     name = "agents"
 
     def __init__(self, runtime_id: str, reactor: Any, client: Any, transfer: Any, fs: Callable[[], Any], *,
-                 home: Path, memory_mb: int, interval: float) -> None:
+                 home: Path, memory_mb: int, interval: float, account: Any = None) -> None:
         self.runtime_id = runtime_id
         self.reactor = reactor
         self.client = client
@@ -57,9 +58,12 @@ class AgentHost(service.Service):
         #: the file-system client (programs and redirections live in the OneOS tree)
         self._fs = fs
         self.interval = interval
-        self.manager = AgentManager(reactor, runtime_id, memory_limit_mb=memory_mb)
+        self.manager = AgentManager(reactor, runtime_id, memory_limit_mb=memory_mb, account=account)
         self.manager.on_event(self._on_event)
-        self.cache = Path(home) / "cache"
+        # Programs fetched from the tree are cached outside $ONEOS_HOME (which holds the runtime's keys),
+        # readable by the account programs run as.
+        self.cache = Path(tempfile.gettempdir()) / f"oneos-programs-{runtime_id}" if account is not None \
+            else Path(home) / "cache"
         self._loop: task.LoopingCall | None = None
 
     def startService(self) -> None:
@@ -193,6 +197,8 @@ class AgentHost(service.Service):
         target = self.cache / key / os.path.basename(program)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
+            for d in (target.parent, target.parent.parent):
+                os.chmod(d, 0o755)
             data = yield fs.read(program)
             tmp = target.with_name(target.name + ".part")
             tmp.write_bytes(data)

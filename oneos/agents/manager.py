@@ -42,7 +42,63 @@ ENDED = (EXITED, KILLED, FAILED, LOST)
 HIGH_WATER = 1024 * 1024
 
 
-def session_argv(argv: list[str]) -> list[str] | None:
+@dataclass(frozen=True)
+class Account:
+    """The OS account agents run as (never root by default: see :func:`agent_account`)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def agent_account(setting: str) -> Account | None:
+    """The account for the ``run_as`` setting; None: run as the runtime's own user.
+
+    ``auto`` (the default): a runtime running as root runs programs as
+    ``nobody``, so a program (or whoever can submit one) never holds root on
+    the machine, nor reads the runtime's keys in ``$ONEOS_HOME``; a runtime
+    run by an ordinary user runs them as that user.  ``root`` asks for root
+    explicitly; any other name is that account.
+    """
+    import pwd
+
+    if setting in ("", "auto"):
+        if os.geteuid() != 0:
+            return None
+        setting = "nobody"
+    try:
+        entry = pwd.getpwnam(setting)
+    except KeyError:
+        raise AgentError(f"run_as: no OS account {setting!r} on this machine", "EINVAL") from None
+    if entry.pw_uid == os.geteuid():
+        return None  # the runtime's own account (or root, asked for by name)
+    if os.geteuid() != 0:
+        raise AgentError(f"run_as {setting!r}: only a runtime started as root can run programs as another account",
+                         "EPERM")
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def reachable_path(path: str) -> str:
+    """The entries of a PATH that any account can search (a root-only ~/.pyenv would only give EACCES)."""
+
+    def open_to_all(directory: str) -> bool:
+        p = os.path.abspath(directory)
+        while True:
+            try:
+                if not os.stat(p).st_mode & 0o001:
+                    return False
+            except OSError:
+                return False
+            parent = os.path.dirname(p)
+            if parent == p:
+                return True
+            p = parent
+
+    return os.pathsep.join(d for d in path.split(os.pathsep) if d and open_to_all(d))
+
+
+def session_argv(argv: list[str], account: Account | None = None) -> list[str] | None:
     """Wrap *argv* so the child starts a new session and dies with its runtime.
 
     Twisted's spawnProcess has no pre-exec hook, so util-linux does it:
@@ -57,7 +113,8 @@ def session_argv(argv: list[str]) -> list[str] | None:
         return None
     setpriv = shutil.which("setpriv")
     if setpriv is not None:
-        return [setsid, setpriv, "--pdeathsig", "KILL", "--", *argv]
+        drop = ["--reuid", str(account.uid), "--regid", str(account.gid), "--clear-groups"] if account else []
+        return [setsid, setpriv, "--pdeathsig", "KILL", *drop, "--", *argv]
     return [setsid, *argv]
 
 
@@ -410,8 +467,11 @@ class AgentManager(service.Service):
         check_interval: float = 1.0,
         clock: Any = None,
         keep_ended: int = 200,
+        account: Account | None = None,
     ) -> None:
         self.reactor = reactor
+        #: the OS account programs run as (None: the runtime's own)
+        self.account = account
         self.clock = clock or reactor
         self.runtime_id = runtime_id
         self.memory_limit_mb = memory_limit_mb
@@ -471,12 +531,21 @@ class AgentManager(service.Service):
         if spec.cwd is not None and not os.path.isdir(spec.cwd):
             raise ProgramError(f"working directory {spec.cwd} does not exist on runtime {self.runtime_id}", "ENOENT")
         env = dict(os.environ if spec.env is None else spec.env)
-        argv = resolve_argv(spec.program, spec.args, path=env.get("PATH"), cwd=spec.cwd)
+        cwd = spec.cwd
+        if self.account is not None:
+            # Nothing of the runtime's own (its home, its keys) is the program's business.
+            env.pop("ONEOS_HOME", None)
+            env.update(HOME=self.account.home, USER=self.account.name, LOGNAME=self.account.name,
+                       PATH=reachable_path(env.get("PATH", os.defpath)))
+            cwd = cwd or "/tmp"
+        argv = resolve_argv(spec.program, spec.args, path=env.get("PATH"), cwd=cwd)
         agent = AgentProcess(self, agent_id or self.new_id(), spec, argv)
-        wrapped = session_argv(argv) if self.own_session else None
+        wrapped = session_argv(argv, self.account) if self.own_session else None
+        if wrapped is None and self.account is not None:
+            raise AgentError(f"cannot run programs as {self.account.name}: util-linux setsid/setpriv are missing", "EPERM")
         run = wrapped or argv
         try:
-            self.reactor.spawnProcess(agent, run[0], run, env=env, path=spec.cwd, childFDs={0: "w", 1: "r", 2: "r"})
+            self.reactor.spawnProcess(agent, run[0], run, env=env, path=cwd, childFDs={0: "w", 1: "r", 2: "r"})
         except OSError as e:
             raise ProgramError(f"{spec.program}: {e.strerror or e}", "EACCES") from None
         self.agents[agent.id] = agent

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from oneos import __version__
 from oneos.agents.host import AgentHost
+from oneos.agents.manager import agent_account
 from oneos.config import Config, resolve_listen
 from oneos.errors import OneOSError, StaleEpoch, describe
 from oneos.fs.client import FSClient
@@ -117,7 +118,8 @@ class RuntimeService(service.MultiService):
         self.membership = Membership(self.client, self.rpc, reactor, self.describe, interval=config.stats_interval)
         fs = FSClient(self.rpc, reactor)
         self.agents = AgentHost(rid, reactor, self.client, self.transfer, lambda: fs, home=config.home,
-                                memory_mb=config.memory_mb, interval=config.stats_interval)
+                                memory_mb=config.memory_mb, interval=config.stats_interval,
+                                account=agent_account(config.run_as))
         self.rpc_service = RPCService(RPCServer(
             self.client, rid,
             {"ping": self._ping, "status": self._status, "members": self._members, **self.agents.handlers()},
@@ -221,6 +223,13 @@ class RuntimeService(service.MultiService):
     def startService(self) -> None:
         # Not MultiService.startService: the children start in _boot, each once what it needs is there.
         service.Service.startService(self)
+        if self.agents.manager.account is not None:
+            # Programs run as another account: the runtime's home (its keys, its config) is not theirs to read.
+            try:
+                self.config.home.mkdir(parents=True, exist_ok=True)
+                os.chmod(self.config.home, 0o700)
+            except OSError as e:
+                log.warn("cannot make {home} private: {error}", home=str(self.config.home), error=e)
         self._stats = HostStats()
         self._interpreters = find_interpreters()
         if not self.address:

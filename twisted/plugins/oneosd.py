@@ -39,6 +39,7 @@ class Options(usage.Options):
         ["address", None, None, "address other runtimes reach this one on (default: detected)"],
         ["keepalive", None, None, "MQTT keepalive in seconds; a silent runtime is dead after 1.5x this"],
         ["stats-interval", None, None, "seconds between status/statistics updates"],
+        ["run-as", None, None, "OS account programs run as (default auto: nobody when run as root)"],
         ["disconnect-grace", None, None, "seconds a runtime may be unreachable before its programs restart elsewhere"],
         ["ssh", None, None, "SSH front door endpoint, e.g. tcp:2222:interface=10.0.0.5 ('' = off; default auto)"],
         ["telnet", None, None, "telnet front door endpoint (default off)"],
@@ -69,6 +70,7 @@ class Options(usage.Options):
             "keepalive": self["keepalive"],
             "stats_interval": self["stats-interval"],
             "disconnect_grace": self["disconnect-grace"],
+            "run_as": self["run-as"],
             "listen": {k: self[k] for k in ("ssh", "telnet", "pipe") if self[k] is not None} or None,
         }
 
