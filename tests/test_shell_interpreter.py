@@ -44,18 +44,36 @@ class FakeFS:
         self.files[path] = None
         return defer.succeed(self._stat(path))
 
-    def read(self, path: str) -> defer.Deferred:
-        st = self._stat(path)
+    def read(self, path: str, offset: int = 0, length: int | None = None) -> defer.Deferred:
+        try:
+            st = self._stat(path)
+        except errors.FSError as e:
+            return defer.fail(e)
         if st.is_dir:
             return defer.fail(errors.IsADirectory(path))
-        return defer.succeed(self.files[path])
+        data = self.files[path]
+        return defer.succeed(data[offset:None if length is None else offset + length])
 
-    def read_into(self, path: str, sink) -> defer.Deferred:
-        return self.read(path).addCallback(sink.write)
+    def read_into(self, path: str, sink, offset: int = 0, length: int | None = None) -> defer.Deferred:
+        return self.read(path, offset, length).addCallback(sink.write)
 
     def write(self, path: str, data: bytes, mode: str = "truncate") -> defer.Deferred:
         self.files[path] = (self.files.get(path) or b"") + data if mode == "append" else data
         return defer.succeed(self._stat(path))
+
+    @defer.inlineCallbacks
+    def write_from(self, path: str, source, mode: str = "truncate"):
+        """As FSClient.write_from: the source read to its end, the file visible only then."""
+        if paths.dirname(path) not in self.files:
+            raise errors.NotFound(paths.dirname(path))
+        parts = []
+        while True:
+            data = yield source.next()
+            if not data:
+                break
+            parts.append(data)
+        result = yield self.write(path, b"".join(parts), mode)
+        return result
 
     def remove(self, path: str, recursive: bool = False) -> defer.Deferred:
         self._stat(path)
@@ -128,6 +146,17 @@ def test_builtin_pipelines_and_globs():
     fs.files.update({"/tmp/a.txt": b"1\n2\n3\n", "/tmp/b.txt": b"x\n", "/tmp/c.log": b""})
     run(interp, "cd /tmp; ls *.txt; cat a.txt | tail -n 2 | wc -l; echo '*.txt'")
     assert out.text.split() == ["a.txt", "b.txt", "2", "*.txt"]
+
+
+def test_streaming_builtins_yes_head_tail_tee_wc():
+    interp, out, err, fs = make()
+    fs.files["/tmp/n"] = b"".join(b"%d\n" % i for i in range(1, 101))
+    assert run(interp, "cd /tmp; yes ab | head -n 2; tail -n 2 n | tee t1 | wc -l; head -n 1 < n; cat n | tail -n 1") == 0
+    assert out.text.split() == ["ab", "ab", "2", "1", "100"]
+    assert fs.files["/tmp/t1"] == b"99\n100\n"
+    assert run(interp, "yes | head -n 1 > /tmp/y; cat /tmp/y; yes | true") == 0
+    assert out.text.endswith("100\ny\n") and err.text == ""
+    assert run(interp, "cat /tmp/n > /nodir/f") == 1 and "no such file" in err.text
 
 
 def test_syntax_errors_and_export():

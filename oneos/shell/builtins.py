@@ -3,21 +3,31 @@
 Each built-in is ``async def name(ctx, args) -> int``.  File commands work on
 the OneOS tree through :class:`oneos.fs.client.FSClient`, with relative
 paths taken from the session's cwd; process commands ask the scheduler.
-Built-ins see their standard input as bytes (``await ctx.input()``: what
-the previous stage wrote, or, for the first stage, the session's input read
-to its end) and write through ``ctx.out`` / ``ctx.err``; a typed
-:class:`OneOSError` raised here becomes ``NAME: message`` and status 1.
-Built-ins that wait (``tail -f``, reading typed input) wait through
-``ctx.job`` so Ctrl-C and a vanished client end them.
+
+Built-ins run at the same time as the other stages of their pipeline, so
+they stream: they read their standard input a piece at a time
+(``await ctx.read()``, ``async for chunk in ctx.chunks()``,
+``await ctx.readline()``; ``await ctx.input()`` reads it whole, up to
+:data:`~oneos.shell.interpreter.MAX_INPUT`, for the few that need it all)
+and write with ``await ctx.send(data)``, which waits while the reader is
+behind.  ``ctx.out.write`` / ``ctx.line`` are fine for small outputs.  A
+reader that went away makes writes raise
+:class:`~oneos.shell.interpreter.BrokenPipe`: let it propagate (status 141,
+no message, as SIGPIPE).  A typed :class:`OneOSError` raised here becomes
+``NAME: message`` and status 1.  Every wait goes through ``ctx.job`` so
+Ctrl-C and a vanished client end it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
+
+from twisted.internet import defer
 
 from oneos.errors import OneOSError, describe
 from oneos.fs import paths
@@ -42,11 +52,149 @@ def builtin(name: str, usage: str, *aliases: str) -> Callable[[Builtin], Builtin
     return register
 
 
-class Context:
-    """One built-in invocation: its session, input and output writers, the job it belongs to."""
+class Input:
+    """A stream a built-in reads (its standard input, or a file): by chunk, by line, or whole.
 
-    def __init__(self, interp: Any, name: str, stdin: bytes | None, out: Any, err: Any, assignments: dict[str, str],
-                 job: Any = None, source: Any = None) -> None:
+    *source* is a transfer-style Source (``next()`` fires with bytes, ``b''``
+    at the end) with an optional ``close()``; None reads as empty.  Waits go
+    through *job*, so Ctrl-C ends them with CancelledError.
+    """
+
+    def __init__(self, source: Any, job: Any, name: str = "standard input") -> None:
+        self.source = source
+        self.job = job
+        self.name = name
+        self._buffer = bytearray()
+        self._ended = source is None
+
+    async def read(self) -> bytes:
+        """The next piece (any size), or b'' at the end."""
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            return data
+        if self._ended:
+            return b""
+        data = await self.job.wait(self.source.next())
+        if not data:
+            self._ended = True
+        return bytes(data)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            data = await self.read()
+            if not data:
+                return
+            yield data
+
+    async def readline(self, limit: int | None = None) -> bytes:
+        """The next line with its newline (the last one may lack it); b'' at the end.
+
+        A line longer than *limit* (default MAX_INPUT) is an error, not a
+        truncation.
+        """
+        from oneos.shell.interpreter import MAX_INPUT, ShellError
+
+        limit = MAX_INPUT if limit is None else limit
+        searched = 0
+        while True:
+            at = self._buffer.find(b"\n", searched)
+            if at >= 0:
+                line = bytes(self._buffer[: at + 1])
+                del self._buffer[: at + 1]
+                return line
+            searched = len(self._buffer)
+            if searched > limit:
+                raise ShellError(f"{self.name}: a line longer than {_size(limit)}")
+            if self._ended:
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                return line
+            data = await self.job.wait(self.source.next())
+            if not data:
+                self._ended = True
+            self._buffer += data
+
+    async def readall(self, limit: int | None = None) -> bytes:
+        """Everything to the end, refusing (with an error, never truncating) past *limit* bytes."""
+        from oneos.shell.interpreter import MAX_INPUT, ShellError
+
+        limit = MAX_INPUT if limit is None else limit
+        parts, size = [], 0
+        async for data in self.chunks():
+            size += len(data)
+            if size > limit:
+                self.close()
+                raise ShellError(f"{self.name} is larger than {_size(limit)}, too large to read whole")
+            parts.append(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Read no more: whoever writes to it stops (BrokenPipe), as a Unix pipe's writer after its reader exits."""
+        self._ended = True
+        self._buffer.clear()
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+class _OutSink:
+    """A transfer Sink into a built-in's output (``cat FILE``), with its back-pressure.
+
+    When the reader has gone (or Ctrl-C), bytes are dropped instead of
+    failing the transfer, which would leave its connection open and paused;
+    :attr:`gone` fires at that moment so the built-in can stop waiting.
+    """
+
+    def __init__(self, ctx: "Context", writer: Any) -> None:
+        self.ctx = ctx
+        self.writer = writer
+        self.broken = False
+        self.gone: defer.Deferred = defer.Deferred()
+
+    def write(self, data: bytes) -> defer.Deferred:
+        from oneos.shell.interpreter import BrokenPipe
+
+        if self.broken or self.ctx.job.stopped:
+            return defer.succeed(None)
+        try:
+            self.writer.write(data)
+        except BrokenPipe:
+            self._broken()
+            return defer.succeed(None)
+        drain = getattr(self.writer, "drain", None)
+        if drain is None:
+            return defer.succeed(None)
+        return drain().addErrback(self._reader_gone)
+
+    def _reader_gone(self, failure: Any) -> None:
+        from oneos.shell.interpreter import BrokenPipe
+
+        failure.trap(BrokenPipe)
+        self._broken()
+
+    def _broken(self) -> None:
+        if not self.broken:
+            self.broken = True
+            if not self.gone.called:  # (cancelled by Ctrl-C)
+                self.gone.callback(None)
+
+    def finish(self) -> defer.Deferred:
+        return defer.succeed({})
+
+    def abort(self) -> None:
+        pass
+
+
+class Context:
+    """One built-in invocation: its session, input and output, the job it belongs to."""
+
+    def __init__(self, interp: Any, name: str, stdin: Any, out: Any, err: Any, assignments: dict[str, str],
+                 job: Any = None) -> None:
         from oneos.shell.interpreter import Job
 
         self.interp = interp
@@ -54,30 +202,89 @@ class Context:
         self.grid = interp.grid
         self.fs = interp.grid.fs
         self.name = name
-        self.stdin = stdin
         self.out = out
         self.err = err
         self.assignments = assignments
         self.job = job if job is not None else Job(0, name)
-        #: the session's input (a transfer Source) when this is a pipeline's first stage, else None
-        self.source = source
+        #: standard input: the previous stage's pipe, a '< FILE', the session's input (first stage), or nothing
+        self.stdin = Input(stdin, self.job)
+        self._unpaced = 0
 
-    async def input(self) -> bytes:
-        """Standard input as bytes: the pipe's, else the session's read to its end (Ctrl-D / EOF)."""
-        if self.stdin is None and self.source is not None:
-            from oneos.shell.interpreter import MAX_CAPTURE, ShellError
+    # -- input ------------------------------------------------------------------
+    async def read(self) -> bytes:
+        """The next piece of standard input, b'' at its end."""
+        return await self.stdin.read()
 
-            parts, size = [], 0
-            while True:
-                data = await self.job.wait(self.source.next())
-                if not data:
-                    break
-                size += len(data)
-                if size > MAX_CAPTURE:
-                    raise ShellError(f"input larger than {MAX_CAPTURE // 2**20} MiB")
-                parts.append(data)
-            self.stdin = b"".join(parts)
-        return self.stdin or b""
+    def chunks(self) -> AsyncIterator[bytes]:
+        """``async for chunk in ctx.chunks()``: standard input a piece at a time."""
+        return self.stdin.chunks()
+
+    async def readline(self) -> bytes:
+        return await self.stdin.readline()
+
+    async def input(self, limit: int | None = None) -> bytes:
+        """All of standard input, for built-ins that need it whole; an error past *limit* (MAX_INPUT)."""
+        return await self.stdin.readall(limit)
+
+    def close_input(self) -> None:
+        self.stdin.close()
+
+    def open_input(self, path: str) -> Input:
+        """A OneOS file as a stream (opened at the first read; a missing file fails that read)."""
+        from oneos.shell.interpreter import FileInput
+
+        return Input(FileInput(self.fs, path), self.job, path)
+
+    # -- output -----------------------------------------------------------------
+    async def send(self, data: bytes, writer: Any = None) -> None:
+        """Write *data* (to ctx.out by default) and wait until the writer has room again.
+
+        BrokenPipe when its reader has gone.  A writer without ``drain()``
+        (a session terminal without back-pressure) is not waited on, but
+        the reactor gets a turn every UNPACED_BURST bytes so Ctrl-C and
+        other sessions are served.
+        """
+        from oneos.shell.interpreter import UNPACED_BURST
+
+        writer = self.out if writer is None else writer
+        writer.write(data)
+        drain = getattr(writer, "drain", None)
+        if drain is not None:
+            await self.job.wait(drain())
+            return
+        self._unpaced += len(data)
+        if self._unpaced >= UNPACED_BURST:
+            self._unpaced = 0
+            if self.grid.reactor is not None:
+                await self.sleep(0)
+            elif self.job.stopped:
+                raise defer.CancelledError()
+
+    async def copy_file(self, path: str, offset: int = 0, length: int | None = None) -> None:
+        """Stream a OneOS file (or a byte range) to ctx.out, at the reader's pace; BrokenPipe if the reader goes."""
+        from oneos.shell.interpreter import BrokenPipe
+
+        sink = _OutSink(self, self.out)
+        if offset or length is not None:
+            reading = self.fs.read_into(path, sink, offset, length)
+        else:
+            reading = self.fs.read_into(path, sink)
+        # Whichever comes first: the end of the file, or the reader going away (the rest of the
+        # transfer is then drained in the background, dropped).
+        either = defer.DeferredList([reading, sink.gone], fireOnOneCallback=True, fireOnOneErrback=True,
+                                    consumeErrors=True)
+        try:
+            await self.job.wait(either)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+        if sink.broken:
+            raise BrokenPipe(f"{self.name}: the reader has gone")
+
+    def open_output(self, path: str, append: bool = False) -> Any:
+        """A OneOS file written as a stream (``tee``): ``write``/``drain``, then ``await finish()``."""
+        from oneos.shell.interpreter import FileOutput
+
+        return FileOutput(self.fs, path, append)
 
     async def sleep(self, seconds: float) -> None:
         """Wait on the reactor's clock; Ctrl-C (or the client leaving) ends the wait with CancelledError."""
@@ -146,15 +353,9 @@ def _count(value: str | bool | None, default: int) -> int:
     return n
 
 
-async def _inputs(ctx: Context, files: list[str]) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each file, or of stdin when no file (or ``-``) is given."""
-    out = []
-    for name in files or ["-"]:
-        if name == "-":
-            out.append(("-", await ctx.input()))
-        else:
-            out.append((name, await ctx.fs.read(ctx.path(name))))
-    return out
+def _sources(ctx: Context, files: list[str]) -> list[tuple[str, Input]]:
+    """(name, stream) for each file, standard input for ``-`` or when no file is given."""
+    return [(name, ctx.stdin if name == "-" else ctx.open_input(ctx.path(name))) for name in files or ["-"]]
 
 
 # -- navigation ---------------------------------------------------------------
@@ -223,40 +424,32 @@ async def ls(ctx: Context, args: list[str]) -> int:
 # -- files ------------------------------------------------------------------------
 
 
-class _OutSink:
-    """Streams a file straight to the writer (``cat`` of a large file)."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    def write(self, data: bytes) -> Any:
-        from twisted.internet import defer
-
-        self.writer.write(data)
-        return defer.succeed(None)
-
-    def finish(self) -> Any:
-        from twisted.internet import defer
-
-        return defer.succeed({})
-
-    def abort(self) -> None:
-        pass
-
-
-@builtin("cat", "cat [FILE...]   print files (or standard input)")
+@builtin("cat", "cat [FILE...]   print files (or standard input), streamed")
 async def cat(ctx: Context, args: list[str]) -> int:
     status = 0
     for name in args or ["-"]:
         if name == "-":
-            ctx.out.write(await ctx.input())
+            async for chunk in ctx.chunks():
+                await ctx.send(chunk)
             continue
         try:
-            await ctx.fs.read_into(ctx.path(name), _OutSink(ctx.out))
+            await ctx.copy_file(ctx.path(name))
         except FSError as e:
             ctx.error(describe(e))
             status = 1
     return status
+
+
+#: Bytes ``yes`` writes at a time (whole lines).
+YES_BLOCK = 64 * 1024
+
+
+@builtin("yes", "yes [STRING...]   print STRING (default: y) over and over, until the reader stops or Ctrl-C")
+async def yes(ctx: Context, args: list[str]) -> int:
+    line = ((" ".join(args) if args else "y") + "\n").encode("utf-8", "replace")
+    block = line * max(1, YES_BLOCK // len(line))
+    while True:  # ends with BrokenPipe (the reader stopped: 141) or CancelledError (Ctrl-C: 130)
+        await ctx.send(block)
 
 
 @builtin("echo", "echo [-n] WORDS...   print words")
@@ -356,20 +549,138 @@ async def touch(ctx: Context, args: list[str]) -> int:
     return 0
 
 
-def _lines(data: bytes) -> list[bytes]:
-    return data.splitlines(keepends=True)
+def _start_of_last(data: bytes | bytearray, n: int) -> int | None:
+    """Where the last *n* lines of *data* start, or None if it holds *n* lines or fewer.
+
+    Lines end with a newline; a final line without one counts too (as tail).
+    """
+    pos = len(data) - 1 if data.endswith(b"\n") else len(data)
+    for _ in range(n):
+        at = data.rfind(b"\n", 0, pos)
+        if at < 0:
+            return None
+        pos = at
+    return pos + 1
+
+
+async def _head(ctx: Context, source: Input, n: int) -> None:
+    """Copy the first *n* lines of *source*, then stop reading it (its writer gets BrokenPipe)."""
+    left = n
+    while left > 0:
+        chunk = await source.read()
+        if not chunk:
+            break
+        pos = 0
+        while left > 0:
+            at = chunk.find(b"\n", pos)
+            if at < 0:
+                break
+            pos, left = at + 1, left - 1
+        await ctx.send(chunk[:pos] if left == 0 else chunk)
+    source.close()
+
+
+#: First block ``head FILE`` reads (doubled up to HEAD_BLOCK_MAX until it holds enough lines).
+HEAD_BLOCK = 64 * 1024
+HEAD_BLOCK_MAX = 4 * 1024 * 1024
+
+
+async def _head_file(ctx: Context, path: str, n: int) -> None:
+    """The first *n* lines of a OneOS file, read in growing blocks so a large file is not read to its end.
+
+    (Streaming the file and stopping early would leave the rest of its
+    transfer to drain: ``head -n 1 BIG`` should cost one small read.)
+    """
+    from oneos.fs.errors import IsADirectory
+
+    st = await ctx.fs.stat(path)
+    if st.is_dir:
+        raise IsADirectory(path)
+    left, pos, block = n, 0, HEAD_BLOCK
+    while left > 0:
+        piece = await ctx.job.wait(ctx.fs.read(path, pos, block))
+        end = 0
+        while left > 0:
+            at = piece.find(b"\n", end)
+            if at < 0:
+                break
+            end, left = at + 1, left - 1
+        await ctx.send(piece[:end] if left == 0 else piece)
+        if len(piece) < block:
+            return
+        pos, block = pos + len(piece), min(block * 2, HEAD_BLOCK_MAX)
 
 
 @builtin("head", "head [-n N] [FILE...]   first N lines (default 10)")
 async def head(ctx: Context, args: list[str]) -> int:
     opts, files = split_options(args, "", "n")
     n = _count(opts.get("n"), 10)
-    inputs = await _inputs(ctx, files)
-    for i, (name, data) in enumerate(inputs):
-        if len(inputs) > 1:
+    status = 0
+    for i, name in enumerate(files or ["-"]):
+        if len(files) > 1:
             ctx.line(("\n" if i else "") + f"==> {name} <==")
-        ctx.out.write(b"".join(_lines(data)[:n]))
-    return 0
+        try:
+            if name == "-":
+                await _head(ctx, ctx.stdin, n)
+            else:
+                await _head_file(ctx, ctx.path(name), n)
+        except FSError as e:
+            ctx.error(describe(e))
+            status = 1
+    return status
+
+
+async def _tail_stream(source: Input, n: int) -> bytes:
+    """The last *n* lines of a stream, keeping only about that much of it in memory."""
+    from oneos.shell.interpreter import MAX_INPUT, ShellError
+
+    kept = bytearray()
+    trim_at = 1024 * 1024
+    async for chunk in source.chunks():
+        if n == 0:
+            continue
+        kept += chunk
+        if len(kept) > trim_at:
+            start = _start_of_last(kept, n)
+            if start:
+                del kept[:start]
+            if len(kept) > MAX_INPUT:
+                raise ShellError(f"the last {n} lines are larger than {MAX_INPUT // 2**20} MiB")
+            trim_at = 2 * len(kept) + 1024 * 1024  # amortised: trimming stays linear in the input
+    start = _start_of_last(kept, n) if n else len(kept)
+    return bytes(kept[start or 0:])
+
+
+#: First block ``tail FILE`` reads from the end (doubled until it holds enough lines).
+TAIL_BLOCK = 64 * 1024
+
+
+async def _tail_file(ctx: Context, path: str, n: int) -> tuple[bytes, int]:
+    """The last *n* lines of a OneOS file, read backwards from its end; and the size it had.
+
+    A large file is never read whole: blocks from the end, doubling, until
+    they hold *n* lines (at most MAX_INPUT bytes, past which it is an error).
+    """
+    from oneos.fs.errors import IsADirectory
+    from oneos.shell.interpreter import MAX_INPUT, ShellError
+
+    st = await ctx.fs.stat(path)
+    if st.is_dir:
+        raise IsADirectory(path)
+    size = st.size
+    if n == 0 or size == 0:
+        return b"", size
+    data, start, block = b"", size, TAIL_BLOCK
+    while start > 0:
+        begin = max(0, start - block)
+        data = await ctx.job.wait(ctx.fs.read(path, begin, start - begin)) + data
+        start, block = begin, block * 2
+        at = _start_of_last(data, n)
+        if at is not None:
+            return data[at:], size
+        if len(data) > MAX_INPUT:
+            raise ShellError(f"{path}: the last {n} lines are larger than {MAX_INPUT // 2**20} MiB")
+    return data, size
 
 
 #: How often ``tail -f`` looks at the file's size (seconds of the reactor's clock).
@@ -384,12 +695,18 @@ async def tail(ctx: Context, args: list[str]) -> int:
         if len(files) != 1:
             raise UsageError("-f follows exactly one file")
         return await _follow(ctx, files[0], n)
-    inputs = await _inputs(ctx, files)
-    for i, (name, data) in enumerate(inputs):
-        if len(inputs) > 1:
+    status = 0
+    for i, name in enumerate(files or ["-"]):
+        if len(files) > 1:
             ctx.line(("\n" if i else "") + f"==> {name} <==")
-        ctx.out.write(b"".join(_lines(data)[-n:] if n else []))
-    return 0
+        try:
+            last = await _tail_stream(ctx.stdin, n) if name == "-" else (await _tail_file(ctx, ctx.path(name), n))[0]
+        except FSError as e:
+            ctx.error(describe(e))
+            status = 1
+            continue
+        await ctx.send(last)
+    return status
 
 
 async def _follow(ctx: Context, name: str, n: int) -> int:
@@ -402,9 +719,9 @@ async def _follow(ctx: Context, name: str, n: int) -> int:
     Ends only through Ctrl-C or the session's end (status 130).
     """
     path = ctx.path(name)
-    data = await ctx.fs.read(path)
-    ctx.out.write(b"".join(_lines(data)[-n:] if n else []))
-    offset, missing = len(data), False
+    last, offset = await _tail_file(ctx, path, n)
+    await ctx.send(last)
+    missing = False
     while True:
         await ctx.sleep(FOLLOW_INTERVAL)
         try:
@@ -422,11 +739,31 @@ async def _follow(ctx: Context, name: str, n: int) -> int:
             offset = 0
         if st.size > offset:
             try:
-                await ctx.fs.read_into(path, _OutSink(ctx.out), offset, st.size - offset)
+                await ctx.copy_file(path, offset, st.size - offset)
             except FSError as e:
                 ctx.error(describe(e))
                 continue
             offset = st.size
+
+
+_WHITESPACE = b" \t\n\r\x0b\x0c"
+
+
+async def _counts(source: Input, which: list[str]) -> dict[str, int]:
+    """Lines, words and bytes of a stream, a chunk at a time (a word may span two chunks)."""
+    counts = {"l": 0, "w": 0, "c": 0}
+    in_word = False
+    async for chunk in source.chunks():
+        counts["c"] += len(chunk)
+        if "l" in which:
+            counts["l"] += chunk.count(b"\n")
+        if "w" in which:
+            words = len(chunk.split())
+            if words and in_word and chunk[:1] not in _WHITESPACE:
+                words -= 1  # the previous chunk's last word goes on
+            counts["w"] += words
+            in_word = chunk[-1:] not in _WHITESPACE
+    return counts
 
 
 @builtin("wc", "wc [-l] [-w] [-c] [FILE...]   count lines, words, bytes")
@@ -434,25 +771,55 @@ async def wc(ctx: Context, args: list[str]) -> int:
     opts, files = split_options(args, "lwc")
     which = [k for k in "lwc" if opts.get(k)] or ["l", "w", "c"]
     totals = {"l": 0, "w": 0, "c": 0}
-    inputs = await _inputs(ctx, files)
-    for name, data in inputs:
-        counts = {"l": data.count(b"\n"), "w": len(data.split()), "c": len(data)}
+    sources = _sources(ctx, files)
+    status = 0
+    for name, source in sources:
+        try:
+            counts = await _counts(source, which)
+        except FSError as e:
+            ctx.error(describe(e))
+            status = 1
+            continue
         for k in totals:
             totals[k] += counts[k]
         ctx.line(" ".join(f"{counts[k]:>7}" for k in which) + ("" if name == "-" else f" {name}"))
-    if len(inputs) > 1:
+    if len(sources) > 1:
         ctx.line(" ".join(f"{totals[k]:>7}" for k in which) + " total")
-    return 0
+    return status
 
 
-@builtin("tee", "tee [-a] FILE...   copy standard input to files and to the output")
+@builtin("tee", "tee [-a] FILE...   copy standard input to files and to the output, streamed")
 async def tee(ctx: Context, args: list[str]) -> int:
+    from oneos.shell.interpreter import BrokenPipe
+
     opts, files = split_options(args, "a")
-    data = await ctx.input()
-    ctx.out.write(data)
-    for name in files:
-        await ctx.fs.write(ctx.path(name), data, "append" if opts.get("a") else "truncate")
-    return 0
+    outputs = [(name, ctx.open_output(ctx.path(name), bool(opts.get("a")))) for name in files]
+    status = 0
+    try:
+        async for chunk in ctx.chunks():
+            ctx.out.write(chunk)
+            waits = [getattr(ctx.out, "drain", lambda: defer.succeed(None))()]
+            for _, output in outputs:
+                if output.error is None:
+                    try:
+                        output.write(chunk)
+                    except BrokenPipe:
+                        continue  # that file failed: reported at the end, the others go on
+                    waits.append(output.drain().addErrback(lambda f: f.trap(BrokenPipe) and None))
+            await ctx.job.wait(defer.gatherResults(waits, consumeErrors=True).addErrback(_first_error))
+    finally:
+        for name, output in outputs:
+            error = await output.finish()
+            if error is not None:
+                ctx.error(f"{name}: {describe(error)}")
+                status = 1
+    return status
+
+
+def _first_error(failure: Any) -> Any:
+    """gatherResults wraps the failure: give the original (BrokenPipe from the output)."""
+    failure.trap(defer.FirstError)
+    return failure.value.subFailure
 
 
 # -- processes and runtimes -----------------------------------------------------------

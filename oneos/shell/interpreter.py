@@ -10,20 +10,32 @@ actions on the grid:
   servers, exactly as ``oneos run`` does; consecutive external stages of a
   pipeline are wired runtime to runtime (never through the shell).
 
-Where built-ins and programs meet in one pipeline the pipeline is cut into
-*segments* of consecutive built-ins or consecutive programs; each segment's
-output is collected (up to :data:`MAX_CAPTURE` bytes) and fed to the next.
-That keeps built-ins simple (they see their input as bytes) at the price of
-streaming only inside program segments: documented in docs/shell.md.
+Every stage of a pipeline runs at the same time, as in a Unix shell, and
+the bytes between stages *stream*: consecutive built-ins are joined by
+bounded in-memory :class:`StreamPipe` objects (a writer that awaits
+``drain()`` waits for its reader; a reader that stops early makes its
+writer fail with :class:`BrokenPipe`, the shell's SIGPIPE, status 141), a
+built-in feeding a program is that program's stdin transfer *Source*, and a
+program feeding a built-in writes through a transfer *Sink* into the
+built-in's input pipe.  A built-in's ``> FILE`` streams into
+``fs.write_from`` and its ``< FILE`` comes from ``fs.read_into``, so no
+output, however large, sits whole in the shell's memory.  A stream that
+fails (cannot connect, peer gone before the end) is reported as
+``oneos: WHAT: ERROR`` and makes the pipeline's status non-zero: nothing
+is lost silently.
 
 What the client sends while a command runs (piped into ``ssh host CMD``, or
 typed at the terminal) reaches the first stage of the foreground pipeline
 through :class:`SessionInput`: a program's stdin is streamed to its runtime
 (``agent_stdin`` + :func:`oneos.transfer.send`, as ``oneos run`` does), a
-built-in reads it whole.  Background jobs and stages reading ``< FILE`` do
-not take it.
+built-in reads it as a stream like any other input.  Background jobs and
+stages reading ``< FILE`` do not take it.
 
-Output goes to *writers*: anything with ``write(bytes)``.  Errors that are
+Output goes to *writers*: anything with ``write(bytes)``, and optionally
+``drain() -> Deferred`` firing when the writer has room again (pipes and
+files have it; a session writer that offers it gives back-pressure up to
+the terminal, one that does not is written to at the producer's pace, with
+the reactor given a turn every :data:`UNPACED_BURST` bytes).  Errors that are
 :class:`OneOSError` become one plain line on the error writer; anything else
 is logged with its traceback and shown as an internal error, never killing
 the session.
@@ -47,8 +59,16 @@ from oneos.shell.parser import AndOr, Command, Pipeline, Script, ShellSyntaxErro
 
 log = Logger()
 
-#: Largest output of a segment collected to feed a built-in (or a redirected built-in's file).
-MAX_CAPTURE = 64 * 1024 * 1024
+#: Bytes a pipe between two stages holds before its writer must wait (back-pressure).
+PIPE_LIMIT = 1024 * 1024
+#: Largest piece a pipe hands its reader at once (small writes are joined up to this).
+PIPE_CHUNK = 256 * 1024
+#: Largest input a built-in may read whole (``await ctx.input()``); past it the built-in fails.
+MAX_INPUT = 64 * 1024 * 1024
+#: Seconds a program's input stream may take to end once the program has (a peer gone silent).
+STDIN_GRACE = 10.0
+#: Bytes written to a writer without ``drain()`` before the reactor is given a turn.
+UNPACED_BURST = 1024 * 1024
 #: Lines kept in a session's history.
 HISTORY_SIZE = 1000
 #: Nesting limit for ``source`` (a file sourcing itself must not recurse forever).
@@ -63,9 +83,15 @@ SCRIPT_RUNNERS = {"python3": ".py", "python": ".py", "node": ".js", "sh": ".sh"}
 STATUS_NOT_FOUND = 127
 STATUS_CANNOT_RUN = 126
 STATUS_SYNTAX = 2
+#: 128 + SIGPIPE: a stage whose reader went away (never the pipeline's status unless it is the last stage)
+STATUS_BROKEN_PIPE = 141
 
 
 class Writer(Protocol):
+    """Where output goes.  ``write`` never blocks; writers with back-pressure also have
+    ``drain() -> Deferred`` (fires when there is room again, fails with BrokenPipe when
+    the reader has gone)."""
+
     def write(self, data: bytes) -> Any: ...
 
 
@@ -73,17 +99,315 @@ class ShellError(OneOSError):
     """A command cannot be run as written (bad redirection, unsupported form)."""
 
 
-class Capture:
-    """A writer collecting bytes, refusing to grow past *limit*."""
+class BrokenPipe(ShellError):
+    """The reader of a pipe has gone: the writer should stop, quietly (the shell's SIGPIPE, status 141)."""
 
-    def __init__(self, limit: int = MAX_CAPTURE) -> None:
-        self.data = bytearray()
+    code = kind = "EPIPE"
+
+
+class StreamPipe:
+    """A bounded in-memory byte stream between two stages that run at the same time.
+
+    Why: the stages of a pipeline run concurrently, so bytes must flow while
+    they are produced, and a fast writer must wait for a slow reader instead
+    of filling the shell's memory; a reader that stops early (``head``) must
+    stop its writer, as SIGPIPE does.
+
+    Writer side: :meth:`write` queues bytes and never blocks (it raises
+    :class:`BrokenPipe` once the reader has gone); :meth:`drain` fires once
+    at most *limit* bytes wait, so a writer awaiting it goes at the reader's
+    pace.  :meth:`close` ends the stream once every writer has closed (one to
+    start with, more with :meth:`add_writer`, e.g. a program's stdout and
+    stderr); :meth:`fail` ends it with an error the reader gets.
+
+    Reader side: :meth:`next` fires with bytes, or ``b''`` at the end, which
+    makes the pipe a transfer *Source* (``fs.write_from``, a program's stdin);
+    :meth:`close_reader` drops what is queued and breaks the pipe for writers.
+    """
+
+    def __init__(self, name: str = "pipe", limit: int = PIPE_LIMIT) -> None:
+        self.name = name
         self.limit = limit
+        self.writers = 1
+        self.reader_closed = False
+        #: bytes written so far (for tests and messages)
+        self.carried = 0
+        self._chunks: deque[bytes] = deque()
+        self.size = 0
+        self._error: BaseException | None = None
+        self._reader: defer.Deferred | None = None
+        self._room: list[defer.Deferred] = []
+
+    def __repr__(self) -> str:
+        return f"<StreamPipe {self.name} queued={self.size} writers={self.writers} reader_closed={self.reader_closed}>"
+
+    @property
+    def ended(self) -> bool:
+        """No writer is left: once the queue is read, the reader sees the end."""
+        return self.writers <= 0
+
+    # -- the writers' side -------------------------------------------------------
+    def add_writer(self) -> None:
+        self.writers += 1
 
     def write(self, data: bytes) -> None:
-        if len(self.data) + len(data) > self.limit:
-            raise ShellError(f"output larger than {self.limit // 2**20} MiB cannot be collected for the next command")
-        self.data += data
+        if self.reader_closed:
+            raise BrokenPipe(f"{self.name}: the reader has gone")
+        if not data:
+            return
+        if self.ended:
+            raise ShellError(f"{self.name}: written after its end")
+        self.carried += len(data)
+        reader, self._reader = self._reader, None
+        if reader is not None:  # the reader is waiting, so nothing is queued: hand it over
+            reader.callback(bytes(data))
+            return
+        self._chunks.append(bytes(data))
+        self.size += len(data)
+
+    def drain(self) -> defer.Deferred:
+        """Fires when at most *limit* bytes wait (at once if so); fails with BrokenPipe if the reader goes."""
+        if self.reader_closed:
+            return defer.fail(BrokenPipe(f"{self.name}: the reader has gone"))
+        if self.size <= self.limit:
+            return defer.succeed(None)
+
+        def cancelled(d: defer.Deferred) -> None:
+            if d in self._room:
+                self._room.remove(d)
+
+        d: defer.Deferred = defer.Deferred(cancelled)
+        self._room.append(d)
+        return d
+
+    def close(self) -> None:
+        """One writer is done; the stream ends when the last one is."""
+        if self.writers <= 0:
+            return
+        self.writers -= 1
+        if self.writers == 0:
+            self._wake_at_end()
+
+    def fail(self, error: BaseException) -> None:
+        """End the stream with *error*: the reader gets it after what is queued."""
+        if self.ended:
+            return
+        self._error = error
+        self.writers = 0
+        self._wake_at_end()
+
+    # -- the reader's side -------------------------------------------------------
+    def next(self) -> defer.Deferred:
+        if self._chunks:
+            return defer.succeed(self._take())
+        if self.ended or self.reader_closed:
+            error, self._error = self._error, None
+            return defer.fail(error) if error is not None else defer.succeed(b"")
+        if self._reader is not None:
+            return defer.fail(ShellError(f"{self.name}: a pipe has one reader at a time"))
+
+        def cancelled(d: defer.Deferred) -> None:
+            if self._reader is d:
+                self._reader = None
+
+        self._reader = defer.Deferred(cancelled)
+        return self._reader
+
+    def close_reader(self) -> None:
+        """Nothing more will be read: drop the queue; writers get BrokenPipe (a waiting read ends)."""
+        if self.reader_closed:
+            return
+        self.reader_closed = True
+        self._chunks.clear()
+        self.size = 0
+        room, self._room = self._room, []
+        for d in room:
+            d.errback(BrokenPipe(f"{self.name}: the reader has gone"))
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.callback(b"")
+
+    def abort(self) -> None:
+        """Ctrl-C: both ends stop at once (writers get BrokenPipe, the reader the end)."""
+        self.close_reader()
+        self.writers = 0
+
+    def _take(self) -> bytes:
+        first = self._chunks.popleft()
+        parts, size = [first], len(first)
+        while self._chunks and size + len(self._chunks[0]) <= PIPE_CHUNK:
+            chunk = self._chunks.popleft()
+            parts.append(chunk)
+            size += len(chunk)
+        self.size -= size
+        if self._room and self.size <= self.limit:
+            # Taken before waking the writers: what they write now queues behind it.
+            room, self._room = self._room, []
+            for d in room:
+                d.callback(None)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _wake_at_end(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
+        error, self._error = self._error, None
+        if error is not None:
+            reader.errback(error)
+        else:
+            reader.callback(b"")
+
+
+class PipeReader:
+    """The reading end of a :class:`StreamPipe` as a Source with ``close()`` (one stage's input)."""
+
+    def __init__(self, pipe: StreamPipe) -> None:
+        self.pipe = pipe
+
+    def next(self) -> defer.Deferred:
+        return self.pipe.next()
+
+    def close(self) -> None:
+        self.pipe.close_reader()
+
+
+class PipeSink:
+    """A program's output into a pipe, as a transfer Sink (a program feeding a built-in).
+
+    ``write`` waits for room in the pipe, so the transfer stops reading its
+    socket and the program is slowed down across the network.  When the
+    reader has gone, data is dropped and *on_broken* is called once (the
+    shell then stops the program, as SIGPIPE would): failing the sink
+    instead would leave the transfer's connection open and paused.  The
+    end of the transfer, clean or not, closes this writer's share of the
+    pipe; a failure is reported by whoever awaits the transfer.
+    """
+
+    def __init__(self, pipe: StreamPipe, on_broken: Callable[[], Any] | None = None) -> None:
+        self.pipe = pipe
+        pipe.add_writer()
+        self.on_broken = on_broken
+        self.broken = False
+        self.closed = False
+
+    def write(self, data: bytes) -> defer.Deferred:
+        if self.broken or self.closed or self.pipe.reader_closed:
+            self._broken()
+            return defer.succeed(None)
+        self.pipe.write(data)
+        return self.pipe.drain().addErrback(self._reader_gone)
+
+    def _reader_gone(self, failure: Any) -> None:
+        failure.trap(BrokenPipe)
+        self._broken()
+
+    def _broken(self) -> None:
+        if not self.broken:
+            self.broken = True
+            if self.on_broken is not None:
+                self.on_broken()
+
+    def finish(self) -> defer.Deferred:
+        self._close()
+        return defer.succeed({})
+
+    def abort(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pipe.close()
+
+
+class _FillSink:
+    """A file's bytes into a :class:`FileInput`'s pipe; after the reader has gone, drops them.
+
+    Dropping (rather than failing the transfer) because a failed sink leaves
+    the transfer's connection and the store's reader open; draining the rest
+    ends both.  Memory stays bounded either way.
+    """
+
+    def __init__(self, pipe: StreamPipe) -> None:
+        self.pipe = pipe
+
+    def write(self, data: bytes) -> defer.Deferred:
+        if self.pipe.reader_closed:
+            return defer.succeed(None)
+        self.pipe.write(data)
+        return self.pipe.drain().addErrback(lambda f: f.trap(BrokenPipe) and None)
+
+    def finish(self) -> defer.Deferred:
+        return defer.succeed({})
+
+    def abort(self) -> None:
+        pass  # the transfer's failure reaches the reader through FileInput
+
+
+class FileInput:
+    """A OneOS file as a stream a built-in reads (``< FILE``, ``wc FILE``, ``head FILE``).
+
+    Opened at the first read, so a built-in that never reads never opens it.
+    A read failure (no such file, transfer broken) reaches the reader as the
+    error, after the bytes that did arrive.
+    """
+
+    def __init__(self, fs: Any, path: str) -> None:
+        self.fs = fs
+        self.path = path
+        self.pipe = StreamPipe(path)
+        self.started = False
+
+    def next(self) -> defer.Deferred:
+        if not self.started:
+            self.started = True
+            d = self.fs.read_into(self.path, _FillSink(self.pipe))
+            d.addCallbacks(lambda _: self.pipe.close(), lambda f: self.pipe.fail(f.value))
+        return self.pipe.next()
+
+    def close(self) -> None:
+        self.pipe.close_reader()
+
+
+class FileOutput:
+    """A built-in's output streamed into a OneOS file through ``fs.write_from``.
+
+    Nothing is held whole: the file service reads the pipe as the built-in
+    writes it.  The file appears (or is replaced) when :meth:`finish` closes
+    the stream; if the write fails early (no such directory...) later writes
+    raise BrokenPipe, so the built-in stops, and :meth:`finish` returns the error.
+    """
+
+    def __init__(self, fs: Any, path: str, append: bool) -> None:
+        self.path = path
+        self.label = f"{'>>' if append else '>'} {path}"
+        self.pipe = StreamPipe(self.label)
+        self.error: BaseException | None = None
+        self.done: defer.Deferred = fs.write_from(path, self.pipe, "append" if append else "truncate")
+        self.done.addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        self.error = failure.value
+        self.pipe.close_reader()
+
+    def write(self, data: bytes) -> None:
+        self.pipe.write(data)
+
+    def drain(self) -> defer.Deferred:
+        return self.pipe.drain()
+
+    async def finish(self) -> BaseException | None:
+        """End the stream and wait for the file; the error if writing it failed."""
+        self.pipe.close()
+        await self.done
+        return self.error
+
+
+class _RunState:
+    """What the stages of one pipeline run share: whether any stream failed."""
+
+    def __init__(self) -> None:
+        self.failed = False
 
 
 class _FileDest:
@@ -140,11 +464,14 @@ class Job:
     stopped: bool = False
     #: what the job's built-ins are waiting on, cancelled when it is stopped
     waiting: set[defer.Deferred] = field(default_factory=set)
+    #: pipes between the stages running now, broken when it is stopped (nothing waits on them after)
+    pipes: list[StreamPipe] = field(default_factory=list)
 
     async def wait(self, d: defer.Deferred) -> Any:
         """Await *d* unless the job is stopped meanwhile (then CancelledError, as Ctrl-C should)."""
         if self.stopped:
             d.cancel()
+            d.addErrback(lambda f: None)  # (its CancelledError is this one)
             raise defer.CancelledError()
         self.waiting.add(d)
         try:
@@ -353,11 +680,6 @@ class Grid:
         self.client = client
         self.reactor = reactor
 
-    @classmethod
-    def of_runtime(cls, runtime: Any) -> "Grid":
-        from oneos.fs.client import FSClient
-
-        return cls(FSClient(runtime.rpc, runtime.reactor), runtime.rpc, runtime.client, runtime.reactor)
 
 
 class Interpreter:
@@ -437,6 +759,8 @@ class Interpreter:
         job.stopped = True
         for d in list(job.waiting):
             d.cancel()
+        for pipe in list(job.pipes):
+            pipe.abort()
         for info in job.agents:
             self.grid.rpc.call("scheduler", "kill", agent_id=info["id"], grace=2.0).addErrback(lambda f: None)
 
@@ -496,39 +820,72 @@ class Interpreter:
         return status
 
     async def _pipeline(self, pipeline: Pipeline, job: Job) -> int:
+        """Run every stage at once, joined by streams; the status is the last stage's (bash without pipefail).
+
+        The pipeline is cut into *units*: each built-in is one, and
+        consecutive programs are one (they are wired runtime to runtime).
+        Adjacent units are joined by a :class:`StreamPipe`.  A stream that
+        failed anywhere turns a status of 0 into 1.
+        """
         stages = []
         last = len(pipeline.stages) - 1
         for i, command in enumerate(pipeline.stages):
             stages.append(await self._stage(command, piped_in=i > 0, piped_out=i < last))
         if len(stages) == 1 and not stages[0].argv:
             return await self._bare(stages[0], pipeline.stages[0])
-        # Cut into segments of consecutive built-ins / programs.
-        segments: list[list[Stage]] = []
+        units: list[list[Stage]] = []
         for stage in stages:
-            if segments and (segments[-1][0].builtin is None) == (stage.builtin is None):
-                segments[-1].append(stage)
+            if units and stage.builtin is None and units[-1][0].builtin is None:
+                units[-1].append(stage)
             else:
-                segments.append([stage])
-        data: bytes | None = None
-        status = 0
+                units.append([stage])
+        if job.stopped:
+            return 130
+        names = [" ".join(unit[-1].argv[:1]) for unit in units]
+        pipes = [StreamPipe(f"pipe from {names[i]} to {names[i + 1]}") for i in range(len(units) - 1)]
+        job.pipes.extend(pipes)
+        state = _RunState()
         # The session's input goes to the first stage only, and never to background jobs.
         reader = self.input.reader() if self.input is not None and not job.background and stages[0].stdin_file is None else None
         try:
-            for n, segment in enumerate(segments):
-                if job.stopped:
-                    return 130
-                capture = Capture() if n < len(segments) - 1 else None
-                if segment[0].builtin is not None:
-                    for i, stage in enumerate(segment):
-                        sink = Capture() if PIPE in (stage.stdout, stage.stderr) else None
-                        status, data = await self._builtin(stage, data, sink, job, reader if n == i == 0 else None)
-                else:
-                    status = await self._external(segment, data, capture, job, reader if n == 0 else None)
-                    data = bytes(capture.data) if capture is not None else None
+            running = []
+            for i, unit in enumerate(units):
+                stdin: Any = reader if i == 0 else PipeReader(pipes[i - 1])
+                stdout = pipes[i] if i < len(pipes) else None
+                running.append(defer.Deferred.fromCoroutine(self._unit(unit, job, stdin, stdout, state)))
+            statuses = [await d for d in running]
         finally:
             if reader is not None:
                 reader.close()
+            for pipe in pipes:
+                job.pipes.remove(pipe)
+        status = statuses[-1]
+        if state.failed and status == 0:
+            status = 1
         return status
+
+    async def _unit(self, unit: list[Stage], job: Job, stdin: Any, stdout: StreamPipe | None, state: _RunState) -> int:
+        """One built-in, or consecutive programs; always closes its ends of the pipes (never raises)."""
+        try:
+            if unit[0].builtin is not None:
+                return await self._builtin(unit[0], job, stdin, stdout)
+            return await self._external(unit, job, stdin, stdout, state)
+        except BrokenPipe:
+            return STATUS_BROKEN_PIPE
+        except OneOSError as e:
+            self.error(f"oneos: {describe(e)}")
+            return _status_for(e)
+        except defer.CancelledError:
+            return 130
+        except Exception as e:  # a bug here must not end the session (nor hang the other stages)
+            log.failure("shell command failed")
+            self.error(f"oneos: internal error: {describe(e)}")
+            return 1
+        finally:
+            if stdout is not None:
+                stdout.close()
+            if stdin is not None:
+                stdin.close()  # a writer still writing gets BrokenPipe, as on SIGPIPE
 
     async def _bare(self, stage: Stage, command: Command) -> int:
         """``NAME=value`` (sets shell variables) or ``> FILE`` (creates/truncates it)."""
@@ -587,18 +944,18 @@ class Interpreter:
         return Stage(argv, assignments, stdin_file, stdout, stderr, command.placement.runtime, command.placement.tags, builtin)
 
     # -- built-ins ------------------------------------------------------------
-    async def _builtin(self, stage: Stage, data: bytes | None, sink: Capture | None, job: Job | None = None,
-                       source: Any = None) -> tuple[int, bytes | None]:
-        """Run one built-in; returns its status and what it wrote to the pipe (if any).
+    async def _builtin(self, stage: Stage, job: Job, stdin: Any, pipe: StreamPipe | None) -> int:
+        """Run one built-in; its status.
 
-        *source*: the session's input when this built-in is the first stage
-        (read only if the built-in asks for its input, see Context.input).
+        *stdin*: a Source with ``close()`` (the previous stage's pipe, the
+        session's input for a first stage) or None; a ``< FILE`` replaces it.
+        *pipe*: where PIPE output goes.  ``> FILE`` outputs stream into the
+        file while the built-in runs and are complete when it returns.
         """
+        from oneos.fs.errors import IsADirectory
         from oneos.shell.builtins import Context
 
-        if stage.stdin_file is not None:
-            data = await self.grid.fs.read(stage.stdin_file)
-        files: dict[int, tuple[_FileDest, Capture]] = {}
+        files: dict[int, FileOutput] = {}
 
         def writer(dest: Any) -> Writer:
             if dest is TERMINAL_OUT:
@@ -606,28 +963,44 @@ class Interpreter:
             if dest is TERMINAL_ERR:
                 return self.err
             if dest is PIPE:
-                assert sink is not None
-                return sink
-            if id(dest) not in files:
-                files[id(dest)] = (dest, Capture())
-            return files[id(dest)][1]
+                assert pipe is not None
+                return pipe
+            if id(dest) not in files:  # one stream per redirection, so 2>&1 shares it
+                files[id(dest)] = FileOutput(self.grid.fs, dest.path, dest.append)
+            return files[id(dest)]
 
-        ctx = Context(self, stage.argv[0], data, writer(stage.stdout), writer(stage.stderr), stage.assignments,
-                      job=job or Job(0, ""), source=source)
+        source = stdin
+        if stage.stdin_file is not None:
+            st = await self.grid.fs.stat(stage.stdin_file)  # a missing file is an error even if it is never read
+            if st.is_dir:
+                raise IsADirectory(stage.stdin_file)
+            source = FileInput(self.grid.fs, stage.stdin_file)
+        status = 1
         try:
-            status = await stage.builtin(ctx, stage.argv[1:])  # type: ignore[misc]
-        except OneOSError as e:
-            ctx.error(describe(e))
-            status = _status_for(e)
-        except defer.CancelledError:  # Ctrl-C while it waited; what it wrote to files is still kept
-            status = 130
-        for dest, capture in files.values():
+            ctx = Context(self, stage.argv[0], source, writer(stage.stdout), writer(stage.stderr), stage.assignments,
+                          job=job)
             try:
-                await self.grid.fs.write(dest.path, bytes(capture.data), "append" if dest.append else "truncate")
+                status = await stage.builtin(ctx, stage.argv[1:])  # type: ignore[misc]
+            except BrokenPipe:
+                status = STATUS_BROKEN_PIPE
             except OneOSError as e:
-                self.error(f"oneos: {describe(e)}")
-                status = 1
-        return int(status or 0), (bytes(sink.data) if sink is not None else None)
+                try:
+                    ctx.error(describe(e))
+                except BrokenPipe:
+                    pass
+                status = _status_for(e)
+            except defer.CancelledError:  # Ctrl-C while it waited; what it wrote to files is still kept
+                status = 130
+        finally:
+            if source is not None and source is not stdin:
+                source.close()
+            for out in files.values():
+                error = await out.finish()
+                if error is not None:
+                    text = describe(error)
+                    self.error(f"oneos: {text}" if out.path in text else f"oneos: {out.label}: {text}")
+                    status = 1
+        return int(status or 0)
 
     # -- programs -------------------------------------------------------------
     async def _resolve(self, argv: list[str]) -> tuple[str, list[str]]:
@@ -652,26 +1025,55 @@ class Interpreter:
                 return path, args
         return program, args
 
-    async def _external(self, stages: list[Stage], data: bytes | None, capture: Capture | None, job: Job,
-                        source: Any = None) -> int:
-        """Start *stages* as agents, wire them, stream their output; the last one's status.
+    async def _external(self, stages: list[Stage], job: Job, stdin: Any, pipe: StreamPipe | None,
+                        state: _RunState) -> int:
+        """Start *stages* as agents, wire them, stream their input and output; the last one's status.
 
-        The first program's stdin is *data* (what built-ins before it wrote),
-        else *source* (the session's input), else empty.
+        The first program's stdin is *stdin* (a built-in's output pipe, or the
+        session's input), else empty.  The last program's PIPE output goes
+        into *pipe* (the next built-in's input).  Every stream is awaited and
+        a failed one is reported (``oneos: WHAT: ERROR``) and marks *state*
+        failed, so the pipeline cannot end with 0 after losing bytes.
         """
         from oneos.cli.run import exit_status
-        from oneos.fs.client import BytesSink, BytesSource
+        from oneos.fs.client import BytesSource
+        from oneos.transfer import send
 
         rpc, reactor = self.grid.rpc, self.grid.reactor
         infos: list[dict[str, Any]] = []
         waits: list[tuple[defer.Deferred, Any]] = []
         streams: list[defer.Deferred] = []
+        stdin_sent: defer.Deferred | None = None
+        #: agents stopped because a stream of theirs failed (already reported; their status is then 1, not 143)
+        stopped_for_streams: set[str] = set()
+        #: agents stopped because the built-in reading them went away (SIGPIPE: nothing to report)
+        sigpiped: set[str] = set()
+
+        def kill(info: dict[str, Any]) -> None:
+            rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
+
+        def watch(stream: tuple[str, dict[str, Any], defer.Deferred], info: dict[str, Any]) -> defer.Deferred:
+            """Report a stream's failure when it happens, and stop its program: its output has nowhere
+            to go (it would block, or run on for nothing)."""
+            what, where, done = stream
+
+            def failed(failure: Any) -> None:
+                self._stream_failed(what, where, failure.value, job, state)
+                stopped_for_streams.add(info["id"])
+                kill(info)
+
+            return done.addErrback(failed)
+
+        def reader_gone(info: dict[str, Any]) -> None:
+            sigpiped.add(info["id"])
+            kill(info)
+
         try:
             for i, stage in enumerate(stages):
                 if i > 0 and stage.stdin_file:
                     raise ShellError("only the first program of a pipeline can read a file with '<'")
                 if stage.stdout is PIPE and stage.stderr is PIPE and i < len(stages) - 1:
-                    raise ShellError("2>&1 into a pipe is supported for built-ins only")
+                    raise ShellError("2>&1 into a pipe is supported for built-ins and the last program before one only")
                 program, args = await self._resolve(stage.argv)
                 merged = isinstance(stage.stdout, _FileDest) and stage.stderr is stage.stdout
                 stdout_mode = _file_mode(stage.stdout) if isinstance(stage.stdout, _FileDest) and not merged else "attach"
@@ -685,58 +1087,135 @@ class Interpreter:
                 waits.append(await self._watch(info))
             # runtime-to-runtime pipes between consecutive programs
             for left, right in zip(infos, infos[1:]):
-                where = await rpc.call(right["runtime"], "agent_stdin", agent_id=right["id"])
+                where = await rpc.call(right["runtime"], "agent_stdin", agent_id=right["id"],
+                                       source=f"{left['name']}@{left['runtime']}")
                 await rpc.call(left["runtime"], "agent_pipe_out", agent_id=left["id"], to=f"{right['id']}@{right['runtime']}", **where)
             if not stages[0].stdin_file:
-                where = await rpc.call(infos[0]["runtime"], "agent_stdin", agent_id=infos[0]["id"])
-                _send(reactor, where, source if data is None and source is not None else BytesSource(data or b""))
+                first = infos[0]
+                where = await rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
+                source = stdin if stdin is not None else BytesSource(b"")
+                stdin_sent = send(reactor, where["host"], where["port"], where["token"], source)
+                stdin_sent.addErrback(self._stdin_failed, f"input of {_label(stages[0], first)}", where, stdin,
+                                      lambda: (stopped_for_streams.add(first["id"]), kill(first)), job, state)
             for i, (stage, info) in enumerate(zip(stages, infos)):
-                merged = isinstance(stage.stdout, _FileDest) and stage.stderr is stage.stdout
-                if merged:
-                    bridge = Merge(2)
-                    streams.append(self.grid.fs.write_from(stage.stdout.path, bridge, "append" if stage.stdout.append else "truncate"))
-                    for name in ("stdout", "stderr"):
-                        streams.append(await self._attach(info, name, bridge))
+                label = _label(stage, info)
+                if isinstance(stage.stdout, _FileDest) and stage.stderr is stage.stdout:
+                    # '> FILE 2>&1': both streams into one pipe the file service reads
+                    dest = stage.stdout
+                    both = StreamPipe(f"{'>>' if dest.append else '>'} {dest.path}")
+                    sinks = [PipeSink(both, lambda info=info: (stopped_for_streams.add(info["id"]), kill(info)))
+                             for _ in range(2)]
+                    both.close()  # the pipe ends when both streams have
+                    written = self.grid.fs.write_from(dest.path, both, "append" if dest.append else "truncate")
+                    written.addErrback(lambda f, both=both: (both.close_reader(), f)[1])
+                    streams.append(watch((f"{both.name} (from {label})", {}, written), info))
+                    for name, sink in zip(("stdout", "stderr"), sinks):
+                        streams.append(watch(await self._attach(info, name, sink, label), info))
                     continue
+                last = i == len(stages) - 1
+                into_pipe = stage.stdout is PIPE and last and pipe is not None
                 out_sink: Any = None
-                if stage.stdout is PIPE and i == len(stages) - 1:
-                    out_sink = WriterSink(capture) if capture is not None else BytesSink()
+                if into_pipe:
+                    assert pipe is not None
+                    out_sink = PipeSink(pipe, lambda info=info: reader_gone(info))
                 elif isinstance(stage.stdout, _Terminal):
-                    out_sink = WriterSink(self.out if stage.stdout is TERMINAL_OUT else self.err)
+                    out_sink = WriterSink(self._terminal(stage.stdout))
                 if out_sink is not None:
-                    streams.append(await self._attach(info, "stdout", out_sink))
+                    streams.append(watch(await self._attach(info, "stdout", out_sink, label), info))
+                err_sink: Any = None
                 if isinstance(stage.stderr, _Terminal):
-                    streams.append(await self._attach(info, "stderr", WriterSink(self.err if stage.stderr is TERMINAL_ERR else self.out)))
+                    err_sink = WriterSink(self._terminal(stage.stderr))
                 elif stage.stderr is PIPE or stage.stderr is stage.stdout:
-                    # 2>&1 at the end of the line: both into what takes stdout
-                    streams.append(await self._attach(info, "stderr", WriterSink(capture) if capture is not None else WriterSink(self.out)))
+                    # 2>&1: stderr goes where stdout goes (the next built-in, or the terminal at the end of the line)
+                    err_sink = PipeSink(pipe, lambda info=info: reader_gone(info)) if into_pipe and pipe is not None \
+                        else WriterSink(self.out)
+                if err_sink is not None:
+                    streams.append(watch(await self._attach(info, "stderr", err_sink, label), info))
         except BaseException:
             for info in infos:
-                rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
+                kill(info)
             for _, sub in waits:
                 _cancel(sub)
+            if stdin is not None:
+                stdin.close()
             raise
-        results = await defer.DeferredList(streams, consumeErrors=True)
-        for ok, value in results:
-            if not ok:
-                log.info("a stream of {job!r} ended early: {error}", job=job.text, error=value.getErrorMessage())
+        await defer.DeferredList(streams, consumeErrors=True)  # (failures are reported as they happen)
         finals = []
         for ended, sub in waits:
             try:
                 finals.append(await ended)
             finally:
                 _cancel(sub)
-        for final in finals:
+        if stdin_sent is not None:
+            # The program has ended: a built-in still writing to it stops (SIGPIPE), and the
+            # input stream ends; waiting for it makes a failure count before the status is known.
+            if stdin is not None:
+                stdin.close()
+            await job.wait(stdin_sent.addTimeout(STDIN_GRACE, reactor))
+        for i, final in enumerate(finals):
+            if final.get("id") in stopped_for_streams | sigpiped or (i < len(finals) - 1 and _sigpiped(final)):
+                continue  # stopped by the shell as SIGPIPE would, or for a failure already reported
             if final.get("state") not in ("exited", "killed") or final.get("reason"):
                 self.error(f"oneos: {final.get('name', '?')} on {final.get('runtime', '?')} {final.get('state')}"
                            + (f": {final['reason']}" if final.get("reason") else ""))
+        if finals[-1].get("id") in stopped_for_streams and finals[-1].get("state") == "killed":
+            return 1  # stopped by the shell because its stream failed (already reported)
         return exit_status(finals[-1])
 
-    async def _attach(self, info: dict[str, Any], stream: str, sink: Any) -> defer.Deferred:
+    def _terminal(self, dest: _Terminal) -> Writer:
+        return self.out if dest is TERMINAL_OUT else self.err
+
+    def _stdin_failed(self, failure: Any, what: str, where: dict[str, Any], stdin: Any, stop: Callable[[], None],
+                      job: Job, state: _RunState) -> None:
+        """A program's input stream ended early.
+
+        The program no longer reading (EPIPE) is normal, as a Unix pipe whose
+        reader exited: the stage feeding it stops quietly.  Anything else
+        (cannot connect, peer gone) is reported and the program is stopped:
+        it would otherwise wait for input that will never come.
+        """
+        if stdin is not None:
+            stdin.close()
+        if failure.check(defer.CancelledError):  # (the program ended STDIN_GRACE ago: its input no longer matters)
+            log.info("{what} did not end: given up", what=what)
+            return
+        if getattr(failure.value, "kind", None) == "EPIPE" or job.stopped:
+            log.debug("{what} ended early: {error}", what=what, error=failure.getErrorMessage())
+            return
+        self._stream_failed(what, where, failure.value, job, state)
+        stop()
+
+    def _stream_failed(self, what: str, where: dict[str, Any], error: BaseException, job: Job, state: _RunState) -> None:
+        """Say which stream failed and where it was going (host:port), and fail the pipeline."""
+        if job.stopped:  # Ctrl-C broke it on purpose
+            return
+        text = describe(error)
+        if where.get("host") is not None:
+            address = f"{where['host']}:{where.get('port')}"
+            if address not in text:
+                text += f" (stream address {address})"
+        log.info("shell stream failed: {what}: {error}", what=what, error=text)
+        self.error(f"oneos: {what}: {text}")
+        state.failed = True
+
+    async def _attach(self, info: dict[str, Any], stream: str, sink: Any,
+                      label: str = "") -> tuple[str, dict[str, Any], defer.Deferred]:
+        """Receive an agent's stdout or stderr into *sink*: (what, where, Deferred of the transfer)."""
         from oneos.transfer import receive
 
-        where = await self.grid.rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream=stream)
-        return receive(self.grid.reactor, where["host"], where["port"], where["token"], sink)
+        try:
+            where = await self.grid.rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream=stream)
+        except BaseException:
+            sink.abort()  # (a PipeSink holds its pipe open until then)
+            raise
+        done = receive(self.grid.reactor, where["host"], where["port"], where["token"], sink)
+
+        def failed(failure: Any) -> Any:
+            sink.abort()  # a stream that never connected has not told its sink
+            return failure
+
+        done.addErrback(failed)
+        return f"{'output' if stream == 'stdout' else 'errors'} of {label or info['id']}", where, done
 
     async def _watch(self, info: dict[str, Any]) -> tuple[defer.Deferred, Any]:
         """A Deferred firing with the agent's final status, and the subscription to cancel after."""
@@ -747,10 +1226,20 @@ class Interpreter:
         return done, sub
 
 
-def _send(reactor: Any, where: dict[str, Any], source: Any) -> None:
-    from oneos.transfer import send
+def _sigpiped(final: dict[str, Any]) -> bool:
+    """An agent its runtime stopped because the next program stopped reading (the runtimes' SIGPIPE).
 
-    send(reactor, where["host"], where["port"], where["token"], source).addErrback(lambda f: None)
+    Recognised by the reason the agent host gives (``pipe to HOST:PORT broke:
+    the program closed its input``); bash reports nothing for such a stage.
+    """
+    reason = str(final.get("reason") or "")
+    return final.get("state") == "killed" and reason.startswith("pipe to ") and (
+        "closed its input" in reason or "no longer reads its input" in reason)
+
+
+def _label(stage: Stage, info: dict[str, Any]) -> str:
+    """How messages name a program: ``sha256sum (a-1f2e on rt-2)``."""
+    return f"{stage.argv[0] if stage.argv else '?'} ({info.get('id', '?')} on {info.get('runtime', '?')})"
 
 
 def _cancel(sub: Any) -> None:
@@ -791,7 +1280,7 @@ def _status_for(error: BaseException) -> int:
 
 
 class WriterSink:
-    """A transfer sink writing to a shell writer (terminal, capture)."""
+    """A transfer sink writing to a session writer (the terminal), waiting on its ``drain()`` if it has one."""
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
@@ -801,80 +1290,14 @@ class WriterSink:
             self.writer.write(data)
         except Exception as e:
             return defer.fail(e)
-        return defer.succeed(None)
+        drain = getattr(self.writer, "drain", None)
+        return drain() if drain is not None else defer.succeed(None)
 
     def finish(self) -> defer.Deferred:
         return defer.succeed({})
 
     def abort(self) -> None:
         pass
-
-
-class Merge:
-    """Several sinks feeding one source (``> FILE 2>&1`` for a program).
-
-    Writers wait while more than *limit* bytes are queued, so a slow file
-    store slows the program instead of filling memory; the source ends when
-    every writer has finished.
-    """
-
-    def __init__(self, writers: int, limit: int = 1024 * 1024) -> None:
-        self.open = writers
-        self.limit = limit
-        self.queue: list[bytes] = []
-        self.queued = 0
-        self._reader: defer.Deferred | None = None
-        self._blocked: list[defer.Deferred] = []
-
-    # sink side
-    def write(self, data: bytes) -> defer.Deferred:
-        if not data:
-            return defer.succeed(None)
-        self.queue.append(data)
-        self.queued += len(data)
-        self._wake()
-        if self.queued <= self.limit:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._blocked.append(d)
-        return d
-
-    def finish(self) -> defer.Deferred:
-        self.open -= 1
-        self._wake()
-        return defer.succeed({})
-
-    def abort(self) -> None:
-        self.finish()
-
-    # source side
-    def next(self) -> defer.Deferred:
-        if self.queue:
-            return defer.succeed(self._take())
-        if self.open <= 0:
-            return defer.succeed(b"")
-        self._reader = defer.Deferred()
-        return self._reader
-
-    def _take(self) -> bytes:
-        data = b"".join(self.queue)
-        self.queue.clear()
-        self.queued = 0
-        blocked, self._blocked = self._blocked, []
-        for d in blocked:
-            d.callback(None)
-        return data
-
-    def _wake(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is None:
-            return
-        if self.queue:
-            reader.callback(self._take())
-        elif self.open <= 0:
-            reader.callback(b"")
-        else:
-            self._reader = reader
 
 
 def now() -> float:
