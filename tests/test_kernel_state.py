@@ -135,3 +135,56 @@ def test_the_kernels_area_cannot_be_removed_through_its_parents():
         guard(False, parent)  # listing /etc is fine
     guard(False, SYSTEM_DIR, itself=True)  # stat of the directory itself is fine
     assert visible(False, ["/etc/hosts", f"{SYSTEM_DIR}/users.json", SYSTEM_DIR]) == ["/etc/hosts"]
+
+
+def test_logins_use_the_last_copy_while_the_tree_is_unreachable():
+    from oneos.fs.errors import FileSystemUnavailable
+
+    fs = TreeFS()
+    users = TreeUsers(fs, blocking=sync)
+    now(users.add("bob", "right"))
+    assert now(users.check("bob", "right"))
+    fs.read_small = lambda path: defer.fail(FileSystemUnavailable("file system unavailable: failover"))
+    assert now(users.check("bob", "right")), "a failover must not lock everybody out"
+    fresh = TreeUsers(fs, blocking=sync)
+    with pytest.raises(FileSystemUnavailable):
+        now(fresh.check("bob", "right"))  # nothing read before: no copy to fall back on
+
+
+def test_a_stopped_rpc_server_never_answers_even_before_its_subscription_was_granted():
+    from oneos.pubsub.rpc import RPCServer
+
+    class Client:
+        def __init__(self):
+            self.pending = defer.Deferred()
+            self.callback = None
+            self.published = []
+
+        def subscribe(self, topic, callback):
+            self.callback = callback
+            return self.pending
+
+        def publish(self, *a, **kw):
+            self.published.append(a)
+            return defer.succeed(None)
+
+    client = Client()
+    server = RPCServer(client, "fs", {"stat": lambda path: {}})
+    server.start()
+    server.stop()  # role dropped within milliseconds of being taken
+
+    class Sub:
+        cancelled = False
+
+        def cancel(self):
+            Sub.cancelled = True
+            return defer.succeed(None)
+
+    client.pending.callback(Sub())
+    from oneos.pubsub import messages
+    from oneos.pubsub.client import Message
+
+    client.callback(Message("oneos/v1/rpc/fs", messages.encode("rpc.request", id="1", method="stat",
+                                                                args={"path": "/"}, reply_to="oneos/v1/reply/x"),
+                            False, 1))
+    assert client.published == [] and Sub.cancelled

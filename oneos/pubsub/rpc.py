@@ -60,23 +60,31 @@ class RPCServer:
         #: called with (method, meta) before a handler: raises to refuse (typed error sent back),
         #: or raises :class:`Unanswered` to drop the request without a word
         self.guard = guard
+        self.active = False
         self._sub: Subscription | None = None
 
     def start(self) -> defer.Deferred:
         """Subscribe to the target's request topic."""
+        self.active = True
         d = self.client.subscribe(topics.rpc(self.target), self._on_request)
 
         def keep(sub: Subscription) -> None:
-            self._sub = sub
+            if self.active:
+                self._sub = sub
+            else:  # stopped before the broker granted it: do not leave it behind
+                sub.cancel()
 
         return d.addCallback(keep)
 
     def stop(self) -> defer.Deferred:
-        """Stop answering."""
+        """Stop answering (at once, even if the subscription is still being granted)."""
+        self.active = False
         sub, self._sub = self._sub, None
         return sub.cancel() if sub is not None else defer.succeed(None)
 
     def _on_request(self, message: Message) -> None:
+        if not self.active:
+            return  # a stopped server never answers (another runtime serves the target now)
         if message.retain:
             return  # a stale retained request is never a live caller
         try:

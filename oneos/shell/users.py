@@ -45,7 +45,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from oneos.errors import OneOSError
+from oneos.errors import OneOSError, RPCTimeout
 
 log = Logger()
 
@@ -123,15 +123,27 @@ class TreeUsers:
         self.fs = fs
         #: runs scrypt off the reactor thread (tests pass a synchronous runner)
         self.blocking = blocking
+        self._last: dict[str, bytes] = {}
 
     @defer.inlineCallbacks
     def _read(self, path: str) -> Any:
-        from oneos.fs.errors import NotFound
+        """The file's bytes; while the tree cannot be reached (a failover), the last copy read.
+
+        Logins keep working for the seconds nobody serves the tree; a change
+        made meanwhile (a user removed) takes effect once it is back.
+        """
+        from oneos.fs.errors import NotFound, StoreUnavailable
 
         try:
             data = yield self.fs.read_small(path)
         except NotFound:
-            return b""
+            data = b""
+        except (StoreUnavailable, RPCTimeout) as e:
+            if path not in self._last:
+                raise
+            log.info("using the last copy of {path}: {error}", path=path, error=str(e))
+            return self._last[path]
+        self._last[path] = data
         return data
 
     @defer.inlineCallbacks
