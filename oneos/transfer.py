@@ -43,6 +43,8 @@ MAX_FRAME = 1024 * 1024
 TOKEN_BYTES = 16
 #: Bytes taken from the socket per read (Twisted's default is 64 KiB).
 READ_SIZE = 256 * 1024
+#: Seconds a connection to the server may take to send its token line before it is closed.
+TOKEN_LINE_TIMEOUT = 10.0
 
 
 class TransferError(OneOSError):
@@ -244,7 +246,12 @@ class Offer:
 
 
 class _ServerConnection(Protocol):
-    """Server side: read the token line, then send or receive."""
+    """Server side: read the token line, then send or receive.
+
+    A connection that sends no token line within the server's
+    ``token_line_timeout`` (a port scan, a peer that died after connecting)
+    is closed rather than held open forever.
+    """
 
     def __init__(self, server: "TransferServer") -> None:
         self.server = server
@@ -252,18 +259,36 @@ class _ServerConnection(Protocol):
         self.parser = FrameParser()
         self.receiver: _Receiver | None = None
         self.offer: Offer | None = None
+        self._line_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
         self.transport.bufferSize = READ_SIZE
+        timeout = getattr(self.server, "token_line_timeout", TOKEN_LINE_TIMEOUT)
+        if timeout:
+            self._line_timer = self.server.clock.callLater(timeout, self._no_token_line, timeout)
+
+    def _no_token_line(self, timeout: float) -> None:
+        self._line_timer = None
+        peer = self.transport.getPeer()
+        log.info("closing a stream connection from {peer}: no token line within {t:g}s",
+                 peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}", t=timeout)
+        self.transport.abortConnection()  # it sends nothing; it may read nothing either
+
+    def _stop_line_timer(self) -> None:
+        if self._line_timer is not None and self._line_timer.active():
+            self._line_timer.cancel()
+        self._line_timer = None
 
     def dataReceived(self, data: bytes) -> None:
         if self.offer is None:
             self.buffer += data
             if b"\n" not in self.buffer:
                 if len(self.buffer) > 128:
+                    self._stop_line_timer()
                     self.transport.loseConnection()
                 return
+            self._stop_line_timer()
             line, rest = self.buffer.split(b"\n", 1)
             self.buffer = b""
             self.offer = self.server._claim(line.decode("ascii", "replace").strip())
@@ -310,6 +335,7 @@ class _ServerConnection(Protocol):
             self.offer.result.errback(failure)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self._stop_line_timer()
         if self.receiver is not None:
             self.receiver.lost()
 
@@ -329,11 +355,14 @@ class TransferServer(service.Service):
 
     name = "transfer"
 
-    def __init__(self, reactor: Any, endpoint: str = "tcp:0:interface=127.0.0.1", token_ttl: float = 30.0, clock: Any = None) -> None:
+    def __init__(self, reactor: Any, endpoint: str = "tcp:0:interface=127.0.0.1", token_ttl: float = 30.0, clock: Any = None,
+                 token_line_timeout: float | None = TOKEN_LINE_TIMEOUT) -> None:
         self.reactor = reactor
         self.clock = clock or reactor
         self.endpoint = endpoint
         self.token_ttl = token_ttl
+        #: seconds a connection may take to send its token line (None: no limit)
+        self.token_line_timeout = token_line_timeout
         self.port: Any = None
         #: the host peers are told to connect to when we listen on every interface
         self.advertise = "127.0.0.1"

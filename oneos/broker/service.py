@@ -9,7 +9,9 @@ notices a dead runtime.
 
 amqtt 0.12 gets a few things OneOS relies on wrong (keep-alive is never
 enforced, a client-id take-over leaves the old connection open, retained
-messages leak to clients that never subscribed to them, IPv6 binds fail);
+messages leak to clients that never subscribed to them, IPv6 binds fail)
+and has no limits (a connection that never sends CONNECT is held forever, a
+PUBLISH of any size is read whole, stored if retained and sent on);
 :class:`_FixedBroker` corrects them.  docs/notes-amqtt.md has the details.
 """
 
@@ -20,6 +22,7 @@ import errno
 import logging
 import math
 import re
+import struct
 from typing import Any
 
 from amqtt.broker import Broker
@@ -31,6 +34,11 @@ from twisted.python.failure import Failure
 from oneos.errors import OneOSError
 
 log = Logger()
+
+#: Default largest PUBLISH payload the broker accepts (bytes); larger ones are dropped and logged.
+MAX_MESSAGE = 1024 * 1024
+#: Default seconds a new connection may take to send its CONNECT before it is closed.
+CONNECT_TIMEOUT = 10.0
 
 
 class BrokerError(OneOSError):
@@ -101,8 +109,209 @@ def _abort(writer: Any) -> None:
         asyncio.ensure_future(writer.close())
 
 
+_PUBLISH, _PUBREL, _CONNECT = 3, 6, 1
+#: Bytes a packet other than PUBLISH may exceed the message limit by (a CONNECT carries a will
+#: message and strings; a SUBSCRIBE, filters) before the connection is taken to be hostile.
+_OTHER_SLACK = 256 * 1024
+#: Piece size while discarding an oversized PUBLISH.
+_SKIP_PIECE = 64 * 1024
+
+
+class _LimitedReader:
+    """A client's byte stream as amqtt reads it, with oversized PUBLISH packets cut out.
+
+    amqtt reads every packet whole before looking at it, so a 17 MiB publish
+    was held in memory, retained, and sent on to every subscriber (and a
+    client with a smaller limit dropped its connection, reconnected, got the
+    retained message again...).  This adapter sits between the socket and
+    amqtt and follows the MQTT framing: a PUBLISH whose payload is larger
+    than *limit* is read in small pieces and discarded (only its topic and
+    packet id are kept, to log it and acknowledge it as Mosquitto does);
+    amqtt never sees it.  Any other packet far larger than the limit closes
+    the connection.
+
+    Its state lives on the object, not in the coroutine: amqtt's reader wraps
+    a read in ``wait_for`` (the keep-alive) and may cancel it half-way.
+    """
+
+    def __init__(self, inner: Any, writer: Any, limit: int) -> None:
+        self.inner = inner
+        self.writer = writer
+        self.limit = limit
+        self.client_id = "?"
+        #: asyncio loop time of the last bytes from the client (the keep-alive check uses it)
+        self.last_read = asyncio.get_running_loop().time()
+        self._header = bytearray()  # the fixed header being read
+        self._pending = bytearray()  # bytes read ahead, to hand to amqtt first
+        self._left = 0  # bytes of the current packet amqtt has still to read
+        self._skip = 0  # bytes of a dropped PUBLISH still to discard
+        self._head = bytearray()  # the start of a dropped PUBLISH: topic and packet id
+        self._head_size = 0
+        self._skip_type = 0
+        self._skip_flags = 0
+        self._skip_header = b""
+        self._skip_length = 0
+        self._pubrec: set[int] = set()  # QoS 2 ids we answered PUBREC for (amqtt never saw them)
+
+    async def _inner_read(self, n: int) -> bytes:
+        data = await self.inner.read(n)
+        if data:
+            self.last_read = asyncio.get_running_loop().time()
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            return await self.inner.read(n)
+        out = bytearray()
+        while len(out) < n:
+            if self._pending:
+                take = min(n - len(out), len(self._pending))
+                out += self._pending[:take]
+                del self._pending[:take]
+                self._left -= take
+                continue
+            if self._left > 0:
+                data = await self._inner_read(min(self._left, n - len(out)))
+                if not data:
+                    break
+                out += data
+                self._left -= len(data)
+                continue
+            if not await self._next_packet():
+                break
+        return bytes(out)
+
+    def feed_eof(self) -> None:
+        self.inner.feed_eof()
+
+    async def _next_packet(self) -> bool:
+        """Read the next fixed header; queue the packet for amqtt, or discard it.  False at EOF."""
+        while True:
+            if self._skip:
+                if not await self._discard():
+                    return False
+                if self._pending:  # not dropped after all: amqtt reads it
+                    return True
+                continue
+            while not (len(self._header) >= 2 and not self._header[-1] & 0x80):
+                if len(self._header) >= 5:  # malformed length: let amqtt see it and fail
+                    self._pending, self._header = self._header, bytearray()
+                    self._left = len(self._pending)
+                    return True
+                data = await self._inner_read(1)
+                if not data:
+                    return False
+                self._header += data
+            header, self._header = bytes(self._header), bytearray()
+            length, multiplier = 0, 1
+            for byte in header[1:]:
+                length += (byte & 0x7F) * multiplier
+                multiplier *= 128
+            ptype = header[0] >> 4
+            if ptype == _PUBLISH and length > self.limit:  # its payload may be over: look at the topic
+                self._skip, self._skip_type, self._skip_length = length, _PUBLISH, length
+                self._head, self._head_size = bytearray(), min(2, length)
+                self._skip_flags, self._skip_header = header[0] & 0x0F, header
+                continue
+            if ptype == _PUBREL and length == 2 and self._pubrec:
+                self._skip, self._skip_type = length, _PUBREL
+                self._head, self._head_size = bytearray(), 2
+                continue
+            if ptype != _PUBLISH and length > self.limit + _OTHER_SLACK:
+                log.warn("broker: closing the connection of {id}: a packet (type {t}) of {n} bytes is far over "
+                         "the {limit}-byte message limit", id=self.client_id, t=ptype, n=length, limit=self.limit)
+                _abort(self.writer)
+                return False
+            self._pending = bytearray(header)
+            self._left = len(header) + length
+            return True
+
+    async def _discard(self) -> bool:
+        """Consume some of the packet being dropped; at its end, log and acknowledge it."""
+        if len(self._head) < self._head_size:
+            data = await self._inner_read(min(self._head_size - len(self._head), self._skip))
+            if not data:
+                return False
+            self._head += data
+            self._skip -= len(data)
+            if self._skip_type == _PUBLISH and len(self._head) == 2:
+                qos = (self._skip_flags >> 1) & 3
+                variable = 2 + struct.unpack("!H", self._head)[0] + (2 if qos else 0)
+                if len(self._head) + self._skip - variable <= self.limit:
+                    # a long topic, not a large payload: amqtt gets it after all
+                    self._pending = bytearray(self._skip_header) + self._head
+                    self._left = len(self._pending) + self._skip
+                    self._skip, self._head = 0, bytearray()
+                    return True
+                self._head_size = min(variable, len(self._head) + self._skip)
+        elif self._skip:
+            data = await self._inner_read(min(_SKIP_PIECE, self._skip))
+            if not data:
+                return False
+            self._skip -= len(data)
+        if not self._skip:
+            self._dropped()
+        return True
+
+    def _dropped(self) -> None:
+        head = bytes(self._head)
+        if self._skip_type == _PUBREL:
+            (packet_id,) = struct.unpack("!H", head)
+            if packet_id in self._pubrec:
+                self._pubrec.discard(packet_id)
+                self.writer.write(bytes([0x70, 2]) + head)  # PUBCOMP
+                return
+            # not ours: give it to amqtt after all
+            self._pending, self._left = bytearray(bytes([0x62, 2]) + head), 4
+            return
+        qos = (self._skip_flags >> 1) & 3
+        topic, packet_id = "?", None
+        if len(head) >= 2:
+            n = struct.unpack_from("!H", head)[0]
+            topic = head[2 : 2 + n].decode("utf-8", "replace")
+            if qos and len(head) >= 4 + n:
+                (packet_id,) = struct.unpack_from("!H", head, 2 + n)
+        size = len(self._skip_header) + self._skip_length
+        log.warn("broker: dropped a {size}-byte PUBLISH from {id} on {topic!r}: its payload is over the "
+                 "{limit}-byte message limit (--max-message)", size=size, id=self.client_id, topic=topic,
+                 limit=self.limit)
+        if packet_id is not None and qos == 1:
+            self.writer.write(bytes([0x40, 2]) + struct.pack("!H", packet_id))  # PUBACK
+        elif packet_id is not None and qos == 2:
+            self._pubrec.add(packet_id)
+            self.writer.write(bytes([0x50, 2]) + struct.pack("!H", packet_id))  # PUBREC
+
+
 class _FixedBroker(Broker):
     """amqtt's broker with the MQTT 3.1.1 behaviour OneOS depends on restored."""
+
+    #: largest PUBLISH payload accepted; None: no limit
+    max_message: int | None = MAX_MESSAGE
+    #: seconds a connection may take to send CONNECT; None: wait forever
+    connect_timeout: float | None = CONNECT_TIMEOUT
+
+    async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
+        if self.max_message is not None:
+            reader = _LimitedReader(reader, writer, self.max_message)
+        timer = None
+        if self.connect_timeout is not None:
+            peer = writer.get_peer_info()
+            where = f"{peer[0]}:{peer[1]}" if peer else "?"
+
+            def no_connect() -> None:
+                # amqtt waits for the first packet forever: an idle socket (a port scan, a
+                # stuck client) held a connection and its task without end.
+                log.info("broker: closing the connection from {peer}: no CONNECT within {t:g}s", peer=where,
+                         t=self.connect_timeout)
+                _abort(writer)
+
+            timer = asyncio.get_running_loop().call_later(self.connect_timeout, no_connect)
+        setattr(reader, "connect_timer", timer)
+        try:
+            await super()._client_connected(listener_name, reader, writer)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     @classmethod
     def _split_bindaddr_port(cls, port_str: str, default_port: int) -> tuple[str | None, int]:
@@ -113,7 +322,14 @@ class _FixedBroker(Broker):
         return address, port
 
     async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str, remote_port: int) -> Any:
-        handler, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+        try:
+            handler, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+        finally:
+            timer = getattr(reader, "connect_timer", None)
+            if timer is not None:
+                timer.cancel()  # CONNECT arrived (or the connection failed): no more waiting for it
+        if isinstance(reader, _LimitedReader):
+            reader.client_id = session.client_id
         if session.keep_alive > 0:
             # amqtt's reader times out after keep_alive seconds of silence and
             # then does nothing, so a half-open connection (machine unplugged)
@@ -122,6 +338,11 @@ class _FixedBroker(Broker):
             session.keep_alive = math.ceil(session.keep_alive * 1.5)
 
             def silent() -> None:
+                if isinstance(reader, _LimitedReader):
+                    # the read that timed out may have been busy discarding an oversized publish
+                    quiet = asyncio.get_running_loop().time() - reader.last_read
+                    if quiet < session.keep_alive:
+                        return
                 log.info("client {id} silent for {s}s (1.5 keep-alives); dropping it", id=session.client_id,
                          s=session.keep_alive)
                 _abort(writer)
@@ -211,8 +432,17 @@ class BrokerService(service.Service):
 
     name = "broker"
 
-    def __init__(self, listen: str = "tcp:1883:interface=0.0.0.0", websocket: str | None = None) -> None:
+    def __init__(self, listen: str = "tcp:1883:interface=0.0.0.0", websocket: str | None = None, *,
+                 max_message: int | None = MAX_MESSAGE, connect_timeout: float | None = CONNECT_TIMEOUT) -> None:
+        if max_message is not None and max_message < 1:
+            raise BrokerError(f"the message size limit must be positive, not {max_message}")
+        if connect_timeout is not None and connect_timeout <= 0:
+            raise BrokerError(f"the CONNECT timeout must be positive, not {connect_timeout}")
         self.interface, self.port = parse_listen(listen)
+        #: largest PUBLISH payload accepted (bytes; None: no limit): larger ones are dropped and logged
+        self.max_message = max_message
+        #: seconds a new connection may take to send CONNECT before it is closed (None: no limit)
+        self.connect_timeout = connect_timeout
         self.ws = parse_listen(websocket) if websocket else None
         #: (host, port) actually bound, once listening
         self.address: tuple[str, int] | None = None
@@ -256,6 +486,8 @@ class BrokerService(service.Service):
 
     async def _start(self) -> tuple[str, int]:
         broker = _FixedBroker(self._config())
+        broker.max_message = self.max_message
+        broker.connect_timeout = self.connect_timeout
         try:
             await broker.start()
         except BaseException:

@@ -14,7 +14,15 @@ authenticates its clients this guards against mistakes, not attackers.
 
 If the store cannot be reached the service keeps running, answers every
 request with a plain ``EIO ... unreachable`` error, and retries opening it
-with backoff until it comes back.
+with backoff until it comes back; a store that is lost while served (its
+maintenance fails and so does a read) is closed and reopened the same way.
+
+Uploads do not outlive their writers: a write that fails (the store's
+error, a full disk, the stream broke, the writer aborted) discards its
+chunks at once; one whose writer goes quiet for ``upload_timeout`` seconds
+is discarded then; and every ``gc_interval`` seconds the service keeps its
+live uploads fresh, retries discards that failed (a full disk) and collects
+uploads left by writers that died with an earlier service.
 """
 
 from __future__ import annotations
@@ -31,9 +39,9 @@ import base64
 
 from oneos.errors import describe
 from oneos.fs import paths
-from oneos.fs.errors import AlreadyExists, InvalidArgument, PermissionDenied, StoreUnavailable
+from oneos.fs.errors import AlreadyExists, FSError, InvalidArgument, PermissionDenied, StoreUnavailable
 from oneos.fs.reset import ensure_tree
-from oneos.fs.store import DEFAULT_OWNER, FileStore, open_store, redact
+from oneos.fs.store import DEFAULT_OWNER, FileStore, Writer, open_store, redact
 from oneos.pubsub.rpc import RPCServer
 from oneos.transfer import TransferServer
 
@@ -41,8 +49,10 @@ log = Logger()
 
 #: RPC target of the file-system service.
 TARGET = "fs"
-#: Seconds between garbage collections of abandoned uploads.
-GC_INTERVAL = 600.0
+#: Seconds between maintenance rounds: keep live uploads fresh, retry failed discards, collect abandoned uploads.
+GC_INTERVAL = 30.0
+#: Seconds a write stream may stay silent before its upload is discarded.
+UPLOAD_TIMEOUT = 60.0
 #: The kernel's own state; only requests with ``system=True`` reach it.
 SYSTEM_DIR = "/etc/oneos"
 #: Largest content ``read_small``/``write_small`` carry inside an RPC message.
@@ -79,19 +89,81 @@ class _ReaderSource:
         return self.reader.read_chunk()
 
 
-class _WriterSink:
-    """A store Writer seen as a transfer Sink; ``finish`` commits."""
+class UploadAbandoned(FSError):
+    """A write stream went quiet for longer than the service waits; what it wrote was discarded."""
 
-    def __init__(self, writer: Any) -> None:
+    code = "ETIMEDOUT"
+    description = "write abandoned"
+
+
+class _WriterSink:
+    """A store Writer seen as a transfer Sink; ``finish`` commits.
+
+    A watchdog discards the upload when no data arrives for *timeout*
+    seconds while the writer waits for its peer (a peer that vanished
+    without closing its connection); time the store itself takes is not
+    counted.  *done* is called once, when the sink is finished one way or
+    another.
+    """
+
+    def __init__(self, writer: Writer, clock: Any = None, timeout: float | None = None,
+                 done: Any = None) -> None:
         self.writer = writer
+        self.clock = clock
+        self.timeout = timeout
+        self._done = done
+        self._timer: IDelayedCall | None = None
+        self.expired = False
+        self.closed = False
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self.timeout and self.clock is not None and not self.closed:
+            self._timer = self.clock.callLater(self.timeout, self._idle)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _close(self) -> None:
+        self._disarm()
+        if not self.closed:
+            self.closed = True
+            if self._done is not None:
+                self._done(self)
+
+    def _idle(self) -> None:
+        self._timer = None
+        self.expired = True
+        log.warn("write to {path} abandoned: no data for {t:g}s; discarding what was written", path=self.writer.path,
+                 t=self.timeout)
+        self.abort()
 
     def write(self, data: bytes) -> defer.Deferred:
-        return self.writer.write(data)
+        if self.expired:
+            return defer.fail(UploadAbandoned(self.writer.path, f"no data for {self.timeout:g}s"))
+        self._disarm()
+
+        def accepted(result: Any) -> Any:
+            if not self.closed:
+                self._arm()
+            return result
+
+        return self.writer.write(data).addBoth(accepted)
 
     def finish(self) -> defer.Deferred:
-        return self.writer.commit().addCallback(lambda stat: stat.to_dict())
+        self._disarm()
+
+        def committed(result: Any) -> Any:
+            self._close()
+            return result
+
+        return self.writer.commit().addCallback(lambda stat: stat.to_dict()).addBoth(committed)
 
     def abort(self) -> Any:
+        self._close()
         return self.writer.abort().addErrback(lambda f: None)
 
 
@@ -101,12 +173,24 @@ class FileSystemService(service.Service):
     name = "fs"
 
     def __init__(self, url: str, client: Any, transfer: TransferServer, reactor: Any, retry_max: float = 10.0,
-                 guard: Any = None) -> None:
+                 guard: Any = None, *, upload_timeout: float | None = UPLOAD_TIMEOUT, gc_interval: float = GC_INTERVAL,
+                 stale_upload: float | None = None, open_options: dict[str, Any] | None = None) -> None:
         self.url = url
         self.client = client
         self.transfer = transfer
         self.reactor = reactor
         self.retry_max = retry_max
+        #: seconds a write stream may send nothing before its upload is discarded (None: no limit)
+        self.upload_timeout = upload_timeout
+        #: seconds between maintenance rounds
+        self.gc_interval = gc_interval
+        #: pending uploads nobody here writes, untouched this long, are collected (writers of an
+        #: earlier service; a live writer refreshes its upload at least every TOUCH_INTERVAL)
+        self.stale_upload = stale_upload if stale_upload is not None else max(2 * (upload_timeout or 0), 120.0)
+        #: extra arguments for open_store (tests: chunk_size, reserve)
+        self.open_options = dict(open_options or {})
+        #: write streams in progress
+        self.writers: set[_WriterSink] = set()
         self.store: FileStore | None = None
         self.last_error: BaseException = StoreUnavailable(f"file store {url}", "not opened yet")
         self._retry: IDelayedCall | None = None
@@ -160,7 +244,7 @@ class FileSystemService(service.Service):
             # are invisible; collect them now and then.
             self._gc = task.LoopingCall(self._collect)
             self._gc.clock = self.reactor
-            self._gc.start(GC_INTERVAL, now=True)
+            self._gc.start(self.gc_interval, now=True)
 
         def failed(failure: Any) -> None:
             if not self.running:
@@ -171,17 +255,57 @@ class FileSystemService(service.Service):
             self._retry = self.reactor.callLater(self._delay, self._open)
             self._delay = min(self.retry_max, self._delay * 2)
 
-        open_store(self.url, self.reactor).addCallbacks(opened, failed)
+        open_store(self.url, self.reactor, **self.open_options).addCallbacks(opened, failed)
 
-    def _collect(self) -> defer.Deferred:
-        if self.store is None:
-            return defer.succeed(None)
-
-        def done(n: int) -> None:
+    @defer.inlineCallbacks
+    def _collect(self) -> Any:
+        """One maintenance round; never fails (the LoopingCall would stop)."""
+        store = self.store
+        if store is None:
+            return
+        try:
+            # Live writers first: a slow peer must not lose its upload to the collection below.
+            for sink in list(self.writers):
+                try:
+                    yield sink.writer.keep_alive()
+                except FSError:
+                    pass  # that writer fails on its own
+            if getattr(store, "leftovers", 0):
+                n = yield store.discard_leftovers()  # type: ignore[attr-defined]
+                if n:
+                    log.info("discarded {n} failed write(s) left behind earlier", n=n)
+            n = yield store.collect_garbage(self.stale_upload)
             if n:
                 log.info("collected {n} abandoned upload(s)", n=n)
+        except StoreUnavailable as e:
+            yield self._check_store(store, e)
+        except Exception as e:
+            log.warn("file store maintenance failed: {e}", e=describe(e))
 
-        return self.store.collect_garbage().addCallbacks(done, lambda f: log.warn("garbage collection failed: {e}", e=f.getErrorMessage()))
+    @defer.inlineCallbacks
+    def _check_store(self, store: FileStore, error: BaseException) -> Any:
+        """Maintenance could not reach the store: if a read fails too, drop it and open it again."""
+        try:
+            yield store.stat("/")
+        except StoreUnavailable as e:
+            self._lost(store, e)
+        except Exception:
+            pass
+        else:
+            log.warn("file store maintenance failed: {e}", e=describe(error))
+
+    def _lost(self, store: FileStore, error: BaseException) -> None:
+        if self.store is not store or not self.running:
+            return
+        self.store = None
+        self.last_error = error
+        log.warn("file store lost: {error}; opening it again", error=str(error))
+        if self._gc is not None and self._gc.running:
+            self._gc.stop()
+        for sink in list(self.writers):
+            sink.abort()
+        store.close().addErrback(lambda f: None)
+        self._retry = self.reactor.callLater(self._delay, self._open)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -191,6 +315,8 @@ class FileSystemService(service.Service):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         yield self.server.stop()
+        # writes in progress cannot finish now: discard what they wrote while the store is open
+        yield defer.DeferredList([defer.maybeDeferred(sink.abort) for sink in list(self.writers)])
         store, self.store = self.store, None
         if store is not None:
             yield store.close()
@@ -252,7 +378,9 @@ class FileSystemService(service.Service):
         """Open *path* for writing; nothing is visible until the stream ends cleanly."""
         guard(system, path)
         writer = yield self._store().open_write(path, mode, owner=owner)
-        token, done = self.transfer.offer(sink=_WriterSink(writer))
+        sink = _WriterSink(writer, self.reactor, self.upload_timeout, self.writers.discard)
+        self.writers.add(sink)
+        token, done = self.transfer.offer(sink=sink)
         done.addErrback(lambda f: log.info("write to {path} abandoned: {error}", path=path, error=f.getErrorMessage()))
         return {**self.transfer.where(), "token": token}
 

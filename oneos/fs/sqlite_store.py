@@ -21,6 +21,19 @@ not hold the write lock); ``commit`` is one transaction that swaps the
 file's segment list, deletes the chunks it released and the ``uploads`` row.
 A crash before that commit leaves only a pending upload, which
 :meth:`SQLiteStore.collect_garbage` removes once stale.
+
+A full disk must not wedge the store: in WAL mode even a DELETE needs room
+(its frames go to the journal, and the journal can only restart once a
+checkpoint has copied it into the database file; with the SECURE_DELETE
+build option many distributions use, it also zeroes every freed page, so
+``secure_delete`` is set to FAST).  So content is refused
+with :class:`~oneos.fs.store.NoSpace` while the disk's free space is below
+``reserve`` bytes (8 MiB by default), which leaves room to delete; a
+statement that still meets a full disk (another program filled it) fails
+with ``NoSpace`` too and leaves no transaction open.  New databases use
+``auto_vacuum=INCREMENTAL``, and discarding uploads (abort, garbage
+collection) hands the freed pages back to the file system, so the space
+shows up as free again (``df``), not only as reusable inside the file.
 """
 
 from __future__ import annotations
@@ -54,7 +67,10 @@ from oneos.fs.store import (
     CHUNK_SIZE,
     DEFAULT_OWNER,
     DIR_PERM,
+    DISK_RESERVE,
     STALE_UPLOAD,
+    MiB,
+    NoSpace,
     BaseStore,
     CommitPlan,
     Segment,
@@ -71,6 +87,12 @@ T = TypeVar("T")
 
 FORMAT = 1
 ROOT_ID = 1
+#: sqlite3's primary result code for "database or disk is full".
+_SQLITE_FULL = 13
+#: Free pages handed back to the file system per step (each step is one small transaction).
+_SHRINK_STEP = 256
+#: The journal (WAL) file is cut back to this size when it restarts.
+_JOURNAL_LIMIT = 4 * MiB
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -128,22 +150,26 @@ def _stat(row: sqlite3.Row, path: str) -> Stat:
 class SQLiteStore(BaseStore):
     """A :class:`~oneos.fs.store.FileStore` in one SQLite database file."""
 
-    def __init__(self, url: str, target: str, reactor: Any, clock: Any) -> None:
+    def __init__(self, url: str, target: str, reactor: Any, clock: Any, reserve: int = DISK_RESERVE) -> None:
         self.url = url
         self.target = target
         self.reactor = reactor
         self.clock = clock
+        #: free disk bytes content may not eat into (room to delete when the disk fills up)
+        self.reserve = reserve
         self.chunk_size = CHUNK_SIZE
         self._conn: sqlite3.Connection | None = None
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"oneos-fs-sqlite:{target}")
         self._shutdown_trigger: Any = None
         self._closed = False
+        self._shrinking = False
 
     # -- opening and closing ---------------------------------------------------
 
     @classmethod
-    def open(cls, parsed: StoreURL, reactor: Any, *, chunk_size: int | None = None, clock: Any = None) -> Deferred[SQLiteStore]:
-        store = cls(parsed.url, parsed.target, reactor, clock or reactor)
+    def open(cls, parsed: StoreURL, reactor: Any, *, chunk_size: int | None = None, clock: Any = None,
+             reserve: int = DISK_RESERVE) -> Deferred[SQLiteStore]:
+        store = cls(parsed.url, parsed.target, reactor, clock or reactor, reserve)
         store._pool.start()
         store._shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", store._stop_pool)
 
@@ -166,7 +192,15 @@ class SQLiteStore(BaseStore):
         conn.row_factory = sqlite3.Row
         self._conn = conn
         conn.execute("PRAGMA busy_timeout = 30000")
+        # Only takes effect on a new database (before its first table): freed pages can then be
+        # given back to the file system (see _shrink_sync); an older one keeps its freed pages for reuse.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_LIMIT}")
+        # Debian (and others) build SQLite with SECURE_DELETE: every freed page is zeroed, so
+        # deleting 20 MB wrote 20 MB to the journal, which on a full disk cannot be done, and the
+        # space a failed upload held could never be freed.  FAST zeroes only what costs no I/O.
+        conn.execute("PRAGMA secure_delete = FAST")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(_SCHEMA)  # idempotent; executescript must run outside a transaction
 
@@ -219,10 +253,13 @@ class SQLiteStore(BaseStore):
 
         def guarded() -> T:
             try:
+                self._end_stray_transaction()
                 return fn(*args)
             except FSError:
                 raise
             except sqlite3.Error as e:
+                if getattr(e, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
+                    raise NoSpace(None, f"the disk holding {self.target} is full") from None
                 raise StoreUnavailable(f"sqlite database {self.target}", str(e)) from None
 
         return deferToThreadPool(self.reactor, self._pool, guarded)
@@ -238,11 +275,71 @@ class SQLiteStore(BaseStore):
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             result = fn(conn, *args)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may already have rolled back by itself (a full disk does that); a
+            # failed COMMIT may leave the transaction open: never leave one behind.
+            self._end_stray_transaction()
             raise
-        conn.execute("COMMIT")
         return result
+
+    def _end_stray_transaction(self) -> None:
+        """Roll back a transaction left open by a failure (database thread)."""
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                log.warn("sqlite database {db}: rollback failed: {error}", db=self.target, error=str(e))
+
+    def _check_space(self, size: int) -> None:
+        """Refuse *size* bytes of content if the disk would be left with less than the reserve (database thread)."""
+        if self.target == ":memory:" or self.reserve <= 0:
+            return
+        directory = os.path.dirname(self.target) or "/"
+        try:
+            st = os.statvfs(directory)
+        except OSError:
+            return  # cannot tell: let SQLite find out
+        free = st.f_bavail * st.f_frsize
+        if free - size < self.reserve:
+            raise NoSpace(None, f"{free / MiB:.1f} MiB free on the disk holding {self.target}, "
+                                f"{self.reserve / MiB:g} MiB kept for the store's own bookkeeping")
+
+    def _shrink_step_sync(self) -> bool:
+        """Give up to _SHRINK_STEP free pages back to the file system (database thread); True: more to do."""
+        conn = self._conn
+        if conn is None or self.target == ":memory:":
+            return False
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # not INCREMENTAL: an older database
+            return False
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if free > 0:
+            conn.execute(f"PRAGMA incremental_vacuum({min(free, _SHRINK_STEP)})").fetchall()
+            left = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if 0 < left < free:
+                return True
+        # Copy the journal into the file (cut to its new size) and empty the journal; do not
+        # wait for readers in other processes: the journal's next restart does it then.
+        conn.execute("PRAGMA busy_timeout = 100")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.execute("PRAGMA busy_timeout = 30000")
+        return False
+
+    async def _shrink(self) -> None:
+        """Hand freed pages back to the file system, a small step per job so other operations go between."""
+        if self._shrinking:
+            return  # the one running goes on until nothing is free
+        self._shrinking = True
+        try:
+            while await self._run(self._shrink_step_sync):
+                pass
+        except FSError as e:
+            log.info("sqlite database {db}: could not give free space back yet: {error}", db=self.target, error=str(e))
+        finally:
+            self._shrinking = False
 
     def _tx(self, fn: Callable[..., T], *args: Any, write: bool = True) -> Deferred[T]:
         return self._run(lambda: self._tx_sync(fn, *args, write=write))
@@ -459,6 +556,7 @@ class SQLiteStore(BaseStore):
     def _put_chunk(self, content: Any, n: int, data: bytes) -> Deferred[None]:
         def put() -> None:
             assert self._conn is not None
+            self._check_space(len(data))
             self._conn.execute("INSERT INTO chunks(content, n, data) VALUES (?, ?, ?)", (content, n, data))
 
         return self._run(put)
@@ -509,6 +607,11 @@ class SQLiteStore(BaseStore):
         now = self._now()
 
         def small(c: sqlite3.Connection) -> Stat:
+            if data:
+                try:
+                    self._check_space(len(data))
+                except NoSpace as e:
+                    raise NoSpace(plan.path, e.detail) from None
             content = self._begin_upload_sync(c, plan.path, now)
             if data:
                 c.execute("INSERT INTO chunks(content, n, data) VALUES (?, 0, ?)", (content, data))
@@ -516,13 +619,17 @@ class SQLiteStore(BaseStore):
 
         return self._tx(small)
 
-    def _abort_upload(self, content: Any) -> Deferred[None]:
-        def abort(c: sqlite3.Connection) -> None:
+    @deferred_method
+    async def _abort_upload(self, content: Any) -> None:
+        def abort(c: sqlite3.Connection) -> bool:
             # only while still pending: after a commit the chunks are live
             if c.execute("DELETE FROM uploads WHERE content = ?", (content,)).rowcount:
                 self._delete_contents(c, [content])
+                return True
+            return False
 
-        return self._tx(abort)
+        if await self._tx(abort):
+            await self._shrink()
 
     # -- maintenance -----------------------------------------------------------------
 
@@ -568,6 +675,7 @@ class SQLiteStore(BaseStore):
 
         removed = await self._tx(collect)
         if removed:
+            await self._shrink()
             log.info("file store {url}: collected {n} unreferenced content set(s)", url=self.url, n=removed)
         return removed
 

@@ -68,10 +68,20 @@ MAX_SEGMENTS = 64
 TOUCH_INTERVAL = 60.0
 #: Pending uploads untouched for longer are taken to be dead writers' leftovers.
 STALE_UPLOAD = 3600.0
+#: Free disk space (bytes) a SQLite store keeps for itself: content that would eat into it is
+#: refused with NoSpace, so there is always room to delete (a delete writes to the journal too).
+DISK_RESERVE = 8 * MiB
 
 DEFAULT_OWNER = "root"
 FILE_PERM = 0o644
 DIR_PERM = 0o755
+
+class NoSpace(FSError):
+    """The store's disk is full (or would be, but for the space kept to clean up)."""
+
+    code = "ENOSPC"
+    description = "no space left on the file store"
+
 
 Kind = Literal["file", "dir"]
 WriteMode = Literal["truncate", "append"]
@@ -500,7 +510,10 @@ class Writer:
             self._in_flight -= 1
             if isinstance(result, defer.Failure):
                 if self._failure is None:
-                    self._failure = result.value
+                    error = result.value
+                    if isinstance(error, NoSpace) and error.path is None:
+                        error = NoSpace(self.path, error.detail)
+                    self._failure = error
             self._after_send()
 
         Deferred.fromCoroutine(put()).addBoth(done)
@@ -585,6 +598,13 @@ class Writer:
             perm=self.perm,
         )
 
+    def keep_alive(self) -> Deferred[None]:
+        """Refresh the pending upload's timestamp, so garbage collection leaves a slow but live writer alone."""
+        if self._content is None or self._state not in ("open", "committing"):
+            return defer.succeed(None)
+        self._last_touch = self.store.clock.seconds()
+        return self.store._touch_upload(self._content)
+
     async def _discard(self) -> None:
         self._buffer = bytearray()
         while self._in_flight:
@@ -665,8 +685,32 @@ class BaseStore:
         """Drop a pending upload after a failure, without hiding that failure."""
         try:
             await self._abort_upload(content)
-        except Exception as e:  # the store may be gone; garbage collection finishes later
-            log.warn("could not discard pending upload for {path}: {error}", path=path, error=e)
+        except Exception as e:  # the store may be gone, or its disk full: retried by discard_leftovers
+            log.warn("could not discard pending upload for {path} yet: {error}", path=path, error=e)
+            self._leftovers()[content] = path
+
+    def _leftovers(self) -> dict[Any, str]:
+        """content id -> path of failed writes' uploads still to discard (backends need no __init__ for it)."""
+        return self.__dict__.setdefault("_leftover_uploads", {})  # type: ignore[no-any-return]
+
+    @property
+    def leftovers(self) -> int:
+        """Pending uploads of failed writes whose discard failed and waits to be retried."""
+        return len(self._leftovers())
+
+    @deferred_method
+    async def discard_leftovers(self) -> int:
+        """Retry discarding the pending uploads whose discard failed; returns how many went."""
+        done = 0
+        for content, path in list(self._leftovers().items()):
+            try:
+                await self._abort_upload(content)
+            except Exception as e:
+                log.debug("pending upload for {path} still not discarded: {error}", path=path, error=e)
+                break  # the store is still unwell: the next round tries again
+            self._leftovers().pop(content, None)
+            done += 1
+        return done
 
     # -- shared operations ---------------------------------------------------
 
@@ -923,6 +967,7 @@ def open_store(
     connect_timeout: float = 10.0,
     op_timeout: float = 30.0,
     clock: Any = None,
+    reserve: int = DISK_RESERVE,
 ) -> Deferred[FileStore]:
     """Open (creating if needed) the store at *url*; fires with a :class:`FileStore`.
 
@@ -933,7 +978,9 @@ def open_store(
     be reached in *connect_timeout* seconds or opened at all; later, a
     MongoDB operation that gets no answer in *op_timeout* seconds (server
     gone, connection lost) fails the same way.  *clock* (default: the
-    reactor) dates entries and ages pending uploads.
+    reactor) dates entries and ages pending uploads.  *reserve* (SQLite):
+    bytes of free disk space kept for the store's own bookkeeping; content
+    that would eat into them fails with :class:`NoSpace`.
     """
     try:
         parsed = parse_store_url(url)
@@ -949,7 +996,7 @@ def open_store(
     if parsed.scheme == "sqlite":
         from oneos.fs.sqlite_store import SQLiteStore
 
-        return SQLiteStore.open(parsed, reactor, chunk_size=chunk_size, clock=clock)
+        return SQLiteStore.open(parsed, reactor, chunk_size=chunk_size, clock=clock, reserve=reserve)
     from oneos.fs.mongo_store import MongoStore
 
     return MongoStore.open(
@@ -961,6 +1008,7 @@ __all__ = [
     "CHUNK_SIZE",
     "ChunkReader",
     "FileStore",
+    "NoSpace",
     "Segment",
     "Stat",
     "StoreURL",

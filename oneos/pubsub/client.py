@@ -26,10 +26,18 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from oneos.errors import ConfigError, PubSubUnavailable
+from oneos.errors import ConfigError, OneOSError, PubSubUnavailable
 from oneos.pubsub import mqtt
+from oneos.pubsub.messages import MAX_MESSAGE
+
+#: Bytes a PUBLISH may hold besides its payload (topic of up to 65535 bytes, its length, a packet id).
+PUBLISH_OVERHEAD = 2 + 0xFFFF + 2
 
 log = Logger()
+
+
+class MessageTooLarge(OneOSError, ValueError):
+    """A message is larger than the client's ``max_message``: refused, never sent."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +101,13 @@ class _Connection(Protocol):
 
     def __init__(self, client: "PubSubClient") -> None:
         self.client = client
-        self.parser = mqtt.PacketParser()
+        # Larger messages are skipped as they arrive (and logged), never buffered: dropping the
+        # connection instead would bring a retained one straight back after the reconnect.
+        self.parser = mqtt.PacketParser(client.max_message + PUBLISH_OVERHEAD, skip_oversize=True)
         self.accepted = False
         self._timer: IDelayedCall | None = None
         self._ping_outstanding = False
+        self._ping_sent = 0.0
         self._last_sent = 0.0
         self._closing = False
 
@@ -140,14 +151,21 @@ class _Connection(Protocol):
 
     def _keepalive_tick(self) -> None:
         """Ping when idle; give up on a broker that does not answer a ping."""
-        if self._ping_outstanding:
-            log.warn("broker at {url} stopped answering pings; reconnecting", url=self.client.address.url)
-            self.close(abort=True)
-            return
         keepalive = self.client.keepalive
+        if self._ping_outstanding:
+            if self.client.last_heard <= self._ping_sent:
+                log.warn("broker at {url} stopped answering pings; reconnecting", url=self.client.address.url)
+                self.close(abort=True)
+                return
+            # Bytes keep coming (a large message ahead of the PINGRESP): the broker is there;
+            # more must come before the next tick.
+            self._ping_sent = self.client.reactor.seconds()
+            self._arm(keepalive * 0.5, self._keepalive_tick)
+            return
         idle = self.client.reactor.seconds() - self._last_sent
         if idle >= keepalive * 0.5:
             self._ping_outstanding = True
+            self._ping_sent = self.client.reactor.seconds()
             self.send(mqtt.encode_simple(mqtt.PINGREQ))
         self._arm(keepalive * 0.5, self._keepalive_tick)
 
@@ -187,6 +205,10 @@ class _Connection(Protocol):
                 self.send(mqtt.encode_ack(mqtt.PUBACK, p.packet_id))
             elif p.qos == 2 and p.packet_id is not None:
                 self.send(mqtt.encode_ack(mqtt.PUBREC, p.packet_id))
+            if p.oversize or len(p.payload) > c.max_message:
+                log.warn("dropped a {size}-byte message on {topic!r}: larger than the {limit}-byte message limit",
+                         size=p.oversize or len(p.payload), topic=p.topic, limit=c.max_message)
+                return
             c._deliver(Message(p.topic, p.payload, p.retain, p.qos))
         elif p.type == mqtt.PUBREL and p.packet_id is not None:
             self.send(mqtt.encode_ack(mqtt.PUBCOMP, p.packet_id))
@@ -233,6 +255,7 @@ class PubSubClient(service.Service):
         max_delay: float = 5.0,
         max_queue: int = 10_000,
         rng: random.Random | None = None,
+        max_message: int = MAX_MESSAGE,
     ) -> None:
         self.address = parse_broker_url(url)
         self.reactor = reactor
@@ -243,6 +266,8 @@ class PubSubClient(service.Service):
         self.initial_delay = initial_delay
         self.max_delay = max_delay
         self.max_queue = max_queue
+        #: largest payload published or delivered; larger ones are refused or dropped (and logged)
+        self.max_message = max_message
         self._rng = rng or random.Random()
         self._conn: _Connection | None = None
         self._attempts = 0
@@ -290,11 +315,15 @@ class PubSubClient(service.Service):
 
         *expires* (a reactor time): if the message is still queued (broker
         unreachable) or unacknowledged at a reconnect after that time, it is
-        dropped instead of sent late, and the Deferred fails.
+        dropped instead of sent late, and the Deferred fails.  A payload larger
+        than ``max_message`` fails with :class:`MessageTooLarge`.
         """
         mqtt.validate_topic(topic)
         if qos not in (0, 1):
             return defer.fail(ValueError("only QoS 0 and 1 are supported"))
+        if len(payload) > self.max_message:
+            return defer.fail(MessageTooLarge(
+                f"message of {len(payload)} bytes for {topic} is larger than the {self.max_message}-byte limit"))
         d: defer.Deferred = defer.Deferred()
         if expires is not None:
             self._expires[d] = expires

@@ -70,6 +70,9 @@ class Packet:
     return_code: int = 0
     session_present: bool = False
     granted: tuple[int, ...] = field(default_factory=tuple)
+    #: for a PUBLISH skipped unread for being larger than the parser's limit: its
+    #: declared size (``payload`` is then empty; topic and packet id are kept)
+    oversize: int = 0
 
 
 def _encode_length(n: int) -> bytes:
@@ -215,22 +218,45 @@ class PacketParser:
     """Incremental decoder: feed bytes, get complete packets.
 
     Keeps at most one partial packet buffered; a declared length above
-    ``max_packet`` raises :class:`MalformedPacket` before buffering it.
+    ``max_packet`` raises :class:`MalformedPacket` before buffering it.  With
+    *skip_oversize*, an oversized PUBLISH is skipped instead: its bytes are
+    discarded as they arrive (only the topic and packet id are kept) and it
+    comes out as a ``Packet`` with ``oversize`` set and an empty payload, so
+    the receiver can acknowledge and log it rather than drop the connection
+    (which, for a retained message, would only bring it back on the next
+    subscription).
     """
 
-    def __init__(self, max_packet: int = DEFAULT_MAX_PACKET) -> None:
+    def __init__(self, max_packet: int = DEFAULT_MAX_PACKET, *, skip_oversize: bool = False) -> None:
         self._buffer = bytearray()
         self.max_packet = max_packet
+        self.skip_oversize = skip_oversize
+        self._skipping: _Skipped | None = None
 
     def feed(self, data: bytes) -> list[Packet]:
         """Add *data*; return every packet now complete, in order."""
-        self._buffer += data
-        packets = []
+        packets: list[Packet] = []
         while True:
+            if self._skipping is not None:
+                data = self._skipping.feed(data)
+                if not self._skipping.done:
+                    return packets
+                packets.append(self._skipping.packet())
+                self._skipping = None
+            if data:
+                self._buffer += data
+                data = b""
             header = self._header()
             if header is None:
                 return packets
             first, length, start = header
+            if length > self.max_packet:
+                if not (self.skip_oversize and first >> 4 == PUBLISH):
+                    raise MalformedPacket(f"packet of {length} bytes exceeds limit {self.max_packet}")
+                self._skipping = _Skipped(first, length)
+                data = bytes(self._buffer[start:])
+                self._buffer.clear()
+                continue
             if len(self._buffer) < start + length:
                 return packets
             body = bytes(self._buffer[start : start + length])
@@ -247,11 +273,52 @@ class PacketParser:
             byte = self._buffer[i]
             length += (byte & 0x7F) * multiplier
             if not byte & 0x80:
-                if length > self.max_packet:
-                    raise MalformedPacket(f"packet of {length} bytes exceeds limit {self.max_packet}")
                 return self._buffer[0], length, i + 1
             multiplier *= 128
         raise MalformedPacket("remaining length longer than 4 bytes")
+
+
+class _Skipped:
+    """An oversized PUBLISH being discarded: keeps its topic and packet id, drops the rest."""
+
+    def __init__(self, first: int, length: int) -> None:
+        self.flags = first & 0x0F
+        self.qos = (self.flags >> 1) & 0x03
+        self.length = length
+        self.left = length
+        self.head = bytearray()
+
+    def _head_size(self) -> int:
+        if len(self.head) < 2:
+            return min(2, self.length)
+        return min(self.length, 2 + struct.unpack_from("!H", self.head)[0] + (2 if self.qos else 0))
+
+    @property
+    def done(self) -> bool:
+        return self.left == 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume what belongs to the skipped packet; return the bytes after it."""
+        take = min(len(data), self.left)
+        i = 0
+        while i < take and len(self.head) < self._head_size():
+            n = min(self._head_size() - len(self.head), take - i)
+            self.head += data[i : i + n]
+            i += n
+        self.left -= take
+        return data[take:]
+
+    def packet(self) -> Packet:
+        head = bytes(self.head)
+        topic, packet_id = "", None
+        try:
+            topic, pos = _read_string(head, 0)
+            if self.qos:
+                packet_id = _packet_id(head, pos)
+        except MalformedPacket:
+            pass  # a broken header on a packet we drop anyway: report what we have
+        return Packet(PUBLISH, self.flags, packet_id, topic, b"", self.qos, bool(self.flags & 0x01),
+                      bool(self.flags & 0x08), oversize=self.length)
 
 
 def _read_string(body: bytes, pos: int) -> tuple[str, int]:

@@ -67,6 +67,10 @@ log = Logger()
 HOST_KEY_FILE = "ssh_host_key"
 #: How long a front door waits between tries when the tree cannot be reached at start (doubling up to the max).
 RETRY_DELAY, RETRY_MAX = 0.2, 5.0
+#: Seconds a connection has to log in (SSH: key exchange and authentication; telnet: user and password).
+LOGIN_GRACE = 60.0
+#: Seconds a connection told to go may take to read the goodbye before it is cut.
+_GOODBYE = 5.0
 BANNER = "OneOS shell. Type 'help' for the built-ins; anything else runs on the grid.\n"
 
 
@@ -117,16 +121,78 @@ def network_host_key(fs: Any, home: Path) -> Any:
 # -- shared plumbing ------------------------------------------------------------------------
 
 
+class _LoginGrace:
+    """A connection's deadline to log in; on expiry, say why, close, and cut it if it will not close."""
+
+    def __init__(self, clock: Any, seconds: float | None, expire: Any) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self._expire = expire
+        self._timer: Any = clock.callLater(seconds, self._fire) if seconds else None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._expire()
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+def _cut_later(clock: Any, tcp: Any) -> None:
+    """Abort *tcp* if a polite close has not finished soon (a peer that reads nothing)."""
+    def cut() -> None:
+        if getattr(tcp, "connected", False) and hasattr(tcp, "abortConnection"):
+            tcp.abortConnection()
+
+    clock.callLater(_GOODBYE, cut)
+
+
+def _peer(tcp: Any) -> str:
+    peer = tcp.getPeer() if tcp is not None else None
+    return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
 class _NoDelaySSHTransport(transport.SSHServerTransport):
     """SSH transport with TCP_NODELAY: each command's short reply goes out at once.
 
     Without it Nagle's algorithm meets the client's delayed ACKs and logins
     and replies stall ~40 ms (conch's own unix server sets it too).
+
+    It also enforces the login grace time: a connection that has not
+    authenticated within the factory's ``login_grace`` seconds (one that
+    never finishes the key exchange, sends nothing at all, or keeps trying
+    passwords) is disconnected, as OpenSSH's LoginGraceTime does; conch's own
+    limit is ten hours and starts only after the key exchange.
     """
+
+    grace: _LoginGrace | None = None
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
+        clock = getattr(self.factory, "clock", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.grace = _LoginGrace(clock, getattr(self.factory, "login_grace", LOGIN_GRACE), self._grace_expired)
         super().connectionMade()
+
+    def _grace_expired(self) -> None:
+        assert self.grace is not None
+        log.info("ssh: closing the connection from {peer}: not logged in within {t:g}s", peer=_peer(self.transport),
+                 t=self.grace.seconds)
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login grace time exceeded")
+        _cut_later(self.grace.clock, self.transport)
+
+    def setService(self, service: Any) -> None:
+        super().setService(service)
+        if getattr(self, "avatar", None) is not None and self.grace is not None:
+            self.grace.stop()  # authenticated: the connection service now runs
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.grace is not None:
+            self.grace.stop()
+        super().connectionLost(reason)
 
 
 class _Glue:
@@ -580,9 +646,33 @@ class TelnetLogin(AuthenticatingTelnetProtocol):
     waiting.  Lines typed before the login ends are kept for the shell.
     """
 
-    def __init__(self, portal: Any) -> None:
+    def __init__(self, portal: Any, login_grace: float | None = LOGIN_GRACE, clock: Any = None) -> None:
         super().__init__(portal)
         self.early: list[bytes] = []
+        self.login_grace = login_grace
+        self.clock = clock
+        self.grace: _LoginGrace | None = None
+
+    def connectionMade(self) -> None:
+        clock = self.clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.grace = _LoginGrace(clock, self.login_grace, self._grace_expired)
+        super().connectionMade()
+
+    def _grace_expired(self) -> None:
+        tcp = getattr(self.transport, "transport", None)
+        log.info("telnet: closing the connection from {peer}: not logged in within {t:g}s", peer=_peer(tcp),
+                 t=self.login_grace)
+        self.transport.write(b"\nLogin timed out\n")
+        self.transport.loseConnection()
+        if self.grace is not None:
+            _cut_later(self.grace.clock, tcp)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.grace is not None:
+            self.grace.stop()
+        super().connectionLost(reason)
 
     def telnet_User(self, line: bytes) -> str:
         self.username = line.strip()
@@ -610,6 +700,8 @@ class TelnetLogin(AuthenticatingTelnetProtocol):
         self.early.append(line)
 
     def _cbLogin(self, ial: Any) -> None:
+        if self.grace is not None:
+            self.grace.stop()
         super()._cbLogin(ial)
         early, self.early = self.early, []
         rest = self.clearLineBuffer()
@@ -744,8 +836,11 @@ class ShellService(service.Service):
 
     name = "shell"
 
-    def __init__(self, grid: Grid, system_fs: Any, ssh: str, telnet: str, home: Path, reactor: Any) -> None:
+    def __init__(self, grid: Grid, system_fs: Any, ssh: str, telnet: str, home: Path, reactor: Any,
+                 login_grace: float | None = LOGIN_GRACE) -> None:
         self.grid = grid
+        #: seconds a connection has to log in before it is closed (None: no limit)
+        self.login_grace = login_grace
         #: a file-system client that may reach the kernel's area (users, keys, host key)
         self.system_fs = system_fs
         self.ssh_endpoint = ssh
@@ -788,6 +883,8 @@ class ShellService(service.Service):
     def ssh_factory(self, key: keys.Key) -> factory.SSHFactory:
         f = factory.SSHFactory()
         f.protocol = _NoDelaySSHTransport
+        f.login_grace = self.login_grace  # type: ignore[attr-defined]
+        f.clock = self.reactor  # type: ignore[attr-defined]
         f.portal = self.portal
         f.publicKeys = {key.sshType(): key.public()}
         f.privateKeys = {key.sshType(): key}
@@ -795,7 +892,7 @@ class ShellService(service.Service):
 
     def telnet_factory(self) -> protocol.ServerFactory:
         f = protocol.ServerFactory()
-        f.protocol = lambda: TelnetTransport(TelnetLogin, self.portal)  # type: ignore[assignment]
+        f.protocol = lambda: TelnetTransport(TelnetLogin, self.portal, self.login_grace, self.reactor)  # type: ignore[assignment]
         return f
 
     def startService(self) -> None:

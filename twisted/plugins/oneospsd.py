@@ -25,12 +25,19 @@ class Options(usage.Options):
         ["interface", "i", "0.0.0.0", "address to listen on"],
         ["websocket-port", None, 0, "also serve MQTT over websockets on this port (0 = off)", int],
         ["port-file", None, None, "write the bound TCP port to this file once listening"],
+        ["max-message", None, 1024 * 1024,
+         "largest PUBLISH payload in bytes; larger ones are dropped and logged (0 = no limit)", int],
+        ["connect-timeout", None, 10.0,
+         "seconds a new connection may take to send CONNECT before it is closed (0 = no limit)", float],
     ]
 
     def postOptions(self) -> None:
         for key in ("port", "websocket-port"):
             if not 0 <= self[key] <= 65535:
                 raise usage.UsageError(f"--{key} must be 0..65535")
+        for key in ("max-message", "connect-timeout"):
+            if self[key] < 0:
+                raise usage.UsageError(f"--{key} must not be negative (0 = no limit)")
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -48,7 +55,9 @@ class BrokerMaker:
             install_asyncio_reactor()
             from oneos.broker.app import build_broker
 
-            return build_broker(options["interface"], options["port"], options["websocket-port"], options["port-file"])
+            return build_broker(options["interface"], options["port"], options["websocket-port"], options["port-file"],
+                                max_message=options["max-message"] or None,
+                                connect_timeout=options["connect-timeout"] or None)
         except OneOSError as e:
             raise SystemExit(f"oneospsd: {describe(e)}") from None
 
