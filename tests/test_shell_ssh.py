@@ -545,3 +545,31 @@ def test_telnet_password_login_and_commands(shell, answer):
     finally:
         c.close()
     assert "AlreadyNegotiating" not in shell.log() and "Unhandled error" not in shell.log()
+
+
+def test_parallel_password_guessing_is_throttled(shell, tmp_path):
+    """30 clients guessing at once from one address: few passwords are even checked, then ever slower."""
+    askpass = tmp_path / "guess.sh"
+    askpass.write_text("#!/bin/sh\necho 'not-the-password'\n")
+    askpass.chmod(0o755)
+    argv = ["ssh", "-p", str(shell.ssh_port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password",
+            "-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=20"]
+    env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
+    before = shell.log().count("password login refused")
+    started = time.monotonic()
+    guessers = [subprocess.Popen([*argv, f"guess{i}@127.0.0.1", "true"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for i in range(30)]
+    try:
+        for p in guessers:
+            p.wait(timeout=120)
+    finally:
+        for p in guessers:
+            if p.poll() is None:
+                p.kill()
+    elapsed = time.monotonic() - started
+    checked = shell.log().count("password login refused") - before
+    assert all(p.returncode == 255 for p in guessers)
+    # unthrottled, 30 guesses take well under a second; here few get checked and each waits longer
+    assert checked <= 30 and checked / max(elapsed, 1e-3) < 3, (checked, elapsed)
+    assert "too many unauthenticated connections" in shell.log()

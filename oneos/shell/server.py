@@ -44,10 +44,10 @@ from twisted.application import service
 from twisted.conch import avatar, recvline
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser, ISession
-from twisted.conch.ssh import connection, factory, keys, session, transport
+from twisted.conch.ssh import connection, factory, keys, session, transport, userauth
 from twisted.conch.telnet import (BRK, ECHO, IP, LINEMODE_EOF, AuthenticatingTelnetProtocol, ITelnetProtocol,
                                   OptionRefused, TelnetProtocol, TelnetTransport)
-from twisted.cred import credentials, portal as cred_portal
+from twisted.cred import credentials, error, portal as cred_portal
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -60,6 +60,7 @@ from oneos.errors import describe
 from oneos.fs import paths
 from oneos.shell.interpreter import Grid, Interpreter, Session, SessionInput
 from oneos.shell.parser import MAX_LINE
+from oneos.shell.throttle import LoginThrottle
 from oneos.shell.users import HOST_KEY_PATH, FailureDelay, PasswordChecker, PublicKeyChecker, TreeUsers, migrate_home
 
 log = Logger()
@@ -175,7 +176,21 @@ class _NoDelaySSHTransport(transport.SSHServerTransport):
         if clock is None:
             from twisted.internet import reactor as clock
         self.grace = _LoginGrace(clock, getattr(self.factory, "login_grace", LOGIN_GRACE), self._grace_expired)
+        throttle: LoginThrottle | None = getattr(self.factory, "throttle", None)
+        self.source = getattr(self.transport.getPeer(), "host", "?")
+        self.pending = throttle is not None and throttle.opened(self.source)
+        if throttle is not None and not self.pending:
+            # Too many connections from here (or overall) are still logging in: like OpenSSH's MaxStartups.
+            log.info("ssh: refusing a connection from {peer}: too many unauthenticated connections", peer=self.source)
+            self.transport.abortConnection()
+            return
         super().connectionMade()
+
+    def settle(self) -> None:
+        """This connection no longer counts as one still logging in."""
+        if self.pending:
+            self.pending = False
+            self.factory.throttle.settled(self.source)
 
     def _grace_expired(self) -> None:
         assert self.grace is not None
@@ -188,11 +203,40 @@ class _NoDelaySSHTransport(transport.SSHServerTransport):
         super().setService(service)
         if getattr(self, "avatar", None) is not None and self.grace is not None:
             self.grace.stop()  # authenticated: the connection service now runs
+            self.settle()
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.grace is not None:
             self.grace.stop()
+        self.settle()
+        if not hasattr(self, "currentEncryptions"):
+            return  # refused at once (too many logging in): conch never started
         super().connectionLost(reason)
+
+
+class _ThrottledUserAuth(userauth.SSHUserAuthServer):
+    """Failed logins from one address are answered later and later (the factory's LoginThrottle)."""
+
+    def _ebBadAuth(self, reason: Any) -> Any:
+        throttle: LoginThrottle | None = getattr(self.transport.factory, "throttle", None)
+        if throttle is None or not reason.check(error.UnauthorizedLogin) or self.method == b"none":
+            return super()._ebBadAuth(reason)
+        if self.method == b"publickey" and not getattr(self, "_signed", False):
+            return super()._ebBadAuth(reason)  # "would this key do?" is not a guess
+        delay = throttle.failed(getattr(self.transport, "source", "?"))
+        d: defer.Deferred = defer.Deferred()
+        self.transport.factory.clock.callLater(delay, d.callback, None)
+        return d.addCallback(lambda _: super(_ThrottledUserAuth, self)._ebBadAuth(reason))
+
+    def auth_publickey(self, packet: bytes) -> Any:
+        self._signed = bool(packet[:1] and packet[0])  # the client sent a signature, not just a question
+        return super().auth_publickey(packet)
+
+    def _cbFinishedAuth(self, result: Any) -> None:
+        throttle: LoginThrottle | None = getattr(self.transport.factory, "throttle", None)
+        if throttle is not None:
+            throttle.succeeded(getattr(self.transport, "source", "?"))
+        super()._cbFinishedAuth(result)
 
 
 class _Glue:
@@ -850,6 +894,7 @@ class ShellService(service.Service):
         self.ports: list[Any] = []
         self.interpreters: set[Interpreter] = set()
         self.delay = FailureDelay(reactor)
+        self.throttle = LoginThrottle(reactor)
         users = TreeUsers(system_fs)
         self.portal = cred_portal.Portal(ShellRealm(self), [PublicKeyChecker(users, self.home, self.delay),
                                                            PasswordChecker(users, self.delay)])
@@ -885,6 +930,8 @@ class ShellService(service.Service):
         f.protocol = _NoDelaySSHTransport
         f.login_grace = self.login_grace  # type: ignore[attr-defined]
         f.clock = self.reactor  # type: ignore[attr-defined]
+        f.throttle = self.throttle  # type: ignore[attr-defined]
+        f.services = {**f.services, b"ssh-userauth": _ThrottledUserAuth}
         f.portal = self.portal
         f.publicKeys = {key.sshType(): key.public()}
         f.privateKeys = {key.sshType(): key}
