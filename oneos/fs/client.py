@@ -25,7 +25,8 @@ from oneos.transfer import Sink, Source, receive, send
 
 TARGET = "fs"
 
-for _code in ("ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ENOTEMPTY", "EACCES", "EPERM", "EINVAL", "ENAMETOOLONG", "ESTALE", "EIO"):
+for _code in ("ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ENOTEMPTY", "EACCES", "EPERM", "EINVAL", "ENAMETOOLONG", "ESTALE", "EIO",
+              "ENOSPC"):
     register_error(_code, lambda message, code=_code: fs_errors.from_wire(code, message))
 
 
