@@ -330,3 +330,17 @@ def test_a_crash_loop_backs_off_and_a_user_kill_is_final():
     s.table["k1"] = killed
     s._consider(killed)
     assert not killed.get("next_restart_at")
+
+
+def test_users_control_only_their_own_programs():
+    from oneos.agents.manager import AgentError
+
+    s, _ = scheduler()
+    s.table["b1"] = {"id": "b1", "runtime": "rt-a", "state": "running", "user": "bob"}
+    with pytest.raises(AgentError, match="belongs to bob, not alice"):
+        s.kill("b1", user="alice")
+    with pytest.raises(AgentError, match="belongs to bob"):
+        s._forward("b1", "agent_pause", user="alice")
+    s.kill("b1", user="bob")
+    s.kill("b1", user="root")  # the admin may
+    assert [c[1] for c in s.rpc.calls] == ["agent_kill", "agent_kill"]

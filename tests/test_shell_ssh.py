@@ -573,3 +573,21 @@ def test_parallel_password_guessing_is_throttled(shell, tmp_path):
     # unthrottled, 30 guesses take well under a second; here few get checked and each waits longer
     assert checked <= 30 and checked / max(elapsed, 1e-3) < 3, (checked, elapsed)
     assert "too many unauthenticated connections" in shell.log()
+
+
+def test_users_kill_only_their_own_programs_which_do_not_run_as_root(shell):
+    env = dict(os.environ, ONEOS_HOME=str(shell.home))
+    r = subprocess.run([*_cli("user"), "addkey", "carol", str(shell.other_key) + ".pub"], capture_output=True,
+                       text=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    started = shell.ssh("sleep 300 &")
+    assert started.returncode == 0, started.stderr
+    rows = [line.split() for line in shell.ssh("ps").stdout.splitlines()[1:]]
+    mine = [row for row in rows if row[2] == "sleep" and row[1] == "alice"]
+    assert mine, rows
+    agent = mine[0][0]
+    refused = shell.ssh(f"kill {agent}", user="carol", key=shell.other_key)
+    assert refused.returncode != 0 and "belongs to alice" in refused.stderr, refused
+    assert shell.ssh(f"kill {agent}").returncode == 0
+    if os.geteuid() == 0:
+        assert shell.ssh("id -u").stdout.strip() != "0"

@@ -133,7 +133,7 @@ class AgentHost(service.Service):
     def spawn(self, program: str, args: list[str] | None = None, cwd: str | None = None, env: dict[str, str] | None = None,
               name: str = "", memory_mb: int = 0, restart: str = "no", agent_id: str | None = None,
               stdout: str = "attach", stdin: bool = True, stderr: str = "attach", stdin_file: str | None = None,
-              job: str = "", incarnation: int = 0, history: dict[str, Any] | None = None) -> Any:
+              job: str = "", incarnation: int = 0, history: dict[str, Any] | None = None, user: str = "") -> Any:
         """Start a program here; fires with the agent's info.
 
         *stdout*/*stderr*: ``attach`` (held until a reader attaches),
@@ -149,7 +149,7 @@ class AgentHost(service.Service):
         environment["ONEOS_RUNTIME"] = self.runtime_id
         spec = AgentSpec(local, list(args or []), cwd=cwd, env=environment, name=name or os.path.basename(program),
                          memory_limit_mb=int(memory_mb or 0), restart=restart, stdin=stdin, job=job,
-                         incarnation=int(incarnation), history=dict(history or {}))
+                         incarnation=int(incarnation), history=dict(history or {}), user=user)
         agent = self.manager.spawn(spec, agent_id=agent_id)
         agent.stdout_to = stdout
         for mode, stream in ((stdout, agent.stdout), (stderr if stdout != "discard" else "discard", agent.stderr)):

@@ -179,6 +179,8 @@ class AgentSpec:
     incarnation: int = 0
     #: the scheduler's restart bookkeeping, carried so a new leader picks it up (oneos.scheduler.restarts)
     history: dict[str, Any] = field(default_factory=dict)
+    #: the OneOS user the program belongs to (who may kill, pause and resume it)
+    user: str = ""
 
 
 class OutputStream:
@@ -440,6 +442,7 @@ class AgentProcess(protocol.ProcessProtocol):
             "uptime": round(end - self.started_at, 3),
             "restart": self.spec.restart,
             "job": self.spec.job or self.id,
+            "user": self.spec.user,
             "incarnation": self.spec.incarnation,
             "history": dict(self.spec.history),
             "stdin_bytes": self.stdin_bytes,

@@ -29,12 +29,12 @@ def scheduler_call(url: str, method: str, timeout: float = 10.0, **args: Any) ->
 
 def format_ps(rows: list[dict[str, Any]]) -> str:
     """The process table as text (pure, for tests)."""
-    header = ("ID", "NAME", "RUNTIME", "STATE", "CPU%", "MEM MB", "UPTIME", "EXIT")
+    header = ("ID", "USER", "NAME", "RUNTIME", "STATE", "CPU%", "MEM MB", "UPTIME", "EXIT")
     table = [header]
     for r in rows:
         exit_text = "" if r.get("exit_code") is None and r.get("signal") is None else (
             f"sig {r['signal']}" if r.get("signal") is not None else str(r["exit_code"]))
-        table.append((r["id"], str(r.get("name", "")), r["runtime"], r["state"], f"{r.get('cpu_percent', 0):.0f}",
+        table.append((r["id"], str(r.get("user") or "-"), str(r.get("name", "")), r["runtime"], r["state"], f"{r.get('cpu_percent', 0):.0f}",
                       f"{r.get('memory_mb', 0):.0f}", f"{r.get('uptime', 0):.0f}s", exit_text))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in table)

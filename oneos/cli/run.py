@@ -9,6 +9,7 @@ lost) once all its output has arrived.
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from typing import Any
 
@@ -125,8 +126,8 @@ def run(argv: list[str]) -> int:
     if args.pipe:
         from oneos.scheduler.pipeline import parse_pipeline
 
-        stages = [{"program": s.program, "args": list(s.args), "runtime": s.runtime, "tags": list(s.tags)}
-                  for s in parse_pipeline(args.pipe)]
+        stages = [{"program": s.program, "args": list(s.args), "runtime": s.runtime, "tags": list(s.tags),
+                   "user": getpass.getuser()} for s in parse_pipeline(args.pipe)]
     forward_stdin = not sys.stdin.isatty() and not args.stdin_file
     detached = args.detach or args.restart != "no"
 
@@ -144,7 +145,7 @@ def run(argv: list[str]) -> int:
             if args.stdout_file:
                 stdout = ("append:" if args.append else "file:") + args.stdout_file
             info = yield rpc.call("scheduler", "spawn", program=args.program, args=args.args, runtime=args.runtime,
-                                  tags=args.tag, memory_mb=args.memory, restart=args.restart, stdout=stdout,
+                                  tags=args.tag, memory_mb=args.memory, restart=args.restart, stdout=stdout, user=getpass.getuser(),
                                   stdin=not detached, stdin_file=args.stdin_file)
             infos = [info]
         if detached:

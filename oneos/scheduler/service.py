@@ -44,6 +44,8 @@ from oneos.scheduler.restarts import USER_KILL_REASON, RestartPolicy, decide, ou
 log = Logger()
 
 TARGET = "scheduler"
+#: the OneOS user who may control every program
+ADMIN = "root"
 LIVE_STATES = ("running", "paused")
 
 
@@ -76,8 +78,8 @@ class SchedulerService(service.Service):
                 "ps": self.ps,
                 "pipes": self.pipes,
                 "kill": self.kill,
-                "pause": lambda agent_id: self._forward(agent_id, "agent_pause"),
-                "resume": lambda agent_id: self._forward(agent_id, "agent_resume"),
+                "pause": lambda agent_id, user=None: self._forward(agent_id, "agent_pause", user=user),
+                "resume": lambda agent_id, user=None: self._forward(agent_id, "agent_resume", user=user),
                 "locate": self.locate,
             },
             guard=guard,
@@ -229,13 +231,27 @@ class SchedulerService(service.Service):
             raise AgentError(f"no agent {agent_id!r} in the network")
         return row
 
-    def _forward(self, agent_id: str, method: str, **args: Any) -> defer.Deferred:
+    @staticmethod
+    def _may_control(row: dict[str, Any], user: str | None) -> None:
+        """Users kill, pause and resume their own programs; the admin (root) any.
+
+        *user* None is a caller that names nobody (the host's own CLI, the
+        kernel): until the bus authenticates its clients, that is trusted.
+        """
+        owner = row.get("user") or ""
+        if user is None or user == ADMIN or not owner or owner == user:
+            return
+        raise AgentError(f"agent {row['id']} belongs to {owner}, not {user}", "EPERM")
+
+    def _forward(self, agent_id: str, method: str, user: str | None = None, **args: Any) -> defer.Deferred:
         row = self.locate(agent_id)
+        self._may_control(row, user)
         return self._call(row["runtime"], method, agent_id=agent_id, **args)
 
-    def kill(self, agent_id: str, grace: float | None = None) -> Any:
+    def kill(self, agent_id: str, grace: float | None = None, user: str | None = None) -> Any:
         """A user's kill: the agent stops and its job is not restarted (a pending restart is cancelled)."""
         row = self.locate(agent_id)
+        self._may_control(row, user)
         timer = self._timers.pop(agent_id, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -280,7 +296,7 @@ class SchedulerService(service.Service):
               exclude: list[str] | None = None, memory_mb: int = 0, restart: str = "no", cwd: str | None = None,
               env: dict[str, str] | None = None, stdout: str = "attach", stdin: bool = True, agent_id: str | None = None,
               stderr: str = "attach", stdin_file: str | None = None, job: str = "", incarnation: int = 0,
-              history: dict[str, Any] | None = None) -> Any:
+              history: dict[str, Any] | None = None, user: str = "") -> Any:
         """Place and start one agent; fires with its info (incl. the runtime chosen)."""
         verdict = place(self._view(), self._needs(program, runtime, tags, exclude, memory_mb))
         held = self._reserve(verdict.runtime, memory_mb)
@@ -288,7 +304,7 @@ class SchedulerService(service.Service):
             info = yield self._call(verdict.runtime, "agent_spawn", program=program, args=list(args or []), cwd=cwd,
                                     env=env, memory_mb=memory_mb, restart=restart, stdout=stdout, stdin=stdin,
                                     agent_id=agent_id, stderr=stderr, stdin_file=stdin_file, job=job,
-                                    incarnation=incarnation, history=history or {})
+                                    incarnation=incarnation, history=history or {}, user=user)
         except Exception:
             if held in self._reserved.get(verdict.runtime, []):
                 self._reserved[verdict.runtime].remove(held)
@@ -296,7 +312,8 @@ class SchedulerService(service.Service):
         self.table.setdefault(info["id"], info)
         if restart != "no":
             self.specs[info.get("job") or info["id"]] = {"program": program, "args": list(args or []), "tags": tags,
-                                                         "memory_mb": memory_mb, "restart": restart, "cwd": cwd, "env": env}
+                                                         "memory_mb": memory_mb, "restart": restart, "cwd": cwd, "env": env,
+                                                         "user": user}
         info["placement"] = ", ".join(verdict.reasons)
         return info
 
@@ -307,7 +324,7 @@ class SchedulerService(service.Service):
         try:
             for stage in stages:
                 info = yield self.spawn(stage["program"], stage.get("args"), stage.get("runtime"), stage.get("tags"),
-                                        stdin=True)
+                                        stdin=True, user=str(stage.get("user") or ""))
                 infos.append(info)
             for left, right in zip(infos, infos[1:]):
                 where = yield self._call(right["runtime"], "agent_stdin", agent_id=right["id"],
@@ -360,7 +377,7 @@ class SchedulerService(service.Service):
             return
         job = self._job(row)
         spec = dict(self.specs.get(job) or {"program": row["program"], "args": row.get("args", []),
-                                             "restart": row.get("restart", "on-failure")})
+                                             "restart": row.get("restart", "on-failure"), "user": row.get("user", "")})
         exclude = [row["runtime"]] if row["state"] == LOST else []
         incarnation = int(row.get("incarnation", 0)) + 1
         d = self.spawn(exclude=exclude, stdout="discard", stdin=False, job=job, incarnation=incarnation,

@@ -848,7 +848,8 @@ def _control(method: str) -> Builtin:
                 ids = [agent_id]
             for i in ids:
                 try:
-                    info = await ctx.grid.rpc.call("scheduler", method, timeout=10.0, agent_id=i)
+                    info = await ctx.grid.rpc.call("scheduler", method, timeout=10.0, agent_id=i,
+                                                   user=ctx.interp.session.user)
                     ctx.line(f"{info['id']} on {info['runtime']}: {info['state']}")
                 except OneOSError as e:
                     ctx.error(describe(e))

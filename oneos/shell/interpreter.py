@@ -1081,7 +1081,8 @@ class Interpreter:
                 info = await rpc.call("scheduler", "spawn", timeout=20.0, program=program, args=args,
                                       runtime=stage.runtime, tags=list(stage.tags),
                                       env=self.session.agent_env(stage.assignments), stdout=stdout_mode,
-                                      stdin=True, stderr=stderr_mode, stdin_file=stage.stdin_file)
+                                      stdin=True, stderr=stderr_mode, stdin_file=stage.stdin_file,
+                                      user=self.session.user)
                 infos.append(info)
                 job.agents.append(info)
                 waits.append(await self._watch(info))
