@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,19 @@ class AgentHost(service.Service):
         self._loop = task.LoopingCall(self.refresh)
         self._loop.clock = self.reactor
         self._loop.start(self.interval, now=False).addErrback(lambda f: log.failure("agent refresh failed", f))
+        self.client.add_listener(on_connect=self._republish_all)
+
+    def _republish_all(self) -> None:
+        """After a reconnect, say again how every recent agent stands, ended ones included.
+
+        A restarted broker forgot its retained statuses; without this, a job
+        waiting for its restart would vanish from the scheduler's view.
+        """
+        if not self.running:
+            return
+        for agent in list(self.manager.agents.values()):
+            if agent.state not in ENDED or (agent.ended_at and time.time() - agent.ended_at < KEEP_ENDED):
+                self._publish(agent.info())
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

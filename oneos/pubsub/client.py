@@ -108,7 +108,12 @@ class _Connection(Protocol):
         self._timer: IDelayedCall | None = None
         self._ping_outstanding = False
         self._ping_sent = 0.0
+        #: when the outstanding ping was first sent (its PINGRESP renews the lease from then)
+        self._ping_answered_from = 0.0
+        self._last_bytes = 0.0
         self._last_sent = 0.0
+        #: when CONNECT went out (its CONNACK is the first round trip)
+        self.connect_sent = 0.0
         self._closing = False
 
     def close(self, abort: bool = False) -> None:
@@ -134,6 +139,7 @@ class _Connection(Protocol):
         # Requests and replies are small packets: without NODELAY, Nagle's
         # algorithm meets delayed ACKs and every RPC waits ~40 ms per hop.
         self.transport.setTcpNoDelay(True)
+        self.connect_sent = c.reactor.seconds()
         self.send(
             mqtt.encode_connect(
                 c.client_id,
@@ -150,10 +156,18 @@ class _Connection(Protocol):
         self.close(abort=True)
 
     def _keepalive_tick(self) -> None:
-        """Ping when idle; give up on a broker that does not answer a ping."""
+        """Ping every half keepalive; give up on a broker that does not answer a ping.
+
+        Pinging even while busy (not only when idle) matters twice: a runtime
+        publishing its status often would otherwise never notice a silent
+        broker, and an answered ping is what renews a leader's lease
+        (``PubSubClient.last_heard`` is the time the answered ping was *sent*,
+        so bytes that waited in a socket buffer while we were frozen renew
+        nothing).
+        """
         keepalive = self.client.keepalive
         if self._ping_outstanding:
-            if self.client.last_heard <= self._ping_sent:
+            if self._last_bytes <= self._ping_sent:
                 log.warn("broker at {url} stopped answering pings; reconnecting", url=self.client.address.url)
                 self.close(abort=True)
                 return
@@ -162,15 +176,13 @@ class _Connection(Protocol):
             self._ping_sent = self.client.reactor.seconds()
             self._arm(keepalive * 0.5, self._keepalive_tick)
             return
-        idle = self.client.reactor.seconds() - self._last_sent
-        if idle >= keepalive * 0.5:
-            self._ping_outstanding = True
-            self._ping_sent = self.client.reactor.seconds()
-            self.send(mqtt.encode_simple(mqtt.PINGREQ))
+        self._ping_outstanding = True
+        self._ping_sent = self._ping_answered_from = self.client.reactor.seconds()
+        self.send(mqtt.encode_simple(mqtt.PINGREQ))
         self._arm(keepalive * 0.5, self._keepalive_tick)
 
     def dataReceived(self, data: bytes) -> None:
-        self.client.last_heard = self.client.reactor.seconds()
+        self._last_bytes = self.client.reactor.seconds()
         try:
             packets = self.parser.feed(data)
         except mqtt.MalformedPacket as e:
@@ -214,6 +226,7 @@ class _Connection(Protocol):
             self.send(mqtt.encode_ack(mqtt.PUBCOMP, p.packet_id))
         elif p.type == mqtt.PINGRESP:
             self._ping_outstanding = False
+            c.last_heard = max(c.last_heard, self._ping_answered_from)  # a round trip that began then
         elif p.type in (mqtt.PUBACK, mqtt.SUBACK, mqtt.UNSUBACK) and p.packet_id is not None:
             c._on_ack(p)
         else:
@@ -454,7 +467,8 @@ class PubSubClient(service.Service):
 
     def _on_accepted(self, conn: _Connection) -> None:
         self._conn = conn
-        self.connected_since = self.last_heard = self.reactor.seconds()
+        self.connected_since = self.reactor.seconds()
+        self.last_heard = conn.connect_sent
         self._attempts = 0
         self.last_error = None
         log.info("connected to pubsub broker at {url} as {id}", url=self.address.url, id=self.client_id)

@@ -179,6 +179,7 @@ class Election(service.Service):
             return
         self.leading = False
         self.membership.epoch = 0
+        self.membership.leader = False  # from now on every status we publish says so
         log.info("stepping down from the kernel: {why}", why=why)
         d = self.kernel.step_down()
         d.addCallback(lambda _: self.membership.set_leader(False))

@@ -157,7 +157,10 @@ class Membership(service.Service):
 
     def publish(self) -> defer.Deferred:
         """Publish our current status (retained)."""
-        status = self.describe().with_(leader=self.leader, epoch=self.epoch or self.max_epoch, state=ALIVE,
+        # A claim carries only our own term: a leader on its way down (epoch already 0) claims nothing,
+        # never the newer term it has heard of, which would tie with the real leader.
+        leading = self.leader and self.epoch > 0
+        status = self.describe().with_(leader=leading, epoch=self.epoch if leading else self.max_epoch, state=ALIVE,
                                        updated_at=self.reactor.seconds())
         self._record(status)
         return self.client.publish(topics.status(self.id), status.encode(), qos=1, retain=True).addErrback(

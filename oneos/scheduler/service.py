@@ -127,10 +127,14 @@ class SchedulerService(service.Service):
         body.pop("v", None)
         body.pop("type", None)
         old = self.table.get(agent_id, {})
-        for kept in ("next_restart_at", "quarantined", "decided"):
+        restored = False
+        for kept in ("next_restart_at", "quarantined", "decided", "history"):
             if kept in old and kept not in body and body.get("state") == old.get("state"):
                 body[kept] = old[kept]
+                restored = True
         self.table[agent_id] = body
+        if restored and body.get("state") in ENDED and self.running:
+            self._republish(body)  # its runtime said it again without our decision: keep the decision on record
         if self.running:
             self._consider(body)
 
