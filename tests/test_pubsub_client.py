@@ -23,7 +23,7 @@ class TCPStringTransport(StringTransport):
 class FakeBroker:
     """Plays the broker's side of one fake connection."""
 
-    def __init__(self, reactor: MemoryReactorClock, client: PubSubClient, index: int = -1):
+    def __init__(self, reactor: MemoryReactorClock, client: PubSubClient | None = None, index: int = -1):
         host, port, factory, timeout, bind = reactor.tcpClients[index]
         self.factory = factory
         self.proto = factory.buildProtocol(None)
@@ -36,8 +36,10 @@ class FakeBroker:
         self.transport.clear()
         return self.parser.feed(data)
 
-    def send(self, data: bytes):
-        self.proto.dataReceived(data)
+    def send(self, data: bytes, piece: int = 0):
+        """Deliver *data*, in pieces of *piece* bytes if given (as TCP may cut it)."""
+        for i in range(0, len(data), piece or len(data) or 1):
+            self.proto.dataReceived(data[i : i + (piece or len(data))])
 
     def accept(self):
         [connect] = self.received()

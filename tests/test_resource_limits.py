@@ -17,7 +17,7 @@ from twisted.conch.telnet import ITelnetProtocol, TelnetProtocol, TelnetTranspor
 from twisted.cred import portal as cred_portal
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import defer, task
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,12 +29,7 @@ from oneos.pubsub.client import MessageTooLarge, PubSubClient
 from oneos.shell.server import TelnetLogin, _NoDelaySSHTransport
 from oneos.transfer import StreamFactory, TransferServer
 
-
-class TCPStringTransport(StringTransport):
-    """A StringTransport that, like TCP, accepts socket options."""
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        self.nodelay = enabled
+from test_pubsub_client import FakeBroker, TCPStringTransport
 
 
 @pytest.fixture
@@ -77,31 +72,6 @@ def test_oversized_publish_in_one_piece_and_other_oversized_packets():
 
 
 # -- the client: refuses to publish too much, drops what is too large ----------------------
-
-
-class FakeBroker:
-    """Plays the broker's side of one fake connection."""
-
-    def __init__(self, reactor: MemoryReactorClock):
-        host, port, factory, timeout, bind = reactor.tcpClients[-1]
-        self.proto = factory.buildProtocol(None)
-        self.transport = TCPStringTransport()
-        self.proto.makeConnection(self.transport)
-        self.parser = mqtt.PacketParser()
-
-    def received(self):
-        data = self.transport.value()
-        self.transport.clear()
-        return self.parser.feed(data)
-
-    def send(self, data: bytes, piece: int = 0):
-        for i in range(0, len(data), piece or len(data) or 1):
-            self.proto.dataReceived(data[i : i + (piece or len(data))])
-
-    def accept(self):
-        [connect] = self.received()
-        assert connect.type == mqtt.CONNECT
-        self.send(mqtt.encode_connack(0))
 
 
 @pytest.fixture
