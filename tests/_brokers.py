@@ -69,9 +69,9 @@ class BrokerProcess:
         _wait_until(f"{self.argv[0]} (restart)", lambda: _accepts(self.host, self.port), deadline, self)
 
 
-def _spawn(argv: list[str], log_path: Path, append: bool = False) -> subprocess.Popen:
+def _spawn(argv: list[str], log_path: Path, append: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
     with open(log_path, "ab" if append else "wb") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
 
 
 def _wait_until(what: str, check: Callable[[], T | None], deadline: float, broker: BrokerProcess) -> T:
@@ -105,21 +105,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def oneospsd_command(port: int, port_file: Path, interface: str = "127.0.0.1") -> list[str]:
-    """argv of a foreground ``twistd oneospsd`` with the current interpreter."""
-    return twistd_command("oneospsd", "--port", str(port), "--interface", interface, "--port-file", str(port_file))
+def oneospsd_command(port: int, port_file: Path, interface: str = "127.0.0.1", allow_anonymous: bool = True) -> list[str]:
+    """argv of a foreground ``twistd oneospsd`` with the current interpreter.
+
+    *allow_anonymous* (the default here) starts it with ``--allow-anonymous``:
+    our broker refuses clients without the network's credentials, and the
+    dozens of tests that use this fixture test other things (their runtimes
+    and commands have no credentials in their homes).  tests/test_broker_auth.py
+    covers the authenticating broker.
+    """
+    argv = twistd_command("oneospsd", "--port", str(port), "--interface", interface, "--port-file", str(port_file))
+    return argv + ["--allow-anonymous"] if allow_anonymous else argv
 
 
-def start_oneospsd(directory: Path, deadline: float = START_DEADLINE) -> BrokerProcess:
+def start_oneospsd(directory: Path, deadline: float = START_DEADLINE, allow_anonymous: bool = True,
+                   env: dict[str, str] | None = None) -> BrokerProcess:
     """``twistd -n oneospsd --port 0`` on 127.0.0.1; the real port comes from ``--port-file``.
 
-    *directory* holds the port file and ``oneospsd.log``.
+    *directory* holds the port file and ``oneospsd.log``.  Anonymous clients
+    are allowed unless *allow_anonymous* is false (see :func:`oneospsd_command`);
+    *env* replaces the child's environment (e.g. its ``ONEOS_HOME``).
     """
     directory.mkdir(parents=True, exist_ok=True)
     port_file = directory / "broker.port"
     port_file.unlink(missing_ok=True)
     log_path = directory / "oneospsd.log"
-    broker = BrokerProcess(_spawn(oneospsd_command(0, port_file), log_path), "127.0.0.1", 0, log_path)
+    argv = oneospsd_command(0, port_file, allow_anonymous=allow_anonymous)
+    broker = BrokerProcess(_spawn(argv, log_path, env=env), "127.0.0.1", 0, log_path)
 
     def written_port() -> int | None:
         try:
@@ -128,7 +140,7 @@ def start_oneospsd(directory: Path, deadline: float = START_DEADLINE) -> BrokerP
             return None
 
     broker.port = _wait_until("oneospsd", written_port, deadline, broker)
-    broker.argv = oneospsd_command(broker.port, port_file)
+    broker.argv = oneospsd_command(broker.port, port_file, allow_anonymous=allow_anonymous)
     return broker
 
 
@@ -140,15 +152,19 @@ def mosquitto_binary() -> str | None:
     return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 
 
-def start_mosquitto(directory: Path, deadline: float = START_DEADLINE) -> BrokerProcess:
-    """Mosquitto on a free loopback port: anonymous, no persistence, config under *directory*."""
+def start_mosquitto(directory: Path, deadline: float = START_DEADLINE, password_file: Path | None = None) -> BrokerProcess:
+    """Mosquitto on a free loopback port: anonymous, no persistence, config under *directory*.
+
+    With *password_file* (made by ``mosquitto_passwd``) it requires those credentials instead.
+    """
     binary = mosquitto_binary()
     if binary is None:
         raise FileNotFoundError("mosquitto is not installed (Debian package 'mosquitto')")
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = directory / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    auth = f"allow_anonymous false\npassword_file {password_file}\n" if password_file else "allow_anonymous true\n"
+    conf.write_text(f"listener {port} 127.0.0.1\n{auth}persistence false\n")
     log_path = directory / "mosquitto.log"
     argv = [binary, "-c", str(conf)]
     broker = BrokerProcess(_spawn(argv, log_path), "127.0.0.1", port, log_path, argv)

@@ -9,13 +9,35 @@ from typing import Any
 from twisted.logger import Logger
 
 from oneos.broker.service import CONNECT_TIMEOUT, MAX_MESSAGE, BrokerService
+from oneos.security import credentials
+from oneos.security.credentials import Credentials
 
 log = Logger()
 
 
+def network_credentials(home: Path | None = None) -> Credentials:
+    """The credentials of the network in *home* ($ONEOS_HOME by default), created (and logged) on a first start."""
+    from oneos.config import oneos_home
+
+    home = oneos_home() if home is None else home
+    creds, created = credentials.create(home)
+    where = credentials.path(home)
+    if created:
+        log.info("created the network's credentials in {path} (username {user!r}, a random secret); "
+                 "'oneos invite' prints the token that joins another machine", path=str(where), user=creds.username)
+    else:
+        log.info("clients must present the network's credentials ({path}; 'oneos invite' prints a join token)",
+                 path=str(where))
+    return creds
+
+
 def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: str | None = None, *,
-                 max_message: int | None = MAX_MESSAGE, connect_timeout: float | None = CONNECT_TIMEOUT) -> BrokerService:
+                 max_message: int | None = MAX_MESSAGE, connect_timeout: float | None = CONNECT_TIMEOUT,
+                 allow_anonymous: bool = False, home: Path | None = None) -> BrokerService:
     """A broker service; on a bind failure the process exits with status 1.
+
+    Clients must present the network's credentials (``$ONEOS_HOME/credentials.json``,
+    or *home*'s; created on the first start); *allow_anonymous* turns that off.
 
     *max_message*: largest PUBLISH payload accepted (larger ones are dropped
     and logged; None: no limit); *connect_timeout*: seconds a connection may
@@ -23,12 +45,17 @@ def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: 
     """
     from twisted.internet import reactor
 
+    credentials = None if allow_anonymous else network_credentials(home)
+    if allow_anonymous:
+        log.warn("oneospsd: --allow-anonymous: ANY client that reaches this broker may connect, read and "
+                 "publish (insecure; only for tests and closed networks)")
     iface = interface.replace(":", "\\:")  # endpoint syntax escapes IPv6 colons
     broker = BrokerService(
         f"tcp:{port}:interface={iface}",
         websocket=f"tcp:{websocket_port}:interface={iface}" if websocket_port else None,
         max_message=max_message,
         connect_timeout=connect_timeout,
+        credentials=credentials,
     )
 
     def listening(address: tuple[str, int]) -> None:

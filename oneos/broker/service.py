@@ -2,7 +2,8 @@
 
 Runtimes meet on an MQTT 3.1.1 broker.  Any standard one works (Mosquitto,
 EMQX); this one lets a single machine run OneOS with nothing else installed
-and backs ``twistd oneospsd``.  It allows anonymous clients, keeps retained
+and backs ``twistd oneospsd``.  It accepts only the network's credentials
+(oneos/broker/auth.py; anonymous clients only when asked to), keeps retained
 messages in memory only (no files are written), and publishes a client's
 last will when its connection drops without DISCONNECT, which is how OneOS
 notices a dead runtime.
@@ -26,12 +27,17 @@ import struct
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.utils import gen_client_id
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from oneos.broker.auth import plugins_config
 from oneos.errors import OneOSError
+from oneos.security.credentials import Credentials
 
 log = Logger()
 
@@ -321,9 +327,51 @@ class _FixedBroker(Broker):
             address = address[1:-1]
         return address, port
 
+    async def _authenticated_connect(self, reader: Any, writer: Any, remote_address: str, remote_port: int) -> Any:
+        """amqtt's ``_initialize_client_session`` with the credentials checked first.
+
+        amqtt reads CONNECT, then deletes (clean session) or takes over the
+        session of the same client id, and only later authenticates: an
+        anonymous CONNECT with a runtime's client id knocked that runtime off
+        and published its last will.  Here a client that fails authentication
+        gets CONNACK "bad user name or password" and is dropped before its
+        client id touches any session.
+        """
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except MQTTError as exc:
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except NoDataError as exc:
+            raise AMQTTError(exc) from exc
+        if not await self._authenticate(session, None):
+            log.warn("refused MQTT client from {host}: bad credentials", host=remote_address)
+            writer.write(bytes([0x20, 2, 0, 4]))  # CONNACK: bad user name or password
+            try:
+                await writer.drain()
+            except Exception:
+                pass
+            _abort(writer)
+            raise AMQTTError(f"client from {remote_address} refused: bad credentials")
+        if session.clean_session:
+            if session.client_id:
+                await self._delete_session(session.client_id)
+            else:
+                session.client_id = gen_client_id()
+            session.parent = 0
+        elif session.client_id in self._sessions:
+            existing, _ = self._sessions[session.client_id]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "keep_alive", "username", "password"):
+                setattr(existing, name, getattr(session, name))
+            session = existing
+            session.parent = 1
+        else:
+            session.parent = 0
+        return handler, session
+
     async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str, remote_port: int) -> Any:
         try:
-            handler, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+            handler, session = await self._authenticated_connect(reader, writer, remote_address, remote_port)
         finally:
             timer = getattr(reader, "connect_timer", None)
             if timer is not None:
@@ -427,13 +475,16 @@ class BrokerService(service.Service):
     """An amqtt MQTT 3.1.1 broker on a TCP endpoint (port 0 = any free port).
 
     *websocket*, if given, is a second TCP endpoint string where MQTT is also
-    served over websockets (for browsers).
+    served over websockets (for browsers).  *credentials*: the only
+    username/password accepted (anonymous and wrong ones are refused); None
+    lets anyone in (tests, ``--allow-anonymous``).
     """
 
     name = "broker"
 
     def __init__(self, listen: str = "tcp:1883:interface=0.0.0.0", websocket: str | None = None, *,
-                 max_message: int | None = MAX_MESSAGE, connect_timeout: float | None = CONNECT_TIMEOUT) -> None:
+                 max_message: int | None = MAX_MESSAGE, connect_timeout: float | None = CONNECT_TIMEOUT,
+                 credentials: Credentials | None = None) -> None:
         if max_message is not None and max_message < 1:
             raise BrokerError(f"the message size limit must be positive, not {max_message}")
         if connect_timeout is not None and connect_timeout <= 0:
@@ -444,6 +495,8 @@ class BrokerService(service.Service):
         #: seconds a new connection may take to send CONNECT before it is closed (None: no limit)
         self.connect_timeout = connect_timeout
         self.ws = parse_listen(websocket) if websocket else None
+        #: the accepted username/password; None: anonymous clients allowed
+        self.credentials = credentials
         #: (host, port) actually bound, once listening
         self.address: tuple[str, int] | None = None
         #: (host, port) of the websocket listener, once listening (None if off)
@@ -461,8 +514,8 @@ class BrokerService(service.Service):
             "listeners": listeners,
             # _FixedBroker applies the spec's 1.5 x keep-alive itself
             "timeout_disconnect_delay": 0,
-            # Only this plugin: no $SYS publisher, packet logger or persistence.
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            # Only the authentication plugin: no $SYS publisher, packet logger or persistence.
+            "plugins": plugins_config(self.credentials),
         }
 
     def whenListening(self) -> defer.Deferred[tuple[str, int]]:

@@ -24,6 +24,25 @@ def default_pubsub_url() -> str:
         return DEFAULT_PUBSUB
 
 
+def credentials_path() -> Any:
+    from oneos.security import credentials
+
+    return credentials.path(oneos_home())
+
+
+def present_credentials(client: Any) -> None:
+    """Have *client* log in with ``$ONEOS_HOME/credentials.json`` when its URL names no user (and the file exists)."""
+    import dataclasses
+
+    from oneos.security import credentials
+
+    if client.address.username is not None:
+        return
+    found = credentials.load(oneos_home())
+    if found is not None:
+        client.address = dataclasses.replace(client.address, username=found.username, password=found.password)
+
+
 def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5.0) -> Any:
     """Connect to the broker at *url*, run ``job(reactor, client)`` and return its result.
 
@@ -39,6 +58,7 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
     from oneos.pubsub.client import PubSubClient
 
     client = PubSubClient(url, reactor, keepalive=10, max_delay=1.0)
+    present_credentials(client)
     outcome: list[Any] = []
 
     @defer.inlineCallbacks
@@ -49,10 +69,15 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
         try:
             yield connected
         except defer.CancelledError:
-            raise PubSubUnavailable(
-                f"cannot reach the broker at {client.address.url}: {client.last_error or 'no answer'} "
-                "(is a OneOS runtime or broker running? see 'oneos grid' or 'twistd -n oneosd')"
-            ) from None
+            why = client.last_error or "no answer"
+            if why in ("bad user name or password", "not authorised"):
+                hint = ("this machine has no valid credentials for that network: run 'oneos invite' on one of its "
+                        "machines and 'oneos join TOKEN' here" if client.address.username is None else
+                        f"the credentials in {credentials_path()} are not this network's: 'oneos join TOKEN' "
+                        "installs the right ones")
+            else:
+                hint = "is a OneOS runtime or broker running? see 'oneos grid' or 'twistd -n oneosd'"
+            raise PubSubUnavailable(f"cannot reach the broker at {client.address.url}: {why} ({hint})") from None
         if timer.active():
             timer.cancel()
         result = yield job(reactor, client)

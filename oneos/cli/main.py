@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "kill": "control:kill",
     "pause": "control:pause",
     "resume": "control:resume",
+    "invite": "invite",
+    "join": "invite:join",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -11,6 +12,8 @@ from twisted.logger import Logger
 from oneos.config import Config
 from oneos.errors import describe
 from oneos.pubsub.client import parse_broker_url
+from oneos.security import credentials
+from oneos.security.credentials import redact_url
 
 log = Logger()
 
@@ -36,13 +39,20 @@ def describe_config(config: Config) -> str:
             if config.embedded
             else ""
         ),
-        f"  pubsub    {config.pubsub}" + ("  (hosted here if none answers)" if config.wants_embedded_broker else ""),
+        f"  pubsub    {redact_url(config.pubsub)}" + ("  (hosted here if none answers)" if config.wants_embedded_broker else ""),
         f"  store     {config.store or 'the network' + chr(39) + 's (or SQLite under home if the network has none yet)'}",
         f"  kernel    {'yes' if config.kernel else 'no'}",
         f"  memory    {config.memory_mb} MB",
         f"  tags      {', '.join(config.tags) or '-'}",
     ]
     return "\n".join(lines)
+
+
+def _use_credentials(runtime: Any, creds: Any) -> None:
+    """Make the runtime's broker connection present *creds* (its URL named none)."""
+    if creds is not None:
+        runtime.client.address = dataclasses.replace(runtime.client.address, username=creds.username,
+                                                     password=creds.password)
 
 
 def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
@@ -60,11 +70,21 @@ def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
     top = service.MultiService()
     top.setName("oneosd")
     runtime = RuntimeService(config, reactor, on_fatal=_exit_on_fatal(reactor))
+    address = parse_broker_url(config.pubsub)
     if config.wants_embedded_broker:
-        address = parse_broker_url(config.pubsub)
-        embedded = EmbeddedBroker(address.host, address.port, reactor)
+        embedded = EmbeddedBroker(address.host, address.port, reactor, home=config.home)
         embedded.setServiceParent(top)
+        if address.username is None:
+            # connect with the credentials the embedded broker set up (created on a first start)
+            embedded.ready.addCallback(lambda _: _use_credentials(runtime, embedded.credentials))
         runtime.broker_ready = embedded.ready
+    elif address.username is None:
+        found = credentials.load(config.home)
+        if found is None:
+            log.warn("no network credentials in {path}: connecting without; a broker that requires them refuses "
+                     "('oneos invite' on a machine of the network prints a token, 'oneos join TOKEN' here installs it)",
+                     path=str(credentials.path(config.home)))
+        _use_credentials(runtime, found)
     runtime.setServiceParent(top)
     reactor.callWhenRunning(lambda: log.info("{block}", block=describe_config(config)))
     return top

@@ -4,10 +4,16 @@ When the runtime's broker is on loopback and nobody answers there, this
 service starts an in-process broker on that address; when one already
 answers (another runtime's, or a system Mosquitto), it stays out of the way.
 The probe happens in ``startService`` (never in ``makeService``).
+
+The broker accepts only the network's credentials: the runtime's
+``$ONEOS_HOME/credentials.json``, created on the first start (so a first
+start needs no setup, and the broker is never open to the machine's other
+users).  ``credentials`` holds them once started; the runtime connects with them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service
@@ -16,7 +22,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from oneos.errors import describe
+from oneos.errors import OneOSError, describe
+from oneos.security import credentials
+from oneos.security.credentials import Credentials
 
 log = Logger()
 
@@ -26,16 +34,29 @@ class EmbeddedBroker(service.MultiService):
 
     name = "embedded-broker"
 
-    def __init__(self, host: str, port: int, reactor: Any) -> None:
+    def __init__(self, host: str, port: int, reactor: Any, home: Path | None = None) -> None:
         super().__init__()
         self.host = host
         self.port = port
         self.reactor = reactor
+        #: the runtime's $ONEOS_HOME, where the network's credentials live (None: broker open to anyone)
+        self.home = home
+        self.credentials: Credentials | None = None
         self.hosting = False
         self.ready: defer.Deferred = defer.Deferred()
 
     def startService(self) -> None:
         super().startService()
+        if self.home is not None:
+            try:
+                self.credentials, created = credentials.create(self.home)
+            except OneOSError as e:
+                log.error("cannot set up the network's credentials: {error}", error=describe(e))
+                self.ready.callback(None)
+                return
+            if created:
+                log.info("created this network's credentials in {path}; 'oneos invite' prints the token that "
+                         "joins another machine", path=str(credentials.path(self.home)))
         self._probe().addCallback(self._decide).addErrback(self._failed)
 
     def _probe(self) -> defer.Deferred:
@@ -60,7 +81,7 @@ class EmbeddedBroker(service.MultiService):
 
         iface = self.host if self.host != "localhost" else "127.0.0.1"
         escaped = iface.replace(":", "\\:")  # endpoint syntax escapes IPv6 colons
-        broker = BrokerService(f"tcp:{self.port}:interface={escaped}")
+        broker = BrokerService(f"tcp:{self.port}:interface={escaped}", credentials=self.credentials)
         broker.setServiceParent(self)
         self.hosting = True
         return broker.whenListening().addCallback(self._listening)

@@ -15,11 +15,16 @@ from zope.interface import implementer
 
 class Options(usage.Options):
     longdesc = (
-        "Run the MQTT 3.1.1 broker (amqtt) that OneOS runtimes meet on: anonymous "
-        "clients, retained messages and last wills kept in memory only. It listens "
+        "Run the MQTT 3.1.1 broker (amqtt) that OneOS runtimes meet on. Clients must "
+        "present the network's credentials ($ONEOS_HOME/credentials.json, created on the "
+        "first start; 'oneos invite' prints a join token for other machines). Retained "
+        "messages and last wills are kept in memory only. It listens "
         "on all interfaces by default because other machines must reach it; any "
         "standard MQTT broker (Mosquitto, EMQX) can be used instead."
     )
+    optFlags = [
+        ["allow-anonymous", None, "let any client connect without credentials (insecure: tests, closed networks)"],
+    ]
     optParameters = [
         ["port", "p", 1883, "TCP port to listen on (0 = any free port)", int],
         ["interface", "i", "0.0.0.0", "address to listen on"],
@@ -57,7 +62,8 @@ class BrokerMaker:
 
             return build_broker(options["interface"], options["port"], options["websocket-port"], options["port-file"],
                                 max_message=options["max-message"] or None,
-                                connect_timeout=options["connect-timeout"] or None)
+                                connect_timeout=options["connect-timeout"] or None,
+                                allow_anonymous=bool(options["allow-anonymous"]))
         except OneOSError as e:
             raise SystemExit(f"oneospsd: {describe(e)}") from None
 

@@ -1,0 +1,1 @@
+"""The network's secrets: broker credentials (``credentials.json``) and join tokens."""
