@@ -12,6 +12,15 @@ with a JSON error ``{"kind", "message"}``.  Each side stops reading its
 socket while the other end is busy (Twisted producer/consumer), so a slow
 reader slows the writer and memory stays bounded; a connection that closes
 before ``E`` is an error on both sides, never a hang.
+
+TLS: a server given this machine's certificate (a runtime whose home has
+``tls/cert.pem``, see oneos/security/tls.py) listens with TLS only and says
+so in :meth:`TransferServer.where` (``"tls": true``); a client told so
+(``send``/``receive`` with ``tls=``) connects with TLS and checks the
+server's certificate against the network's CA and the address it dialled.
+A certificate that does not verify fails the transfer at once with an
+error naming the address.  Without a certificate everything is plain TCP
+(the one-machine loopback default).
 """
 
 from __future__ import annotations
@@ -26,10 +35,11 @@ from typing import Any, Protocol as TypingProtocol
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from oneos.errors import OneOSError
@@ -70,6 +80,27 @@ class Sink(TypingProtocol):
     def finish(self) -> defer.Deferred: ...  # fires with a JSON-able status
 
     def abort(self) -> Any: ...
+
+
+def _tcp(transport: Any) -> Any:
+    """The TCP transport under a TLS one (socket options and buffer sizes live there)."""
+    return transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
+
+
+#: the network CA clients check TLS stream servers against when a caller passes ``tls=True``
+#: (set by a runtime of a TLS network; otherwise $ONEOS_HOME/tls/ca.pem is read when needed)
+_client_trust: Any = None
+
+
+def use_client_trust(trust: Any) -> None:
+    """Make *trust* (an ``oneos.security.tls.Trust``, or None) the default for ``send``/``receive`` with ``tls=True``."""
+    global _client_trust
+    _client_trust = trust
+
+
+def tls_of(where: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`send`/:func:`receive` for a stream offer *where*: ``{"tls": True}`` or ``{}``."""
+    return {"tls": True} if where.get("tls") else {}
 
 
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
@@ -262,8 +293,9 @@ class _ServerConnection(Protocol):
         self._line_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
-        self.transport.bufferSize = READ_SIZE
+        tcp = _tcp(self.transport)
+        tcp.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
+        tcp.bufferSize = READ_SIZE
         timeout = getattr(self.server, "token_line_timeout", TOKEN_LINE_TIMEOUT)
         if timeout:
             self._line_timer = self.server.clock.callLater(timeout, self._no_token_line, timeout)
@@ -356,8 +388,11 @@ class TransferServer(service.Service):
     name = "transfer"
 
     def __init__(self, reactor: Any, endpoint: str = "tcp:0:interface=127.0.0.1", token_ttl: float = 30.0, clock: Any = None,
-                 token_line_timeout: float | None = TOKEN_LINE_TIMEOUT) -> None:
+                 token_line_timeout: float | None = TOKEN_LINE_TIMEOUT, tls: Any = None) -> None:
         self.reactor = reactor
+        #: this machine's TLS (``oneos.security.tls.MachineTLS``: its ``server`` context factory is used);
+        #: None: plain TCP.  Read when listening.
+        self.tls = tls
         self.clock = clock or reactor
         self.endpoint = endpoint
         self.token_ttl = token_ttl
@@ -378,6 +413,8 @@ class TransferServer(service.Service):
         host, port = self.address
         if host in ("0.0.0.0", "::", ""):
             host = self.advertise
+        if self.tls is not None:
+            return {"host": host, "port": port, "tls": True}
         return {"host": host, "port": port}
 
     @property
@@ -392,8 +429,11 @@ class TransferServer(service.Service):
     @defer.inlineCallbacks
     def listen(self) -> Any:
         """Start listening; fires with (host, port)."""
-        factory = StreamFactory()
+        factory: Any = StreamFactory()
         factory.server = self
+        if self.tls is not None:
+            factory = TLSMemoryBIOFactory(self.tls.server, False, factory)
+            factory.noisy = False
         self.port = yield serverFromString(self.reactor, self.endpoint).listen(factory)
         return self.address
 
@@ -441,14 +481,18 @@ class _ClientConnection(Protocol):
         self.token = token
         self.source = source
         self.sink = sink
+        #: ``host:port`` and the CA file, set when connecting with TLS (for messages)
+        self.address = ""
+        self.trust_source = ""
         self.parser = FrameParser()
         self.result: defer.Deferred = defer.Deferred()
         self.receiver: _Receiver | None = None
         self.sent_all = False
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
-        self.transport.bufferSize = READ_SIZE
+        tcp = _tcp(self.transport)
+        tcp.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
+        tcp.bufferSize = READ_SIZE
         self.transport.write(self.token.encode() + b"\n")
         if self.source is not None:
             _Pump(self.transport, self.source, self._sent)
@@ -462,6 +506,8 @@ class _ClientConnection(Protocol):
             self.sent_all = True
             self.transport.write(frame(END, b"{}"))
         else:
+            if self.trust_source and failure.check(TransferError) and failure.value.kind == "EPIPE":
+                return  # the TLS transport stopped us as the connection went: connectionLost says why
             self.transport.write(frame(ERROR, error_payload(failure.value)))
             self._fail(failure)
             self.transport.loseConnection()
@@ -500,27 +546,65 @@ class _ClientConnection(Protocol):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        if self.trust_source and reason is not None and not (self.receiver is not None and self.receiver.ended):
+            from oneos.security.tls import describe_tls_failure
+
+            problem = describe_tls_failure(reason, "its", self.trust_source)
+            if problem is not None:
+                kind = "EACCES" if "certificate" in problem else "EPROTO"
+                error = Failure(TransferError(f"stream address {self.address} (TLS): {problem}", kind))
+                if self.receiver is not None:
+                    self.receiver._fail(error)
+                self._fail(error)
+                return
         if self.receiver is not None:
             self.receiver.lost()  # the receiver's own outcome decides
             return
         self._fail(Failure(TransferError("the connection closed before the transfer finished", "EPIPE")))
 
 
-def _connect(reactor: Any, host: str, port: int, proto: _ClientConnection) -> defer.Deferred:
+def _trust(tls: Any) -> Any:
+    """The CA a TLS stream client checks against: *tls* itself, or (for True) the default."""
+    if tls is not True:
+        return tls
+    if _client_trust is not None:
+        return _client_trust
+    from oneos.security import tls as machine_tls
+
+    return machine_tls.load_trust(machine_tls.default_home())
+
+
+def _connect(reactor: Any, host: str, port: int, proto: _ClientConnection, tls: Any = None) -> defer.Deferred:
     h = host.replace(":", "\\:")
     endpoint = clientFromString(reactor, f"tcp:host={h}:port={port}:timeout=10")
-    d = endpoint.connect(Factory.forProtocol(lambda: proto))
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if tls:
+        try:
+            trust = _trust(tls)
+        except OneOSError as e:
+            proto._fail(Failure(TransferError(f"stream address {shown} uses TLS, but {e}", "EACCES")))
+            return proto.result
+        endpoint = wrapClientTLS(trust.client_creator(host), endpoint)
+        proto.address = shown
+        proto.trust_source = getattr(trust, "source", None) or getattr(getattr(trust, "trust", None), "source", "") \
+            or "the network's CA"
+    d = endpoint.connect(Factory.forProtocol(lambda: proto))
     d.addErrback(lambda f: proto._fail(Failure(TransferError(
         f"cannot connect to stream address {shown}: {f.getErrorMessage()}", "ECONNREFUSED"))))
     return proto.result
 
 
-def send(reactor: Any, host: str, port: int, token: str, source: Source) -> defer.Deferred:
-    """Stream *source* to a server's registered sink; fires with the sink's status."""
-    return _connect(reactor, host, port, _ClientConnection(token, source, None))
+def send(reactor: Any, host: str, port: int, token: str, source: Source, *, tls: Any = None) -> defer.Deferred:
+    """Stream *source* to a server's registered sink; fires with the sink's status.
+
+    *tls*: None/False for plain TCP; True to connect with TLS checking the
+    server against the network's CA (the runtime's, else
+    ``$ONEOS_HOME/tls/ca.pem``); or an ``oneos.security.tls.Trust`` to check
+    against.  A stream offer says which (:func:`tls_of`).
+    """
+    return _connect(reactor, host, port, _ClientConnection(token, source, None), tls)
 
 
-def receive(reactor: Any, host: str, port: int, token: str, sink: Sink) -> defer.Deferred:
-    """Stream a server's registered source into *sink*; fires with the sink's status."""
-    return _connect(reactor, host, port, _ClientConnection(token, None, sink))
+def receive(reactor: Any, host: str, port: int, token: str, sink: Sink, *, tls: Any = None) -> defer.Deferred:
+    """Stream a server's registered source into *sink*; fires with the sink's status (*tls*: as for :func:`send`)."""
+    return _connect(reactor, host, port, _ClientConnection(token, None, sink), tls)

@@ -20,7 +20,9 @@ def network_credentials(home: Path | None = None) -> Credentials:
     from oneos.config import oneos_home
 
     home = oneos_home() if home is None else home
-    creds, created = credentials.create(home)
+    from oneos.cli.common import ADMIN_IDENTITY
+
+    creds, created = credentials.create(home, ADMIN_IDENTITY)
     where = credentials.path(home)
     if created:
         log.info("created the network's credentials in {path} (username {user!r}, a random secret); "
@@ -31,9 +33,29 @@ def network_credentials(home: Path | None = None) -> Credentials:
     return creds
 
 
+def tls_files(use_home: bool, cert: str | None, key: str | None, home: Path | None = None) -> tuple[str, str] | None:
+    """The (certfile, keyfile) of ``--tls`` (this machine's ``$ONEOS_HOME/tls/cert.pem``, ``key.pem``) or
+    ``--cert``/``--key``; None when neither was asked for."""
+    from oneos.config import oneos_home
+    from oneos.security import tls
+
+    if cert or key:
+        if not (cert and key):
+            raise tls.TLSError("--cert and --key go together")
+        return cert, key
+    if not use_home:
+        return None
+    home = oneos_home() if home is None else home
+    if not tls.cert_path(home).exists():
+        raise tls.NoCertificate(f"no TLS certificate in {tls.cert_path(home)}: run 'oneos tls init' first "
+                                "(or give --cert and --key)")
+    return str(tls.cert_path(home)), str(tls.key_path(home))
+
+
 def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: str | None = None, *,
                  max_message: int | None = MAX_MESSAGE, connect_timeout: float | None = CONNECT_TIMEOUT,
-                 allow_anonymous: bool = False, home: Path | None = None) -> BrokerService:
+                 allow_anonymous: bool = False, home: Path | None = None,
+                 tls: tuple[str, str] | None = None) -> BrokerService:
     """A broker service; on a bind failure the process exits with status 1.
 
     Clients must present the network's credentials (``$ONEOS_HOME/credentials.json``,
@@ -41,7 +63,8 @@ def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: 
 
     *max_message*: largest PUBLISH payload accepted (larger ones are dropped
     and logged; None: no limit); *connect_timeout*: seconds a connection may
-    take to send CONNECT (None: no limit).
+    take to send CONNECT (None: no limit).  *tls*: (certfile, keyfile): the
+    listener speaks MQTT over TLS only (see :func:`tls_files`).
     """
     from twisted.internet import reactor
 
@@ -56,7 +79,11 @@ def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: 
         max_message=max_message,
         connect_timeout=connect_timeout,
         credentials=credentials,
+        tls=tls,
     )
+    if tls is not None:
+        log.info("oneospsd: TLS on (mqtts://): certificate {cert}, key {key}; plain MQTT is not served",
+                 cert=tls[0], key=tls[1])
 
     def listening(address: tuple[str, int]) -> None:
         if port_file:

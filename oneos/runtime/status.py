@@ -45,6 +45,8 @@ class RuntimeStatus:
     services: dict[str, str] = field(default_factory=dict)
     #: host:port peers connect to for streams (pipes, file content, agent output)
     stream: str = ""
+    #: the stream address speaks TLS only (certificates of the network's CA): peers connect with TLS
+    stream_tls: bool = False
     #: host:port of this runtime's SSH front door ('' when off)
     ssh: str = ""
     pid: int = 0
@@ -103,6 +105,7 @@ class RuntimeStatus:
                 interval=float(body.get("interval", 2.0)),
                 services={str(k): str(v) for k, v in dict(body.get("services") or {}).items()},
                 stream=str(body.get("stream", "")),
+                stream_tls=bool(body.get("stream_tls", False)),
                 ssh=str(body.get("ssh", "")),
                 pid=int(body.get("pid", 0) or 0),
                 fs_eligible=bool(body.get("fs_eligible", False)),
