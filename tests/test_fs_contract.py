@@ -205,6 +205,61 @@ class StoreContract(StoreFixture):
         self.assertEqual(await self.store.read("/f"), b"second")
         self.assertEqual((st.owner, st.mode, st.size, st.ctime, st.mtime), ("bob", 0o600, 6, T0, T0 + 5))
 
+    # -- owner and mode ---------------------------------------------------------------------
+
+    async def test_chmod_changes_only_the_mode(self):
+        await self.store.write("/f", b"content", owner="bob", perm=0o644)
+        await self.store.mkdir("/d", owner="bob")
+        self.clock.advance(5)
+        st = await self.store.chmod("/f", 0o600)
+        self.assertEqual((st.path, st.kind, st.owner, st.mode, st.size, st.ctime, st.mtime),
+                         ("/f", "file", "bob", 0o600, 7, T0, T0))
+        self.assertEqual(await self.store.stat("/f"), st)
+        self.assertEqual(await self.store.read("/f"), b"content")
+        self.assertEqual((await self.store.chmod("/d/", 0o1777)).mode, 0o1777)
+        self.assertEqual((await self.store.stat("/d")).mode, 0o1777)
+        self.assertEqual((await self.store.chmod("/", 0o711)).mode, 0o711)
+        self.assertEqual((await self.store.stat("/")).mode, 0o711)
+        self.assertEqual((await self.store.chmod("/f", 0)).mode, 0)
+
+    async def test_chown_changes_only_the_owner(self):
+        await self.store.write("/f", b"content", owner="bob", perm=0o640)
+        await self.store.mkdir("/d/e", parents=True)
+        self.clock.advance(5)
+        st = await self.store.chown("/f", "alice")
+        self.assertEqual((st.owner, st.mode, st.size, st.ctime, st.mtime), ("alice", 0o640, 7, T0, T0))
+        self.assertEqual((await self.store.stat("/f")).owner, "alice")
+        self.assertEqual((await self.store.chown("/d", "carol")).owner, "carol")
+        self.assertEqual((await self.store.stat("/d/e")).owner, "root", "not recursive")
+        self.assertEqual([s.owner for s in await self.store.scandir("/")], ["carol", "alice"])
+
+    async def test_owner_and_mode_survive_writes_renames_and_reopening(self):
+        await self.store.mkdir("/a")
+        await self.store.write("/a/f", b"one")
+        await self.store.chmod("/a/f", 0o600)
+        await self.store.chown("/a/f", "bob")
+        await self.store.write("/a/f", b"two, longer than one")
+        await self.store.write("/a/f", b" and appended", mode="append")
+        st = await self.store.rename("/a/f", "/a/g")
+        self.assertEqual((st.owner, st.mode), ("bob", 0o600))
+        store = await self.reopen()
+        st = await store.stat("/a/g")
+        self.assertEqual((st.owner, st.mode), ("bob", 0o600))
+        self.assertEqual(await store.read("/a/g"), b"two, longer than one and appended")
+
+    async def test_chmod_and_chown_errors(self):
+        await self.assertFails(E.NotFound, self.store.chmod("/missing", 0o644))
+        await self.assertFails(E.NotFound, self.store.chown("/missing/x", "bob"))
+        await self.store.write("/f", b"x")
+        await self.assertFails(E.NotADirectory, self.store.chmod("/f/x", 0o644))
+        for bad in (-1, 0o10000, "644", 6.0, True, None):
+            await self.assertFails(E.InvalidArgument, self.store.chmod("/f", bad))
+        for bad in ("", "two words", "a/b", "x" * 65, "tab\t", 5, None):
+            await self.assertFails(E.InvalidArgument, self.store.chown("/f", bad))
+        await self.assertFails(E.InvalidPath, self.store.chmod("/../f", 0o644))
+        st = await self.store.stat("/f")
+        self.assertEqual((st.owner, st.mode), ("root", 0o644), "a refused change changes nothing")
+
     async def test_append(self):
         await self.store.write("/log", b"one\n", mode="append")
         await self.store.write("/log", b"two\n", mode="append")

@@ -591,3 +591,34 @@ def test_users_kill_only_their_own_programs_which_do_not_run_as_root(shell):
     assert shell.ssh(f"kill {agent}").returncode == 0
     if os.geteuid() == 0:
         assert shell.ssh("id -u").stdout.strip() != "0"
+
+
+def test_homes_are_private_and_ls_l_shows_owners(shell):
+    env = dict(os.environ, ONEOS_HOME=str(shell.home))
+    r = subprocess.run([*_cli("user"), "addkey", "dave", str(shell.other_key) + ".pub"], capture_output=True,
+                       text=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    wrote = shell.ssh("echo alice-only > $HOME/private.txt; cat $HOME/private.txt")
+    assert wrote.returncode == 0 and wrote.stdout == "alice-only\n", wrote
+    assert shell.ssh("whoami", user="dave", key=shell.other_key).stdout == "dave\n"  # dave's home exists now
+    refused = shell.ssh("cat /home/alice/private.txt", user="dave", key=shell.other_key)
+    assert refused.returncode == 1 and refused.stderr == "cat: /home/alice/private.txt: permission denied\n", refused
+    # programs' redirections are read and written by their runtime: checked as the session's user first
+    for line in ("sort < /home/alice/private.txt", "python3 -c 'print(1)' > /home/alice/planted.txt"):
+        r = shell.ssh(line, user="dave", key=shell.other_key)
+        assert r.returncode != 0 and "permission denied" in r.stderr and not r.stdout, (line, r)
+    made = shell.ssh("python3 -c 'print(6 * 7)' > $HOME/out.txt; cat out.txt; ls -l")
+    assert made.returncode == 0 and made.stdout.startswith("42\n"), made
+    assert [row.split()[:2] for row in made.stdout.splitlines() if row.endswith(" out.txt")] == [["-rw-r--r--", "alice"]]
+    assert "planted" not in made.stdout
+    listed = shell.ssh("ls -l /home", user="dave", key=shell.other_key)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[-1]: line.split() for line in listed.stdout.splitlines()}
+    assert rows["alice"][:2] == ["drwx------", "alice"] and rows["dave"][:2] == ["drwx------", "dave"], rows
+    # alice opens up: dave may read, not change, and only root may give it away
+    assert shell.ssh("chmod 755 $HOME && chmod a+r private.txt").returncode == 0
+    assert shell.ssh("cat /home/alice/private.txt", user="dave", key=shell.other_key).stdout == "alice-only\n"
+    denied = shell.ssh("chmod 777 /home/alice/private.txt; chown dave /home/alice/private.txt; "
+                       "echo x > /home/alice/private.txt", user="dave", key=shell.other_key)
+    assert denied.stderr.count("operation not permitted") == 2 and "permission denied" in denied.stderr, denied
+    assert "-rw-r--r-- alice" in shell.ssh("ls -l /home/alice").stdout

@@ -21,7 +21,7 @@ from twisted.internet import defer
 from oneos.fs import errors as fs_errors
 from oneos.fs.store import Stat
 from oneos.pubsub.rpc import RPCClient, register_error
-from oneos.transfer import Sink, Source, receive, send
+from oneos.transfer import Sink, Source, receive, send, tls_of
 
 TARGET = "fs"
 
@@ -31,18 +31,34 @@ for _code in ("ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ENOTEMPTY", "EACCES", "E
 
 
 class FSClient:
-    """Asynchronous access to the OneOS file tree."""
+    """Asynchronous access to the OneOS file tree.
 
-    def __init__(self, rpc: RPCClient, reactor: Any, timeout: float = 10.0, *, system: bool = False) -> None:
+    *user*: every call is made for this OneOS user and checked against the
+    tree's owners and modes (docs/filesystem.md, "Owners and modes"); None
+    is the kernel or a trusted caller, which nothing refuses.  (The service
+    trusts a runtime to name the user it acts for; a ``oneos`` command's
+    own identity decides its user, whatever it sends.)
+    """
+
+    def __init__(self, rpc: RPCClient, reactor: Any, timeout: float = 10.0, *, system: bool = False,
+                 user: str | None = None) -> None:
         self.rpc = rpc
         self.reactor = reactor
         self.timeout = timeout
         #: the kernel's own client: may reach /etc/oneos
         self.system = system
+        #: the user every call is made for (None: the kernel)
+        self.user = user
+
+    def as_user(self, user: str | None) -> FSClient:
+        """The same connection, acting for *user* (a shell session's client)."""
+        return FSClient(self.rpc, self.reactor, self.timeout, system=self.system, user=user)
 
     def _call(self, method: str, **args: Any) -> defer.Deferred:
         if self.system:
             args["system"] = True
+        if self.user is not None:
+            args["user"] = self.user
         return self.rpc.call(TARGET, method, timeout=self.timeout, **args)
 
     def stat(self, path: str) -> defer.Deferred:
@@ -54,8 +70,31 @@ class FSClient:
     def listdir(self, path: str) -> defer.Deferred:
         return self._call("listdir", path=path).addCallback(lambda rows: [Stat.from_dict(r) for r in rows])
 
-    def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False) -> defer.Deferred:
-        return self._call("mkdir", path=path, parents=parents, exist_ok=exist_ok).addCallback(Stat.from_dict)
+    def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False, *, perm: int | None = None,
+              owner: str | None = None) -> defer.Deferred:
+        """Make a directory (mode *perm*, default 0o755); *owner* counts for the kernel's and root's calls only."""
+        args: dict[str, Any] = {"path": path, "parents": parents, "exist_ok": exist_ok}
+        if perm is not None:
+            args["perm"] = perm
+        if owner is not None:
+            args["owner"] = owner
+        return self._call("mkdir", **args).addCallback(Stat.from_dict)
+
+    def chmod(self, path: str, perm: int) -> defer.Deferred:
+        """Set an entry's permission bits (its owner or root only); fires with its Stat."""
+        return self._call("chmod", path=path, perm=perm).addCallback(Stat.from_dict)
+
+    def chown(self, path: str, owner: str) -> defer.Deferred:
+        """Give an entry to *owner* (root only); fires with its Stat."""
+        return self._call("chown", path=path, owner=owner).addCallback(Stat.from_dict)
+
+    def access(self, path: str, mode: str = "r") -> defer.Deferred:
+        """Fails (PermissionDenied, NotFound ...) unless this client's user may do *mode* (r, w, x) to *path*.
+
+        For work another party does for the user (a program's ``< FILE``);
+        ``w`` on a missing file asks whether it may be created.
+        """
+        return self._call("access", path=path, mode=mode)
 
     def remove(self, path: str, recursive: bool = False) -> defer.Deferred:
         return self._call("remove", path=path, recursive=recursive)
@@ -76,14 +115,14 @@ class FSClient:
         where = yield self._call("read_open", path=path, offset=offset, length=length)
         if on_open is not None:
             on_open(where)
-        result = yield receive(self.reactor, where["host"], where["port"], where["token"], sink)
+        result = yield receive(self.reactor, where["host"], where["port"], where["token"], sink, **tls_of(where))
         return result
 
     @defer.inlineCallbacks
     def write_from(self, path: str, source: Source, mode: str = "truncate") -> Any:
         """Stream *source* into a file; visible only once complete; fires with its Stat."""
         where = yield self._call("write_open", path=path, mode=mode)
-        status = yield send(self.reactor, where["host"], where["port"], where["token"], source)
+        status = yield send(self.reactor, where["host"], where["port"], where["token"], source, **tls_of(where))
         return Stat.from_dict(status)
 
     def read_small(self, path: str) -> defer.Deferred:

@@ -498,6 +498,21 @@ class MongoStore(BaseStore):
             return _stat(moved, dst)
         raise FSError(dst, "gave up after repeated concurrent changes")
 
+    @mongo_method
+    async def _set_attributes(self, path: str, changes: dict[str, Any]) -> Stat:
+        """chmod/chown: one update of the entry's document, which a concurrent commit cannot undo
+        (commits ``$set`` only the content fields)."""
+        doc = await self._resolve(path)
+        updated = await self._w(self._inodes.find_one_and_update(
+            {"_id": doc["_id"], "parent": doc["parent"], "name": doc["name"]},
+            {"$set": {name: changes[name] for name in ("mode", "owner") if name in changes}},
+            {"segments": 0},
+            return_document=ReturnDocument.AFTER,
+        ))
+        if updated is None:  # removed or moved meanwhile
+            raise NotFound(path)
+        return _stat(updated, path)
+
     # -- content primitives ------------------------------------------------------------
 
     @mongo_method

@@ -9,8 +9,18 @@ register a one-time token with this runtime's transfer server
 
 ``/etc/oneos`` holds the kernel's own state (users, keys, the SSH host key)
 so that every runtime serves the same users with the same host key: it is
-refused to requests that do not say ``system=True``.  Until the bus
-authenticates its clients this guards against mistakes, not attackers.
+refused to requests that do not say ``system=True``.
+
+Every request names the ``user`` it is made for (the RPC layer vouches for
+it: a client identity always acts as its own user).  None is the kernel or
+a runtime acting for itself and is never refused; the admin (``root``)
+neither; anyone else is checked with POSIX owner/other rules
+(:mod:`oneos.fs.permissions`): ``r`` on a file to read it, ``x`` on every
+directory on the way, ``r`` on a directory to list it, ``w`` and ``x`` on a
+directory to create, remove or rename entries in it (all the way down for a
+recursive removal), ``w`` on a file to change it; only the owner or the
+admin may ``chmod``, only the admin ``chown``.  What a user creates is the
+user's, whatever ``owner`` the request names.
 
 If the store cannot be reached the service keeps running, answers every
 request with a plain ``EIO ... unreachable`` error, and retries opening it
@@ -39,9 +49,12 @@ import base64
 
 from oneos.errors import describe
 from oneos.fs import paths
-from oneos.fs.errors import AlreadyExists, FSError, InvalidArgument, PermissionDenied, StoreUnavailable
+from oneos.fs.errors import (AlreadyExists, FSError, InvalidArgument, NotADirectory, NotFound, OperationNotPermitted,
+                             PermissionDenied, StoreUnavailable)
+from oneos.fs.permissions import ADMIN, EXECUTE, READ, SEARCH, WRITE, may_chmod, may_chown, permitted, privileged
 from oneos.fs.reset import ensure_tree
-from oneos.fs.store import DEFAULT_OWNER, FileStore, Writer, open_store, redact
+from oneos.fs.store import (DEFAULT_OWNER, DIR_PERM, FileStore, Stat, Writer, check_perm, deferred_method, open_store,
+                            redact)
 from oneos.pubsub.rpc import RPCServer
 from oneos.transfer import TransferServer
 
@@ -57,6 +70,13 @@ UPLOAD_TIMEOUT = 60.0
 SYSTEM_DIR = "/etc/oneos"
 #: Largest content ``read_small``/``write_small`` carry inside an RPC message.
 SMALL_LIMIT = 256 * 1024
+#: Methods a client identity (``oneos`` commands: USER@TAG) may call; the RPC layer makes them act as USER.
+CLIENT_METHODS = ("stat", "exists", "listdir", "mkdir", "remove", "rename", "copy", "chmod", "chown", "access",
+                  "glob", "read_open", "write_open", "read_small", "write_small", "usage")
+
+#: An RPC handler written as a coroutine: returns a Deferred, and keeps its signature visible
+#: (the RPC server looks for a ``user`` argument to pass the caller's verified user in).
+_rpc = deferred_method
 
 
 def guard(system: bool, path: str, *, holding: bool = False, itself: bool = False) -> None:
@@ -213,9 +233,13 @@ class FileSystemService(service.Service):
                 "write_open": self.write_open,
                 "read_small": self.read_small,
                 "write_small": self.write_small,
+                "chmod": self.chmod,
+                "chown": self.chown,
+                "access": self.access,
                 "usage": self.usage,
             },
             guard=guard,
+            clients=CLIENT_METHODS,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -327,77 +351,201 @@ class FileSystemService(service.Service):
         return self.store
 
     # -- RPC methods ---------------------------------------------------------
-    def stat(self, path: str, system: bool = False) -> defer.Deferred:
+    #
+    # Every method takes ``user``: None is the kernel or a trusted caller (no checks), anyone else is
+    # checked by the rules of oneos.fs.permissions before the store is touched (see _Access).
+
+    @_rpc
+    async def stat(self, path: str, system: bool = False, user: str | None = None) -> Any:
+        path = paths.normalise(path)
         guard(system, path, itself=True)
-        return self._store().stat(path).addCallback(lambda s: s.to_dict())
+        store = self._store()
+        if not privileged(user):
+            await _Access(store, user).entry(path)
+        return (await store.stat(path)).to_dict()
 
-    def exists(self, path: str, system: bool = False) -> defer.Deferred:
+    @_rpc
+    async def exists(self, path: str, system: bool = False, user: str | None = None) -> Any:
+        """Whether *path* exists; False too when a directory on the way may not be searched (as ``test -e``)."""
+        path = paths.normalise(path)
         guard(system, path, itself=True)
-        return self._store().exists(path)
+        store = self._store()
+        if not privileged(user):
+            try:
+                await _Access(store, user).parent(path)
+            except (PermissionDenied, NotFound, NotADirectory):
+                return False
+        return await store.exists(path)
 
-    def listdir(self, path: str, system: bool = False) -> defer.Deferred:
+    @_rpc
+    async def listdir(self, path: str, system: bool = False, user: str | None = None) -> Any:
+        path = paths.normalise(path)
         guard(system, path)
-        return self._store().scandir(path).addCallback(lambda stats: [s.to_dict() for s in stats])
+        store = self._store()
+        if not privileged(user):
+            access = _Access(store, user)
+            st = await access.entry(path)
+            if st.is_dir:
+                access.need(st, READ, path)
+        return [s.to_dict() for s in await store.scandir(path)]
 
-    def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False, owner: str = DEFAULT_OWNER,
-              system: bool = False) -> defer.Deferred:
+    @_rpc
+    async def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False, owner: str | None = None,
+                    perm: int = DIR_PERM, system: bool = False, user: str | None = None) -> Any:
+        """Make a directory owned by *user* (the kernel and the admin may name another *owner*)."""
+        path = paths.normalise(path)
         guard(system, path)
-        return self._store().mkdir(path, parents=parents, exist_ok=exist_ok, owner=owner).addCallback(lambda s: s.to_dict())
+        check_perm(path, perm)
+        store = self._store()
+        if not privileged(user):
+            await _Access(store, user).making(path, parents)
+        st = await store.mkdir(path, parents=parents, exist_ok=exist_ok, owner=owner_for(user, owner), perm=perm)
+        return st.to_dict()
 
-    def remove(self, path: str, recursive: bool = False, system: bool = False) -> defer.Deferred:
+    @_rpc
+    async def remove(self, path: str, recursive: bool = False, system: bool = False, user: str | None = None) -> Any:
+        path = paths.normalise(path)
         guard(system, path, holding=True)
-        return self._store().remove(path, recursive=recursive)
+        store = self._store()
+        if not privileged(user):
+            await _Access(store, user).removing(path, recursive)
+        await store.remove(path, recursive=recursive)
 
-    def rename(self, src: str, dst: str, system: bool = False) -> defer.Deferred:
+    @_rpc
+    async def rename(self, src: str, dst: str, system: bool = False, user: str | None = None) -> Any:
+        src, dst = paths.normalise(src), paths.normalise(dst)
         guard(system, src, holding=True)
         guard(system, dst, holding=True)
-        return self._store().rename(src, dst).addCallback(lambda s: s.to_dict())
+        store = self._store()
+        if not privileged(user):
+            await _Access(store, user).moving(src, dst)
+        return (await store.rename(src, dst)).to_dict()
 
-    def copy(self, src: str, dst: str, recursive: bool = False, system: bool = False) -> defer.Deferred:
+    @_rpc
+    async def copy(self, src: str, dst: str, recursive: bool = False, system: bool = False,
+                   user: str | None = None) -> Any:
+        """Copy; what a user copies is the user's (the kernel's copies keep the source's owner)."""
+        src, dst = paths.normalise(src), paths.normalise(dst)
         guard(system, src, holding=recursive)
         guard(system, dst)
-        return self._store().copy(src, dst, recursive=recursive).addCallback(lambda s: s.to_dict())
+        store = self._store()
+        if not privileged(user):
+            await _Access(store, user).copying(src, dst, recursive)
+        return (await store.copy(src, dst, recursive=recursive, owner=user)).to_dict()
 
-    def glob(self, pattern: str, cwd: str = "/", system: bool = False) -> defer.Deferred:
-        return self._store().glob(pattern, cwd).addCallback(lambda found: visible(system, found))
-
-    def usage(self) -> defer.Deferred:
-        return self._store().usage()
-
-    @defer.inlineCallbacks
-    def read_open(self, path: str, offset: int = 0, length: int | None = None, system: bool = False) -> Any:
-        """Open *path* for reading; the caller fetches the bytes with the token."""
+    @_rpc
+    async def chmod(self, path: str, perm: int, system: bool = False, user: str | None = None) -> Any:
+        """Set an entry's permission bits: its owner or the admin only (EPERM for anyone else)."""
+        path = paths.normalise(path)
         guard(system, path)
-        reader = yield self._store().read_chunks(path, offset, length)
+        check_perm(path, perm)
+        store = self._store()
+        if not privileged(user):
+            st = await _Access(store, user).entry(path)
+            if not may_chmod(user, st.owner):
+                raise OperationNotPermitted(path, f"only its owner or {ADMIN} may change its mode")
+        return (await store.chmod(path, perm)).to_dict()
+
+    @_rpc
+    async def chown(self, path: str, owner: str, system: bool = False, user: str | None = None) -> Any:
+        """Give an entry to *owner*: the admin only (EPERM for anyone else)."""
+        path = paths.normalise(path)
+        guard(system, path)
+        if not may_chown(user):
+            raise OperationNotPermitted(path, f"only {ADMIN} may change an owner")
+        return (await self._store().chown(path, owner)).to_dict()
+
+    @_rpc
+    async def access(self, path: str, mode: str = "r", system: bool = False, user: str | None = None) -> Any:
+        """Check, as ``access(2)`` does, that *user* may ``r``ead, ``w``rite or e``x``ecute *path*; raise if not.
+
+        For something done on the user's behalf by another party (a program's
+        ``< FILE`` read by its runtime).  ``w`` on a missing file asks whether
+        it may be created.
+        """
+        path = paths.normalise(path)
+        guard(system, path)
+        if not mode or any(c not in "rwx" for c in mode):
+            raise InvalidArgument(path, f"access mode is made of r, w and x, not {mode!r}")
+        store = self._store()
+        if privileged(user):
+            if mode != "w":
+                await store.stat(path)
+            return None
+        access = _Access(store, user)
+        if "w" in mode:
+            await access.writing(path)
+        if "r" in mode or "x" in mode:
+            st = await access.entry(path)
+            access.need(st, (READ if "r" in mode else 0) | (EXECUTE if "x" in mode else 0), path)
+        return None
+
+    @_rpc
+    async def glob(self, pattern: str, cwd: str = "/", system: bool = False, user: str | None = None) -> Any:
+        """Matching paths; a user sees only entries of directories it may list (and reach)."""
+        store = self._store()
+        found = visible(system, await store.glob(pattern, cwd))
+        if privileged(user):
+            return found
+        access = _Access(store, user)
+        return [path for path in found if await access.listable(path)]
+
+    @_rpc
+    async def usage(self, user: str | None = None) -> Any:
+        return await self._store().usage()
+
+    @_rpc
+    async def read_open(self, path: str, offset: int = 0, length: int | None = None, system: bool = False,
+                        user: str | None = None) -> Any:
+        """Open *path* for reading; the caller fetches the bytes with the token."""
+        path = paths.normalise(path)
+        guard(system, path)
+        store = self._store()
+        if not privileged(user):
+            await _Access(store, user).reading(path)
+        reader = await store.read_chunks(path, offset, length)
         token, done = self.transfer.offer(source=_ReaderSource(reader))
         done.addBoth(lambda r: (reader.close(), None)[1])
         return {**self.transfer.where(), "token": token, "size": reader.length, "stat": reader.stat.to_dict()}
 
-    @defer.inlineCallbacks
-    def write_open(self, path: str, mode: str = "truncate", owner: str = DEFAULT_OWNER, system: bool = False) -> Any:
-        """Open *path* for writing; nothing is visible until the stream ends cleanly."""
+    @_rpc
+    async def write_open(self, path: str, mode: str = "truncate", owner: str | None = None, system: bool = False,
+                         user: str | None = None) -> Any:
+        """Open *path* for writing; nothing is visible until the stream ends cleanly.
+
+        A file this creates is *user*'s (the kernel and the admin may name another *owner*).
+        """
+        path = paths.normalise(path)
         guard(system, path)
-        writer = yield self._store().open_write(path, mode, owner=owner)
+        store = self._store()
+        if not privileged(user):
+            await _Access(store, user).writing(path)
+        writer = await store.open_write(path, mode, owner=owner_for(user, owner))  # type: ignore[arg-type]
         sink = _WriterSink(writer, self.reactor, self.upload_timeout, self.writers.discard)
         self.writers.add(sink)
         token, done = self.transfer.offer(sink=sink)
         done.addErrback(lambda f: log.info("write to {path} abandoned: {error}", path=path, error=f.getErrorMessage()))
         return {**self.transfer.where(), "token": token}
 
-    @defer.inlineCallbacks
-    def read_small(self, path: str, system: bool = False) -> Any:
+    @_rpc
+    async def read_small(self, path: str, system: bool = False, user: str | None = None) -> Any:
         """A small file's content in the reply itself (base64), for kernel state read on every login."""
+        path = paths.normalise(path)
         guard(system, path)
         store = self._store()
-        st = yield store.stat(path)
+        if not privileged(user):
+            await _Access(store, user).reading(path)
+        st = await store.stat(path)
         if st.size > SMALL_LIMIT:
             raise InvalidArgument(path, f"larger than {SMALL_LIMIT} bytes; stream it with read_open")
-        data = yield store.read(path)
+        data = await store.read(path)
         return {"data": base64.b64encode(data).decode(), "stat": st.to_dict()}
 
-    @defer.inlineCallbacks
-    def write_small(self, path: str, data: str, exclusive: bool = False, system: bool = False) -> Any:
+    @_rpc
+    async def write_small(self, path: str, data: str, exclusive: bool = False, system: bool = False,
+                          user: str | None = None) -> Any:
         """Write a small file from the request itself; *exclusive*: refuse if it exists (first writer wins)."""
+        path = paths.normalise(path)
         guard(system, path)
         content = base64.b64decode(data.encode(), validate=True)
         if len(content) > SMALL_LIMIT:
@@ -405,11 +553,159 @@ class FileSystemService(service.Service):
         store = self._store()
         # One service serves the tree at a time, so check-then-write cannot interleave with
         # another exclusive write here: the lock makes it atomic within this service.
-        yield self._exclusive.acquire()
+        await self._exclusive.acquire()
         try:
-            if exclusive and (yield store.exists(path)):
+            if not privileged(user):
+                await _Access(store, user).writing(path)
+            if exclusive and (await store.exists(path)):
                 raise AlreadyExists(path)
-            st = yield store.write(path, content)
+            st = await store.write(path, content, owner=owner_for(user, None))
         finally:
             self._exclusive.release()
         return st.to_dict()
+
+
+def owner_for(user: str | None, owner: str | None) -> str:
+    """Who owns what a request creates: the user itself; the kernel and the admin may name someone else."""
+    if privileged(user):
+        return owner or user or DEFAULT_OWNER
+    return user  # type: ignore[return-value]
+
+
+class _Access:
+    """The permission checks of one request by a user who is neither the kernel nor the admin.
+
+    Each check raises the error the operation would meet (PermissionDenied,
+    or NotFound/NotADirectory for a path that cannot be reached) and returns
+    when the operation may go ahead; the store then does it.  Stats read are
+    kept for the request, so a directory is looked up once however many
+    checks pass through it.  A check and the operation are two steps: an
+    entry changed by someone else in between is judged as it was.
+    """
+
+    def __init__(self, store: FileStore, user: str) -> None:
+        self.store = store
+        self.user = user
+        self._seen: dict[str, Stat] = {}
+
+    async def stat(self, path: str) -> Stat:
+        st = self._seen.get(path)
+        if st is None:
+            st = self._seen[path] = await self.store.stat(path)
+        return st
+
+    def need(self, st: Stat, want: int, path: str) -> None:
+        """Refuse *path* (EACCES) unless the user has *want* on the entry *st*."""
+        if not permitted(self.user, st.owner, st.mode, want):
+            raise PermissionDenied(path)
+
+    async def parent(self, path: str) -> Stat:
+        """The directory holding *path*, once every directory from / down to it may be searched."""
+        st = await self.stat(paths.ROOT)
+        if path == paths.ROOT:
+            return st
+        current = paths.ROOT
+        for name in paths.parts(paths.dirname(path)):
+            self.need(st, SEARCH, path)
+            current = paths.join(current, name)
+            try:
+                st = await self.stat(current)
+            except NotFound:
+                raise NotFound(path) from None
+            if not st.is_dir:
+                raise NotADirectory(path)
+        self.need(st, SEARCH, path)
+        return st
+
+    async def entry(self, path: str) -> Stat:
+        """*path*'s Stat, once it may be reached (stat, chmod)."""
+        await self.parent(path)
+        return await self.stat(path)
+
+    async def reading(self, path: str) -> None:
+        """Reading a file: r on it (a directory is the store's EISDIR)."""
+        st = await self.entry(path)
+        if st.is_file:
+            self.need(st, READ, path)
+
+    async def writing(self, path: str) -> None:
+        """Writing a file: w on it if it exists, else w and x on its directory to create it."""
+        parent = await self.parent(path)
+        try:
+            st = await self.stat(path)
+        except NotFound:
+            self.need(parent, WRITE | SEARCH, path)
+            return
+        if st.is_file:
+            self.need(st, WRITE, path)
+
+    async def making(self, path: str, parents: bool) -> None:
+        """Making a directory (and its missing parents): w and x where the first new one goes."""
+        here = await self.stat(paths.ROOT)
+        current = paths.ROOT
+        names = paths.parts(path)
+        for i, name in enumerate(names):
+            self.need(here, SEARCH, path)
+            current = paths.join(current, name)
+            try:
+                st = await self.stat(current)
+            except NotFound:
+                if i < len(names) - 1 and not parents:
+                    raise NotFound(path) from None
+                self.need(here, WRITE, path)
+                return
+            if not st.is_dir:
+                return  # the store says EEXIST or ENOTDIR
+            here = st
+        # it exists: the store says whether that is fine (exist_ok)
+
+    async def removing(self, path: str, recursive: bool) -> None:
+        """Removing: w and x on its directory; for a tree, r, w and x on every directory with entries in it."""
+        if path == paths.ROOT:
+            return  # the store refuses (EPERM)
+        parent = await self.parent(path)
+        st = await self.stat(path)
+        self.need(parent, WRITE | SEARCH, path)
+        if not (recursive and st.is_dir):
+            return
+        stack = [st]
+        while stack:
+            directory = stack.pop()
+            entries = await self.store.scandir(directory.path)
+            if entries:
+                self.need(directory, READ | WRITE | SEARCH, directory.path)
+                stack.extend(e for e in entries if e.is_dir)
+
+    async def moving(self, src: str, dst: str) -> None:
+        """Renaming: w and x on the directory it leaves and on the one it enters."""
+        if paths.ROOT in (src, dst):
+            return  # the store refuses (EPERM)
+        parent = await self.parent(src)
+        await self.stat(src)
+        self.need(parent, WRITE | SEARCH, src)
+        self.need(await self.parent(dst), WRITE | SEARCH, dst)
+
+    async def copying(self, src: str, dst: str, recursive: bool) -> None:
+        """Copying: read the source (a tree: r and x on its directories, r on its files), write the destination."""
+        st = await self.entry(src)
+        if st.is_file:
+            self.need(st, READ, src)
+        elif recursive:
+            stack = [st]
+            while stack:
+                directory = stack.pop()
+                self.need(directory, READ | SEARCH, directory.path)
+                for e in await self.store.scandir(directory.path):
+                    if e.is_dir:
+                        stack.append(e)
+                    else:
+                        self.need(e, READ, e.path)
+        await self.writing(dst)
+
+    async def listable(self, path: str) -> bool:
+        """Whether a glob may show *path*: its directory may be reached and listed."""
+        try:
+            self.need(await self.parent(path), READ, path)
+        except FSError:
+            return False
+        return True

@@ -511,6 +511,18 @@ class SQLiteStore(BaseStore):
 
         return await self._tx(mv)
 
+    def _set_attributes(self, path: str, changes: dict[str, Any]) -> Deferred[Stat]:
+        """chmod/chown: one UPDATE of the entry's row (BaseStore checked the values)."""
+        columns = [name for name in ("mode", "owner") if name in changes]
+
+        def change(c: sqlite3.Connection) -> Stat:
+            row = self._resolve(c, path)
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            c.execute(f"UPDATE inodes SET {assignments} WHERE id = ?", (*(changes[n] for n in columns), row["id"]))
+            return _stat(c.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id = ?", (row["id"],)).fetchone(), path)
+
+        return self._tx(change)
+
     # -- content primitives --------------------------------------------------------
 
     def _node(self, path: str) -> Deferred[tuple[Stat, tuple[Segment, ...]]]:

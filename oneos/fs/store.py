@@ -76,6 +76,27 @@ DEFAULT_OWNER = "root"
 FILE_PERM = 0o644
 DIR_PERM = 0o755
 
+#: Bits an entry's mode may hold: setuid, setgid, sticky and the rwx triplets.
+PERM_MASK = 0o7777
+#: Longest owner name a store keeps (shell user names are at most 32 characters).
+MAX_OWNER = 64
+
+
+def check_perm(path: str | None, perm: Any) -> int:
+    """*perm* if it is permission bits (an int in 0..0o7777), else InvalidArgument."""
+    if isinstance(perm, bool) or not isinstance(perm, int) or not 0 <= perm <= PERM_MASK:
+        raise InvalidArgument(path, f"a mode is permission bits between 0 and 0o7777, not {perm!r}")
+    return perm
+
+
+def check_owner(path: str | None, owner: Any) -> str:
+    """*owner* if it can be an owner's name (1..64 printable characters, no spaces), else InvalidArgument."""
+    if (not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER or not owner.isprintable()
+            or any(c.isspace() for c in owner) or "/" in owner):
+        raise InvalidArgument(path, f"{owner!r} is not a user name")
+    return owner
+
+
 class NoSpace(FSError):
     """The store's disk is full (or would be, but for the space kept to clean up)."""
 
@@ -278,6 +299,8 @@ class FileStore(Protocol):
     def write(self, path: str, data: bytes, mode: WriteMode = "truncate", *, owner: str = DEFAULT_OWNER, perm: int = FILE_PERM) -> Deferred[Stat]: ...
     def remove(self, path: str, *, recursive: bool = False) -> Deferred[None]: ...
     def rename(self, src: str, dst: str) -> Deferred[Stat]: ...
+    def chmod(self, path: str, perm: int) -> Deferred[Stat]: ...
+    def chown(self, path: str, owner: str) -> Deferred[Stat]: ...
     def copy(self, src: str, dst: str, *, recursive: bool = False, owner: str | None = None) -> Deferred[Stat]: ...
     def glob(self, pattern: str, cwd: str = "/") -> Deferred[list[str]]: ...
     def usage(self) -> Deferred[dict[str, int]]: ...
@@ -669,6 +692,10 @@ class BaseStore:
     def _abort_upload(self, content: Any) -> Deferred[None]:
         raise NotImplementedError
 
+    def _set_attributes(self, path: str, changes: dict[str, Any]) -> Deferred[Stat]:
+        """Set an existing entry's ``mode`` and/or ``owner`` (already checked) in one atomic step; its new Stat."""
+        raise NotImplementedError
+
     @deferred_method
     async def _commit_small(self, plan: CommitPlan, data: bytes) -> Stat:
         """Commit a write whose data all fits in one chunk (backends may do it in fewer steps)."""
@@ -713,6 +740,18 @@ class BaseStore:
         return done
 
     # -- shared operations ---------------------------------------------------
+
+    @deferred_method
+    async def chmod(self, path: str, perm: int) -> Stat:
+        """Set an entry's permission bits (``0o7777`` at most); its content, owner and times stay."""
+        path = paths.normalise(path)
+        return await self._set_attributes(path, {"mode": check_perm(path, perm)})
+
+    @deferred_method
+    async def chown(self, path: str, owner: str) -> Stat:
+        """Give an entry to *owner*; its content, mode and times stay.  (Who may is the service's business.)"""
+        path = paths.normalise(path)
+        return await self._set_attributes(path, {"owner": check_owner(path, owner)})
 
     @deferred_method
     async def exists(self, path: str) -> bool:
@@ -1006,6 +1045,7 @@ def open_store(
 
 __all__ = [
     "CHUNK_SIZE",
+    "PERM_MASK",
     "ChunkReader",
     "FileStore",
     "NoSpace",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -32,6 +31,7 @@ from twisted.internet import defer
 from oneos.errors import OneOSError, describe
 from oneos.fs import paths
 from oneos.fs.errors import FSError
+from oneos.fs.permissions import mode_string, parse_mode
 
 Builtin = Callable[["Context", list[str]], Awaitable[int]]
 BUILTINS: dict[str, Builtin] = {}
@@ -382,18 +382,12 @@ async def pwd(ctx: Context, args: list[str]) -> int:
     return 0
 
 
-def _mode_text(st: Any) -> str:
-    bits = "rwxrwxrwx"
-    perm = "".join(bits[i] if st.mode & (1 << (8 - i)) else "-" for i in range(9))
-    return ("d" if st.is_dir else "-") + perm
-
-
 def _long(st: Any, name: str) -> str:
     when = time.strftime("%b %d %H:%M", time.localtime(st.mtime))
-    return f"{_mode_text(st)} {st.owner:<8} {st.size:>10} {when} {name}"
+    return f"{mode_string(st.kind, st.mode)} {st.owner:<8} {st.size:>10} {when} {name}"
 
 
-@builtin("ls", "ls [-l] [-a] [PATH...]   list directories (-l long form, -a dot files too)")
+@builtin("ls", "ls [-l] [-a] [PATH...]   list directories (-l: mode, owner, size, mtime, name; -a: dot files too)")
 async def ls(ctx: Context, args: list[str]) -> int:
     opts, targets = split_options(args, "la1")
     status = 0
@@ -510,19 +504,24 @@ async def _into(ctx: Context, sources: list[str], dest: str) -> list[tuple[str, 
     return pairs
 
 
+async def _each(ctx: Context, items: Any, op: Any) -> int:
+    """``await op(item)`` for every item; a failure is reported and makes the status 1, the others still run."""
+    status = 0
+    for item in items:
+        try:
+            await op(item)
+        except FSError as e:
+            ctx.error(describe(e))
+            status = 1
+    return status
+
+
 @builtin("mv", "mv SRC... DEST   move or rename")
 async def mv(ctx: Context, args: list[str]) -> int:
     _, names = split_options(args, "f")
     if len(names) < 2:
         raise UsageError("usage: mv SRC... DEST")
-    status = 0
-    for src, dst in await _into(ctx, names[:-1], names[-1]):
-        try:
-            await ctx.fs.rename(src, dst)
-        except FSError as e:
-            ctx.error(describe(e))
-            status = 1
-    return status
+    return await _each(ctx, await _into(ctx, names[:-1], names[-1]), lambda pair: ctx.fs.rename(*pair))
 
 
 @builtin("cp", "cp [-r] SRC... DEST   copy (-r: directories)")
@@ -530,14 +529,9 @@ async def cp(ctx: Context, args: list[str]) -> int:
     opts, names = split_options(args, "rRf")
     if len(names) < 2:
         raise UsageError("usage: cp [-r] SRC... DEST")
-    status = 0
-    for src, dst in await _into(ctx, names[:-1], names[-1]):
-        try:
-            await ctx.fs.copy(src, dst, recursive=bool(opts.get("r") or opts.get("R")))
-        except FSError as e:
-            ctx.error(describe(e))
-            status = 1
-    return status
+    recursive = bool(opts.get("r") or opts.get("R"))
+    return await _each(ctx, await _into(ctx, names[:-1], names[-1]),
+                       lambda pair: ctx.fs.copy(*pair, recursive=recursive))
 
 
 @builtin("touch", "touch FILE...   create empty files (existing ones get a new mtime)")
@@ -547,6 +541,37 @@ async def touch(ctx: Context, args: list[str]) -> int:
     for name in args:
         await ctx.fs.write(ctx.path(name), b"", "append")
     return 0
+
+
+@builtin("chmod", "chmod MODE PATH...   change permission bits: octal (600, 755) or u/g/o/a with +-= rwxXst "
+                  "(u+x,go-r); the owner or root only")
+async def chmod(ctx: Context, args: list[str]) -> int:
+    if len(args) < 2:
+        raise UsageError("usage: chmod MODE PATH...")
+    spec, names = args[0], args[1:]
+    try:
+        mode = parse_mode(spec)  # checks the spelling before anything changes
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    symbolic = not spec.isdigit()
+
+    async def change(name: str) -> None:
+        path = ctx.path(name)
+        wanted = mode
+        if symbolic:  # relative to what the entry has now
+            st = await ctx.fs.stat(path)
+            wanted = parse_mode(spec, st.mode, is_dir=st.is_dir)
+        await ctx.fs.chmod(path, wanted)
+
+    return await _each(ctx, names, change)
+
+
+@builtin("chown", "chown USER PATH...   give files to USER (root only)")
+async def chown(ctx: Context, args: list[str]) -> int:
+    if len(args) < 2:
+        raise UsageError("usage: chown USER PATH...")
+    owner, names = args[0], args[1:]
+    return await _each(ctx, names, lambda name: ctx.fs.chown(ctx.path(name), owner))
 
 
 def _start_of_last(data: bytes | bytearray, n: int) -> int | None:

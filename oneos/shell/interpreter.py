@@ -680,6 +680,10 @@ class Grid:
         self.client = client
         self.reactor = reactor
 
+    def for_user(self, user: str) -> Grid:
+        """The same network for one login: every file operation is made, and checked, as *user*."""
+        return Grid(self.fs.as_user(user), self.rpc, self.client, self.reactor)
+
 
 
 class Interpreter:
@@ -1018,10 +1022,12 @@ class Interpreter:
         if ext and args and args[0].endswith(ext) and not args[0].startswith("-"):
             path = paths.normalise(args[0], self.session.cwd)
             if await self.grid.fs.exists(path):
+                await self.grid.fs.access(path, "r")  # its runtime fetches it: the user must be able to read it
                 return path, args[1:]
         if "/" in program or interpreter_for(program):
             path = paths.normalise(program, self.session.cwd)
             if await self.grid.fs.exists(path):
+                await self.grid.fs.access(path, "r")
                 return path, args
         return program, args
 
@@ -1037,7 +1043,7 @@ class Interpreter:
         """
         from oneos.cli.run import exit_status
         from oneos.fs.client import BytesSource
-        from oneos.transfer import send
+        from oneos.transfer import send, tls_of
 
         rpc, reactor = self.grid.rpc, self.grid.reactor
         infos: list[dict[str, Any]] = []
@@ -1078,6 +1084,15 @@ class Interpreter:
                 merged = isinstance(stage.stdout, _FileDest) and stage.stderr is stage.stdout
                 stdout_mode = _file_mode(stage.stdout) if isinstance(stage.stdout, _FileDest) and not merged else "attach"
                 stderr_mode = _file_mode(stage.stderr) if isinstance(stage.stderr, _FileDest) and not merged else "attach"
+                # The program's runtime reads '< FILE' and writes '> FILE' for it (as the kernel): check
+                # them as this session's user first, and create the outputs as the user's, as a shell
+                # opens them before it starts a program.
+                if stage.stdin_file:
+                    await self.grid.fs.access(stage.stdin_file, "r")
+                if not merged:
+                    for dest in {id(d): d for d in (stage.stdout, stage.stderr)}.values():
+                        if isinstance(dest, _FileDest):
+                            await self.grid.fs.write(dest.path, b"", "append" if dest.append else "truncate")
                 info = await rpc.call("scheduler", "spawn", timeout=20.0, program=program, args=args,
                                       runtime=stage.runtime, tags=list(stage.tags),
                                       env=self.session.agent_env(stage.assignments), stdout=stdout_mode,
@@ -1095,7 +1110,7 @@ class Interpreter:
                 first = infos[0]
                 where = await rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
                 source = stdin if stdin is not None else BytesSource(b"")
-                stdin_sent = send(reactor, where["host"], where["port"], where["token"], source)
+                stdin_sent = send(reactor, where["host"], where["port"], where["token"], source, **tls_of(where))
                 stdin_sent.addErrback(self._stdin_failed, f"input of {_label(stages[0], first)}", where, stdin,
                                       lambda: (stopped_for_streams.add(first["id"]), kill(first)), job, state)
             for i, (stage, info) in enumerate(zip(stages, infos)):
@@ -1202,14 +1217,14 @@ class Interpreter:
     async def _attach(self, info: dict[str, Any], stream: str, sink: Any,
                       label: str = "") -> tuple[str, dict[str, Any], defer.Deferred]:
         """Receive an agent's stdout or stderr into *sink*: (what, where, Deferred of the transfer)."""
-        from oneos.transfer import receive
+        from oneos.transfer import receive, tls_of
 
         try:
             where = await self.grid.rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream=stream)
         except BaseException:
             sink.abort()  # (a PipeSink holds its pipe open until then)
             raise
-        done = receive(self.grid.reactor, where["host"], where["port"], where["token"], sink)
+        done = receive(self.grid.reactor, where["host"], where["port"], where["token"], sink, **tls_of(where))
 
         def failed(failure: Any) -> Any:
             sink.abort()  # a stream that never connected has not told its sink
