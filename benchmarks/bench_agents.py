@@ -43,7 +43,8 @@ def start_runtime(rid: str, url: str, root: Path, *extra: str) -> subprocess.Pop
 class Client:
     """A threaded reactor with a pubsub client, for blocking calls from the benchmark."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, login: bool = False) -> None:
+        """*login*: connect as $ONEOS_HOME's identity (a broker with identities on)."""
         from oneos.reactor import install_asyncio_reactor
 
         install_asyncio_reactor()
@@ -54,6 +55,10 @@ class Client:
 
         self.reactor = reactor
         self.client = PubSubClient(url, reactor, keepalive=30)
+        if login:
+            from oneos.cli.common import present_credentials
+
+            present_credentials(self.client)
         self.rpc = RPCClient(self.client, reactor, default_timeout=30)
         self.ended: dict[str, tuple[float, dict]] = {}
         self.running: dict[str, float] = {}

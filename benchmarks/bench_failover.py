@@ -652,7 +652,7 @@ class Machines:
         d = self.root / "broker"
         d.mkdir(exist_ok=True)
         argv = twistd_command("oneospsd", "--port", str(BROKER_PORT), "--interface", self.h1.addr,
-                              "--port-file", str(d / "broker.port"))
+                              "--port-file", str(d / "broker.port"), "--allow-anonymous")
         proc = self._start(self.h1, argv, d / "oneospsd.log", dict(os.environ), d)
         try:
             wait_port(self.h1, self.h1.addr, BROKER_PORT, 60, process=proc)

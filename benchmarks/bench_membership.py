@@ -230,7 +230,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-"))
     port = free_port()
     url = f"mqtt://127.0.0.1:{port}"
-    broker = subprocess.Popen(twistd_command("oneospsd", "--port", str(port), "--interface", "127.0.0.1"),
+    broker = subprocess.Popen(twistd_command("oneospsd", "--port", str(port), "--interface", "127.0.0.1", "--allow-anonymous"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root)
     try:
         wait_port(port, time.monotonic() + 30)

@@ -137,7 +137,9 @@ class Config:
             return True
         if self.broker == "external":
             return False
-        return is_loopback(parse_broker_url(self.pubsub).host)
+        address = parse_broker_url(self.pubsub)
+        # the embedded broker speaks plain MQTT: an mqtts:// URL names a TLS broker someone else runs
+        return is_loopback(address.host) and not getattr(address, "tls", False)
 
 
 def _as_bool(name: str, value: Any) -> bool:

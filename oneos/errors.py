@@ -60,6 +60,13 @@ class StaleEpoch(RPCError):
         super().__init__(message, kind="StaleEpoch")
 
 
+class NotPermitted(RPCError):
+    """The caller's identity may not make this request (a client identity asking a runtime-only method)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="NotPermitted")
+
+
 class DuplicateRuntimeId(OneOSError):
     """Another live runtime on the network already uses this runtime id."""
 

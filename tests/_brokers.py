@@ -119,7 +119,7 @@ def oneospsd_command(port: int, port_file: Path, interface: str = "127.0.0.1", a
 
 
 def start_oneospsd(directory: Path, deadline: float = START_DEADLINE, allow_anonymous: bool = True,
-                   env: dict[str, str] | None = None) -> BrokerProcess:
+                   env: dict[str, str] | None = None, extra: list[str] | None = None) -> BrokerProcess:
     """``twistd -n oneospsd --port 0`` on 127.0.0.1; the real port comes from ``--port-file``.
 
     *directory* holds the port file and ``oneospsd.log``.  Anonymous clients
@@ -130,7 +130,7 @@ def start_oneospsd(directory: Path, deadline: float = START_DEADLINE, allow_anon
     port_file = directory / "broker.port"
     port_file.unlink(missing_ok=True)
     log_path = directory / "oneospsd.log"
-    argv = oneospsd_command(0, port_file, allow_anonymous=allow_anonymous)
+    argv = oneospsd_command(0, port_file, allow_anonymous=allow_anonymous) + list(extra or [])
     broker = BrokerProcess(_spawn(argv, log_path, env=env), "127.0.0.1", 0, log_path)
 
     def written_port() -> int | None:
@@ -152,10 +152,12 @@ def mosquitto_binary() -> str | None:
     return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 
 
-def start_mosquitto(directory: Path, deadline: float = START_DEADLINE, password_file: Path | None = None) -> BrokerProcess:
+def start_mosquitto(directory: Path, deadline: float = START_DEADLINE, password_file: Path | None = None,
+                    acl_file: Path | None = None) -> BrokerProcess:
     """Mosquitto on a free loopback port: anonymous, no persistence, config under *directory*.
 
-    With *password_file* (made by ``mosquitto_passwd``) it requires those credentials instead.
+    With *password_file* (``oneos mosquitto`` or ``mosquitto_passwd``) it requires those credentials
+    instead; with *acl_file* it applies those topic rules.
     """
     binary = mosquitto_binary()
     if binary is None:
@@ -164,6 +166,8 @@ def start_mosquitto(directory: Path, deadline: float = START_DEADLINE, password_
     port = free_port()
     conf = directory / "mosquitto.conf"
     auth = f"allow_anonymous false\npassword_file {password_file}\n" if password_file else "allow_anonymous true\n"
+    if acl_file:
+        auth += f"acl_file {acl_file}\n"
     conf.write_text(f"listener {port} 127.0.0.1\n{auth}persistence false\n")
     log_path = directory / "mosquitto.log"
     argv = [binary, "-c", str(conf)]

@@ -83,11 +83,16 @@ def start_in(host: Host, argv: list[str], log_path: Path, env: dict[str, str] | 
 
 
 def start_broker_in(host: Host, directory: Path, port: int = BROKER_PORT,
-                    deadline: float = START_DEADLINE) -> HostProcess:
-    """``twistd oneospsd`` listening on *host*'s address; returns once it accepts there."""
+                    deadline: float = START_DEADLINE, secure: bool = False) -> HostProcess:
+    """``twistd oneospsd`` listening on *host*'s address; returns once it accepts there.
+
+    *secure*: as shipped (identities on), its ONEOS_HOME ``directory/home`` holding the network secret
+    (``oneos invite`` there issues identities); otherwise ``--allow-anonymous``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    argv = oneospsd_command(port, directory / "broker.port", interface=host.addr)
-    broker = start_in(host, argv, directory / "oneospsd.log", cwd=directory)
+    argv = oneospsd_command(port, directory / "broker.port", interface=host.addr, allow_anonymous=not secure)
+    env = dict(os.environ, ONEOS_HOME=str(directory / "home"))
+    broker = start_in(host, argv, directory / "oneospsd.log", cwd=directory, env=env)
     try:
         wait_port(host, host.addr, port, deadline, process=broker.process)
     except Exception as e:

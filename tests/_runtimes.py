@@ -70,12 +70,20 @@ def oneos(*args: str, env: dict | None = None, timeout: float = 60) -> subproces
     )
 
 
-def statuses(url: str) -> dict[str, dict[str, Any]]:
-    """Every runtime's status as ``oneos status --json`` shows it, by id."""
-    result = oneos("status", "--json", "--pubsub", url)
+def statuses(url: str, env: dict | None = None) -> dict[str, dict[str, Any]]:
+    """Every runtime's status as ``oneos status --json`` shows it, by id (*env*: e.g. the ONEOS_HOME to log in from)."""
+    result = oneos("status", "--json", "--pubsub", url, env=env)
     if result.returncode != 0:
         raise AssertionError(f"oneos status failed: {result.stderr}")
     return {s["id"]: s for s in json.loads(result.stdout)}
+
+
+def statuses_or_none(url: str, env: dict | None = None) -> dict[str, dict[str, Any]] | None:
+    """:func:`statuses`, or None while ``oneos status`` fails (a grid still writing its credentials)."""
+    try:
+        return statuses(url, env)
+    except AssertionError:
+        return None
 
 
 def wait_for(what: str, check: Callable[[], Any], deadline: float = 30.0, logs: Callable[[], str] | None = None) -> Any:
@@ -136,6 +144,8 @@ class EmbeddedRuntime:
         return self.log_path.read_text(errors="replace")
 
     def oneos(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+        """``oneos`` as this runtime's owner: its ONEOS_HOME holds the network's credentials."""
+        kw["env"] = {"ONEOS_HOME": str(self.home), **(kw.get("env") or {})}
         return oneos(args[0], "--pubsub", self.url, *args[1:], **kw)
 
     def stop(self) -> None:

@@ -411,7 +411,10 @@ def test_listen_endpoint_syntax():
 
 
 def _run(*argv: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    """*argv* under this interpreter; with *cwd*, ONEOS_HOME is there too (a broker's first start writes its
+    network's credentials into its home, which must not be one other tests log in from)."""
+    env = dict(os.environ, ONEOS_HOME=str(cwd / "home")) if cwd is not None else None
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
 def test_install_asyncio_reactor_installs_checks_and_refuses():

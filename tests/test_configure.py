@@ -200,3 +200,17 @@ class TestDevicesSetting:
         with pytest.raises(ConfigError) as e:
             parse_device_spec("run:out:command:cmd", 3)
         assert e.value.field == "devices[3].options"
+
+
+def test_on_a_terminal_the_interview_takes_a_join_token(tmp_path):
+    from oneos.security import credentials
+
+    network = credentials.generate("oneos-admin")
+    token = credentials.token(credentials.issue(network, "rt-kitchen"), "mqtt://10.0.0.1:1883")
+    answers = lines("oneos1.garbage", token, "", "", "", "", "", "", "", "no")
+    status, saved, out = configure_with(tmp_path, answers, stdin_type=TTY)
+    assert status == 0, out
+    assert "damaged" in out and "rt-kitchen (given on the command line or the join token)" in out
+    assert (saved["pubsub"], saved["id"]) == ("mqtt://10.0.0.1:1883", "rt-kitchen")
+    creds = credentials.load(tmp_path)
+    assert creds.username == "rt-kitchen" and not creds.secret

@@ -73,7 +73,7 @@ def emit(**rec):
 
 
 client = PubSubClient(url, reactor, client_id="faults-watch-" + uuid.uuid4().hex[:10], keepalive=2, max_delay=0.5)
-reply_topic = topics.reply(client.client_id)
+reply_topic = topics.reply(client.identity, client.client_id)
 client.add_listener(on_connect=lambda: emit(ev="connected"), on_disconnect=lambda: emit(ev="disconnected"))
 
 
@@ -128,7 +128,7 @@ def tick():
     # as oneos/pubsub/rpc.py encodes a request; QoS 0 so a ping is never resent (and answered twice) after a reconnect
     payload = messages.encode("rpc.request", id=corr, method="ping", args={}, reply_to=reply_topic,
                               meta={"timeout": 1.0})
-    client.publish(topics.rpc(topics.KERNEL), payload, qos=0)
+    client.publish(topics.rpc(topics.KERNEL, client.identity), payload, qos=0)
     emit(ev="ping", id=corr)
 
 

@@ -53,7 +53,7 @@ def test_killed_uploader_leaves_the_old_file(embedded_runtime, tmp_path):
     make_file(big, 150 * 2**20)
     proc = subprocess.Popen(
         [sys.executable, "-m", "oneos.cli.main", "fs", "--pubsub", rt.url, "--progress", "put", str(big), "/precious.txt"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=dict(os.environ, ONEOS_HOME=str(rt.home)),
     )
     seen = b""
     while not re.search(rb"\b[1-9]\d\.\d%", seen):  # kill once 10-99% went over the wire

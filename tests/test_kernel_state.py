@@ -184,7 +184,7 @@ def test_a_stopped_rpc_server_never_answers_even_before_its_subscription_was_gra
     from oneos.pubsub import messages
     from oneos.pubsub.client import Message
 
-    client.callback(Message("oneos/v1/rpc/fs", messages.encode("rpc.request", id="1", method="stat",
-                                                                args={"path": "/"}, reply_to="oneos/v1/reply/x"),
+    client.callback(Message("oneos/v1/rpc/fs/x", messages.encode("rpc.request", id="1", method="stat",
+                                                                args={"path": "/"}, reply_to="oneos/v1/reply/x/c"),
                             False, 1))
     assert client.published == [] and Sub.cancelled

@@ -38,9 +38,19 @@ class Machines:
         self.root = root
         self.h1, self.h2, self.h3 = net.hosts
         self.url = f"mqtt://{self.h1.addr}:{BROKER_PORT}"
-        self.broker = start_broker_in(self.h1, root / "broker")
+        self.broker = start_broker_in(self.h1, root / "broker", secure=True)
         self.runtimes: dict[str, HostProcess] = {}
         self.hosts = {"rt-a": self.h1, "rt-b": self.h2, "rt-c": self.h3}
+        # README step 1 and 2: the broker's machine invites every other one, which joins with its token
+        for rid in self.hosts:
+            self.join(rid, "--name", rid)
+        self.join("observer", "--user", "observer", host=self.h3)
+
+    def join(self, who: str, *invite: str, host=None) -> None:
+        token = oneos_in(self.h1, "invite", *invite, "--broker", self.url, home=self.root / "broker" / "home")
+        assert token.returncode == 0, token.stderr
+        joined = oneos_in(host or self.hosts[who], "join", token.stdout.strip(), home=self.home(who))
+        assert joined.returncode == 0, joined.stderr
 
     def home(self, rid: str) -> Path:
         return self.root / rid

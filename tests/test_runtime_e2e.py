@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from _brokers import free_port
-from _runtimes import leaders, live, oneos, statuses, twistd, wait_for
+from _runtimes import statuses_or_none, leaders, live, oneos, statuses, twistd, wait_for
 
 
 @pytest.fixture(params=["amqtt", "mosquitto"])
@@ -87,7 +87,7 @@ def test_runtime_waits_for_an_unreachable_broker(tmp_path, runtimes):
     rt = runtimes("patient", url)
     wait_for("a retry message", lambda: "cannot reach the pubsub broker" in rt.log())
     assert rt.process.poll() is None
-    broker = subprocess.Popen(twistd("oneospsd", "--port", str(port), "--interface", "127.0.0.1"),
+    broker = subprocess.Popen(twistd("oneospsd", "--port", str(port), "--interface", "127.0.0.1", "--allow-anonymous"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for("the runtime to join once the broker is up", lambda: live(statuses(url)).get("patient"), logs=rt.log)
@@ -104,8 +104,8 @@ def test_malformed_and_foreign_messages_are_dropped(amqtt_broker, runtimes):
         ("oneos/v1/runtimes/ghost/status", b"not json at all"),
         ("oneos/v1/runtimes/ghost2/status", b'{"v": 1, "type": "runtime.status"}'),
         ("oneos/v1/runtimes/ghost3/status", b'{"v": 7, "type": "runtime.status", "id": "ghost3"}'),
-        ("oneos/v1/rpc/sturdy", b"\xff\xfe\x00garbage"),
-        ("oneos/v1/rpc/kernel", b'{"v":1,"type":"rpc.request","id":"x","method":"ping","reply_to":"evil/topic"}'),
+        ("oneos/v1/rpc/sturdy/x", b"\xff\xfe\x00garbage"),
+        ("oneos/v1/rpc/kernel/x", b'{"v":1,"type":"rpc.request","id":"x","method":"ping","reply_to":"evil/topic"}'),
     ]
     script = (
         "import asyncio, sys\n"
@@ -135,7 +135,9 @@ def test_embedded_default_hosts_its_own_broker(tmp_path):
     env = dict(os.environ, ONEOS_HOME=str(home), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(twistd("oneosd", "--pubsub", url), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home)
     try:
-        view = wait_for("the embedded runtime to lead", lambda: (v := statuses(url)) and len(leaders(v)) == 1 and v,
+        mine = {"ONEOS_HOME": str(home)}  # its owner: the home holds the network it created
+        view = wait_for("the embedded runtime to lead",
+                        lambda: (v := statuses_or_none(url, mine)) and len(leaders(v)) == 1 and v,
                         logs=lambda: (tmp_path / "embedded.log").read_text())
         assert len(view) == 1
         text = (tmp_path / "embedded.log").read_text()
@@ -159,9 +161,11 @@ def test_grid_starts_and_stops_everything(tmp_path):
     out = open(tmp_path / "grid.log", "wb")
     grid = subprocess.Popen([sys.executable, "-m", "oneos.cli.main", "grid", "--runtimes", "3", "--port", str(port),
                              "--dir", str(tmp_path / "grid")], stdout=out, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", ONEOS_HOME=str(tmp_path / "me")))
+    mine = {"ONEOS_HOME": str(tmp_path / "me")}  # the grid's network secret is in the home it ran from
     try:
-        wait_for("3 live runtimes and a leader", lambda: (v := statuses(url)) and len(live(v)) == 3 and len(leaders(v)) == 1,
+        wait_for("3 live runtimes and a leader",
+                 lambda: (v := statuses_or_none(url, mine)) and len(live(v)) == 3 and len(leaders(v)) == 1,
                  logs=lambda: (tmp_path / "grid.log").read_text())
     finally:
         grid.send_signal(signal.SIGTERM)

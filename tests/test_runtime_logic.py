@@ -61,6 +61,10 @@ class TestStatusCodec:
 
 
 class TestConfig:
+    def test_an_mqtts_url_on_loopback_never_hosts_the_plain_embedded_broker(self, tmp_path):
+        assert not load_config(tmp_path, {"pubsub": "mqtts://127.0.0.1:8883"}).wants_embedded_broker
+        assert load_config(tmp_path, {"pubsub": "mqtt://127.0.0.1:8883"}).wants_embedded_broker
+
     def test_no_file_is_the_embedded_default(self, tmp_path):
         c = load_config(tmp_path)
         assert c.embedded and c.kernel and c.generated_id

@@ -23,7 +23,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from oneos.agents.manager import ENDED, AgentManager, AgentProcess, AgentSpec
+from oneos.agents.manager import ENDED, AgentError, AgentManager, AgentProcess, AgentSpec
 from oneos.agents.program import ProgramError
 from oneos.pubsub import messages, topics
 from oneos.transfer import send
@@ -50,13 +50,14 @@ class AgentHost(service.Service):
 
     name = "agents"
 
-    def __init__(self, runtime_id: str, reactor: Any, client: Any, transfer: Any, fs: Callable[[], Any], *,
+    def __init__(self, runtime_id: str, reactor: Any, client: Any, transfer: Any, fs: Callable[[str | None], Any], *,
                  home: Path, memory_mb: int, interval: float, account: Any = None) -> None:
         self.runtime_id = runtime_id
         self.reactor = reactor
         self.client = client
         self.transfer = transfer
-        #: the file-system client (programs and redirections live in the OneOS tree)
+        #: the file-system client for a OneOS user (programs and redirections live in the OneOS tree, and
+        #: a program's files are read and written with its owner's rights, never the runtime's)
         self._fs = fs
         self.interval = interval
         self.manager = AgentManager(reactor, runtime_id, memory_limit_mb=memory_mb, account=account)
@@ -155,9 +156,9 @@ class AgentHost(service.Service):
         through the file-system service and visible once the program's
         output ends).  *stdin_file*: a OneOS file to feed the program.
         """
-        local = yield self._localise(program)
+        local = yield self._localise(program, user or None)
         if stdin_file:
-            yield self._fs().stat(stdin_file)  # a missing input file is an error before anything runs
+            yield self._fs(user or None).stat(stdin_file)  # a missing input file is an error before anything runs
         environment = dict(os.environ)
         environment.update(env or {})
         environment["ONEOS_RUNTIME"] = self.runtime_id
@@ -177,7 +178,7 @@ class AgentHost(service.Service):
 
     def _to_file(self, agent: AgentProcess, stream: Any, mode: str) -> None:
         how, _, path = mode.partition(":")
-        d = self._fs().write_from(path, stream, "append" if how == "append" else "truncate")
+        d = self._fs(agent.spec.user or None).write_from(path, stream, "append" if how == "append" else "truncate")
 
         def failed(f: Any) -> None:
             if agent.state not in ENDED:
@@ -186,7 +187,7 @@ class AgentHost(service.Service):
         d.addErrback(failed)
 
     def _from_file(self, agent: AgentProcess, path: str) -> None:
-        d = self._fs().read_into(path, agent.stdin)
+        d = self._fs(agent.spec.user or None).read_into(path, agent.stdin)
 
         def failed(f: Any) -> None:
             agent.stdin.finish()
@@ -196,13 +197,13 @@ class AgentHost(service.Service):
         d.addErrback(failed)
 
     @defer.inlineCallbacks
-    def _localise(self, program: str) -> Any:
-        """A host path for *program*, fetching it from the OneOS file system if needed."""
+    def _localise(self, program: str, user: str | None = None) -> Any:
+        """A host path for *program*, fetching it from the OneOS file system (as *user*) if needed."""
         if not os.path.isabs(program) or os.path.exists(program):
             return program
         from oneos.fs.errors import FSError
 
-        fs = self._fs()
+        fs = self._fs(user)
         try:
             st = yield fs.stat(program)
         except FSError:
@@ -220,15 +221,23 @@ class AgentHost(service.Service):
             os.replace(tmp, target)
         return str(target)
 
-    def attach(self, agent_id: str, stream: str = "stdout") -> dict[str, Any]:
-        """A token to read the agent's stdout or stderr from."""
+    def _owned(self, agent_id: str, user: str | None) -> Any:
+        """The agent, if *user* may use its streams (None: a runtime or the kernel; root: any)."""
         agent = self.manager.get(agent_id)
+        owner = getattr(agent.spec, "user", "") or ""
+        if user is not None and user != "root" and owner != user:
+            raise AgentError(f"agent {agent_id} belongs to {owner or 'nobody'}, not {user}", "EPERM")
+        return agent
+
+    def attach(self, agent_id: str, stream: str = "stdout", user: str | None = None) -> dict[str, Any]:
+        """A token to read the agent's stdout or stderr from."""
+        agent = self._owned(agent_id, user)
         source = agent.stdout if stream == "stdout" else agent.stderr
         token, done = self.transfer.offer(source=source)
         done.addErrback(lambda f: log.info("{stream} of agent {id} ended: {why}", stream=stream, id=agent_id, why=f.getErrorMessage()))
         return {**self.transfer.where(), "token": token}
 
-    def stdin(self, agent_id: str, source: str = "") -> dict[str, Any]:
+    def stdin(self, agent_id: str, source: str = "", user: str | None = None) -> dict[str, Any]:
         """A token to stream into the agent's stdin; the stream's end closes it.
 
         *source* names the pipeline stage feeding it (``NAME@RUNTIME``).  If
@@ -237,7 +246,7 @@ class AgentHost(service.Service):
         a clean end of file, or the pipeline would report success on a
         truncated stream.
         """
-        agent = self.manager.get(agent_id)
+        agent = self._owned(agent_id, user)
         token, done = self.transfer.offer(sink=agent.stdin)
 
         def broke(f: Any) -> None:
@@ -248,11 +257,12 @@ class AgentHost(service.Service):
         done.addErrback(broke)
         return {**self.transfer.where(), "token": token}
 
-    def pipe_out(self, agent_id: str, host: str, port: int, token: str, to: str = "") -> dict[str, Any]:
-        """Send the agent's stdout to another runtime's sink (the next pipeline stage)."""
-        agent = self.manager.get(agent_id)
+    def pipe_out(self, agent_id: str, host: str, port: int, token: str, to: str = "",
+                 user: str | None = None, tls: bool = False) -> dict[str, Any]:
+        """Send the agent's stdout to another runtime's sink (the next pipeline stage; *tls*: it listens with TLS)."""
+        agent = self._owned(agent_id, user)
         agent.stdout_to = f"pipe:{to or f'{host}:{port}'}"
-        d = send(self.reactor, host, port, token, agent.stdout)
+        d = send(self.reactor, host, port, token, agent.stdout, tls=bool(tls) or None)
 
         def broken(failure: Any) -> None:
             if agent.state not in ENDED:

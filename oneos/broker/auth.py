@@ -1,64 +1,86 @@
-"""Who may connect to our broker: the network's username and secret, nobody else.
+"""Who may connect to our broker, and what each identity may publish and read.
 
-:class:`SecretAuthPlugin` is an amqtt authentication plugin (amqtt 0.12's
-dataclass ``Config`` convention) that accepts exactly one username/password
-pair, compared in constant time; anonymous clients and wrong credentials get
-CONNACK "bad user name or password".  :func:`plugins_config` builds the
-broker's ``plugins`` section: this plugin, or amqtt's anonymous one when
+:class:`IdentityAuthPlugin` (amqtt 0.12's dataclass ``Config`` convention)
+accepts an identity whose password is HMAC(network secret, name) (see
+oneos/security/credentials.py), compared in constant time; anonymous
+clients and wrong passwords get CONNACK "bad user name or password".
+:class:`TopicACLPlugin` applies oneos/security/acl.py to every publish,
+subscription and delivery.  :func:`plugins_config` builds the broker's
+``plugins`` section: both, or amqtt's anonymous plugin alone when
 authentication is explicitly off (``--allow-anonymous``).
 
-The check runs *before* amqtt looks at the client id (see
-``_FixedBroker._initialize_client_session``): otherwise an unauthenticated
+The password check runs *before* amqtt looks at the client id (see
+``_FixedBroker._authenticated_connect``): otherwise an unauthenticated
 CONNECT with a runtime's client id would take its session over, publishing
-its last will.
+its last will.  The same place refuses a last will on a topic its client
+may not publish (a forged "dead" status).
 """
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
-from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
+from twisted.logger import Logger
 
-from oneos.security.credentials import Credentials
+from oneos.security import acl
+from oneos.security.credentials import Credentials, valid
 
-
-def _same(given: str | bytes | None, expected: str) -> bool:
-    if given is None:
-        return False
-    if isinstance(given, str):
-        given = given.encode("utf-8")
-    return hmac.compare_digest(given, expected.encode("utf-8"))
+log = Logger()
 
 
-def check(session: Any, username: str, password: str) -> bool:
-    """Whether *session*'s CONNECT carries exactly *username* and *password*."""
-    # evaluate both comparisons: no early exit telling which part was wrong
-    user_ok = _same(getattr(session, "username", None), username)
-    password_ok = _same(getattr(session, "password", None), password)
-    return user_ok and password_ok
+def check(session: Any, secret: str) -> bool:
+    """Whether *session*'s CONNECT carries a valid identity of the network of *secret*."""
+    return valid(secret, getattr(session, "username", None), getattr(session, "password", None))
 
 
-class SecretAuthPlugin(BaseAuthPlugin):
-    """Accept only clients presenting the configured username and password."""
+class IdentityAuthPlugin(BaseAuthPlugin):
+    """Accept only identities of this network."""
 
     @dataclass
     class Config:
-        username: str = field(default="")
-        password: str = field(default="")
+        secret: str = field(default="")
 
     async def authenticate(self, *, session: Session) -> bool:
-        config = self.context.config
-        username, password = getattr(config, "username", ""), getattr(config, "password", "")
-        if not username or not password:
-            return False  # misconfigured: refuse everyone rather than let everyone in
-        return check(session, username, password)
+        secret = getattr(self.context.config, "secret", "")
+        return check(session, secret)  # no secret configured: refuse everyone rather than let everyone in
+
+
+class TopicACLPlugin(BaseTopicPlugin):
+    """Allow each identity only the topics oneos/security/acl.py gives it."""
+
+    @dataclass
+    class Config:
+        enabled: bool = field(default=True)
+
+    async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
+                              action: Action | None = None) -> bool:
+        if session is None or topic is None:
+            return False
+        name = getattr(session, "username", None)
+        if action == Action.PUBLISH:
+            allowed = acl.may_publish(name, topic)
+        elif action == Action.SUBSCRIBE:
+            allowed = acl.may_subscribe(name, topic)
+        else:
+            allowed = acl.may_receive(name, topic)
+        if not allowed and action != Action.RECEIVE:
+            log.warn("refused {action} on {topic} by {name!r}", action=str(getattr(action, "value", action)),
+                     topic=topic, name=name)
+        return allowed
 
 
 def plugins_config(credentials: Credentials | None) -> dict[str, Any]:
-    """The amqtt ``plugins`` section: our secret check, or anonymous access when *credentials* is None."""
+    """The amqtt ``plugins`` section: identity check and ACL, or anonymous access when *credentials* is None."""
     if credentials is None:
         return {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
-    return {f"{__name__}.SecretAuthPlugin": {"username": credentials.username, "password": credentials.password}}
+    if not credentials.secret:
+        from oneos.security.credentials import CredentialsError
+
+        raise CredentialsError(f"the broker needs the network secret, and {credentials.username}'s credentials do "
+                               "not hold it: run the broker on the machine that created the network")
+    return {f"{__name__}.IdentityAuthPlugin": {"secret": credentials.secret},
+            f"{__name__}.TopicACLPlugin": {"enabled": True}}

@@ -22,6 +22,7 @@ import asyncio
 import errno
 import logging
 import math
+import os
 import re
 import struct
 from typing import Any
@@ -36,6 +37,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from oneos.broker.auth import plugins_config
+from oneos.security import acl
 from oneos.errors import OneOSError
 from oneos.security.credentials import Credentials
 
@@ -295,6 +297,8 @@ class _FixedBroker(Broker):
     max_message: int | None = MAX_MESSAGE
     #: seconds a connection may take to send CONNECT; None: wait forever
     connect_timeout: float | None = CONNECT_TIMEOUT
+    #: identities and topic rules are on (oneos/security/acl.py)
+    identities: bool = False
 
     async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
         if self.max_message is not None:
@@ -353,6 +357,17 @@ class _FixedBroker(Broker):
                 pass
             _abort(writer)
             raise AMQTTError(f"client from {remote_address} refused: bad credentials")
+        refusal = self._identity_refusal(session)
+        if refusal is not None:
+            log.warn("refused MQTT client {name!r} from {host}: {why}", name=session.username, host=remote_address,
+                     why=refusal)
+            writer.write(bytes([0x20, 2, 0, 5]))  # CONNACK: not authorised
+            try:
+                await writer.drain()
+            except Exception:
+                pass
+            _abort(writer)
+            raise AMQTTError(f"client from {remote_address} refused: {refusal}")
         if session.clean_session:
             if session.client_id:
                 await self._delete_session(session.client_id)
@@ -368,6 +383,25 @@ class _FixedBroker(Broker):
         else:
             session.parent = 0
         return handler, session
+
+    def _identity_refusal(self, session: Any) -> str | None:
+        """Why an authenticated identity may not connect like this (None: it may).
+
+        With identities on: a last will goes through the same
+        topic rules as a publish (a client's will on a runtime's status
+        would be a forged "dead" message), and a client id in use by another
+        identity is not taken over (that would disconnect its owner and
+        publish its will).
+        """
+        if not self.identities:
+            return None
+        name = getattr(session, "username", None)
+        if session.will_flag and not acl.may_publish(name, session.will_topic or ""):
+            return f"a last will on {session.will_topic}, which it may not publish"
+        existing = self._sessions.get(session.client_id, (None, None))[0] if session.client_id else None
+        if existing is not None and getattr(existing, "username", None) != name:
+            return f"client id {session.client_id!r} belongs to another identity"
+        return None
 
     async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str, remote_port: int) -> Any:
         try:
@@ -477,14 +511,16 @@ class BrokerService(service.Service):
     *websocket*, if given, is a second TCP endpoint string where MQTT is also
     served over websockets (for browsers).  *credentials*: the only
     username/password accepted (anonymous and wrong ones are refused); None
-    lets anyone in (tests, ``--allow-anonymous``).
+    lets anyone in (tests, ``--allow-anonymous``).  *tls*: (certfile,
+    keyfile), PEM files: the listener speaks MQTT over TLS only (mqtts://;
+    the websocket listener, if any, becomes wss://); None: plain TCP.
     """
 
     name = "broker"
 
     def __init__(self, listen: str = "tcp:1883:interface=0.0.0.0", websocket: str | None = None, *,
                  max_message: int | None = MAX_MESSAGE, connect_timeout: float | None = CONNECT_TIMEOUT,
-                 credentials: Credentials | None = None) -> None:
+                 credentials: Credentials | None = None, tls: tuple[str, str] | None = None) -> None:
         if max_message is not None and max_message < 1:
             raise BrokerError(f"the message size limit must be positive, not {max_message}")
         if connect_timeout is not None and connect_timeout <= 0:
@@ -495,6 +531,12 @@ class BrokerService(service.Service):
         #: seconds a new connection may take to send CONNECT before it is closed (None: no limit)
         self.connect_timeout = connect_timeout
         self.ws = parse_listen(websocket) if websocket else None
+        if tls is not None:
+            for kind, path in zip(("certificate", "key"), tls):
+                if not os.path.isfile(path):
+                    raise BrokerError(f"no TLS {kind} file at {path} (for this machine's own: 'oneos tls init')")
+        #: (certfile, keyfile) when the listeners speak TLS
+        self.tls = (str(tls[0]), str(tls[1])) if tls is not None else None
         #: the accepted username/password; None: anonymous clients allowed
         self.credentials = credentials
         #: (host, port) actually bound, once listening
@@ -508,6 +550,8 @@ class BrokerService(service.Service):
 
     def _config(self) -> dict[str, Any]:
         listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": _bind(self.interface, self.port)}}
+        if self.tls is not None:  # amqtt applies the default listener's ssl settings to the websocket one too
+            listeners["default"].update(ssl=True, certfile=self.tls[0], keyfile=self.tls[1])
         if self.ws is not None:
             listeners["ws"] = {"type": "ws", "bind": _bind(*self.ws)}
         return {
@@ -541,6 +585,7 @@ class BrokerService(service.Service):
         broker = _FixedBroker(self._config())
         broker.max_message = self.max_message
         broker.connect_timeout = self.connect_timeout
+        broker.identities = self.credentials is not None
         try:
             await broker.start()
         except BaseException:

@@ -30,15 +30,37 @@ def credentials_path() -> Any:
     return credentials.path(oneos_home())
 
 
-def present_credentials(client: Any) -> None:
-    """Have *client* log in with ``$ONEOS_HOME/credentials.json`` when its URL names no user (and the file exists)."""
-    import dataclasses
+#: the identity ``oneos`` commands use on the machine holding the network secret when no runtime runs
+#: there: runtime-kind (trusted like the runtimes, so 'oneos user' can manage the kernel's users), but it
+#: never publishes a status
+ADMIN_IDENTITY = "oneos-admin"
 
+
+def cli_identity(home: Any) -> Any:
+    """The identity ``oneos`` commands in *home* act as, or None (no credentials: anonymous).
+
+    The machine's runtime identity when that is what ``credentials.json``
+    holds (the machine's owner, trusted like the runtime); on the machine
+    holding the network secret, its running runtime's identity (else
+    ``oneos-admin``); a client identity (``alice@laptop``) as is.
+    """
+    from oneos.cli.shell import read_runtime_file
     from oneos.security import credentials
+
+    found = credentials.load(home)
+    if found is None or not found.secret:
+        return found
+    running = str(read_runtime_file(home).get("id") or "")
+    return credentials.identity(found, running if credentials.role(running) == "runtime" else ADMIN_IDENTITY)
+
+
+def present_credentials(client: Any) -> None:
+    """Have *client* log in as this home's identity (:func:`cli_identity`) when its URL names no user."""
+    import dataclasses
 
     if client.address.username is not None:
         return
-    found = credentials.load(oneos_home())
+    found = cli_identity(oneos_home())
     if found is not None:
         client.address = dataclasses.replace(client.address, username=found.username, password=found.password)
 
@@ -75,6 +97,9 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
                         "machines and 'oneos join TOKEN' here" if client.address.username is None else
                         f"the credentials in {credentials_path()} are not this network's: 'oneos join TOKEN' "
                         "installs the right ones")
+            elif "certificate" in why or "mqtts" in why or "TLS" in why:
+                hint = ("the network's CA is in $ONEOS_HOME/tls/ca.pem after 'oneos join' of a TLS network's "
+                        "token; docs/security.md, 'Encryption'")
             else:
                 hint = "is a OneOS runtime or broker running? see 'oneos grid' or 'twistd -n oneosd'"
             raise PubSubUnavailable(f"cannot reach the broker at {client.address.url}: {why} ({hint})") from None

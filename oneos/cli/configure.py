@@ -39,6 +39,7 @@ from oneos.config import (
     with_changes,
 )
 from oneos.errors import ConfigError
+from oneos.security import credentials
 from oneos.pubsub.client import parse_broker_url
 
 SUMMARY = "answer a few questions to write $ONEOS_HOME/config.json"
@@ -82,6 +83,7 @@ def interview(
     detect: Callable[[str], str] | None = None,
     problems: dict[str, list[str]] | None = None,
     preset: dict[str, Any] | None = None,
+    given_by: str = "the command line",
 ) -> Config:
     """Ask every question, re-asking until each answer validates.
 
@@ -98,7 +100,7 @@ def interview(
     for field, question, show in QUESTIONS:
         if field in preset:
             config = with_changes(config, **{field: preset.pop(field)})
-            say(f"{question}: {show(config)} (given on the command line)")
+            say(f"{question}: {show(config)} (given on {given_by})")
             problems.pop(field, None)
             continue
         config = ask_setting(config, field, question, show(config), ask, say, problems.pop(field, []))
@@ -337,7 +339,16 @@ def run(
         if config is None:
             say(f"nothing written; fix {path} by hand or answer yes to start over")
             return 1
-        config = interview(config, ask, say, detect=detect, problems=problems, preset=preset)
+        joined, bundle = None, None
+        given_by = "the command line"
+        if interactive and "pubsub" not in preset and credentials.load(home) is None:
+            joined, bundle = ask_join(ask, say)
+            if joined is not None:
+                preset["pubsub"] = joined.broker
+                if credentials.role(joined.username) == "runtime":
+                    preset["id"] = joined.username  # the runtime's id is its identity
+                given_by = "the command line or the join token"
+        config = interview(config, ask, say, detect=detect, problems=problems, preset=preset, given_by=given_by)
     except (EOFError, KeyboardInterrupt):
         say("\nno answers; nothing written")
         return 1
@@ -347,7 +358,27 @@ def run(
         say(f"kept the broken file as {backup}")
     path = save_config(config)
     say(f"wrote {path}")
+    if joined is not None:
+        if bundle is not None:
+            from oneos.security import tls
+
+            tls.install(home, bundle)
+            say(f"wrote the network's TLS certificates in {tls.tls_dir(home)}")
+        say(f"wrote {credentials.save(home, joined)}: this machine joins as {joined.username}")
     return 0
+
+
+def ask_join(ask: Ask, say: Say) -> tuple[Any, dict | None]:
+    """On a machine with no credentials: (credentials, TLS bundle) from an 'oneos invite' token, or (None, None)."""
+    while True:
+        answer = ask("Join token from 'oneos invite' on the network's first machine "
+                     "(blank: none; this machine then starts its own network or you name a broker next): ").strip()
+        if not answer:
+            return None, None
+        try:
+            return credentials.read_token(answer)
+        except credentials.CredentialsError as e:
+            say(f"  {e}")
 
 
 def _isatty(stream: TextIO) -> bool:

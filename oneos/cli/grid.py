@@ -18,7 +18,9 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
+from oneos.cli.common import ADMIN_IDENTITY
 from oneos.config import oneos_home
+from oneos.security import credentials
 from oneos.twistd import twistd_command
 
 SUMMARY = "start a broker and N runtimes on this machine (a local test grid); Ctrl-C stops all"
@@ -107,6 +109,11 @@ class Grid:
         self.directory.mkdir(parents=True, exist_ok=True)
         url = f"mqtt://127.0.0.1:{self.port}"
         self.note(f"starting a broker on {url} and {self.runtimes} runtime(s) under {self.directory}")
+        # The broker (ONEOS_HOME = this home) checks identities with this home's network secret, created
+        # on a first start; each runtime gets its own identity, named like it (docs/security.md).
+        network, _ = credentials.create(oneos_home(), ADMIN_IDENTITY)
+        for i in range(1, self.runtimes + 1):
+            credentials.save(self.directory / f"rt-{i}", credentials.issue(network, f"rt-{i}", url))
         broker = self.spawn("psd", twistd_command("oneospsd", "--port", str(self.port), "--interface", "127.0.0.1"))
         up = yield wait_for_port(self.reactor, self.port, self.reactor.seconds() + 30)
         if not up or broker.ended.called:

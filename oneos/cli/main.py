@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "resume": "control:resume",
     "invite": "invite",
     "join": "invite:join",
+    "mosquitto": "mosquitto",
+    "tls": "tls",
 }
 
 

@@ -46,7 +46,7 @@ def exit_status(info: dict[str, Any]) -> int:
 def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], forward_stdin: bool,
            stdout: bool = True, stdin: bool = True) -> Any:
     """Stream the last stage's output here and our stdin to the first; fire with the last stage's status."""
-    from oneos.transfer import receive, send
+    from oneos.transfer import receive, send, tls_of
 
     first, last = infos[0], infos[-1]
     ended, _ = watch_agent(client, last["runtime"], last["id"])
@@ -56,16 +56,17 @@ def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], for
             continue  # redirected to a OneOS file by the runtime
         where = yield rpc.call(last["runtime"], "agent_attach", agent_id=last["id"], stream=name)
         streams.append((f"{name} of {last['name']} on {last['runtime']}",
-                        receive(reactor, where["host"], where["port"], where["token"], OutputSink(out))))
+                        receive(reactor, where["host"], where["port"], where["token"], OutputSink(out), **tls_of(where))))
     for info in infos[:-1]:  # earlier stages' stderr comes here too
         where = yield rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream="stderr")
         streams.append((f"stderr of {info['name']} on {info['runtime']}",
-                        receive(reactor, where["host"], where["port"], where["token"], OutputSink(sys.stderr.buffer))))
+                        receive(reactor, where["host"], where["port"], where["token"], OutputSink(sys.stderr.buffer),
+                                **tls_of(where))))
     if stdin:
         where = yield rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
         source: Any = LocalSource(sys.stdin.buffer) if forward_stdin else _Empty()
         # A program that ends without reading all its input is not an error (a UNIX writer would get SIGPIPE).
-        send(reactor, where["host"], where["port"], where["token"], source).addErrback(lambda f: None)
+        send(reactor, where["host"], where["port"], where["token"], source, **tls_of(where)).addErrback(lambda f: None)
     stopping: list[defer.Deferred] = []
 
     def stop_all(failure: Any) -> Any:

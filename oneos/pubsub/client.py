@@ -15,19 +15,21 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import clientFromString, wrapClientTLS
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oneos.errors import ConfigError, OneOSError, PubSubUnavailable
-from oneos.pubsub import mqtt
+from oneos.pubsub import mqtt, topics
 from oneos.pubsub.messages import MAX_MESSAGE
 
 #: Bytes a PUBLISH may hold besides its payload (topic of up to 65535 bytes, its length, a packet id).
@@ -40,33 +42,40 @@ class MessageTooLarge(OneOSError, ValueError):
     """A message is larger than the client's ``max_message``: refused, never sent."""
 
 
+#: MQTT's ports: plain TCP, and TLS (``mqtts://``)
+MQTT_PORT, MQTTS_PORT = 1883, 8883
+
+
 @dataclass(frozen=True)
 class BrokerAddress:
-    """Where the broker is, parsed from a ``mqtt://[user[:pass]@]host[:port]`` URL."""
+    """Where the broker is, parsed from a ``mqtt[s]://[user[:pass]@]host[:port]`` URL."""
 
     host: str
     port: int
     username: str | None = None
     password: str | None = None
+    #: connect with TLS, checking the broker's certificate (an ``mqtts://`` URL)
+    tls: bool = False
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mqtt://{host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
 def parse_broker_url(url: str, field: str = "pubsub") -> BrokerAddress:
     """Parse a broker URL; raise :class:`ConfigError` naming *field* when bad."""
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise ConfigError(field, f"{url!r} is not an mqtt:// URL (like mqtt://127.0.0.1:1883)")
+    if parts.scheme not in ("mqtt", "tcp", "mqtts"):
+        raise ConfigError(field, f"{url!r} is not an mqtt:// or mqtts:// URL (like mqtt://127.0.0.1:1883)")
+    tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or 1883
+        port = parts.port or (MQTTS_PORT if tls else MQTT_PORT)
     except ValueError:
         raise ConfigError(field, f"{url!r} has an invalid port") from None
     if not parts.hostname:
         raise ConfigError(field, f"{url!r} has no host")
-    return BrokerAddress(parts.hostname, port, parts.username, parts.password)
+    return BrokerAddress(parts.hostname, port, parts.username, parts.password, tls)
 
 
 @dataclass(frozen=True)
@@ -269,8 +278,12 @@ class PubSubClient(service.Service):
         max_queue: int = 10_000,
         rng: random.Random | None = None,
         max_message: int = MAX_MESSAGE,
+        ca: str | Path | None = None,
     ) -> None:
         self.address = parse_broker_url(url)
+        #: for an mqtts:// URL, the CA certificate the broker's is checked against when the file exists
+        #: (None: $ONEOS_HOME/tls/ca.pem); with no such file, the system's trust store
+        self.ca = Path(ca) if ca is not None else None
         self.reactor = reactor
         self.client_id = client_id or f"oneos-{uuid.uuid4().hex[:16]}"
         self.keepalive = keepalive
@@ -296,6 +309,7 @@ class PubSubClient(service.Service):
         self._stopped_waiters: list[defer.Deferred] = []
         self._listeners: list[tuple[Callable[[], Any] | None, Callable[[], Any] | None]] = []
         self._last_refusal: str | None = None
+        self._trust_source = ""
         self.last_error: str | None = None
         #: reactor time of the last bytes from the broker: a leader's lease is renewed by them
         self.last_heard = float("-inf")
@@ -305,6 +319,11 @@ class PubSubClient(service.Service):
         self._expires: dict[defer.Deferred, float] = {}
 
     # -- public API -------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        """The bus identity this client connects as (the caller level of its request and reply topics)."""
+        return self.address.username or topics.ANONYMOUS
+
     @property
     def connected(self) -> bool:
         """True while a broker connection is established and accepted."""
@@ -373,7 +392,7 @@ class PubSubClient(service.Service):
         earlier subscriptions are in by then.  Membership uses this to know
         it has seen every runtime's retained status before it elects.
         """
-        topic = f"oneos/v1/barrier/{self.client_id}"
+        topic = topics.barrier(self.identity, self.client_id)
         marker = uuid.uuid4().hex.encode()
         done: defer.Deferred = defer.Deferred()
         holder: list[Subscription] = []
@@ -426,11 +445,30 @@ class PubSubClient(service.Service):
         return d
 
     # -- connection management --------------------------------------------
+    def _tls_creator(self) -> Any:
+        """The TLS client connection creator for the broker (mqtts://): its certificate and name are checked."""
+        from twisted.internet.ssl import optionsForClientTLS
+
+        from oneos.security import tls
+
+        ca = self.ca if self.ca is not None else tls.ca_path(tls.default_home())
+        if ca.exists():
+            self._trust_source = str(ca)
+            return tls.Trust.from_file(ca).client_creator(self.address.host)
+        self._trust_source = "the system's trust store"
+        return optionsForClientTLS(self.address.host)
+
     def _connect(self) -> None:
         self._retry = None
         a = self.address
         host = a.host.replace(":", "\\:")
         endpoint = clientFromString(self.reactor, f"tcp:host={host}:port={a.port}:timeout={self.connect_timeout:g}")
+        if a.tls:
+            try:
+                endpoint = wrapClientTLS(self._tls_creator(), endpoint)
+            except OneOSError as e:
+                self._schedule_retry(str(e))
+                return
         self._connecting = endpoint.connect(_ConnectionFactory(self))
 
         def connected(_: Any) -> None:
@@ -511,6 +549,12 @@ class PubSubClient(service.Service):
                 d.callback(None)
             return
         why = self._last_refusal or (reason.getErrorMessage() if reason is not None else "connection lost")
+        if self.address.tls and reason is not None and not was_accepted and not self._last_refusal:
+            from oneos.security.tls import describe_tls_failure
+
+            why = describe_tls_failure(reason, "the broker's", self._trust_source) or why
+        elif not was_accepted and not self._last_refusal and reason is not None and reason.check(ConnectionDone):
+            why = "the broker closed the connection before answering CONNECT (if it serves TLS: an mqtts:// URL)"
         self._last_refusal = None
         if was_accepted:
             log.warn("lost the pubsub broker at {url}: {why}", url=self.address.url, why=why)

@@ -1,7 +1,20 @@
 """Request/response over publish/subscribe.
 
-A request goes to ``rpc(target)`` carrying a correlation id and the caller's
-reply topic; the server answers there.  The caller gets a Deferred that fires
+A request goes to ``rpc(target, caller)`` carrying a correlation id and the
+caller's reply topic ``reply(caller, client)``; the server answers there.
+*caller* is the bus identity the request came from: the broker lets an
+identity publish requests only under its own name and read only its own
+replies (oneos/security/acl.py), so when this server itself had to log in
+(the network has identities) it trusts the topic to say who asks:
+
+- a runtime identity may call every method, and names the OneOS user it acts
+  for (it is the front door that authenticated that user);
+- a client identity ``USER@TAG`` may call only the methods the server opens
+  to clients, always as USER: a ``user`` argument is replaced by USER and a
+  ``system`` argument (the kernel's own area) is dropped.
+
+Without identities (a broker that lets anyone in) every caller is trusted,
+as on a closed test network.  The caller gets a Deferred that fires
 with the result, fails with :class:`RPCError` rebuilt from the remote error
 (its ``kind`` kept so typed errors survive the trip), or fails with
 :class:`RPCTimeout` naming who did not answer.  Several servers may serve one
@@ -11,17 +24,19 @@ ignored.
 
 from __future__ import annotations
 
+import inspect
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from oneos.errors import OneOSError, RPCError, RPCTimeout
+from oneos.errors import NotPermitted, OneOSError, RPCError, RPCTimeout
 from oneos.pubsub import messages, topics
 from oneos.pubsub.client import Message, PubSubClient, Subscription
+from oneos.security.credentials import client_user, role
 
 log = Logger()
 
@@ -53,10 +68,18 @@ class RPCServer:
     """Answers requests for one target with the handlers given."""
 
     def __init__(self, client: PubSubClient, target: str, handlers: dict[str, Handler],
-                 guard: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 guard: Callable[[str, dict[str, Any]], None] | None = None, *,
+                 clients: Collection[str] = ()) -> None:
         self.client = client
         self.target = target
         self.handlers = dict(handlers)
+        #: methods a client identity (USER@TAG) may call; every other one is for runtimes only
+        self.clients = frozenset(clients)
+        unknown = self.clients - set(self.handlers)
+        if unknown:
+            raise ValueError(f"methods open to clients but not served: {sorted(unknown)}")
+        #: methods whose handler takes a ``user`` argument (the verified caller's user is passed there)
+        self._takes_user = {name for name, h in self.handlers.items() if _accepts(h, "user")}
         #: called with (method, meta) before a handler: raises to refuse (typed error sent back),
         #: or raises :class:`Unanswered` to drop the request without a word
         self.guard = guard
@@ -66,7 +89,7 @@ class RPCServer:
     def start(self) -> defer.Deferred:
         """Subscribe to the target's request topic."""
         self.active = True
-        d = self.client.subscribe(topics.rpc(self.target), self._on_request)
+        d = self.client.subscribe(topics.rpc_requests(self.target), self._on_request)
 
         def keep(sub: Subscription) -> None:
             if self.active:
@@ -98,10 +121,19 @@ class RPCServer:
         except messages.MalformedMessage as e:
             log.warn("dropped malformed request on {topic}: {error}", topic=message.topic, error=str(e))
             return
-        if not reply_to.startswith(topics.reply("")):
-            log.warn("dropped request with foreign reply topic {topic}", topic=reply_to)
+        caller = topics.caller_of(message.topic)
+        if not reply_to.startswith(topics.reply(caller, "")):
+            log.warn("dropped request from {caller} with a reply topic not its own: {topic}", caller=caller,
+                     topic=reply_to)
             return
         meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+        try:
+            self._authorise(caller, method, args, meta)
+        except NotPermitted as e:
+            log.warn("refused {method} on {target} to {caller}: {why}", method=method, target=self.target,
+                     caller=caller, why=str(e))
+            self._answer(reply_to, corr, ok=False, error={"kind": e.kind, "message": str(e)})
+            return
         if self.guard is not None:
             try:
                 self.guard(method, meta)
@@ -139,6 +171,24 @@ class RPCServer:
 
         d.addCallbacks(ok, failed)
 
+    def _authorise(self, caller: str, method: str, args: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Check *caller* may make this request and pin the OneOS user it acts as (module docstring)."""
+        if self.client.address.username is None:
+            return  # no identities on this network: every caller is trusted
+        kind = role(caller)
+        if kind == "runtime":
+            return
+        if kind is None:
+            raise NotPermitted(f"{caller!r} is not an identity of this network")
+        if method not in self.clients:
+            raise NotPermitted(f"{method} on {self.target} is for runtimes, not clients ({caller})")
+        user = client_user(caller)
+        args.pop("system", None)
+        args.pop("user", None)
+        if method in self._takes_user:
+            args["user"] = user
+        meta["user"] = user
+
     def _answer(self, reply_to: str, corr: str, **fields: Any) -> None:
         try:
             payload = messages.encode("rpc.reply", id=corr, **fields)
@@ -147,6 +197,15 @@ class RPCServer:
         self.client.publish(reply_to, payload, qos=1).addErrback(
             lambda f: log.warn("could not send RPC reply: {error}", error=f.getErrorMessage())
         )
+
+
+def _accepts(handler: Handler, name: str) -> bool:
+    """Whether *handler* takes a keyword argument *name*."""
+    try:
+        params = inspect.signature(handler).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class RPCClient:
@@ -160,9 +219,13 @@ class RPCClient:
         #: raises at once when *target* is known to have nobody serving it (inside a runtime,
         #: from the membership), so a caller gets the reason instead of waiting for a timeout
         self.precheck = precheck
-        self.reply_topic = topics.reply(client.client_id)
         self._pending: dict[str, tuple[defer.Deferred, IDelayedCall]] = {}
         self._ready: defer.Deferred | None = None
+
+    @property
+    def reply_topic(self) -> str:
+        """Where answers come (from the client's identity, which the runtime may set after building this)."""
+        return topics.reply(self.client.identity, self.client.client_id)
 
     def _ensure_subscribed(self) -> defer.Deferred:
         if self._ready is None:
@@ -201,7 +264,7 @@ class RPCClient:
             extra = {"meta": {**(meta or {}), "timeout": timeout}}
             payload = messages.encode("rpc.request", id=corr, method=method, args=args, reply_to=self.reply_topic, **extra)
             # A request whose caller has given up is never delivered late (after a cut heals).
-            self.client.publish(topics.rpc(target), payload, qos=1,
+            self.client.publish(topics.rpc(target, self.client.identity), payload, qos=1,
                                 expires=self.reactor.seconds() + timeout).addErrback(lambda f: None)
 
         self._ensure_subscribed().addCallback(send)

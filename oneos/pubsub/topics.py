@@ -5,6 +5,11 @@ from __future__ import annotations
 from oneos import TOPIC_ROOT
 
 
+#: the caller level of requests made without an identity (a broker that allows anonymous clients);
+#: not a valid identity name, so a server that expects identities refuses it
+ANONYMOUS = "~"
+
+
 def status(runtime_id: str) -> str:
     """Retained status of one runtime (its will marks it dead)."""
     return f"{TOPIC_ROOT}/runtimes/{runtime_id}/status"
@@ -23,14 +28,33 @@ def runtime_from_status_topic(topic: str) -> str | None:
     return None
 
 
-def rpc(target: str) -> str:
-    """Where requests for *target* (a runtime id, or 'kernel') are published."""
-    return f"{TOPIC_ROOT}/rpc/{target}"
+def rpc(target: str, caller: str) -> str:
+    """Where *caller* (its bus identity) publishes requests for *target* (a runtime id, or 'kernel').
+
+    The broker lets an identity publish only with its own name as *caller*
+    (oneos/security/acl.py), so a server knows who asks from the topic.
+    """
+    return f"{TOPIC_ROOT}/rpc/{target}/{caller}"
 
 
-def reply(client_id: str) -> str:
-    """Where answers to one client's requests are published."""
-    return f"{TOPIC_ROOT}/reply/{client_id}"
+def rpc_requests(target: str) -> str:
+    """Subscription filter for every caller's requests to *target*."""
+    return f"{TOPIC_ROOT}/rpc/{target}/+"
+
+
+def caller_of(request_topic: str) -> str:
+    """The caller level of a request topic."""
+    return request_topic.rsplit("/", 1)[-1]
+
+
+def reply(caller: str, client_id: str) -> str:
+    """Where answers to one client's requests are published (readable only by identity *caller*)."""
+    return f"{TOPIC_ROOT}/reply/{caller}/{client_id}"
+
+
+def barrier(caller: str, client_id: str) -> str:
+    """A client's own round-trip topic (see PubSubClient.barrier)."""
+    return f"{TOPIC_ROOT}/barrier/{caller}/{client_id}"
 
 
 #: The RPC target served by whichever runtime currently leads the kernel.

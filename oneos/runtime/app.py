@@ -58,6 +58,12 @@ def _use_credentials(runtime: Any, creds: Any) -> None:
 def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
     """The runtime tree: ``oneosd`` holding the optional embedded broker, then the runtime.
 
+    The runtime connects as the identity named like its id (docs/security.md):
+    derived from the network secret on the machine that holds it, else the one
+    ``oneos join`` installed, whose name becomes the id when none is configured.
+    Only ``credentials.json`` is read here; the embedded broker creates it on a
+    first start.
+
     docs/architecture.md draws the tree this returns (tests/test_service_tree.py checks it).
     """
     if reactor is None:
@@ -67,24 +73,32 @@ def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
     from oneos.runtime.embedded import EmbeddedBroker
     from oneos.runtime.service import RuntimeService
 
+    address = parse_broker_url(config.pubsub)
+    found = credentials.load(config.home) if address.username is None else None
+    if found is not None and not found.secret and config.generated_id:
+        if credentials.role(found.username) != "runtime":
+            raise credentials.CredentialsError(
+                f"{credentials.path(config.home)} holds the client identity {found.username!r}, which cannot run a "
+                "runtime: ask for a runtime invitation ('oneos invite' without --user)")
+        config = dataclasses.replace(config, id=found.username, generated_id=False)
     top = service.MultiService()
     top.setName("oneosd")
     runtime = RuntimeService(config, reactor, on_fatal=_exit_on_fatal(reactor))
-    address = parse_broker_url(config.pubsub)
     if config.wants_embedded_broker:
-        embedded = EmbeddedBroker(address.host, address.port, reactor, home=config.home)
+        embedded = EmbeddedBroker(address.host, address.port, reactor, home=config.home, name=config.id)
         embedded.setServiceParent(top)
         if address.username is None:
-            # connect with the credentials the embedded broker set up (created on a first start)
-            embedded.ready.addCallback(lambda _: _use_credentials(runtime, embedded.credentials))
+            # connect with the identity the embedded broker's credentials give (created on a first start)
+            embedded.ready.addCallback(lambda _: _use_credentials(
+                runtime, embedded.credentials and credentials.identity(embedded.credentials, config.id)))
         runtime.broker_ready = embedded.ready
     elif address.username is None:
-        found = credentials.load(config.home)
         if found is None:
             log.warn("no network credentials in {path}: connecting without; a broker that requires them refuses "
                      "('oneos invite' on a machine of the network prints a token, 'oneos join TOKEN' here installs it)",
                      path=str(credentials.path(config.home)))
-        _use_credentials(runtime, found)
+        else:
+            _use_credentials(runtime, credentials.identity(found, config.id))
     runtime.setServiceParent(top)
     reactor.callWhenRunning(lambda: log.info("{block}", block=describe_config(config)))
     return top

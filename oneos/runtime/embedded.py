@@ -34,8 +34,10 @@ class EmbeddedBroker(service.MultiService):
 
     name = "embedded-broker"
 
-    def __init__(self, host: str, port: int, reactor: Any, home: Path | None = None) -> None:
+    def __init__(self, host: str, port: int, reactor: Any, home: Path | None = None, name: str = "") -> None:
         super().__init__()
+        #: the runtime's id: its identity's name in a network created here
+        self.identity_name = name
         self.host = host
         self.port = port
         self.reactor = reactor
@@ -49,7 +51,7 @@ class EmbeddedBroker(service.MultiService):
         super().startService()
         if self.home is not None:
             try:
-                self.credentials, created = credentials.create(self.home)
+                self.credentials, created = credentials.create(self.home, self.identity_name)
             except OneOSError as e:
                 log.error("cannot set up the network's credentials: {error}", error=describe(e))
                 self.ready.callback(None)

@@ -101,6 +101,7 @@ class KernelHost(RoleHost):
                 "runtimes": lambda: [asdict(s) for s in membership.statuses()],
             },
             guard=self.guard,
+            clients=("ping", "runtimes"),
         )
         return self.rpc.start()
 

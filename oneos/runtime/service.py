@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from oneos.config import Config, resolve_listen
 from oneos.errors import OneOSError, StaleEpoch, describe
 from oneos.fs.client import FSClient
 from oneos.fs.service import FileSystemService
+from oneos.security.credentials import strip_userinfo
 from oneos.pubsub.client import PubSubClient
 from oneos.pubsub.rpc import RPCClient, RPCServer, Unanswered
 from oneos.runtime.election import Election
@@ -51,6 +53,8 @@ from oneos.scheduler.restarts import RestartPolicy
 from oneos.scheduler.service import SchedulerService
 from oneos.shell.interpreter import Grid
 from oneos.shell.server import ShellService
+from oneos import transfer
+from oneos.security import tls
 from oneos.transfer import TransferServer
 
 log = Logger()
@@ -110,20 +114,25 @@ class RuntimeService(service.MultiService):
 
         # -- on every runtime ---------------------------------------------------------
         self.transfer = TransferServer(reactor, "")  # endpoint set at start, once the address is known
-        self.client = PubSubClient(config.pubsub, reactor, keepalive=config.keepalive)
+        # an mqtts:// broker is checked against this home's network CA (tls/ca.pem) when there is one
+        self.client = PubSubClient(config.pubsub, reactor, keepalive=config.keepalive, ca=tls.ca_path(config.home))
         self.client.setName("pubsub")
         self.rpc = RPCClient(self.client, reactor, precheck=self._precheck)
         self.store: StoreHost | None = None
         self.shell: ShellService | None = None
         self.membership = Membership(self.client, self.rpc, reactor, self.describe, interval=config.stats_interval)
         fs = FSClient(self.rpc, reactor)
-        self.agents = AgentHost(rid, reactor, self.client, self.transfer, lambda: fs, home=config.home,
+        self.agents = AgentHost(rid, reactor, self.client, self.transfer,
+                                lambda user: fs if user is None else FSClient(self.rpc, reactor, user=user),
+                                home=config.home,
                                 memory_mb=config.memory_mb, interval=config.stats_interval,
                                 account=agent_account(config.run_as))
         self.rpc_service = RPCService(RPCServer(
             self.client, rid,
             {"ping": self._ping, "status": self._status, "members": self._members, **self.agents.handlers()},
             guard=self._fence,
+            # a client identity may read its own programs' output and feed their input, nothing else here
+            clients=("ping", "status", "agent_attach", "agent_stdin", "agent_pipe_out"),
         ))
 
         # -- only on the kernel leader ---------------------------------------------------
@@ -179,6 +188,7 @@ class RuntimeService(service.MultiService):
             interval=self.config.stats_interval,
             services={"version": __version__},
             stream=self.transfer.stream_address,
+            stream_tls=self.transfer.tls is not None,
             ssh=self.shell.ssh_address if self.shell is not None else "",
             pid=os.getpid(),
             **store,
@@ -227,7 +237,15 @@ class RuntimeService(service.MultiService):
             # Programs run as another account: the runtime's home (its keys, its config) is not theirs to read.
             try:
                 self.config.home.mkdir(parents=True, exist_ok=True)
-                os.chmod(self.config.home, 0o700)
+                st = self.config.home.stat()
+                if st.st_mode & (stat.S_ISVTX | stat.S_IWOTH) or st.st_uid != os.geteuid():
+                    # a shared directory (ONEOS_HOME=/tmp) or someone else's: making it 0700 would lock
+                    # everybody else out of it
+                    log.warn("ONEOS_HOME {home} is a shared directory or not this account's: left as it is; "
+                             "programs may read what the runtime keeps there (give the runtime its own home)",
+                             home=str(self.config.home))
+                else:
+                    os.chmod(self.config.home, 0o700)
             except OSError as e:
                 log.warn("cannot make {home} private: {error}", home=str(self.config.home), error=e)
         self._stats = HostStats()
@@ -243,6 +261,7 @@ class RuntimeService(service.MultiService):
 
     @defer.inlineCallbacks
     def _boot(self) -> Any:
+        self._use_tls()
         self.transfer.startService()
         try:
             yield self.transfer.listen()
@@ -271,11 +290,22 @@ class RuntimeService(service.MultiService):
         self.ready.callback(self)
         self.shell.opened.addCallback(lambda _: self._opened())
 
+    def _use_tls(self) -> None:
+        """A home with a machine certificate (tls/cert.pem) is a member of a TLS network: streams use TLS."""
+        home = self.config.home
+        if tls.ca_path(home).exists():
+            transfer.use_client_trust(tls.load_trust(home))  # streams this runtime opens check peers with it
+        if tls.has_certificate(home):
+            self.transfer.tls = tls.MachineTLS.load(home)
+            log.info("streams use TLS with {cert} (network CA {ca})", cert=str(tls.cert_path(home)),
+                     ca=str(tls.ca_path(home)))
+
     def _opened(self) -> None:
         """The front door listens: tell the network, and the ``oneos`` command on this machine."""
         if self.membership.joined:
             self.membership.publish()
-        info = {"id": self.id, "pid": os.getpid(), "pubsub": self.config.pubsub, "stream": self.transfer.stream_address,
+        # never a password from the URL: commands log in with credentials.json
+        info = {"id": self.id, "pid": os.getpid(), "pubsub": strip_userinfo(self.config.pubsub), "stream": self.transfer.stream_address,
                 "ssh": self.shell.ssh_address if self.shell is not None else ""}
         path = self.config.home / RUNTIME_FILE
         try:

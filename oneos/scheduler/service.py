@@ -83,6 +83,7 @@ class SchedulerService(service.Service):
                 "locate": self.locate,
             },
             guard=guard,
+            clients=("spawn", "pipeline", "explain", "ps", "pipes", "kill", "pause", "resume", "locate"),
         )
 
     def startService(self) -> None:
@@ -322,8 +323,14 @@ class SchedulerService(service.Service):
         return info
 
     @defer.inlineCallbacks
-    def pipeline(self, stages: list[dict[str, Any]]) -> Any:
-        """Start every stage, then connect each stdout to the next stdin, runtime to runtime."""
+    def pipeline(self, stages: list[dict[str, Any]], user: str | None = None) -> Any:
+        """Start every stage, then connect each stdout to the next stdin, runtime to runtime.
+
+        *user* (a client identity's user, set by the RPC layer) owns every
+        stage, whatever the stages say.
+        """
+        if user is not None:
+            stages = [{**stage, "user": user} for stage in stages]
         infos = []
         try:
             for stage in stages:

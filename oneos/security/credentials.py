@@ -1,15 +1,25 @@
-"""The network's credentials in ``$ONEOS_HOME/credentials.json``.
+"""Identities on the bus, kept in ``$ONEOS_HOME/credentials.json``.
 
-One shared identity for now: every runtime and ``oneos`` command of the
-network connects to the broker with the same username and random secret
-(per-identity topic ACLs come later; the file format leaves room for them)::
+Every runtime and every ``oneos`` client connects to the broker as an
+*identity*: a user name and a password.  Two kinds, told apart by the name:
 
-    {"v": 1, "broker": "mqtt://host:1883" or "", "username": "oneos", "password": "..."}
+- a **runtime** identity is named like a runtime id (``rt-a``): it may
+  publish its own status and agents, answer requests and act for any OneOS
+  user (a runtime is the front door that authenticated them);
+- a **client** identity is named ``USER@TAG`` (``alice@laptop``): it may only
+  make requests, and every request it makes is checked as OneOS user USER.
 
-The file is written atomically with mode 0600.  The first runtime (embedded
-broker) or ``oneos psd`` creates it; ``oneos invite`` turns it into a join
-token (``oneos1.`` + base64url(JSON)) that ``oneos join`` writes on another
-machine.  docs/security.md explains the model.
+The network has one random *secret*, kept only on the machine that created
+it (the first runtime with the embedded broker, or ``oneos psd``).  An
+identity's password is HMAC-SHA256(secret, name): the broker checks any
+identity with the secret alone, and a machine given one identity's password
+(``oneos invite`` / ``oneos join``) cannot mint another::
+
+    {"v": 1, "broker": "mqtt://host:1883" or "", "username": "rt-a",
+     "password": "...", "secret": "..." (only on the issuing machine)}
+
+The file is written atomically with mode 0600.  docs/security.md explains
+the model; oneos/security/acl.py says what each kind may publish and read.
 """
 
 from __future__ import annotations
@@ -18,6 +28,9 @@ import base64
 import binascii
 import json
 import os
+import hashlib
+import hmac
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass
@@ -28,8 +41,12 @@ from oneos.errors import OneOSError
 
 #: the file under $ONEOS_HOME
 CREDENTIALS_FILE = "credentials.json"
-#: the username every member of a network uses (one shared identity for now)
-DEFAULT_USERNAME = "oneos"
+#: what HMAC(secret, name) is computed over, so a password is never usable for another purpose
+_DERIVE_CONTEXT = "oneos identity v1:"
+#: a runtime identity: a runtime id (config.validate_id's rule)
+_RUNTIME_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: a client identity: OneOS user name, '@', a tag naming the client
+_CLIENT_NAME = re.compile(r"^([a-z_][a-z0-9_.-]{0,31})@([A-Za-z0-9._-]{1,64})$")
 #: what a join token starts with (the version of its format)
 TOKEN_PREFIX = "oneos1."
 FORMAT_VERSION = 1
@@ -47,12 +64,77 @@ class Credentials:
     password: str
     #: the broker URL as other machines reach it ('' = not recorded)
     broker: str = ""
+    #: the network secret ('' except on the machine that issues identities)
+    secret: str = ""
 
-    def __repr__(self) -> str:  # never show the secret in a traceback or log
-        return f"Credentials(username={self.username!r}, password='***', broker={redact_url(self.broker)!r})"
+    def __repr__(self) -> str:  # never show a password or the secret in a traceback or log
+        return (f"Credentials(username={self.username!r}, password='***', broker={redact_url(self.broker)!r}, "
+                f"secret={'***' if self.secret else ''!r})")
 
     def to_json(self) -> dict:
-        return {"v": FORMAT_VERSION, "broker": self.broker, "username": self.username, "password": self.password}
+        data = {"v": FORMAT_VERSION, "broker": self.broker, "username": self.username, "password": self.password}
+        if self.secret:
+            data["secret"] = self.secret
+        return data
+
+    @property
+    def issuer(self) -> bool:
+        """Whether these credentials hold the network secret (can issue identities)."""
+        return bool(self.secret)
+
+
+def derive(secret: str, name: str) -> str:
+    """The password of identity *name* in the network whose secret is *secret*."""
+    digest = hmac.new(secret.encode("utf-8"), (_DERIVE_CONTEXT + name).encode("utf-8"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def role(name: str | None) -> str | None:
+    """'runtime', 'client', or None when *name* is not a valid identity name."""
+    if not name:
+        return None
+    if _CLIENT_NAME.match(name):
+        return "client"
+    if _RUNTIME_NAME.match(name):
+        return "runtime"
+    return None
+
+
+def client_user(name: str) -> str | None:
+    """The OneOS user a client identity acts as (None for a runtime or invalid name)."""
+    m = _CLIENT_NAME.match(name or "")
+    return m.group(1) if m else None
+
+
+def valid(secret: str, name: str | None, password: str | bytes | None) -> bool:
+    """Whether *password* is identity *name*'s in the network of *secret* (constant-time compare)."""
+    if not secret or role(name) is None or password is None:
+        return False
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+    return hmac.compare_digest(password, derive(secret, str(name)).encode("utf-8"))
+
+
+def issue(network: Credentials, name: str, broker: str = "") -> Credentials:
+    """Credentials for identity *name*, issued with *network*'s secret (never carrying the secret)."""
+    if not network.secret:
+        raise CredentialsError(f"these credentials ({network.username}) cannot issue identities: only the machine "
+                               "that created the network holds its secret (run this there)")
+    if role(name) is None:
+        raise CredentialsError(f"{name!r} is not an identity name: a runtime id (letters, digits, '.', '_', '-') "
+                               "or USER@TAG for a client")
+    return Credentials(name, derive(network.secret, name), broker or network.broker)
+
+
+def identity(found: Credentials, name: str) -> Credentials:
+    """*found*'s credentials for acting as *name*: derived with the secret, or *found* itself if it is *name*."""
+    if found.secret:
+        return Credentials(name, derive(found.secret, name), found.broker, found.secret)
+    if found.username != name:
+        raise CredentialsError(f"this machine's identity is {found.username!r}, not {name!r}: a runtime's id must be "
+                               "the identity 'oneos join' installed (remove 'id' from config.json, or ask for an "
+                               f"invitation for {name!r}: 'oneos invite --name {name}')")
+    return found
 
 
 def path(home: Path) -> Path:
@@ -66,13 +148,18 @@ def _from_json(data: object, where: str) -> Credentials:
     if version != FORMAT_VERSION:
         raise CredentialsError(f"{where}: format version {version!r} is not supported (this OneOS reads v1)")
     username, password, broker = data.get("username"), data.get("password"), data.get("broker", "") or ""
+    secret = data.get("secret", "") or ""
     if not isinstance(username, str) or not username:
         raise CredentialsError(f"{where}: no username")
+    if role(username) is None:
+        raise CredentialsError(f"{where}: {username!r} is not an identity name")
     if not isinstance(password, str) or not password:
         raise CredentialsError(f"{where}: no password")
     if not isinstance(broker, str):
         raise CredentialsError(f"{where}: 'broker' must be a URL string")
-    return Credentials(username, password, broker)
+    if not isinstance(secret, str):
+        raise CredentialsError(f"{where}: 'secret' must be a string")
+    return Credentials(username, password, broker, secret)
 
 
 def load(home: Path) -> Credentials | None:
@@ -111,13 +198,14 @@ def save(home: Path, creds: Credentials) -> Path:
     return target
 
 
-def generate(username: str = DEFAULT_USERNAME, broker: str = "") -> Credentials:
-    """New credentials with a random secret (256 bits)."""
-    return Credentials(username, secrets.token_urlsafe(32), broker)
+def generate(username: str, broker: str = "") -> Credentials:
+    """A new network (a random 256-bit secret) and *username*'s identity in it."""
+    secret = secrets.token_urlsafe(32)
+    return Credentials(username, derive(secret, username), broker, secret)
 
 
-def create(home: Path, broker: str = "") -> tuple[Credentials, bool]:
-    """This home's credentials, created if there are none: (credentials, created).
+def create(home: Path, username: str, broker: str = "") -> tuple[Credentials, bool]:
+    """This home's credentials, a new network created if there are none: (credentials, created).
 
     Idempotent: existing credentials are kept (never regenerated: that would
     lock every other machine out).  Two processes racing on a first start may
@@ -126,7 +214,7 @@ def create(home: Path, broker: str = "") -> tuple[Credentials, bool]:
     existing = load(home)
     if existing is not None:
         return existing, False
-    fresh = generate(broker=broker)
+    fresh = generate(username, broker=broker)
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     # link() refuses to replace: whoever links first wins, the other reads the winner's file
@@ -153,15 +241,26 @@ def create(home: Path, broker: str = "") -> tuple[Credentials, bool]:
 # join tokens
 
 
-def token(creds: Credentials, broker_url: str) -> str:
-    """A join token: ``oneos1.`` + base64url(JSON of the credentials and the broker URL)."""
-    data = Credentials(creds.username, creds.password, strip_userinfo(broker_url)).to_json()
+def token(creds: Credentials, broker_url: str, tls: dict | None = None) -> str:
+    """A join token: ``oneos1.`` + base64url(JSON of the credentials and the broker URL).
+
+    *tls*: a TLS bundle (oneos/security/tls.py ``bundle``) for a network with
+    its own CA: the CA certificate, and the new machine's certificate and key.
+    """
+    data = Credentials(creds.username, creds.password, strip_userinfo(broker_url)).to_json()  # never the secret
+    if tls:
+        data["tls"] = tls
     raw = json.dumps(data, separators=(",", ":")).encode()
     return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def parse_token(text: str) -> Credentials:
     """The credentials and broker URL in a join token; a malformed token is a clear error."""
+    return read_token(text)[0]
+
+
+def read_token(text: str) -> tuple[Credentials, dict | None]:
+    """The credentials, broker URL and TLS bundle (None: none) in a join token; a malformed token is a clear error."""
     text = (text or "").strip()
     if not text.startswith(TOKEN_PREFIX):
         if text.startswith("oneos") and "." in text:
@@ -175,7 +274,13 @@ def parse_token(text: str) -> Credentials:
         data = json.loads(raw.decode())
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise CredentialsError("the join token is damaged (was it cut short when copied?)") from None
+    bundle = data.pop("tls", None) if isinstance(data, dict) else None
+    if bundle is not None and not isinstance(bundle, dict):
+        raise CredentialsError("the join token's TLS part is damaged")
     creds = _from_json(data, "join token")
+    if creds.secret:
+        raise CredentialsError("this join token carries a network secret, which tokens never do: not a token "
+                               "'oneos invite' printed")
     if not creds.broker:
         raise CredentialsError("the join token names no broker")
     from oneos.pubsub.client import parse_broker_url
@@ -184,7 +289,7 @@ def parse_token(text: str) -> Credentials:
         parse_broker_url(creds.broker)
     except OneOSError as e:
         raise CredentialsError(f"the join token's broker URL is bad: {e}") from None
-    return creds
+    return creds, bundle
 
 
 # --------------------------------------------------------------------------

@@ -58,6 +58,8 @@ from zope.interface import implementer
 
 from oneos.errors import describe
 from oneos.fs import paths
+from oneos.fs.permissions import ADMIN
+from oneos.fs.store import DEFAULT_OWNER, DIR_PERM
 from oneos.shell.interpreter import Grid, Interpreter, Session, SessionInput
 from oneos.shell.parser import MAX_LINE
 from oneos.shell.throttle import LoginThrottle
@@ -66,6 +68,8 @@ from oneos.shell.users import HOST_KEY_PATH, FailureDelay, PasswordChecker, Publ
 log = Logger()
 
 HOST_KEY_FILE = "ssh_host_key"
+#: A user's home (/home/USER) is the user's and private.
+HOME_PERM = 0o700
 #: How long a front door waits between tries when the tree cannot be reached at start (doubling up to the max).
 RETRY_DELAY, RETRY_MAX = 0.2, 5.0
 #: Seconds a connection has to log in (SSH: key exchange and authentication; telnet: user and password).
@@ -264,6 +268,28 @@ class _Glue:
         return None
 
 
+#: exec lines that ask the server machine's own file-transfer programs to serve the session: the
+#: OpenSSH client sends these for ``scp -O`` and rsync.  Run, they would read and write the runtime
+#: machine's real disk in the runtime's name, not the OneOS tree as the user.
+_HOST_SUBSYSTEMS = (("scp", ("-t", "-f")), ("rsync", ("--server",)))
+
+
+def host_subsystem(line: str) -> str | None:
+    """Why an SSH exec *line* is refused (a host file-transfer subsystem), or None to run it as a shell line."""
+    words = line.split()
+    if not words:
+        return None
+    program = words[0].rsplit("/", 1)[-1]
+    for name, flags in _HOST_SUBSYSTEMS:
+        if program == name and any(w in flags or (w.startswith("-") and not w.startswith("--") and
+                                                  any(f[1] in w[1:] for f in flags if len(f) == 2))
+                                   for w in words[1:]):
+            return (f"oneos: '{name}' as an SSH subsystem is not served (it would run the host's {name} on the "
+                    "runtime's own disk); copy files with 'oneos fs put/get', or pipe: "
+                    "ssh HOST 'cat > /path' < file")
+    return None
+
+
 class _SafeWriter:
     """Writes to a channel that may already be gone (the client vanished)."""
 
@@ -413,6 +439,12 @@ class ShellSession:
         except UnicodeDecodeError:
             err.write(b"oneos: the command is not valid UTF-8\n")
             proto.processEnded(_end_status(2))
+            return
+        refusal = host_subsystem(line)
+        if refusal is not None:
+            log.info("ssh: refused {line!r} from {user}: a host subsystem", line=line[:80], user=self.avatar.user)
+            err.write(refusal.encode() + b"\n")
+            proto.processEnded(_end_status(1))
             return
         d = self.shell.prepare(interp).addCallback(lambda _: interp.execute(line, record=False))
 
@@ -906,7 +938,8 @@ class ShellService(service.Service):
         self.ssh_address = ""
 
     def new_interpreter(self, user: str, out: Any, err: Any) -> Interpreter:
-        interp = Interpreter(Session(user, home=paths.join("/home", user)), self.grid, out, err)
+        """A session's interpreter: its file operations are the user's, checked against owners and modes."""
+        interp = Interpreter(Session(user, home=paths.join("/home", user)), self.grid.for_user(user), out, err)
         self.interpreters.add(interp)
         return interp
 
@@ -914,8 +947,21 @@ class ShellService(service.Service):
         self.interpreters.discard(interp)
 
     def prepare(self, interp: Interpreter) -> defer.Deferred:
-        """Make the user's home (/home/USER) on first login; fall back to / if the store is down."""
+        """Make the user's home (/home/USER, the user's, mode 0700) on first login; fall back to / if the store is down.
+
+        The kernel's client makes it (a user may not write /home).  A home an
+        older OneOS made (root's, 0755) is handed to its user the same way.
+        """
         session = interp.session
+        user = session.user
+
+        @defer.inlineCallbacks
+        def make() -> Any:
+            st = yield self.grid.fs.mkdir(session.home, parents=True, exist_ok=True, owner=user, perm=HOME_PERM)
+            if user != ADMIN and (st.owner, st.mode) == (DEFAULT_OWNER, DIR_PERM):
+                yield self.grid.fs.chown(session.home, user)
+                yield self.grid.fs.chmod(session.home, HOME_PERM)
+                log.info("home {home} handed to {user} (mode 0700)", home=session.home, user=user)
 
         def failed(f: Failure) -> None:
             log.warn("cannot make home {home}: {e}", home=session.home, e=f.getErrorMessage())
@@ -923,7 +969,7 @@ class ShellService(service.Service):
             session.env["HOME"] = "/"
             session.set_cwd("/")
 
-        return self.grid.fs.mkdir(session.home, parents=True, exist_ok=True).addCallbacks(lambda _: None, failed)
+        return make().addCallbacks(lambda _: None, failed)
 
     def ssh_factory(self, key: keys.Key) -> factory.SSHFactory:
         f = factory.SSHFactory()
