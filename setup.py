@@ -25,6 +25,9 @@ setup(
         "psutil>=5.9",
         "autobahn>=23.1",
         "service-identity>=21.1",
+        # the network CA and machine certificates (oneos/security/tls.py); TLS itself is twisted[tls]
+        "cryptography>=42",
+        "pyOpenSSL>=23.2",
     ],
     extras_require={
         "test": [
