@@ -171,12 +171,8 @@ def test_defaults():
 
 
 def test_oneospsd_options():
-    import importlib.util
-    from pathlib import Path
+    from oneos.broker import tap as plugin
 
-    spec = importlib.util.spec_from_file_location("oneospsd_plugin", Path(__file__).parents[1] / "twisted/plugins/oneospsd.py")
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
     opts = plugin.Options()
     opts.parseOptions(["--max-message", "2048", "--connect-timeout", "3"])
     assert (opts["max-message"], opts["connect-timeout"]) == (2048, 3.0)

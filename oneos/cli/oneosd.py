@@ -92,12 +92,13 @@ def plan(
 def flag_settings(args: Sequence[str]) -> dict[str, Any] | None:
     """The settings *args* give as ``twistd -n oneosd`` flags, or None when they
     do not parse or ask for something else than a runtime (``--version``)."""
-    from twisted.plugins.oneosd import Options
     from twisted.python import usage
+
+    from oneos.runtime.tap import Flags
 
     if any(a in ("--version", "--help") for a in args[: list(args).index("--") if "--" in args else len(args)]):
         return None
-    options = Options()
+    options = Flags()  # the flags only, no config read: 'oneos configure' refuses a bad value itself
     try:
         options.parseOptions(list(args))
     except usage.UsageError:
@@ -120,10 +121,8 @@ def home_from(args: Sequence[str], environ: Mapping[str, str]) -> Path:
 
 def help_text() -> str:
     """This script's options, then those of ``twistd -n oneosd`` that it passes on."""
-    try:
-        from twisted.plugins.oneosd import Options
-    except ImportError:  # pragma: no cover - the plugin ships with the package
-        return f"{USAGE}\n\n{DESCRIPTION}\nSee 'twistd -n oneosd --help' for them."
+    from oneos.runtime.tap import Options
+
     lines = str(Options()).splitlines()
     if lines and lines[0].strip() == Options.synopsis:
         lines = lines[1:]  # the synopsis, shown below with the command
