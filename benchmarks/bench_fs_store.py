@@ -43,7 +43,8 @@ install_asyncio_reactor()
 
 from twisted.internet import defer, reactor  # noqa: E402
 
-from oneos.fs.store import CHUNK_SIZE, MiB, open_store  # noqa: E402
+from oneos.fs.opening import open_store  # noqa: E402
+from oneos.fs.store import CHUNK_SIZE, MiB  # noqa: E402
 
 SMALL = b"x" * 100
 

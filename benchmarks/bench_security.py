@@ -42,7 +42,7 @@ def setup(mode: str, root: Path) -> tuple[str, Path, list[subprocess.Popen], obj
     """Start the broker and runtimes for *mode*: (broker URL, the admin's ONEOS_HOME, runtimes, broker)."""
     from _brokers import start_oneospsd
 
-    from oneos.cli.common import ADMIN_IDENTITY
+    from oneos.security.credentials import ADMIN_IDENTITY
     from oneos.security import credentials, tls
     from oneos.twistd import twistd_command
 

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from oneos.errors import ConfigError
-from oneos.pubsub.client import parse_broker_url
+from oneos.pubsub.address import parse_broker_url
 
 CONFIG_FILE = "config.json"
 DEFAULT_PUBSUB = "mqtt://127.0.0.1:1883"

@@ -23,8 +23,10 @@ from twisted.trial import unittest
 
 from oneos.fs import errors as E
 from oneos.fs import store as store_module
+from oneos.fs.opening import open_store
 from oneos.fs.paths import MAX_NAME_BYTES
-from oneos.fs.store import CHUNK_SIZE, FileStore, Stat, open_store
+from oneos.fs.planning import MAX_SEGMENTS
+from oneos.fs.store import CHUNK_SIZE, FileStore, Stat
 
 SMALL_CHUNK = 1024
 T0 = 1_700_000_000.0
@@ -279,7 +281,7 @@ class StoreContract(StoreFixture):
                 self.assertEqual(await self.store.read("/f"), model)
         self.assertEqual(await self.store.read("/f"), model)
         _, segments = await self.store._node("/f")
-        self.assertLessEqual(len(segments), store_module.MAX_SEGMENTS)
+        self.assertLessEqual(len(segments), MAX_SEGMENTS)
         usage = await self.store.usage()
         stored_chunks_bound = len(model) // cs + 2 * len(segments) + 1
         self.assertLessEqual(usage["chunks"], stored_chunks_bound, "absorbed tails are not kept twice")

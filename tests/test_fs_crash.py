@@ -21,14 +21,15 @@ from twisted.trial import unittest
 
 from _mongo import start_secantus
 from oneos.fs import errors as E
-from oneos.fs.store import WRITE_WINDOW, open_store
+from oneos.fs.opening import open_store
+from oneos.fs.store import WRITE_WINDOW
 
 CHILD = r"""
 import os, sys
 from twisted.internet import asyncioreactor
 asyncioreactor.install()
 from twisted.internet import defer, reactor
-from oneos.fs.store import open_store
+from oneos.fs.opening import open_store
 
 async def main(url):
     store = await open_store(url)

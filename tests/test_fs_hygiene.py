@@ -17,8 +17,9 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from oneos.fs.errors import FSError, StoreUnavailable, from_wire
+from oneos.fs.opening import open_store
 from oneos.fs.service import FileSystemService
-from oneos.fs.store import NoSpace, open_store
+from oneos.fs.store import NoSpace
 from oneos.transfer import TransferError, TransferServer, _ClientConnection, _connect, send
 
 MiB = 1024 * 1024

@@ -1,4 +1,4 @@
-"""Pure content planning shared by the backends (oneos.fs.store), against byte models."""
+"""Pure content planning shared by the backends (oneos.fs.planning), against byte models; store URLs (oneos.fs.urls)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oneos.fs.errors import InvalidStoreURL
-from oneos.fs.store import (
-    CommitPlan,
-    Segment,
-    Stat,
-    batch_pieces,
-    commit_segments,
-    parse_store_url,
-    plan_append,
-    plan_read,
-    redact,
-)
+from oneos.fs.planning import CommitPlan, Segment, batch_pieces, commit_segments, plan_append, plan_read
+from oneos.fs.store import Stat
+from oneos.fs.urls import parse_store_url, redact
 
 CS = 8
 

@@ -1,7 +1,7 @@
 """``reset-fs``: the standard tree on a fresh store, idempotence, refusal without --force.
 
 The library function runs on both backends in-process; the command runs as
-a real child process (``python -m oneos.fs.cli_reset``, and ``oneos
+a real child process (``python -m oneos.cli.reset_fs``, and ``oneos
 reset-fs`` once registered in oneos.cli.main) to check what a user sees:
 one plain line, never a traceback.
 """
@@ -18,8 +18,8 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from _mongo import free_port
+from oneos.fs.opening import open_store
 from oneos.fs.reset import INITIAL_TREE, StoreNotEmpty, reset_fs
-from oneos.fs.store import open_store
 
 STANDARD = sorted(p.lstrip("/") for p, _ in INITIAL_TREE)
 
@@ -118,7 +118,7 @@ class MongoReset(ResetContract, unittest.TestCase):
 
 def reset_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "oneos.fs.cli_reset", *args],
+        [sys.executable, "-m", "oneos.cli.reset_fs", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,7 +9,8 @@ from twisted.python.failure import Failure
 
 from oneos.errors import PubSubUnavailable, RPCError, RPCTimeout
 from oneos.pubsub import messages, mqtt, topics
-from oneos.pubsub.client import PubSubClient, parse_broker_url
+from oneos.pubsub.address import parse_broker_url
+from oneos.pubsub.client import PubSubClient
 from oneos.pubsub.rpc import RPCClient, RPCServer
 
 

@@ -26,7 +26,8 @@ from twisted.trial import unittest
 
 from oneos.broker.service import BrokerError, BrokerService
 from oneos.errors import OneOSError
-from oneos.pubsub.client import PubSubClient, parse_broker_url
+from oneos.pubsub.address import parse_broker_url
+from oneos.pubsub.client import PubSubClient
 from oneos.runtime.status import RuntimeStatus
 from oneos.security import tls
 from oneos.transfer import TransferError, TransferServer, receive, send, tls_of, use_client_trust
@@ -271,8 +272,7 @@ class BrokerTLSTests(Scratch, unittest.TestCase):
 
 
 def test_oneospsd_options_default_to_8883_with_tls():
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from twisted.plugins.oneospsd import Options
+    from oneos.broker.tap import Options
 
     o = Options()
     o.parseOptions(["--tls"])

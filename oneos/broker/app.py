@@ -20,9 +20,7 @@ def network_credentials(home: Path | None = None) -> Credentials:
     from oneos.config import oneos_home
 
     home = oneos_home() if home is None else home
-    from oneos.cli.common import ADMIN_IDENTITY
-
-    creds, created = credentials.create(home, ADMIN_IDENTITY)
+    creds, created = credentials.create(home, credentials.ADMIN_IDENTITY)
     where = credentials.path(home)
     if created:
         log.info("created the network's credentials in {path} (username {user!r}, a random secret); "

@@ -7,6 +7,7 @@ from typing import Any
 
 from oneos.config import load_config, oneos_home
 from oneos.errors import OneOSError, PubSubUnavailable
+from oneos.security.credentials import ADMIN_IDENTITY
 
 
 def default_pubsub_url() -> str:
@@ -30,10 +31,6 @@ def credentials_path() -> Any:
     return credentials.path(oneos_home())
 
 
-#: the identity ``oneos`` commands use on the machine holding the network secret when no runtime runs
-#: there: runtime-kind (trusted like the runtimes, so 'oneos user' can manage the kernel's users), but it
-#: never publishes a status
-ADMIN_IDENTITY = "oneos-admin"
 
 
 def cli_identity(home: Any) -> Any:

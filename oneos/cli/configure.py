@@ -40,7 +40,7 @@ from oneos.config import (
 )
 from oneos.errors import ConfigError
 from oneos.security import credentials
-from oneos.pubsub.client import parse_broker_url
+from oneos.pubsub.address import parse_broker_url
 
 SUMMARY = "answer a few questions to write $ONEOS_HOME/config.json"
 INTRO = "Enter keeps the answer in [brackets]; '-' leaves a setting blank."

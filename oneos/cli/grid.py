@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from oneos.cli.common import ADMIN_IDENTITY
+from oneos.security.credentials import ADMIN_IDENTITY
 from oneos.config import oneos_home
 from oneos.security import credentials
 from oneos.twistd import twistd_command

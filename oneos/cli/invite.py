@@ -64,7 +64,7 @@ def _reachable_host() -> str:
 
 def broker_for_others(url: str) -> tuple[str, bool]:
     """*url* as other machines reach it: a loopback host is replaced by this machine's address. (url, guessed)."""
-    from oneos.pubsub.client import parse_broker_url
+    from oneos.pubsub.address import parse_broker_url
 
     url = credentials.strip_userinfo(url)
     address = parse_broker_url(url, "--broker")
@@ -143,7 +143,7 @@ def run(argv: list[str]) -> int:
     else:
         name = args.name or f"rt-{secrets.token_hex(3)}"
     if args.broker:
-        from oneos.pubsub.client import parse_broker_url
+        from oneos.pubsub.address import parse_broker_url
 
         url, guessed = parse_broker_url(credentials.strip_userinfo(args.broker), "--broker").url, False
     else:

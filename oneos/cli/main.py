@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "grid": "grid",
     "psd": "psd",
     "fs": "fs",
-    "reset-fs": "oneos.fs.cli_reset",
+    "reset-fs": "reset_fs",
     "run": "run",
     "ps": "control:ps",
     "pipes": "control:pipes",

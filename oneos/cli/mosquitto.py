@@ -24,7 +24,7 @@ import os
 import secrets
 from pathlib import Path
 
-from oneos.cli.common import ADMIN_IDENTITY
+from oneos.security.credentials import ADMIN_IDENTITY
 from oneos.config import oneos_home
 from oneos.security import acl, credentials
 

@@ -57,7 +57,7 @@ def _configured() -> tuple[str, int, Path]:
     """Where this machine's runtime serves the shell: what it wrote in runtime.json, else its settings."""
     from oneos.config import load_config, oneos_home, resolve_listen
     from oneos.runtime.host import guess_address
-    from oneos.pubsub.client import parse_broker_url
+    from oneos.pubsub.address import parse_broker_url
 
     home = oneos_home()
     running = read_runtime_file(home)

@@ -58,7 +58,7 @@ def machine_names(home: Path, given: list[str]) -> list[str]:
         if name and _valid(name):
             names.append(name)
     if config is not None:
-        from oneos.pubsub.client import parse_broker_url
+        from oneos.pubsub.address import parse_broker_url
 
         broker = parse_broker_url(config.pubsub).host
         if not is_loopback(broker):

@@ -3,13 +3,17 @@
 - :mod:`oneos.fs.paths` - pure path rules (normalising, names, globs);
 - :mod:`oneos.fs.errors` - typed errors with POSIX codes, rebuildable across RPC;
 - :mod:`oneos.fs.store` - the :class:`~oneos.fs.store.FileStore` interface,
-  streaming readers/writers and :func:`~oneos.fs.store.open_store`;
+  streaming readers/writers and the base class the backends share;
+- :mod:`oneos.fs.planning` - pure chunk/segment planning of reads, appends and commits;
+- :mod:`oneos.fs.urls` - store URLs: parsing, checking, redacting passwords;
+- :mod:`oneos.fs.opening` - :func:`~oneos.fs.opening.open_store`, which chooses the backend;
 - :mod:`oneos.fs.sqlite_store` and :mod:`oneos.fs.mongo_store` - the backends;
 - :mod:`oneos.fs.reset` - the standard tree and ``oneos reset-fs``.
 
 See docs/filesystem.md.
 """
 
-from oneos.fs.store import CHUNK_SIZE, ChunkReader, FileStore, Stat, Writer, open_store
+from oneos.fs.opening import open_store
+from oneos.fs.store import CHUNK_SIZE, ChunkReader, FileStore, Stat, Writer
 
 __all__ = ["CHUNK_SIZE", "ChunkReader", "FileStore", "Stat", "Writer", "open_store"]

@@ -62,21 +62,17 @@ from oneos.fs.errors import (
     OperationNotPermitted,
     StoreUnavailable,
 )
+from oneos.fs.planning import CommitPlan, Segment, commit_segments, contents_of
 from oneos.fs.store import (
     CHUNK_SIZE,
     DEFAULT_OWNER,
     DIR_PERM,
     STALE_UPLOAD,
     BaseStore,
-    CommitPlan,
-    Segment,
     Stat,
-    StoreURL,
-    commit_segments,
-    contents_of,
     deferred_method,
-    redact,
 )
+from oneos.fs.urls import StoreURL, redact
 
 log = Logger()
 

@@ -17,7 +17,9 @@ from twisted.logger import Logger
 
 from oneos.fs import paths
 from oneos.fs.errors import FSError, NotADirectory, NotFound, show_path
-from oneos.fs.store import DEFAULT_OWNER, FileStore, deferred_method, open_store, redact
+from oneos.fs.opening import open_store
+from oneos.fs.store import DEFAULT_OWNER, FileStore, deferred_method
+from oneos.fs.urls import redact
 
 log = Logger()
 

@@ -51,10 +51,11 @@ from oneos.errors import describe
 from oneos.fs import paths
 from oneos.fs.errors import (AlreadyExists, FSError, InvalidArgument, NotADirectory, NotFound, OperationNotPermitted,
                              PermissionDenied, StoreUnavailable)
+from oneos.fs.opening import open_store
 from oneos.fs.permissions import ADMIN, EXECUTE, READ, SEARCH, WRITE, may_chmod, may_chown, permitted, privileged
 from oneos.fs.reset import ensure_tree
-from oneos.fs.store import (DEFAULT_OWNER, DIR_PERM, FileStore, Stat, Writer, check_perm, deferred_method, open_store,
-                            redact)
+from oneos.fs.store import DEFAULT_OWNER, DIR_PERM, FileStore, Stat, Writer, check_perm, deferred_method
+from oneos.fs.urls import redact
 from oneos.pubsub.rpc import RPCServer
 from oneos.transfer import TransferServer
 

@@ -63,6 +63,7 @@ from oneos.fs.errors import (
     OperationNotPermitted,
     StoreUnavailable,
 )
+from oneos.fs.planning import CommitPlan, Segment, commit_segments, contents_of
 from oneos.fs.store import (
     CHUNK_SIZE,
     DEFAULT_OWNER,
@@ -72,14 +73,10 @@ from oneos.fs.store import (
     MiB,
     NoSpace,
     BaseStore,
-    CommitPlan,
-    Segment,
     Stat,
-    StoreURL,
-    commit_segments,
-    contents_of,
     deferred_method,
 )
+from oneos.fs.urls import StoreURL
 
 log = Logger()
 

@@ -6,6 +6,13 @@ implement the same interface and pass one contract test suite:
 - :mod:`oneos.fs.sqlite_store` - ``sqlite:///abs/path.db``: embedded, one machine;
 - :mod:`oneos.fs.mongo_store` - ``mongodb://host:port/db``: shared by a grid.
 
+This module holds the contract (:class:`FileStore`, :class:`Stat`), the
+streaming :class:`Writer` and :class:`ChunkReader`, and :class:`BaseStore`,
+which the backends subclass; it imports neither backend.  Next to it:
+:mod:`oneos.fs.planning` (the pure chunk and segment planning),
+:mod:`oneos.fs.urls` (store URLs) and :mod:`oneos.fs.opening`
+(:func:`~oneos.fs.opening.open_store`, which chooses the backend).
+
 Every method returns a Twisted ``Deferred``, so the file-system kernel
 service can drive a store from the reactor thread and answer RPCs while
 other requests are in flight.  Content is never held whole: writes go
@@ -27,11 +34,9 @@ The content model, shared by both backends (see docs/filesystem.md):
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -42,11 +47,11 @@ from oneos.fs.errors import (
     FileChanged,
     FSError,
     InvalidArgument,
-    InvalidStoreURL,
     IsADirectory,
     NotADirectory,
     NotFound,
 )
+from oneos.fs.planning import CommitPlan, Segment, batch_pieces, plan_append, plan_read
 
 log = Logger()
 
@@ -61,8 +66,6 @@ CHUNK_SIZE = 256 * KiB
 #: writer keeps in flight; memory per open file stays a few chunks.
 READ_BATCH = 4
 WRITE_WINDOW = 4
-#: An append whose file already has this many segments rewrites it into one.
-MAX_SEGMENTS = 64
 #: A pending upload refreshes its timestamp this often, so garbage
 #: collection can tell a slow writer from a dead one.
 TOUCH_INTERVAL = 60.0
@@ -153,125 +156,6 @@ class Stat:
             ctime=float(data["ctime"]),
             mtime=float(data["mtime"]),
         )
-
-
-@dataclass(frozen=True)
-class Segment:
-    """``length`` bytes of content ``content`` starting at byte ``offset`` of it."""
-
-    content: Any
-    offset: int
-    length: int
-
-
-# --- pure content planning (unit-tested directly) --------------------------
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Bytes ``[lo, hi)`` of chunk ``n`` of ``content``: one step of a read."""
-
-    content: Any
-    n: int
-    lo: int
-    hi: int
-
-
-def plan_read(segments: Sequence[Segment], chunk_size: int, offset: int = 0, length: int | None = None) -> Iterator[Piece]:
-    """The chunk pieces that make up bytes ``[offset, offset+length)`` of a file."""
-    if offset < 0 or (length is not None and length < 0):
-        raise ValueError("offset and length must not be negative")
-    remaining = None if length is None else length
-    start = 0  # file offset of the current segment
-    for seg in segments:
-        end = start + seg.length
-        if end <= offset:
-            start = end
-            continue
-        pos = max(offset, start)  # file position
-        while pos < end and (remaining is None or remaining > 0):
-            content_pos = seg.offset + (pos - start)
-            n, lo = divmod(content_pos, chunk_size)
-            hi = min(chunk_size, lo + (end - pos))
-            if remaining is not None:
-                hi = min(hi, lo + remaining)
-                remaining -= hi - lo
-            yield Piece(seg.content, n, lo, hi)
-            pos += hi - lo
-        if remaining is not None and remaining <= 0:
-            return
-        start = end
-
-
-def batch_pieces(pieces: Iterator[Piece], batch: int) -> Iterator[list[Piece]]:
-    """Group pieces into runs of consecutive chunks of one content, ``batch`` at most."""
-    run: list[Piece] = []
-    for piece in pieces:
-        if run and (len(run) >= batch or piece.content != run[-1].content or piece.n != run[-1].n + 1):
-            yield run
-            run = []
-        run.append(piece)
-    if run:
-        yield run
-
-
-def plan_append(segments: Sequence[Segment], chunk_size: int, max_segments: int = MAX_SEGMENTS) -> tuple[tuple[Segment, ...], tuple[Segment, ...]]:
-    """Split a file's segments into ``(keep, absorb)`` for an append.
-
-    The appender copies the *absorbed* tail into its own new content before
-    its data, so many small appends do not leave one tiny segment each: the
-    tail absorbed is at most one chunk long.  A file with ``max_segments``
-    segments or more is absorbed whole (rewritten into one segment), which
-    bounds the list whatever the pattern of appends.
-    """
-    segs = tuple(segments)
-    if len(segs) >= max_segments:
-        return (), segs
-    absorbed = 0
-    cut = len(segs)
-    while cut > 0 and absorbed + segs[cut - 1].length <= chunk_size:
-        absorbed += segs[cut - 1].length
-        cut -= 1
-    return segs[:cut], segs[cut:]
-
-
-@dataclass(frozen=True)
-class CommitPlan:
-    """What a writer hands its backend at commit time.
-
-    ``size`` bytes were written under ``content``; the first ``skip`` of them
-    are a copy of the file's absorbed tail (``base`` minus ``keep``), which
-    only counts if the file still has exactly the segments ``base`` it had
-    when the writer opened.  Otherwise another writer committed in between
-    and this append goes after whatever is there now.
-    """
-
-    path: str
-    content: Any
-    size: int
-    append: bool
-    base: tuple[Segment, ...] | None
-    keep: tuple[Segment, ...]
-    skip: int
-    owner: str
-    perm: int
-
-
-def commit_segments(current: tuple[Segment, ...] | None, plan: CommitPlan) -> tuple[Segment, ...]:
-    """The segment list a commit installs, given the file's *current* segments (None: no file)."""
-    if not plan.append:
-        return (Segment(plan.content, 0, plan.size),) if plan.size else ()
-    tail = plan.size - plan.skip
-    tail_seg = (Segment(plan.content, plan.skip, tail),) if tail else ()
-    if current is None:
-        return tail_seg
-    if plan.base is not None and current == plan.base:
-        return plan.keep + ((Segment(plan.content, 0, plan.size),) if plan.size else ())
-    return current + tail_seg
-
-
-def contents_of(segments: Sequence[Segment]) -> set[Any]:
-    return {seg.content for seg in segments}
 
 
 # --- the interface ----------------------------------------------------------
@@ -943,116 +827,13 @@ class BaseStore:
         return out
 
 
-# --- opening a store by URL -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoreURL:
-    scheme: Literal["sqlite", "mongodb"]
-    url: str
-    #: sqlite: the database file path or ":memory:"; mongodb: the database name.
-    target: str
-    options: dict[str, str] = field(default_factory=dict)
-
-
-def redact(url: str) -> str:
-    """*url* with any password replaced, fit for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def parse_store_url(url: str) -> StoreURL:
-    """Check and take apart a store URL.
-
-    ``sqlite:///abs/path.db`` (three slashes: the path is absolute),
-    ``sqlite:///:memory:``, ``mongodb://host[:port][,host2...]/dbname[?options]``
-    (``mongodb+srv://`` too).  The MongoDB database name defaults to ``oneos``.
-    """
-    if not isinstance(url, str) or not url:
-        raise InvalidStoreURL(str(url), "empty URL")
-    if url.startswith("sqlite:"):
-        if not url.startswith("sqlite://"):
-            raise InvalidStoreURL(url, "expected sqlite:///absolute/path.db or sqlite:///:memory:")
-        rest = url[len("sqlite://") :]
-        if rest == "/:memory:" or rest == ":memory:":
-            return StoreURL("sqlite", url, ":memory:")
-        if not rest.startswith("/") or rest == "/":
-            raise InvalidStoreURL(url, "the database path must be absolute: sqlite:///abs/path.db")
-        if "\x00" in rest:
-            raise InvalidStoreURL(url, "the path contains a NUL byte")
-        return StoreURL("sqlite", url, os.path.normpath(rest))
-    if url.startswith("mongodb://") or url.startswith("mongodb+srv://"):
-        parts = urlsplit(url)
-        if not parts.netloc or parts.hostname is None:
-            raise InvalidStoreURL(redact(url), "no host in the MongoDB URL")
-        db = parts.path.lstrip("/") or "oneos"
-        if any(c in db for c in '/\\. "$\x00') or len(db.encode()) > 63:
-            raise InvalidStoreURL(redact(url), f"{db!r} is not a valid MongoDB database name")
-        return StoreURL("mongodb", url, db)
-    raise InvalidStoreURL(redact(url), "unknown scheme; use sqlite:///path.db or mongodb://host:port/db")
-
-
-def open_store(
-    url: str,
-    reactor: Any = None,
-    *,
-    chunk_size: int | None = None,
-    connect_timeout: float = 10.0,
-    op_timeout: float = 30.0,
-    clock: Any = None,
-    reserve: int = DISK_RESERVE,
-) -> Deferred[FileStore]:
-    """Open (creating if needed) the store at *url*; fires with a :class:`FileStore`.
-
-    The schema, the root directory and the chunk size are set up on first
-    use, so a database that does not exist yet works.  *chunk_size* only
-    applies to a new store (an existing one keeps the size it was made with).
-    Fails with :class:`~oneos.fs.errors.StoreUnavailable` if the store cannot
-    be reached in *connect_timeout* seconds or opened at all; later, a
-    MongoDB operation that gets no answer in *op_timeout* seconds (server
-    gone, connection lost) fails the same way.  *clock* (default: the
-    reactor) dates entries and ages pending uploads.  *reserve* (SQLite):
-    bytes of free disk space kept for the store's own bookkeeping; content
-    that would eat into them fails with :class:`NoSpace`.
-    """
-    try:
-        parsed = parse_store_url(url)
-    except FSError as e:
-        return defer.fail(e)
-    if chunk_size is not None and chunk_size < 1:
-        return defer.fail(InvalidArgument(None, "chunk_size must be positive"))
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
-    clock = clock or reactor
-    if parsed.scheme == "sqlite":
-        from oneos.fs.sqlite_store import SQLiteStore
-
-        return SQLiteStore.open(parsed, reactor, chunk_size=chunk_size, clock=clock, reserve=reserve)
-    from oneos.fs.mongo_store import MongoStore
-
-    return MongoStore.open(
-        parsed, reactor, chunk_size=chunk_size, connect_timeout=connect_timeout, op_timeout=op_timeout, clock=clock
-    )
-
-
 __all__ = [
     "CHUNK_SIZE",
     "PERM_MASK",
+    "BaseStore",
     "ChunkReader",
     "FileStore",
     "NoSpace",
-    "Segment",
     "Stat",
-    "StoreURL",
     "Writer",
-    "open_store",
-    "parse_store_url",
 ]

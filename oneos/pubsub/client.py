@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.application import service
 from twisted.internet import defer
@@ -28,8 +27,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from oneos.errors import ConfigError, OneOSError, PubSubUnavailable
+from oneos.errors import OneOSError, PubSubUnavailable
 from oneos.pubsub import mqtt, topics
+from oneos.pubsub.address import parse_broker_url
 from oneos.pubsub.messages import MAX_MESSAGE
 
 #: Bytes a PUBLISH may hold besides its payload (topic of up to 65535 bytes, its length, a packet id).
@@ -40,42 +40,6 @@ log = Logger()
 
 class MessageTooLarge(OneOSError, ValueError):
     """A message is larger than the client's ``max_message``: refused, never sent."""
-
-
-#: MQTT's ports: plain TCP, and TLS (``mqtts://``)
-MQTT_PORT, MQTTS_PORT = 1883, 8883
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where the broker is, parsed from a ``mqtt[s]://[user[:pass]@]host[:port]`` URL."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    #: connect with TLS, checking the broker's certificate (an ``mqtts://`` URL)
-    tls: bool = False
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
-
-
-def parse_broker_url(url: str, field: str = "pubsub") -> BrokerAddress:
-    """Parse a broker URL; raise :class:`ConfigError` naming *field* when bad."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp", "mqtts"):
-        raise ConfigError(field, f"{url!r} is not an mqtt:// or mqtts:// URL (like mqtt://127.0.0.1:1883)")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (MQTTS_PORT if tls else MQTT_PORT)
-    except ValueError:
-        raise ConfigError(field, f"{url!r} has an invalid port") from None
-    if not parts.hostname:
-        raise ConfigError(field, f"{url!r} has no host")
-    return BrokerAddress(parts.hostname, port, parts.username, parts.password, tls)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from oneos.config import Config
 from oneos.errors import describe
-from oneos.pubsub.client import parse_broker_url
+from oneos.pubsub.address import parse_broker_url
 from oneos.security import credentials
 from oneos.security.credentials import redact_url
 

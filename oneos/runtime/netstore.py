@@ -74,7 +74,7 @@ class StoreRecord:
         )
 
     def describe(self) -> str:
-        from oneos.fs.store import redact
+        from oneos.fs.urls import redact
 
         where = f" on {self.host}" if not self.shared else ""
         return f"{redact(self.url)}{where}"
@@ -178,7 +178,7 @@ def route_check(target: str, statuses: list[RuntimeStatus], record: StoreRecord 
 
 
 def _redact(url: str) -> str:
-    from oneos.fs.store import redact
+    from oneos.fs.urls import redact
 
     return redact(url)
 

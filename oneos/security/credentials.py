@@ -41,6 +41,10 @@ from oneos.errors import OneOSError
 
 #: the file under $ONEOS_HOME
 CREDENTIALS_FILE = "credentials.json"
+#: the identity the network's creator (a broker's home) and ``oneos`` commands use on the machine holding the network secret when no runtime runs
+#: there: runtime-kind (trusted like the runtimes, so 'oneos user' can manage the kernel's users), but it
+#: never publishes a status
+ADMIN_IDENTITY = "oneos-admin"
 #: what HMAC(secret, name) is computed over, so a password is never usable for another purpose
 _DERIVE_CONTEXT = "oneos identity v1:"
 #: a runtime identity: a runtime id (config.validate_id's rule)
@@ -283,7 +287,7 @@ def read_token(text: str) -> tuple[Credentials, dict | None]:
                                "'oneos invite' printed")
     if not creds.broker:
         raise CredentialsError("the join token names no broker")
-    from oneos.pubsub.client import parse_broker_url
+    from oneos.pubsub.address import parse_broker_url
 
     try:
         parse_broker_url(creds.broker)

@@ -4,7 +4,11 @@ Registered in :data:`oneos.cli.main.COMMANDS` as ``reset-fs``.  Without a
 URL it uses the store of this machine's configuration (by default the
 embedded SQLite store under ``$ONEOS_HOME``).  Failures - an unreachable
 store, a non-empty store without ``--force``, a bad URL - are printed as one
-plain line, never a traceback.
+plain line, never a traceback.  The work itself is
+:func:`oneos.fs.reset.reset_fs`; this is the command around it, kept with
+the other commands because choosing the default store reads the runtime's
+record of the network (:mod:`oneos.runtime.netstore`), which the file-system
+layer must not import (``tests/test_layers.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
              "else the network's as this machine last saw it, else $ONEOS_HOME/fs.sqlite3)",
     )
     parser.add_argument("--force", action="store_true", help="wipe a store that holds files before initialising it")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the store to answer (default 10)")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the store to answer (default 10)"
+    )
     return parser
 
 
