@@ -235,7 +235,7 @@ def stat_mode(path: Path) -> int:
 
 
 def test_host_subsystems_are_recognised():
-    from oneos.shell.server import host_subsystem
+    from oneos.shell.ssh import host_subsystem
 
     for line in ("scp -t /tmp/x", "scp -v -t -- /tmp", "/usr/bin/scp -pt .", "scp -f /etc/shadow",
                  "rsync --server -vlogDtpre.iLsfxCIvu . /tmp"):

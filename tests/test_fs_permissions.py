@@ -21,7 +21,8 @@ from oneos.fs.permissions import (ADMIN, EXECUTE, READ, SEARCH, WRITE, may_chmod
                                   parse_mode, permitted, privileged)
 from oneos.fs.service import FileSystemService
 from oneos.fs.store import Stat
-from oneos.shell.interpreter import Grid, Interpreter, Session
+from oneos.shell.interpreter import Interpreter
+from oneos.shell.session import Grid, Session
 from oneos.transfer import TransferServer, receive, send
 from test_shell_interpreter import Out
 

@@ -26,7 +26,8 @@ from oneos.fs.errors import StoreUnavailable
 from oneos.fs.service import FileSystemService, UploadAbandoned, _WriterSink
 from oneos.pubsub import mqtt
 from oneos.pubsub.client import MessageTooLarge, PubSubClient
-from oneos.shell.server import TelnetLogin, _NoDelaySSHTransport
+from oneos.shell.ssh import SSHTransport
+from oneos.shell.telnet import TelnetLogin
 from oneos.transfer import StreamFactory, TransferServer
 
 from test_pubsub_client import FakeBroker, TCPStringTransport
@@ -206,7 +207,7 @@ def ssh_transport(clock, grace=60.0):
 
     key = keys.Key(ed25519.Ed25519PrivateKey.generate())
     f = ssh_factory.SSHFactory()
-    f.protocol = _NoDelaySSHTransport
+    f.protocol = SSHTransport
     f.login_grace = grace
     f.clock = clock
     f.publicKeys = {key.sshType(): key.public()}

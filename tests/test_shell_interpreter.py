@@ -12,7 +12,8 @@ from twisted.internet import defer
 
 from oneos.fs import errors, paths
 from oneos.fs.store import Stat
-from oneos.shell.interpreter import Grid, Interpreter, Session
+from oneos.shell.interpreter import Interpreter
+from oneos.shell.session import Grid, Session
 from oneos.shell.users import hash_password, verify_password
 
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh
 # The runtime runs on the asyncio reactor here (as under 'oneos grid'), while
 # tests/test_shell_grid.py uses twistd's default one: the shell is exercised on both.
 _BOOT = ("import sys\nfrom oneos.reactor import install_asyncio_reactor\ninstall_asyncio_reactor()\n"
-         "import oneos.shell.server\nfrom oneos.twistd import main\nmain()\n")
+         "import oneos.shell.service\nfrom oneos.twistd import main\nmain()\n")
 
 
 def _cli(module: str, function: str = "run") -> list[str]:
@@ -334,7 +334,8 @@ def test_tail_follow_truncation_and_removal_on_a_fake_clock():
     """The polling logic alone: the in-memory file system and a Clock instead of the network."""
     from twisted.internet.task import Clock
 
-    from oneos.shell.interpreter import Grid, Interpreter, Session
+    from oneos.shell.interpreter import Interpreter
+    from oneos.shell.session import Grid, Session
     from test_shell_interpreter import FakeFS, Out
 
     class RangeFS(FakeFS):
@@ -366,7 +367,7 @@ def test_tail_follow_truncation_and_removal_on_a_fake_clock():
 
 
 def test_session_input_pipe_and_terminal_ends():
-    from oneos.shell.interpreter import SessionInput
+    from oneos.shell.session import SessionInput
 
     def drain(reader) -> list[bytes]:
         got: list[bytes] = []

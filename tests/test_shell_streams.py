@@ -23,20 +23,12 @@ from twisted.python.failure import Failure
 
 from oneos.fs import errors, paths
 from oneos.fs.store import Stat
-from oneos.shell import interpreter as interp_mod
-from oneos.shell.builtins import Input
-from oneos.shell.interpreter import (
-    PIPE_CHUNK,
-    PIPE_LIMIT,
-    BrokenPipe,
-    Grid,
-    Interpreter,
-    PipeReader,
-    PipeSink,
-    Session,
-    ShellError,
-    StreamPipe,
-)
+from oneos.shell.builtins import context as builtin_context
+from oneos.shell.builtins.context import Input
+from oneos.shell.errors import BrokenPipe, ShellError
+from oneos.shell.interpreter import Interpreter
+from oneos.shell.session import Grid, Session
+from oneos.shell.streams import PIPE_CHUNK, PIPE_LIMIT, PipeReader, PipeSink, StreamPipe
 from oneos.transfer import TransferError
 
 MiB = 1024 * 1024
@@ -434,7 +426,7 @@ class Harness:
         async def watch(info: dict[str, Any]) -> tuple[defer.Deferred, Any]:
             return self.grid.agents[info["id"]].ended, Subscription()
 
-        self.interp._watch = watch  # type: ignore[method-assign]
+        self.interp.launcher.watch = watch  # type: ignore[method-assign]
 
     def start(self, line: str) -> list:
         result: list = []
@@ -533,7 +525,7 @@ def test_pipe_sink_drops_after_the_reader_went_and_says_so_once():
 
 
 def test_input_lines_whole_and_limits():
-    from oneos.shell.interpreter import Job
+    from oneos.shell.session import Job
 
     pipe = StreamPipe("p")
     for piece in (b"hel", b"lo\nwor", b"ld\nlast"):
@@ -654,7 +646,7 @@ def test_input_too_large_for_a_whole_read_fails_loudly(h, monkeypatch):
         return 0
 
     monkeypatch.setitem(builtins.BUILTINS, "whole", whole)
-    monkeypatch.setattr(interp_mod, "MAX_INPUT", MiB)
+    monkeypatch.setattr(builtin_context, "MAX_INPUT", MiB)
     h.fs.files["/big"] = pattern(2 * MiB)
     assert h.run("cat /big | whole") == 1
     assert "too large to read whole" in h.err.text and h.out.text == ""

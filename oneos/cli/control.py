@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from oneos.cli.common import default_pubsub_url, network_rpc, run_with_client
+from oneos.scheduler.table import format_pipes, format_ps
 
 SUMMARIES = {
     "pipes": "list pipes between agents with the bytes they carried and their rate",
@@ -27,19 +28,6 @@ def scheduler_call(url: str, method: str, timeout: float = 10.0, **args: Any) ->
     return run_with_client(url, job, timeout=timeout)
 
 
-def format_ps(rows: list[dict[str, Any]]) -> str:
-    """The process table as text (pure, for tests)."""
-    header = ("ID", "USER", "NAME", "RUNTIME", "STATE", "CPU%", "MEM MB", "UPTIME", "EXIT")
-    table = [header]
-    for r in rows:
-        exit_text = "" if r.get("exit_code") is None and r.get("signal") is None else (
-            f"sig {r['signal']}" if r.get("signal") is not None else str(r["exit_code"]))
-        table.append((r["id"], str(r.get("user") or "-"), str(r.get("name", "")), r["runtime"], r["state"], f"{r.get('cpu_percent', 0):.0f}",
-                      f"{r.get('memory_mb', 0):.0f}", f"{r.get('uptime', 0):.0f}s", exit_text))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in table)
-
-
 def _parser(name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"oneos {name}", description=SUMMARIES[name])
     parser.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json)")
@@ -54,13 +42,6 @@ def ps(argv: list[str]) -> int:
     rows = scheduler_call(args.pubsub or default_pubsub_url(), "ps", all=args.all)
     print(json.dumps(rows, indent=2) if args.json else format_ps(rows))
     return 0
-
-
-def format_pipes(rows: list[dict[str, Any]]) -> str:
-    header = ("FROM", "TO", "STATE", "BYTES", "MB/s")
-    table = [header] + [(r["from"], r["to"], r["state"], str(r["bytes"]), f"{r['mb_per_s']:.1f}") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in table)
 
 
 def pipes(argv: list[str]) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet import defer, threads
 
+from oneos.agents.info import exit_status
 from oneos.agents.manager import EXITED, KILLED
 from oneos.agents.watch import watch_agent
 from oneos.cli.common import OutputSink, ReaderGone, default_pubsub_url, network_rpc, run_with_client
@@ -31,15 +32,6 @@ class LocalSource:
 
     def next(self) -> defer.Deferred:
         return threads.deferToThread(self.stream.read1, 65536)
-
-
-def exit_status(info: dict[str, Any]) -> int:
-    """The shell-style status for an ended agent."""
-    if info["state"] == EXITED:
-        return int(info.get("exit_code") or 0)
-    if info["state"] == KILLED and info.get("signal"):
-        return 128 + int(info["signal"])
-    return 1
 
 
 @defer.inlineCallbacks

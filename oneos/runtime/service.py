@@ -51,8 +51,8 @@ from oneos.runtime.status import RuntimeStatus
 from oneos.runtime.storehost import StoreHost
 from oneos.scheduler.restarts import RestartPolicy
 from oneos.scheduler.service import SchedulerService
-from oneos.shell.interpreter import Grid
-from oneos.shell.server import ShellService
+from oneos.shell.session import Grid
+from oneos.shell.service import ShellService
 from oneos import transfer
 from oneos.security import tls
 from oneos.transfer import TransferServer

@@ -2,7 +2,14 @@
 
 :mod:`oneos.shell.parser` turns text into an AST and
 :mod:`oneos.shell.expand` expands words; both are pure (no I/O) so the
-shell service can be tested, and fuzzed, without a running grid.
+shell service can be tested, and fuzzed, without a running grid, as is the
+line discipline (:mod:`oneos.shell.lines`).  Above them: the session's state
+(:mod:`~oneos.shell.session`), the interpreter (:mod:`~oneos.shell.interpreter`),
+the built-ins (:mod:`oneos.shell.builtins`), the program launcher
+(:mod:`~oneos.shell.launcher`), the SSH and telnet front ends
+(:mod:`~oneos.shell.ssh`, :mod:`~oneos.shell.telnet`) and the ``shell``
+service that opens them (:mod:`~oneos.shell.service`); docs/architecture.md
+("The shell") lists every module.
 """
 
 from oneos.shell.expand import expand_word, glob_pattern, unparse

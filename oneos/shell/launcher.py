@@ -1,0 +1,414 @@
+"""Starting a pipeline's programs on runtimes and wiring their streams.
+
+Consecutive program stages of a pipeline are one *launch*
+(:meth:`ProgramLauncher.run`), in four steps:
+
+1. **spawn**: each stage becomes an agent through the scheduler (RPC
+   ``scheduler.spawn``), on the runtime the scheduler picks or the one its
+   ``@RUNTIME`` / ``@tag:T`` names; OneOS scripts are resolved to the path
+   the runtime fetches (:meth:`ProgramLauncher.resolve`).  ``< FILE`` and
+   ``> FILE`` are done by the program's runtime, after the shell checked
+   them as the session's user;
+2. **connect**: consecutive programs are joined runtime to runtime
+   (``agent_stdin`` + ``agent_pipe_out``), never through the shell;
+3. **input**: the first program's stdin is streamed to its runtime
+   (``agent_stdin`` + :func:`oneos.transfer.send`): the previous built-in's
+   pipe, the session's input, or nothing;
+4. **outputs**: what does not go to a runtime or a file is received here
+   (``agent_attach`` + :func:`oneos.transfer.receive`) into the session's
+   writers, into the next built-in's pipe (:class:`~oneos.shell.streams.PipeSink`),
+   or, for ``> FILE 2>&1``, into one pipe the file service reads.
+
+Then every stream and every agent is awaited.  Nothing is lost silently: a
+stream that fails is reported as ``oneos: WHAT: ERROR`` (naming the stage
+and the stream address), its program is stopped, and the pipeline's status
+is made non-zero (:class:`~oneos.shell.stage.RunState`).  A program stopped
+because the built-in reading it went away (the shell's SIGPIPE) is not
+reported, nor one its runtime stopped because the next program stopped
+reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from oneos import transfer
+from oneos.agents.info import exit_status
+from oneos.agents.program import interpreter_for
+from oneos.agents.watch import watch_agent
+from oneos.errors import describe
+from oneos.fs import paths
+from oneos.fs.client import BytesSource
+from oneos.shell.errors import ShellError
+from oneos.shell.session import Grid, Job, Session
+from oneos.shell.stage import PIPE, TERMINAL_OUT, FileDest, RunState, Stage, TerminalDest
+from oneos.shell.streams import PipeSink, StreamPipe, Writer, WriterSink
+
+log = Logger()
+
+#: Seconds a program's input stream may take to end once the program has (a peer gone silent).
+STDIN_GRACE = 10.0
+#: Interpreters whose first argument may name a OneOS script (``python3 /home/app.py``).
+SCRIPT_RUNNERS = {"python3": ".py", "python": ".py", "node": ".js", "sh": ".sh"}
+
+
+class ProgramLauncher:
+    """Starts programs for one session's interpreter and wires their streams.
+
+    *terminal* gives the session writer for TERMINAL_OUT / TERMINAL_ERR (looked
+    up at each use: a front end may replace the writers); *error* writes one
+    line to the session's error output.
+    """
+
+    def __init__(
+        self, grid: Grid, session: Session, terminal: Callable[[TerminalDest], Writer], error: Callable[[str], None]
+    ) -> None:
+        self.grid = grid
+        self.session = session
+        self.terminal = terminal
+        self.error = error
+
+    async def run(self, stages: list[Stage], job: Job, stdin: Any, pipe: StreamPipe | None, state: RunState) -> int:
+        """Start *stages* as agents, wire them, stream their input and output; the last one's status.
+
+        The first program's stdin is *stdin* (a built-in's output pipe, or the
+        session's input), else empty.  The last program's PIPE output goes
+        into *pipe* (the next built-in's input).  Every stream is awaited and
+        a failed one is reported (``oneos: WHAT: ERROR``) and marks *state*
+        failed, so the pipeline cannot end with 0 after losing bytes.
+        """
+        return await _Launch(self, stages, job, stdin, pipe, state).run()
+
+    async def resolve(self, argv: list[str]) -> tuple[str, list[str]]:
+        """Map OneOS script paths to absolute paths the runtimes can fetch.
+
+        ``python3 app.py`` in /home becomes program ``/home/app.py`` (its
+        interpreter follows from the extension); ``./tool.sh`` and
+        ``bin/x.py`` are taken from the cwd.  Anything else is a program on
+        the runtime's host, found on its PATH.
+        """
+        program, args = argv[0], argv[1:]
+        ext = SCRIPT_RUNNERS.get(program)
+        if ext and args and args[0].endswith(ext) and not args[0].startswith("-"):
+            path = paths.normalise(args[0], self.session.cwd)
+            if await self.grid.fs.exists(path):
+                await self.grid.fs.access(path, "r")  # its runtime fetches it: the user must be able to read it
+                return path, args[1:]
+        if "/" in program or interpreter_for(program):
+            path = paths.normalise(program, self.session.cwd)
+            if await self.grid.fs.exists(path):
+                await self.grid.fs.access(path, "r")
+                return path, args
+        return program, args
+
+    async def watch(self, info: dict[str, Any]) -> tuple[defer.Deferred, Any]:
+        """A Deferred firing with the agent's final status, and the subscription to cancel after."""
+        done, subscribed = watch_agent(self.grid.client, info["runtime"], info["id"])
+        sub = await subscribed
+        return done, sub
+
+    async def attach(
+        self, info: dict[str, Any], stream: str, sink: Any, label: str = ""
+    ) -> tuple[str, dict[str, Any], defer.Deferred]:
+        """Receive an agent's stdout or stderr into *sink*: (what, where, Deferred of the transfer)."""
+        try:
+            where = await self.grid.rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream=stream)
+        except BaseException:
+            sink.abort()  # (a PipeSink holds its pipe open until then)
+            raise
+        done = transfer.receive(
+            self.grid.reactor, where["host"], where["port"], where["token"], sink, **transfer.tls_of(where)
+        )
+
+        def failed(failure: Any) -> Any:
+            sink.abort()  # a stream that never connected has not told its sink
+            return failure
+
+        done.addErrback(failed)
+        return f"{'output' if stream == 'stdout' else 'errors'} of {label or info['id']}", where, done
+
+    def stream_failed(self, what: str, where: dict[str, Any], error: BaseException, job: Job, state: RunState) -> None:
+        """Say which stream failed and where it was going (host:port), and fail the pipeline."""
+        if job.stopped:  # Ctrl-C broke it on purpose
+            return
+        text = describe(error)
+        if where.get("host") is not None:
+            address = f"{where['host']}:{where.get('port')}"
+            if address not in text:
+                text += f" (stream address {address})"
+        log.info("shell stream failed: {what}: {error}", what=what, error=text)
+        self.error(f"oneos: {what}: {text}")
+        state.failed = True
+
+
+class _Launch:
+    """One launch of consecutive programs: what was started, what streams run, whom the shell stopped and why."""
+
+    def __init__(
+        self,
+        launcher: ProgramLauncher,
+        stages: list[Stage],
+        job: Job,
+        stdin: Any,
+        pipe: StreamPipe | None,
+        state: RunState,
+    ) -> None:
+        self.launcher = launcher
+        self.grid = launcher.grid
+        self.stages = stages
+        self.job = job
+        self.stdin = stdin
+        self.pipe = pipe
+        self.state = state
+        #: the agents started, in stage order (what spawn answered)
+        self.infos: list[dict[str, Any]] = []
+        #: per agent: (fires with its final status, the subscription to cancel after)
+        self.waits: list[tuple[defer.Deferred, Any]] = []
+        #: the output streams received here (and the merged '> FILE 2>&1' writes), each reporting its own failure
+        self.streams: list[defer.Deferred] = []
+        #: the first program's input stream, once it is sent
+        self.stdin_sent: defer.Deferred | None = None
+        #: agents stopped because a stream of theirs failed (already reported; their status is then 1, not 143)
+        self.stopped_for_streams: set[str] = set()
+        #: agents stopped because the built-in reading them went away (SIGPIPE: nothing to report)
+        self.sigpiped: set[str] = set()
+
+    async def run(self) -> int:
+        try:
+            for i, stage in enumerate(self.stages):
+                await self._spawn(i, stage)
+            await self._connect_programs()
+            await self._send_input()
+            for i, (stage, info) in enumerate(zip(self.stages, self.infos, strict=True)):
+                await self._receive_outputs(i, stage, info)
+        except BaseException:
+            self._abandon()
+            raise
+        return await self._finish()
+
+    # -- 1. spawn ----------------------------------------------------------------------------
+    async def _spawn(self, i: int, stage: Stage) -> None:
+        if i > 0 and stage.stdin_file:
+            raise ShellError("only the first program of a pipeline can read a file with '<'")
+        if stage.stdout is PIPE and stage.stderr is PIPE and i < len(self.stages) - 1:
+            raise ShellError("2>&1 into a pipe is supported for built-ins and the last program before one only")
+        fs = self.grid.fs
+        program, args = await self.launcher.resolve(stage.argv)
+        merged = _merged(stage)
+        stdout_mode = _file_mode(stage.stdout) if isinstance(stage.stdout, FileDest) and not merged else "attach"
+        stderr_mode = _file_mode(stage.stderr) if isinstance(stage.stderr, FileDest) and not merged else "attach"
+        # The program's runtime reads '< FILE' and writes '> FILE' for it (as the kernel): check
+        # them as this session's user first, and create the outputs as the user's, as a shell
+        # opens them before it starts a program.
+        if stage.stdin_file:
+            await fs.access(stage.stdin_file, "r")
+        if not merged:
+            for dest in stage.file_dests():
+                await fs.write(dest.path, b"", dest.mode)
+        session = self.launcher.session
+        info = await self.grid.rpc.call(
+            "scheduler",
+            "spawn",
+            timeout=20.0,
+            program=program,
+            args=args,
+            runtime=stage.runtime,
+            tags=list(stage.tags),
+            env=session.agent_env(stage.assignments),
+            stdout=stdout_mode,
+            stdin=True,
+            stderr=stderr_mode,
+            stdin_file=stage.stdin_file,
+            user=session.user,
+        )
+        self.infos.append(info)
+        self.job.agents.append(info)
+        self.waits.append(await self.launcher.watch(info))
+
+    # -- 2. runtime-to-runtime pipes between consecutive programs ----------------------------
+    async def _connect_programs(self) -> None:
+        rpc = self.grid.rpc
+        for left, right in zip(self.infos, self.infos[1:], strict=False):
+            where = await rpc.call(
+                right["runtime"], "agent_stdin", agent_id=right["id"], source=f"{left['name']}@{left['runtime']}"
+            )
+            await rpc.call(
+                left["runtime"], "agent_pipe_out", agent_id=left["id"], to=f"{right['id']}@{right['runtime']}", **where
+            )
+
+    # -- 3. the first program's input ---------------------------------------------------------
+    async def _send_input(self) -> None:
+        if self.stages[0].stdin_file:
+            return  # its runtime reads the file
+        first = self.infos[0]
+        where = await self.grid.rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
+        source = self.stdin if self.stdin is not None else BytesSource(b"")
+        self.stdin_sent = transfer.send(
+            self.grid.reactor, where["host"], where["port"], where["token"], source, **transfer.tls_of(where)
+        )
+        self.stdin_sent.addErrback(self._input_failed, f"input of {_label(self.stages[0], first)}", where, first)
+
+    def _input_failed(self, failure: Any, what: str, where: dict[str, Any], info: dict[str, Any]) -> None:
+        """A program's input stream ended early.
+
+        The program no longer reading (EPIPE) is normal, as a Unix pipe whose
+        reader exited: the stage feeding it stops quietly.  Anything else
+        (cannot connect, peer gone) is reported and the program is stopped:
+        it would otherwise wait for input that will never come.
+        """
+        if self.stdin is not None:
+            self.stdin.close()
+        if failure.check(defer.CancelledError):  # (the program ended STDIN_GRACE ago: its input no longer matters)
+            log.info("{what} did not end: given up", what=what)
+            return
+        if getattr(failure.value, "kind", None) == "EPIPE" or self.job.stopped:
+            log.debug("{what} ended early: {error}", what=what, error=failure.getErrorMessage())
+            return
+        self.launcher.stream_failed(what, where, failure.value, self.job, self.state)
+        self._stop_for_streams(info)
+
+    # -- 4. outputs received here ---------------------------------------------------------------
+    async def _receive_outputs(self, i: int, stage: Stage, info: dict[str, Any]) -> None:
+        label = _label(stage, info)
+        attach = self.launcher.attach
+        if _merged(stage):
+            # '> FILE 2>&1': both streams into one pipe the file service reads
+            dest = stage.stdout
+            both = StreamPipe(f"{'>>' if dest.append else '>'} {dest.path}")
+            sinks = [PipeSink(both, lambda: self._stop_for_streams(info)) for _ in range(2)]
+            both.close()  # the pipe ends when both streams have
+            written = self.grid.fs.write_from(dest.path, both, dest.mode)
+
+            def unread(failure: Any) -> Any:
+                both.close_reader()  # the file cannot be written: its two writers stop, and so does the program
+                return failure
+
+            written.addErrback(unread)
+            self.streams.append(self._watched((f"{both.name} (from {label})", {}, written), info))
+            for name, sink in zip(("stdout", "stderr"), sinks, strict=True):
+                self.streams.append(self._watched(await attach(info, name, sink, label), info))
+            return
+        last = i == len(self.stages) - 1
+        into_pipe = stage.stdout is PIPE and last and self.pipe is not None
+        out_sink: Any = None
+        if into_pipe:
+            assert self.pipe is not None
+            out_sink = PipeSink(self.pipe, lambda: self._reader_gone(info))
+        elif isinstance(stage.stdout, TerminalDest):
+            out_sink = WriterSink(self.launcher.terminal(stage.stdout))
+        if out_sink is not None:
+            self.streams.append(self._watched(await attach(info, "stdout", out_sink, label), info))
+        err_sink: Any = None
+        if isinstance(stage.stderr, TerminalDest):
+            err_sink = WriterSink(self.launcher.terminal(stage.stderr))
+        elif stage.stderr is PIPE or stage.stderr is stage.stdout:
+            # 2>&1: stderr goes where stdout goes (the next built-in, or the terminal at the end of the line)
+            if into_pipe and self.pipe is not None:
+                err_sink = PipeSink(self.pipe, lambda: self._reader_gone(info))
+            else:
+                err_sink = WriterSink(self.launcher.terminal(TERMINAL_OUT))
+        if err_sink is not None:
+            self.streams.append(self._watched(await attach(info, "stderr", err_sink, label), info))
+
+    def _watched(self, stream: tuple[str, dict[str, Any], defer.Deferred], info: dict[str, Any]) -> defer.Deferred:
+        """Report a stream's failure when it happens, and stop its program: its output has nowhere
+        to go (it would block, or run on for nothing)."""
+        what, where, done = stream
+
+        def failed(failure: Any) -> None:
+            self.launcher.stream_failed(what, where, failure.value, self.job, self.state)
+            self._stop_for_streams(info)
+
+        return done.addErrback(failed)
+
+    # -- stopping programs ------------------------------------------------------------------------
+    def _kill(self, info: dict[str, Any]) -> None:
+        self.grid.rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
+
+    def _stop_for_streams(self, info: dict[str, Any]) -> None:
+        """A stream of the program failed (already reported): stop it."""
+        self.stopped_for_streams.add(info["id"])
+        self._kill(info)
+
+    def _reader_gone(self, info: dict[str, Any]) -> None:
+        """The built-in reading the program stopped reading: stop it, quietly (SIGPIPE)."""
+        self.sigpiped.add(info["id"])
+        self._kill(info)
+
+    def _abandon(self) -> None:
+        """Starting failed (or Ctrl-C): stop what was started, stop watching, stop reading the input."""
+        for info in self.infos:
+            self._kill(info)
+        for _, sub in self.waits:
+            _cancel(sub)
+        if self.stdin is not None:
+            self.stdin.close()
+
+    # -- the end ------------------------------------------------------------------------------------
+    async def _finish(self) -> int:
+        """Wait for every stream and agent; report the agents that failed; the last one's status."""
+        await defer.DeferredList(self.streams, consumeErrors=True)  # (failures are reported as they happen)
+        finals = []
+        for ended, sub in self.waits:
+            try:
+                finals.append(await ended)
+            finally:
+                _cancel(sub)
+        if self.stdin_sent is not None:
+            # The program has ended: a built-in still writing to it stops (SIGPIPE), and the
+            # input stream ends; waiting for it makes a failure count before the status is known.
+            if self.stdin is not None:
+                self.stdin.close()
+            await self.job.wait(self.stdin_sent.addTimeout(STDIN_GRACE, self.grid.reactor))
+        for i, final in enumerate(finals):
+            if final.get("id") in self.stopped_for_streams | self.sigpiped or (
+                i < len(finals) - 1 and _sigpiped(final)
+            ):
+                continue  # stopped by the shell as SIGPIPE would, or for a failure already reported
+            if final.get("state") not in ("exited", "killed") or final.get("reason"):
+                self.launcher.error(
+                    f"oneos: {final.get('name', '?')} on {final.get('runtime', '?')} {final.get('state')}"
+                    + (f": {final['reason']}" if final.get("reason") else "")
+                )
+        if finals[-1].get("id") in self.stopped_for_streams and finals[-1].get("state") == "killed":
+            return 1  # stopped by the shell because its stream failed (already reported)
+        return exit_status(finals[-1])
+
+
+def _merged(stage: Stage) -> bool:
+    """``> FILE 2>&1``: both streams into one file, merged by the shell."""
+    return isinstance(stage.stdout, FileDest) and stage.stderr is stage.stdout
+
+
+def _sigpiped(final: dict[str, Any]) -> bool:
+    """An agent its runtime stopped because the next program stopped reading (the runtimes' SIGPIPE).
+
+    Recognised by the reason the agent host gives (``pipe to HOST:PORT broke:
+    the program closed its input``); bash reports nothing for such a stage.
+    """
+    reason = str(final.get("reason") or "")
+    return (
+        final.get("state") == "killed"
+        and reason.startswith("pipe to ")
+        and ("closed its input" in reason or "no longer reads its input" in reason)
+    )
+
+
+def _label(stage: Stage, info: dict[str, Any]) -> str:
+    """How messages name a program: ``sha256sum (a-1f2e on rt-2)``."""
+    return f"{stage.argv[0] if stage.argv else '?'} ({info.get('id', '?')} on {info.get('runtime', '?')})"
+
+
+def _cancel(sub: Any) -> None:
+    try:
+        sub.cancel()
+    except Exception:
+        pass
+
+
+def _file_mode(dest: FileDest) -> str:
+    return ("append:" if dest.append else "file:") + dest.path

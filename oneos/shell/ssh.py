@@ -1,0 +1,640 @@
+"""The shell's SSH front end: every SSH session channel gets its own session and interpreter.
+
+* ``exec`` requests (``ssh host 'ls /'``, ``oneos -c LINE``) run one line;
+  stdout goes to the channel, stderr to its extended-data stream, and the
+  line's status comes back as the SSH ``exit-status``; what the client sends
+  is the line's standard input (``echo hi | ssh host 'wc -l'``), its EOF is
+  final as on a pipe.  With a pty (``ssh -t host LINE``) the client's
+  terminal is raw, and its keys are cooked here (:class:`~oneos.shell.lines.CookedLine`);
+* ``shell`` requests with a pty get an interactive terminal
+  (:class:`ShellTerminal`, on twisted.conch insults/recvline: line editing,
+  history with the arrow keys, tab completion of built-ins and paths,
+  Ctrl-C stops the foreground command, Ctrl-D on an empty line logs out);
+  while a command runs, typed lines go to it (echoed and edited here, as a
+  tty in cooked mode would) and Ctrl-D ends its input;
+* ``shell`` requests without a pty (``echo ls | ssh host``) read lines and run
+  them in order, like ``sh`` reading a script (:class:`~oneos.shell.lines.ScriptLines`);
+  the input is the script, so programs get none.
+
+An ``exec`` of ``scp -t``/``scp -f`` or ``rsync --server`` is refused
+(:func:`host_subsystem`).  The transport disconnects a connection that has
+not logged in within the login grace time and, with the service's
+:class:`~oneos.shell.throttle.LoginThrottle`, refuses too many connections
+logging in from one address and answers failed logins ever later.  The host
+key is the network's, kept in the tree (:func:`network_host_key`).  When a
+client vanishes the channel closes and every agent its session started is
+stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twisted.conch import avatar, recvline
+from twisted.conch.insults import insults
+from twisted.conch.interfaces import ISession
+from twisted.conch.ssh import connection, factory, keys, session, transport, userauth
+from twisted.cred import error
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.logger import Logger
+from twisted.python import components
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from oneos.fs import paths
+from oneos.fs.errors import AlreadyExists, NotFound
+from oneos.shell.frontend import BANNER, LOGIN_GRACE, LoginGrace, SafeWriter, cut_later, peer_address, to_program
+from oneos.shell.interpreter import Interpreter
+from oneos.shell.lines import CTRL_C, CTRL_D, TOO_LONG, CookedLine, Echo, Event, Interrupt, ScriptLines, cooked_key
+from oneos.shell.parser import MAX_LINE
+from oneos.shell.session import SessionInput
+from oneos.shell.throttle import LoginThrottle
+from oneos.shell.users import HOST_KEY_PATH
+
+if TYPE_CHECKING:
+    from oneos.shell.service import ShellService
+
+log = Logger()
+
+HOST_KEY_FILE = "ssh_host_key"
+
+
+# -- the host key ------------------------------------------------------------------------------
+
+
+def _new_host_key() -> keys.Key:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return keys.Key(ed25519.Ed25519PrivateKey.generate())
+
+
+@defer.inlineCallbacks
+def network_host_key(fs: Any, home: Path) -> Any:
+    """The network's SSH host key, kept in the tree so every front door shows the same one.
+
+    The first front door to start puts one there (the key an older runtime
+    kept in ``$ONEOS_HOME/ssh_host_key`` if there is one, else a new ed25519
+    key); the write is exclusive, so of two doors starting at once both end
+    with the winner's key.  The public half is also written to
+    ``$ONEOS_HOME/ssh_host_key.pub``, where ``oneos`` on this machine pins it.
+    """
+    try:
+        data = yield fs.read_small(HOST_KEY_PATH)
+    except NotFound:
+        local = Path(home) / HOST_KEY_FILE
+        migrated = local.exists()
+        key = keys.Key.fromFile(str(local)) if migrated else _new_host_key()
+        yield fs.mkdir("/etc/oneos", parents=True, exist_ok=True)
+        try:
+            yield fs.write_small(HOST_KEY_PATH, key.toString("OPENSSH"), exclusive=True)
+            log.info(
+                "the network's SSH host key is now {fp} ({how})",
+                fp=key.fingerprint(),
+                how=f"moved from {local}" if migrated else "new",
+            )
+        except AlreadyExists:
+            pass  # another front door was first: use its key
+        data = yield fs.read_small(HOST_KEY_PATH)
+    key = keys.Key.fromString(data)
+    pub = Path(home) / (HOST_KEY_FILE + ".pub")
+    text = key.public().toString("OPENSSH") + b"\n"
+    if not pub.exists() or pub.read_bytes() != text:
+        pub.parent.mkdir(parents=True, exist_ok=True)
+        pub.write_bytes(text)
+    return key
+
+
+# -- the connection: transport, authentication ------------------------------------------------
+
+
+class SSHTransport(transport.SSHServerTransport):
+    """SSH transport with TCP_NODELAY: each command's short reply goes out at once.
+
+    Without it Nagle's algorithm meets the client's delayed ACKs and logins
+    and replies stall ~40 ms (conch's own unix server sets it too).
+
+    It also enforces the login grace time: a connection that has not
+    authenticated within the factory's ``login_grace`` seconds (one that
+    never finishes the key exchange, sends nothing at all, or keeps trying
+    passwords) is disconnected, as OpenSSH's LoginGraceTime does; conch's own
+    limit is ten hours and starts only after the key exchange.  And it
+    refuses a connection at once when too many from its address (or overall)
+    are still logging in (the factory's ``throttle``, as OpenSSH's MaxStartups).
+    """
+
+    grace: LoginGrace | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        clock = getattr(self.factory, "clock", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.grace = LoginGrace(clock, getattr(self.factory, "login_grace", LOGIN_GRACE), self._grace_expired)
+        throttle: LoginThrottle | None = getattr(self.factory, "throttle", None)
+        self.source = getattr(self.transport.getPeer(), "host", "?")
+        self.pending = throttle is not None and throttle.opened(self.source)
+        if throttle is not None and not self.pending:
+            # Too many connections from here (or overall) are still logging in: like OpenSSH's MaxStartups.
+            log.info("ssh: refusing a connection from {peer}: too many unauthenticated connections", peer=self.source)
+            self.transport.abortConnection()
+            return
+        super().connectionMade()
+
+    def settle(self) -> None:
+        """This connection no longer counts as one still logging in."""
+        if self.pending:
+            self.pending = False
+            self.factory.throttle.settled(self.source)
+
+    def _grace_expired(self) -> None:
+        assert self.grace is not None
+        log.info(
+            "ssh: closing the connection from {peer}: not logged in within {t:g}s",
+            peer=peer_address(self.transport),
+            t=self.grace.seconds,
+        )
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login grace time exceeded")
+        cut_later(self.grace.clock, self.transport)
+
+    def setService(self, service: Any) -> None:
+        super().setService(service)
+        if getattr(self, "avatar", None) is not None and self.grace is not None:
+            self.grace.stop()  # authenticated: the connection service now runs
+            self.settle()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.grace is not None:
+            self.grace.stop()
+        self.settle()
+        if not hasattr(self, "currentEncryptions"):
+            return  # refused at once (too many logging in): conch never started
+        super().connectionLost(reason)
+
+
+class ThrottledUserAuth(userauth.SSHUserAuthServer):
+    """Failed logins from one address are answered later and later (the factory's LoginThrottle)."""
+
+    def _ebBadAuth(self, reason: Any) -> Any:
+        throttle: LoginThrottle | None = getattr(self.transport.factory, "throttle", None)
+        if throttle is None or not reason.check(error.UnauthorizedLogin) or self.method == b"none":
+            return super()._ebBadAuth(reason)
+        if self.method == b"publickey" and not getattr(self, "_signed", False):
+            return super()._ebBadAuth(reason)  # "would this key do?" is not a guess
+        delay = throttle.failed(getattr(self.transport, "source", "?"))
+        d: defer.Deferred = defer.Deferred()
+        self.transport.factory.clock.callLater(delay, d.callback, None)
+        return d.addCallback(lambda _: super(ThrottledUserAuth, self)._ebBadAuth(reason))
+
+    def auth_publickey(self, packet: bytes) -> Any:
+        self._signed = bool(packet[:1] and packet[0])  # the client sent a signature, not just a question
+        return super().auth_publickey(packet)
+
+    def _cbFinishedAuth(self, result: Any) -> None:
+        throttle: LoginThrottle | None = getattr(self.transport.factory, "throttle", None)
+        if throttle is not None:
+            throttle.succeeded(getattr(self.transport, "source", "?"))
+        super()._cbFinishedAuth(result)
+
+
+def ssh_factory(
+    portal: Any, key: keys.Key, login_grace: float | None, clock: Any, throttle: LoginThrottle
+) -> factory.SSHFactory:
+    """The SSH server factory of a front door: its portal, host key, login grace and throttle."""
+    f = factory.SSHFactory()
+    f.protocol = SSHTransport
+    f.login_grace = login_grace  # type: ignore[attr-defined]
+    f.clock = clock  # type: ignore[attr-defined]
+    f.throttle = throttle  # type: ignore[attr-defined]
+    f.services = {**f.services, b"ssh-userauth": ThrottledUserAuth}
+    f.portal = portal
+    f.publicKeys = {key.sshType(): key.public()}
+    f.privateKeys = {key.sshType(): key}
+    return f
+
+
+#: exec lines that ask the server machine's own file-transfer programs to serve the session: the
+#: OpenSSH client sends these for ``scp -O`` and rsync.  Run, they would read and write the runtime
+#: machine's real disk in the runtime's name, not the OneOS tree as the user.
+_HOST_SUBSYSTEMS = (("scp", ("-t", "-f")), ("rsync", ("--server",)))
+
+
+def host_subsystem(line: str) -> str | None:
+    """Why an SSH exec *line* is refused (a host file-transfer subsystem), or None to run it as a shell line."""
+    words = line.split()
+    if not words:
+        return None
+    program = words[0].rsplit("/", 1)[-1]
+    for name, flags in _HOST_SUBSYSTEMS:
+        if program == name and any(
+            w in flags
+            or (w.startswith("-") and not w.startswith("--") and any(f[1] in w[1:] for f in flags if len(f) == 2))
+            for w in words[1:]
+        ):
+            return (
+                f"oneos: '{name}' as an SSH subsystem is not served (it would run the host's {name} on the "
+                "runtime's own disk); copy files with 'oneos fs put/get', or pipe: "
+                "ssh HOST 'cat > /path' < file"
+            )
+    return None
+
+
+# -- session channels -----------------------------------------------------------------------------
+
+
+class _Glue:
+    """A minimal transport made of callables (as twisted.conch.manhole_ssh does)."""
+
+    def __init__(self, write: Any, lose: Any) -> None:
+        self._write = write
+        self._lose = lose
+        self.disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        self._write(data)
+
+    def writeSequence(self, seq: list[bytes]) -> None:
+        self._write(b"".join(seq))
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+        self._lose()
+
+    def getPeer(self) -> Any:
+        return None
+
+    def getHost(self) -> Any:
+        return None
+
+
+class _WindowHold:
+    """Back-pressure on one SSH channel's input: stop granting window while the shell holds too much.
+
+    conch re-opens a channel's receive window by itself as data arrives
+    (SSHConnection.ssh_CHANNEL_DATA, once less than half is left).  Setting
+    the channel's ``localWindowSize`` to 0 stops that, so the client stops
+    sending once its window is used up; only this channel waits (rekeying,
+    window adjusts for our output and the channel's close keep flowing,
+    which pausing the TCP socket would stop).  :meth:`resume` restores the
+    size and grants the missing window.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.size = channel.localWindowSize
+
+    def pause(self) -> None:
+        self.channel.localWindowSize = 0
+
+    def resume(self) -> None:
+        ch = self.channel
+        ch.localWindowSize = self.size
+        missing = self.size - ch.localWindowLeft
+        if missing > 0 and ch.conn is not None and not ch.localClosed:
+            ch.conn.adjustWindow(ch, missing)
+
+
+def _end_status(status: int) -> Failure:
+    """What SSHSessionProcessProtocol.processEnded needs to send exit-status."""
+    return Failure(ProcessDone(0)) if status == 0 else Failure(ProcessTerminated(exitCode=status & 0xFF))
+
+
+class ShellAvatar(avatar.ConchUser):
+    """A logged-in user: may open session channels, nothing else (no forwarding)."""
+
+    def __init__(self, user: str, shell: ShellService) -> None:
+        super().__init__()
+        self.user = user
+        self.shell = shell
+        self.channelLookup[b"session"] = session.SSHSession
+
+
+@implementer(ISession)
+class ShellSession:
+    """One SSH session channel: one interpreter, exec or interactive."""
+
+    def __init__(self, avatar: ShellAvatar) -> None:
+        self.avatar = avatar
+        self.shell = avatar.shell
+        self.pty: tuple[bytes, tuple[int, ...]] | None = None
+        self.interp: Interpreter | None = None
+        self.writers: list[SafeWriter] = []
+        self.script: _ScriptShell | None = None
+        self.terminal: ShellTerminal | None = None
+
+    def _interpreter(self, out: SafeWriter, err: SafeWriter) -> Interpreter:
+        self.writers = [out, err]
+        self.interp = self.shell.new_interpreter(self.avatar.user, out, err)
+        return self.interp
+
+    # ISession
+    def getPty(self, term: bytes, windowSize: tuple[int, ...], modes: Any) -> None:
+        self.pty = (term, windowSize)
+
+    def windowChanged(self, size: tuple[int, ...]) -> None:
+        if self.terminal is not None:
+            self.terminal.terminalSize(size[1], size[0])
+
+    def execCommand(self, proto: Any, cmd: bytes) -> None:
+        channel = proto.session
+        out = SafeWriter(channel.write, crlf=self.pty is not None)
+        err = SafeWriter(lambda d: channel.writeExtended(connection.EXTENDED_DATA_STDERR, d), crlf=self.pty is not None)
+        interp = self._interpreter(out, err)
+        if self.pty is None:
+            hold = _WindowHold(channel)
+            interp.input = SessionInput(pause=hold.pause, resume=hold.resume)
+            proto.makeConnection(_Glue(interp.input.feed, lambda: None))  # the client's data: the line's stdin
+        else:  # ssh -t HOST LINE: raw keystrokes, cooked here
+            interp.input = SessionInput()
+            cooked = CookedLine()
+            proto.makeConnection(_Glue(lambda data: self._typed(cooked.feed(data), out), lambda: None))
+        try:
+            line = cmd.decode("utf-8")
+        except UnicodeDecodeError:
+            err.write(b"oneos: the command is not valid UTF-8\n")
+            proto.processEnded(_end_status(2))
+            return
+        refusal = host_subsystem(line)
+        if refusal is not None:
+            log.info("ssh: refused {line!r} from {user}: a host subsystem", line=line[:80], user=self.avatar.user)
+            err.write(refusal.encode() + b"\n")
+            proto.processEnded(_end_status(1))
+            return
+        d = self.shell.prepare(interp).addCallback(lambda _: interp.execute(line, record=False))
+
+        def done(status: int) -> None:
+            if interp.exit_status is not None:
+                status = interp.exit_status
+            if not out.closed:
+                proto.processEnded(_end_status(status))
+
+        d.addCallback(done).addErrback(lambda f: log.failure("exec failed", f))
+
+    def _typed(self, events: list[Event], out: SafeWriter) -> None:
+        """Keys of ``ssh -t HOST LINE``, cooked: echo them, and give the line's program what they mean."""
+        assert self.interp is not None and self.interp.input is not None
+        for event in events:
+            if isinstance(event, Echo):
+                out.write(event.data)
+            elif isinstance(event, Interrupt):
+                self.interp.interrupt()
+            else:
+                to_program(event, self.interp.input)
+
+    def openShell(self, proto: Any) -> None:
+        if self.pty is None:
+            out = SafeWriter(proto.session.write)
+            err = SafeWriter(lambda d: proto.session.writeExtended(connection.EXTENDED_DATA_STDERR, d))
+            self.script = _ScriptShell(
+                self._interpreter(out, err), self.shell, lambda status: proto.processEnded(_end_status(status))
+            )
+            proto.makeConnection(_Glue(self.script.dataReceived, lambda: None))
+            return
+        width, height = self.pty[1][1], self.pty[1][0]
+        server = insults.ServerProtocol(ShellTerminal, self)
+        proto.makeConnection(_Glue(server.dataReceived, lambda: proto.session.conn.sendClose(proto.session)))
+        server.makeConnection(_Glue(proto.write, proto.loseConnection))
+        self._end = lambda status: proto.processEnded(_end_status(status))
+        server.terminalProtocol.terminalSize(width, height)
+
+    def eofReceived(self) -> None:
+        if self.script is not None:
+            self.script.eof()
+        elif self.interp is not None and self.interp.input is not None and self.terminal is None:
+            self.interp.input.close()  # exec: the piped input ended (final, as on a pipe)
+
+    def closed(self) -> None:
+        for w in self.writers:
+            w.closed = True
+        if self.interp is not None:
+            self.interp.hangup()
+            self.shell.forget(self.interp)
+
+
+class _ScriptShell:
+    """A shell without a terminal: runs each complete line, in order, until EOF (like ``sh < script``)."""
+
+    def __init__(self, interp: Interpreter, shell: ShellService, end: Any) -> None:
+        self.interp = interp
+        self.end = end
+        self.lines = ScriptLines()
+        self.at_eof = False
+        #: a line is running: the next waits for it
+        self.running = False
+        self.ended = False
+        shell.prepare(interp).addBoth(lambda _: self._next())
+
+    def dataReceived(self, data: bytes) -> None:
+        if TOO_LONG in self.lines.feed(data):
+            self.interp.error(f"oneos: line too long (the limit is {MAX_LINE} characters); skipped")
+        self._next()
+
+    def eof(self) -> None:
+        self.at_eof = True
+        self.lines.end()
+        self._next()
+
+    def _next(self) -> None:
+        if self.running:
+            return
+        if self.interp.exit_status is not None or (self.at_eof and not self.lines.waiting):
+            if not self.ended:
+                self.ended = True
+                self.end(self.interp.exit_status if self.interp.exit_status is not None else self.interp.session.status)
+            return
+        line = self.lines.next_line()
+        if line is None:
+            return
+        self.running = True
+
+        def finished(_: Any) -> None:
+            self.running = False
+            self._next()
+
+        self.interp.execute(line.decode("utf-8", "replace")).addBoth(finished)
+
+
+class ShellTerminal(recvline.HistoricRecvLine):
+    """The interactive terminal: prompt, line editing, history, Ctrl-C, completion."""
+
+    def __init__(self, channel: ShellSession) -> None:
+        super().__init__()
+        self.channel = channel
+        self.busy = True
+        self.interp: Interpreter | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.channel.terminal = self
+        out = SafeWriter(self.terminal.write)  # insults turns \n into \r\n itself
+        self.interp = self.channel._interpreter(out, out)
+        self.interp.input = SessionInput()  # typing: no pause (it would hold Ctrl-C back too), excess dropped
+        self.terminal.write(BANNER.encode())
+        self.channel.shell.prepare(self.interp).addBoth(lambda _: self._ready())
+
+    def _prompt(self) -> bytes:
+        assert self.interp is not None
+        return self.interp.session.prompt().encode("utf-8", "replace")
+
+    def _ready(self) -> None:
+        self.busy = False
+        assert self.interp is not None and self.interp.input is not None
+        self.interp.input.discard()  # typed during the command but not read by it
+        self.ps = (self._prompt(), b"> ")
+        self.pn = 0
+        self.lineBuffer = []
+        self.lineBufferIndex = 0
+        self.terminal.write(self.ps[0])
+
+    def terminalSize(self, width: int, height: int) -> None:
+        """Remember the size; unlike RecvLine, do not wipe the screen (it would erase output)."""
+        self.width, self.height = width, height
+
+    def initializeScreen(self) -> None:
+        self.terminal.reset()
+        self.setInsertMode()
+        self.ps = (b"", b"> ")  # the prompt comes once the session is ready
+
+    def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
+        if self.busy:
+            self._program_key(keyID, modifier)
+            return
+        if keyID == CTRL_C:
+            self.terminal.write(b"^C\r\n")
+            self._ready()
+            return
+        if keyID == CTRL_D and not self.lineBuffer:
+            self.terminal.write(b"logout\n")
+            self._logout(self.interp.session.status if self.interp else 0)
+            return
+        if keyID == b"\t":
+            self._complete()
+            return
+        if keyID == b"\x0c":  # Ctrl-L
+            self.terminal.eraseDisplay()
+            self.terminal.cursorHome()
+            self.drawInputLine()
+            return
+        if isinstance(keyID, bytes) and len(self.lineBuffer) >= MAX_LINE:
+            return  # refuse to grow past the parser's limit
+        super().keystrokeReceived(keyID, modifier)
+
+    def _program_key(self, keyID: Any, modifier: Any) -> None:
+        """A key while a command runs: edit a line for the program, as a tty in cooked mode.
+
+        Ctrl-C, Ctrl-D and Enter (see handle_RETURN) mean what
+        :func:`~oneos.shell.lines.cooked_key` says; the other keys edit the
+        line (recvline).  History and completion are the shell's, not the
+        program's: off.
+        """
+        if keyID in (CTRL_C, CTRL_D):
+            events = cooked_key(keyID, b"".join(self.lineBuffer))
+            assert events is not None
+            if keyID == CTRL_C:
+                self.terminal.write(b"^C\n")
+            self.lineBuffer, self.lineBufferIndex = [], 0
+            self._to_program(events)
+            return
+        if keyID in (self.terminal.UP_ARROW, self.terminal.DOWN_ARROW, b"\t"):
+            return
+        if isinstance(keyID, bytes) and len(self.lineBuffer) >= MAX_LINE:
+            return
+        super().keystrokeReceived(keyID, modifier)
+
+    def handle_RETURN(self) -> None:
+        if not self.busy:
+            super().handle_RETURN()
+            return
+        # a line typed for the running program: not a command, so not in the history
+        line = b"".join(self.lineBuffer)
+        self.lineBuffer, self.lineBufferIndex = [], 0
+        self.terminal.nextLine()
+        events = cooked_key(b"\r", line)
+        assert events is not None
+        if not self._to_program(events):
+            self.terminal.write(b"\x07")  # nobody reads and the backlog is full
+
+    def _to_program(self, events: list[Event]) -> bool:
+        """Act on what keys typed while a command runs mean; False if its input refused some."""
+        assert self.interp is not None and self.interp.input is not None
+        accepted = True
+        for event in events:
+            if isinstance(event, Interrupt):
+                self.interp.interrupt()
+            else:
+                accepted = to_program(event, self.interp.input) and accepted
+        return accepted
+
+    def lineReceived(self, line: bytes) -> None:
+        assert self.interp is not None
+        self.busy = True
+        self.ps = (b"", b"")  # a redraw while the command runs shows no prompt
+        text = line.decode("utf-8", "replace")
+        self.interp.execute(text).addBoth(self._done)
+
+    def _done(self, status: Any) -> None:
+        assert self.interp is not None
+        if self.interp.exit_status is not None:
+            self._logout(self.interp.exit_status)
+            return
+        self._ready()
+
+    def _logout(self, status: int) -> None:
+        self.busy = True
+        end = getattr(self.channel, "_end", None)
+        if end is not None:
+            end(status)
+        else:
+            self.terminal.loseConnection()
+
+    def _complete(self) -> None:
+        """Tab: complete the last word from the built-ins (first word) or OneOS paths."""
+        assert self.interp is not None
+        text = b"".join(self.lineBuffer[: self.lineBufferIndex]).decode("utf-8", "replace")
+        word = text.split(" ")[-1]
+        first = " " not in text.strip() and "/" not in word
+        if first:
+            names = sorted(n for n in self.interp.builtins if n.startswith(word))
+            self._insert_completion(word, names)
+            return
+        directory, _, prefix = word.rpartition("/")
+        base = (
+            paths.normalise(directory or ("/" if word.startswith("/") else "."), self.interp.session.cwd)
+            if directory or word.startswith("/")
+            else self.interp.session.cwd
+        )
+
+        def listed(entries: list[Any]) -> None:
+            names = sorted(
+                e.name + ("/" if e.is_dir else "")
+                for e in entries
+                if e.name.startswith(prefix) and (prefix.startswith(".") or not e.name.startswith("."))
+            )
+            self._insert_completion(prefix, names)
+
+        self.interp.grid.fs.listdir(base).addCallbacks(listed, lambda f: None)
+
+    def _insert_completion(self, prefix: str, names: list[str]) -> None:
+        if not names:
+            return
+        common = os.path.commonprefix(names)
+        extra = common[len(prefix) :]
+        if len(names) == 1 and not extra.endswith("/"):
+            extra += " "
+        if extra:
+            for ch in extra.encode():
+                recvline.HistoricRecvLine.characterReceived(self, bytes([ch]), False)
+        elif len(names) > 1:
+            self.terminal.write(b"\r\n" + "  ".join(names).encode() + b"\r\n")
+            self.drawInputLine()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.interp is not None:
+            self.interp.hangup()
+
+
+# conch adapts the avatar once per channel (SSHSession._session is cached),
+# so each channel gets its own ShellSession and interpreter.
+components.registerAdapter(ShellSession, ShellAvatar, ISession)
