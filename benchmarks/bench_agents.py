@@ -29,15 +29,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _brokers import start_oneospsd  # noqa: E402
-
 from oneos.twistd import twistd_command  # noqa: E402
 
 
 def start_runtime(rid: str, url: str, root: Path, *extra: str) -> subprocess.Popen:
     home = root / rid
     home.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(twistd_command("oneosd", "--id", rid, "--pubsub", url, "--broker", "external", *extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, ONEOS_HOME=str(home)), cwd=home)
+    return subprocess.Popen(
+        twistd_command("oneosd", "--id", rid, "--pubsub", url, "--broker", "external", *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, ONEOS_HOME=str(home)),
+        cwd=home,
+    )
 
 
 class Client:
@@ -86,7 +90,9 @@ class Client:
         return threads.blockingCallFromThread(self.reactor, lambda: defer.maybeDeferred(fn, *args, **kw))
 
     def spawn(self, program: str, *args: str, **kw) -> dict:
-        return self.call(self.rpc.call, "scheduler", "spawn", program=program, args=list(args), stdout="discard", stdin=False, **kw)
+        return self.call(
+            self.rpc.call, "scheduler", "spawn", program=program, args=list(args), stdout="discard", stdin=False, **kw
+        )
 
     def wait_ended(self, agent_id: str, timeout: float = 60) -> float:
         end = time.monotonic() + timeout
@@ -123,8 +129,19 @@ def bench_rate(c: Client, count: int) -> float:
 
 def bench_pipe(url: str, size: int) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", url, "--pipe",
-                        f"head -c {size} /dev/zero @rt-1 | wc -c @rt-2"], capture_output=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oneos.cli.main",
+            "run",
+            "--pubsub",
+            url,
+            "--pipe",
+            f"head -c {size} /dev/zero @rt-1 | wc -c @rt-2",
+        ],
+        capture_output=True,
+    )
     dt = time.perf_counter() - t0
     assert r.stdout.strip() == str(size).encode(), r
     return size / dt / 1e6
@@ -172,8 +189,17 @@ def bench_recovery(c: Client, url: str, root: Path) -> float:
     info = None
     while info is None and time.monotonic() < deadline:
         try:
-            info = c.call(c.rpc.call, "scheduler", "spawn", program="sleep", args=["600"], runtime="victim",
-                          restart="on-failure", stdout="discard", stdin=False)
+            info = c.call(
+                c.rpc.call,
+                "scheduler",
+                "spawn",
+                program="sleep",
+                args=["600"],
+                runtime="victim",
+                restart="on-failure",
+                stdout="discard",
+                stdin=False,
+            )
         except Exception:
             time.sleep(0.2)
     before = set(c.running)
@@ -212,14 +238,18 @@ def main() -> None:
         print(f"{'spawn latency (ms)':<28}{'remote p50':>12}{'remote p99':>12}{'local p50':>12}{'local p99':>12}")
         for argv in (["/bin/true"], ["python3", "-c", "pass"]):
             remote, local = bench_latency(c, argv, args.rounds)
-            print(f"{' '.join(argv):<28}{pct(remote, 50) * 1e3:>12.1f}{pct(remote, 99) * 1e3:>12.1f}"
-                  f"{pct(local, 50) * 1e3:>12.1f}{pct(local, 99) * 1e3:>12.1f}")
+            print(
+                f"{' '.join(argv):<28}{pct(remote, 50) * 1e3:>12.1f}{pct(remote, 99) * 1e3:>12.1f}"
+                f"{pct(local, 50) * 1e3:>12.1f}{pct(local, 99) * 1e3:>12.1f}"
+            )
         print()
         print(f"spawns per second across 3 runtimes ({args.spawns} x /bin/true): {bench_rate(c, args.spawns):.1f}")
         size = args.pipe_mib * 2**20
         print()
-        print(f"pipe throughput, {args.pipe_mib} MiB (MB/s): runtime->runtime {bench_pipe(broker.url, size):.0f}"
-              f" | local UNIX pipe {local_pipe(size):.0f} | raw loopback TCP {raw_tcp(size):.0f}")
+        print(
+            f"pipe throughput, {args.pipe_mib} MiB (MB/s): runtime->runtime {bench_pipe(broker.url, size):.0f}"
+            f" | local UNIX pipe {local_pipe(size):.0f} | raw loopback TCP {raw_tcp(size):.0f}"
+        )
         print()
         print(f"SIGKILL of a runtime -> its agent running elsewhere: {bench_recovery(c, broker.url, root):.3f} s")
     finally:

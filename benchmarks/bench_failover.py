@@ -134,8 +134,12 @@ def wait_until(what: str, check: Callable[[], Any], deadline: float, logs: Calla
     raise BenchError(f"timed out after {deadline:.0f}s waiting for {what}; last seen: {last!r}{tail}")
 
 
-def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = ATTEMPT_TIMEOUT,
-        wrap: Callable[[list[str]], list[str]] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = ATTEMPT_TIMEOUT,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run *argv* (inside a namespace if *wrap* says how); a timeout is returned as status 124."""
     full = wrap(argv) if wrap else argv
     try:
@@ -184,11 +188,15 @@ class Recovery:
     @property
     def step(self) -> float:
         """Median length of one attempt: the granularity of :attr:`at`."""
-        return statistics.median(e - b for b, e in zip(self.began, self.ended)) if self.ended else float("nan")
+        return (
+            statistics.median(e - b for b, e in zip(self.began, self.ended, strict=False))
+            if self.ended
+            else float("nan")
+        )
 
     @property
     def longest(self) -> float:
-        return max((e - b for b, e in zip(self.began, self.ended)), default=float("nan"))
+        return max((e - b for b, e in zip(self.began, self.ended, strict=False)), default=float("nan"))
 
     def cell(self, width: int) -> str:
         at = f"{self.at:.2f}" if self.ok else "never"
@@ -215,8 +223,9 @@ def poll(probe: Probe, t0: float, deadline: float, out: Recovery) -> None:
 def race(probes: dict[str, Probe], t0: float, deadline: float) -> dict[str, Recovery]:
     """Run every probe's retry loop at the same time (one thread each) and wait for all."""
     results = {name: Recovery() for name in probes}
-    threads = [threading.Thread(target=poll, args=(p, t0, deadline, results[n]), daemon=True)
-               for n, p in probes.items()]
+    threads = [
+        threading.Thread(target=poll, args=(p, t0, deadline, results[n]), daemon=True) for n, p in probes.items()
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -255,8 +264,10 @@ def takeover_bound(keepalive: float = KEEPALIVE) -> tuple[float, str]:
         return settle, f"election settle {settle:g} s"
     lease = keepalive
     margin = max(0.5, lease / 4)
-    return max(settle, lease + margin), (f"lease {lease:g} s (= keepalive) + margin {margin:g} s after the will "
-                                         f"(the {settle:g} s election settle runs meanwhile)")
+    return max(settle, lease + margin), (
+        f"lease {lease:g} s (= keepalive) + margin {margin:g} s after the will "
+        f"(the {settle:g} s election settle runs meanwhile)"
+    )
 
 
 def sigkill_runtime(pid: int, rid: str) -> float:
@@ -283,6 +294,7 @@ def leader_of(view: dict[str, dict]) -> str | None:
 
 
 # -- memory --------------------------------------------------------------------------------------
+
 
 def vmrss_mib(pid: int) -> float | None:
     try:
@@ -359,8 +371,13 @@ def sparse_file(path: Path, size: int) -> Path:
     return path
 
 
-def measure_rss(roles: dict[str, tuple[int, list[str]]], shell_rid: str, put: Callable[[], subprocess.CompletedProcess],
-                pipeline: Callable[[float], subprocess.CompletedProcess], size: int) -> RSSResult:
+def measure_rss(
+    roles: dict[str, tuple[int, list[str]]],
+    shell_rid: str,
+    put: Callable[[], subprocess.CompletedProcess],
+    pipeline: Callable[[float], subprocess.CompletedProcess],
+    size: int,
+) -> RSSResult:
     """Put the big file, then run the pipeline while sampling every runtime in *roles* (rid -> pid, roles)."""
     progress(f"putting a {size // 2**20} MiB /tmp/big")
     t = time.monotonic()
@@ -381,28 +398,36 @@ def measure_rss(roles: dict[str, tuple[int, list[str]]], shell_rid: str, put: Ca
         sampler.stop()
     seconds = time.monotonic() - t
     rows = [(rid, ", ".join(rl), idle[pid], sampler.peak[pid]) for rid, (pid, rl) in roles.items()]
-    return RSSResult(size, put_seconds, shell_rid, rows, seconds, sampler.samples, r.returncode,
-                     r.stdout.strip(), r.stderr.strip())
+    return RSSResult(
+        size, put_seconds, shell_rid, rows, seconds, sampler.samples, r.returncode, r.stdout.strip(), r.stderr.strip()
+    )
 
 
 def print_rss(res: RSSResult, how: str) -> None:
     mib = res.size // 2**20
-    print(f"  memory: `cat /tmp/big | wc -c` in {res.shell_rid}'s shell ({how}), /tmp/big {mib} MiB "
-          f"(put in {res.put_seconds:.1f} s), VmRSS every {RSS_PERIOD * 1000:.0f} ms, {res.samples} samples:")
+    print(
+        f"  memory: `cat /tmp/big | wc -c` in {res.shell_rid}'s shell ({how}), /tmp/big {mib} MiB "
+        f"(put in {res.put_seconds:.1f} s), VmRSS every {RSS_PERIOD * 1000:.0f} ms, {res.samples} samples:"
+    )
     for rid, roles, idle, peak in res.rows:
-        print(f"    {rid:<5} {roles:<32} idle {idle:7.1f} MiB   peak {peak:7.1f} MiB   ({peak - idle:+.1f})"
-              f"   | file size {mib} MiB")
+        print(
+            f"    {rid:<5} {roles:<32} idle {idle:7.1f} MiB   peak {peak:7.1f} MiB   ({peak - idle:+.1f})"
+            f"   | file size {mib} MiB"
+        )
     count = wc_count(res)
     if count is not None:
         verdict = "ok" if count == res.size else f"WRONG, expected {res.size}"
-        print(f"    wc -c printed {count} ({verdict}) in {res.seconds:.1f} s "
-              f"({res.size / max(res.seconds, 1e-9) / 1e6:.0f} MB/s end to end)")
+        print(
+            f"    wc -c printed {count} ({verdict}) in {res.seconds:.1f} s "
+            f"({res.size / max(res.seconds, 1e-9) / 1e6:.0f} MB/s end to end)"
+        )
     else:
         said = (res.error or res.output or "(nothing)").splitlines()
         print(f"    the shell answered status {res.status} after {res.seconds:.1f} s: {' / '.join(said)[:300]}")
 
 
 # -- report ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Round:
@@ -430,8 +455,10 @@ def checked(rnd: Round, rss: RSSResult | None) -> tuple[Round, RSSResult | None]
 
 
 def print_header(door_label: str) -> None:
-    print(f"  {'rep':>3}  {'killed':<6} {'new':<6} {door_label:<5} | {'shell ok by':>11} {'tries':>5}  {'each':>5} {'max':>5} "
-          f"| {'fs cat ok by':>12} {'tries':>5}  {'each':>5} {'max':>5}   (s after SIGKILL; each/max: median/longest attempt)")
+    print(
+        f"  {'rep':>3}  {'killed':<6} {'new':<6} {door_label:<5} | {'shell ok by':>11} {'tries':>5}  {'each':>5} {'max':>5} "
+        f"| {'fs cat ok by':>12} {'tries':>5}  {'each':>5} {'max':>5}   (s after SIGKILL; each/max: median/longest attempt)"
+    )
 
 
 def print_round(i: int, r: Round) -> None:
@@ -440,14 +467,18 @@ def print_round(i: int, r: Round) -> None:
 
 def print_bounds() -> None:
     takeover, how = takeover_bound()
-    print(f"  bounds: the broker publishes a SIGKILLed runtime's will at once (the keepalive, 1.5 x {KEEPALIVE:g} s, "
-          f"only matters for a silent death); the next-ranked runtime claims the kernel {takeover:g} s after it: {how}")
+    print(
+        f"  bounds: the broker publishes a SIGKILLed runtime's will at once (the keepalive, 1.5 x {KEEPALIVE:g} s, "
+        f"only matters for a silent death); the next-ranked runtime claims the kernel {takeover:g} s after it: {how}"
+    )
 
 
 def print_legend() -> None:
-    print("  (ok by: end of the first attempt that worked; the outage ended between the start of the last failed "
-          "attempt and then. tries 1: the command never failed; what it took above the baseline it spent waiting, or "
-          "slowed by the failover and by the other probe sharing the CPUs)")
+    print(
+        "  (ok by: end of the first attempt that worked; the outage ended between the start of the last failed "
+        "attempt and then. tries 1: the command never failed; what it took above the baseline it spent waiting, or "
+        "slowed by the failover and by the other probe sharing the CPUs)"
+    )
 
 
 def print_summary(rounds: list[Round], shell_name: str, cat_bound: str, cat_extra: float) -> None:
@@ -457,15 +488,21 @@ def print_summary(rounds: list[Round], shell_name: str, cat_bound: str, cat_extr
     shell = [r.shell.at for r in rounds if r.shell.at is not None]
     cat = [r.cat.at for r in rounds if r.cat.at is not None]
     failed = sum(1 for r in rounds if not r.shell.ok) + sum(1 for r in rounds if not r.cat.ok)
-    print(f"  SIGKILL -> `{shell_name}` works (s): {stats(shell)}"
-          f"   | baseline, no fault: one `{shell_name}` {base_shell:.2f}; "
-          f"expect: will ~0 + takeover {takeover:g} + up to one command = {takeover:.2f} .. {takeover + base_shell:.2f}")
-    print(f"  SIGKILL -> `oneos fs cat` works (s): {stats(cat)}"
-          f"   | baseline, no fault: one `oneos fs cat` {base_cat:.2f}; expect: {cat_bound} {cat_extra + base_cat:.2f}")
+    print(
+        f"  SIGKILL -> `{shell_name}` works (s): {stats(shell)}"
+        f"   | baseline, no fault: one `{shell_name}` {base_shell:.2f}; "
+        f"expect: will ~0 + takeover {takeover:g} + up to one command = {takeover:.2f} .. {takeover + base_shell:.2f}"
+    )
+    print(
+        f"  SIGKILL -> `oneos fs cat` works (s): {stats(cat)}"
+        f"   | baseline, no fault: one `oneos fs cat` {base_cat:.2f}; expect: {cat_bound} {cat_extra + base_cat:.2f}"
+    )
     if failed:
         print(f"  {failed} probe(s) never worked again within the deadline")
-    for label, errors in (("shell", sum((r.shell.errors for r in rounds), Counter())),
-                          ("fs cat", sum((r.cat.errors for r in rounds), Counter()))):
+    for label, errors in (
+        ("shell", sum((r.shell.errors for r in rounds), Counter())),
+        ("fs cat", sum((r.cat.errors for r in rounds), Counter())),
+    ):
         if errors:
             seen = "; ".join(f"{n}x {e!r}" for e, n in errors.most_common(3))
             print(f"  while failing, {label} said: {seen}")
@@ -473,9 +510,24 @@ def print_summary(rounds: list[Round], shell_name: str, cat_bound: str, cat_extr
 
 # -- 1. oneos grid on loopback -------------------------------------------------------------------
 
-SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-            "-o", "ConnectTimeout=10"]
+SSH_OPTS = [
+    "-F",
+    "/dev/null",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "IdentityAgent=none",
+    "-o",
+    "ConnectTimeout=10",
+]
 
 
 class Grid:
@@ -491,10 +543,27 @@ class Grid:
         self.log_path = root / "grid.log"
         with open(self.log_path, "wb") as log:
             # a session of its own: Ctrl-C here does not reach it, and its children share its group
-            self.proc = subprocess.Popen([PY, "-m", "oneos.cli.main", "grid", "--runtimes", "3", "--dir",
-                                          str(root / "grid"), "--port", str(self.port), "--ssh-port", str(self.ssh_base)],
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [
+                    PY,
+                    "-m",
+                    "oneos.cli.main",
+                    "grid",
+                    "--runtimes",
+                    "3",
+                    "--dir",
+                    str(root / "grid"),
+                    "--port",
+                    str(self.port),
+                    "--ssh-port",
+                    str(self.ssh_base),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
 
     def logs(self) -> str:
         try:
@@ -534,15 +603,22 @@ def grid_round(root: Path, rep: int, key: Path, deadline: float, big: int | None
     progress(f"grid repetition {rep}: starting oneos grid --runtimes 3")
     grid = Grid(root / f"grid-{rep}")
     try:
+
         def ready() -> dict | None:
             view = grid.view()
             alive = [s for s in view.values() if s["state"] == "alive" and s["ssh"]]
             ok = len(alive) == 3 and leader_of(view) and any(s["fs_serving"] for s in alive)
             return view if ok else None
 
-        view = wait_until("a grid of 3 live runtimes with shells, one leader, one serving the tree", ready, 120, grid.logs)
-        wait_until("`oneos user addkey` to work", lambda: grid.oneos(
-            "user", "addkey", "alice", f"{key}.pub", "--pubsub", grid.url).returncode == 0, 60, grid.logs)
+        view = wait_until(
+            "a grid of 3 live runtimes with shells, one leader, one serving the tree", ready, 120, grid.logs
+        )
+        wait_until(
+            "`oneos user addkey` to work",
+            lambda: grid.oneos("user", "addkey", "alice", f"{key}.pub", "--pubsub", grid.url).returncode == 0,
+            60,
+            grid.logs,
+        )
         content = f"failover round {rep}\n"
         (grid.root / "f").write_text(content)
         r = grid.oneos("fs", "--pubsub", grid.url, "--no-progress", "put", str(grid.root / "f"), "/tmp/f")
@@ -556,7 +632,9 @@ def grid_round(root: Path, rep: int, key: Path, deadline: float, big: int | None
         door_port = view[door]["ssh"].rsplit(":", 1)[1]
 
         def ssh(line: str, timeout: float = ATTEMPT_TIMEOUT) -> subprocess.CompletedProcess[str]:
-            return run(["ssh", "-p", door_port, *SSH_OPTS, "-i", str(key), "alice@127.0.0.1", "--", line], timeout=timeout)
+            return run(
+                ["ssh", "-p", door_port, *SSH_OPTS, "-i", str(key), "alice@127.0.0.1", "--", line], timeout=timeout
+            )
 
         def shell_probe() -> tuple[bool, str]:
             r = ssh("ps")
@@ -564,7 +642,9 @@ def grid_round(root: Path, rep: int, key: Path, deadline: float, big: int | None
 
         def cat_probe() -> tuple[bool, str]:
             r = grid.oneos("fs", "--pubsub", grid.url, "cat", "/tmp/f")
-            return r.returncode == 0 and r.stdout == content, one_line(r) if r.returncode else f"wrong content {r.stdout!r}"
+            return r.returncode == 0 and r.stdout == content, one_line(
+                r
+            ) if r.returncode else f"wrong content {r.stdout!r}"
 
         base_shell = baseline(shell_probe, "ssh ps")
         base_cat = baseline(cat_probe, "oneos fs cat")
@@ -576,10 +656,22 @@ def grid_round(root: Path, rep: int, key: Path, deadline: float, big: int | None
             for rid, role in ((leader, "leader"), (fs, "file store"), (door, "shell session")):
                 roles.setdefault(rid, (view[rid]["pid"], []))[1].append(role)
             local = sparse_file(root / "big", big)
-            rss = measure_rss(roles, door,
-                              lambda: grid.oneos("fs", "--pubsub", grid.url, "--no-progress", "put", str(local), "/tmp/big",
-                                                 timeout=600 + big / 2**20),
-                              lambda timeout: ssh("cat /tmp/big | wc -c", timeout=timeout), big)
+            rss = measure_rss(
+                roles,
+                door,
+                lambda: grid.oneos(
+                    "fs",
+                    "--pubsub",
+                    grid.url,
+                    "--no-progress",
+                    "put",
+                    str(local),
+                    "/tmp/big",
+                    timeout=600 + big / 2**20,
+                ),
+                lambda timeout: ssh("cat /tmp/big | wc -c", timeout=timeout),
+                big,
+            )
             time.sleep(2.0)  # back to idle before the kill
 
         progress(f"grid repetition {rep}: SIGKILL of the leader {leader}")
@@ -593,11 +685,15 @@ def grid_round(root: Path, rep: int, key: Path, deadline: float, big: int | None
 
 
 def bench_grid(root: Path, args: argparse.Namespace) -> None:
-    print(f"\n== 1. oneos grid on loopback: 3 runtimes (one shared SQLite store, served by the leader), "
-          f"{args.repeat} repetition(s), a fresh grid each")
+    print(
+        f"\n== 1. oneos grid on loopback: 3 runtimes (one shared SQLite store, served by the leader), "
+        f"{args.repeat} repetition(s), a fresh grid each"
+    )
     print_bounds()
-    print("  the shared store follows oneos.runtime.netstore.fs_server: with no leader, the best-ranked live runtime "
-          "that can open it, so it moves on the will, with no lease wait")
+    print(
+        "  the shared store follows oneos.runtime.netstore.fs_server: with no leader, the best-ranked live runtime "
+        "that can open it, so it moves on the will, with no lease wait"
+    )
     key = root / "id_alice"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     rounds: list[Round] = []
@@ -618,6 +714,7 @@ def bench_grid(root: Path, args: argparse.Namespace) -> None:
 
 
 # -- 2. three network namespaces ------------------------------------------------------------------
+
 
 class Machines:
     """Three hosts on a bridge: a broker on h1, rt-a on h1, rt-b on h2, rt-c on h3."""
@@ -651,8 +748,16 @@ class Machines:
 
         d = self.root / "broker"
         d.mkdir(exist_ok=True)
-        argv = twistd_command("oneospsd", "--port", str(BROKER_PORT), "--interface", self.h1.addr,
-                              "--port-file", str(d / "broker.port"), "--allow-anonymous")
+        argv = twistd_command(
+            "oneospsd",
+            "--port",
+            str(BROKER_PORT),
+            "--interface",
+            self.h1.addr,
+            "--port-file",
+            str(d / "broker.port"),
+            "--allow-anonymous",
+        )
         proc = self._start(self.h1, argv, d / "oneospsd.log", dict(os.environ), d)
         try:
             wait_port(self.h1, self.h1.addr, BROKER_PORT, 60, process=proc)
@@ -701,13 +806,20 @@ class Machines:
             view = self.view()
             live = {rid for rid, s in view.items() if s["state"] == "alive" and s["ssh"]}
             lead = leader_of(view)
-            if alive <= live and lead and (leader is None or lead == leader) and (
-                    fs is None or (fs in live and view[fs]["fs_serving"])):
+            if (
+                alive <= live
+                and lead
+                and (leader is None or lead == leader)
+                and (fs is None or (fs in live and view[fs]["fs_serving"]))
+            ):
                 return view
             return None
 
-        what = f"{sorted(alive)} alive with shells" + (f", {leader} leading" if leader else ", one leader") + (
-            f", {fs} serving the tree" if fs else "")
+        what = (
+            f"{sorted(alive)} alive with shells"
+            + (f", {leader} leading" if leader else ", one leader")
+            + (f", {fs} serving the tree" if fs else "")
+        )
         return wait_until(what, check, 90, self.logs)
 
 
@@ -741,7 +853,9 @@ def netns_round(root: Path, rep: int, deadline: float, big: int | None) -> tuple
 
         def cat_probe() -> tuple[bool, str]:
             r = m.oneos("rt-c", "fs", "--pubsub", m.url, "cat", "/tmp/f")
-            return r.returncode == 0 and r.stdout == content, one_line(r) if r.returncode else f"wrong content {r.stdout!r}"
+            return r.returncode == 0 and r.stdout == content, one_line(
+                r
+            ) if r.returncode else f"wrong content {r.stdout!r}"
 
         wait_until("the tree to be served by the restarted rt-a", lambda: cat_probe()[0], 60, m.logs)
         base_shell = baseline(shell_probe, "oneos -c ps in h3")
@@ -755,10 +869,23 @@ def netns_round(root: Path, rep: int, deadline: float, big: int | None) -> tuple
             for rid, role in ((leader, "leader"), ("rt-a", "file store"), ("rt-c", "shell session")):
                 roles.setdefault(rid, (view[rid]["pid"], []))[1].append(role)
             local = sparse_file(root / "big", big)
-            rss = measure_rss(roles, "rt-c",
-                              lambda: m.oneos("rt-c", "fs", "--pubsub", m.url, "--no-progress", "put", str(local),
-                                              "/tmp/big", timeout=600 + big / 2**20),
-                              lambda timeout: m.oneos("rt-c", "-c", "cat /tmp/big | wc -c", timeout=timeout), big)
+            rss = measure_rss(
+                roles,
+                "rt-c",
+                lambda: m.oneos(
+                    "rt-c",
+                    "fs",
+                    "--pubsub",
+                    m.url,
+                    "--no-progress",
+                    "put",
+                    str(local),
+                    "/tmp/big",
+                    timeout=600 + big / 2**20,
+                ),
+                lambda timeout: m.oneos("rt-c", "-c", "cat /tmp/big | wc -c", timeout=timeout),
+                big,
+            )
             time.sleep(2.0)  # back to idle before the kill
 
         progress(f"namespaces repetition {rep}: SIGKILL of the leader {leader}")
@@ -773,9 +900,11 @@ def netns_round(root: Path, rep: int, deadline: float, big: int | None) -> tuple
 
 
 def bench_netns(root: Path, args: argparse.Namespace) -> None:
-    print(f"\n== 2. three network namespaces: broker + rt-a on h1, rt-b on h2, rt-c on h3 (oneosd, stats every 0.5 s); "
-          f"rt-a holds the SQLite store and was restarted, so the leader is another; {args.repeat} repetition(s), "
-          f"a fresh network each")
+    print(
+        f"\n== 2. three network namespaces: broker + rt-a on h1, rt-b on h2, rt-c on h3 (oneosd, stats every 0.5 s); "
+        f"rt-a holds the SQLite store and was restarted, so the leader is another; {args.repeat} repetition(s), "
+        f"a fresh network each"
+    )
     from oneos.testing.netns import available
 
     why = available()
@@ -804,12 +933,20 @@ def bench_netns(root: Path, args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="SIGKILLs of the leader per setting (default 3)")
-    parser.add_argument("--big-mb", type=int, default=1024,
-                        help="size of /tmp/big for the memory figures, MiB (default 1024; 0 skips them)")
+    parser.add_argument(
+        "--big-mb",
+        type=int,
+        default=1024,
+        help="size of /tmp/big for the memory figures, MiB (default 1024; 0 skips them)",
+    )
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: --repeat 1 --big-mb 64")
     parser.add_argument("--only", choices=("grid", "netns"), help="run one of the two settings")
-    parser.add_argument("--deadline", type=float, default=60.0,
-                        help="seconds after the SIGKILL a probe may keep failing before it is reported as never (default 60)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=60.0,
+        help="seconds after the SIGKILL a probe may keep failing before it is reported as never (default 60)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.big_mb = 1, 64
@@ -817,7 +954,9 @@ def main() -> int:
         parser.error("--repeat must be at least 1 and --big-mb at least 0")
     for tool in ("ssh", "ssh-keygen"):
         if shutil.which(tool) is None:
-            print(f"the OpenSSH client tool '{tool}' is not installed (apt-get install openssh-client)", file=sys.stderr)
+            print(
+                f"the OpenSSH client tool '{tool}' is not installed (apt-get install openssh-client)", file=sys.stderr
+            )
             return 2
 
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop what we started.
@@ -830,9 +969,11 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-failover-"))
     started = time.monotonic()
     try:
-        print(f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {sys.version.split()[0]}; "
-              f"retries back to back ({GAP * 1000:.0f} ms apart), shell and fs probes at the same time; "
-              f"baselines: median of {BASELINE_RUNS} no-fault runs per repetition")
+        print(
+            f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {sys.version.split()[0]}; "
+            f"retries back to back ({GAP * 1000:.0f} ms apart), shell and fs probes at the same time; "
+            f"baselines: median of {BASELINE_RUNS} no-fault runs per repetition"
+        )
         if args.only in (None, "grid"):
             bench_grid(root, args)
         if args.only in (None, "netns"):

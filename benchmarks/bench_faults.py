@@ -100,7 +100,7 @@ class Bench:
         from test_faults import Watcher
 
         self.net, self.root = net, root
-        self.hosts = dict(zip(("rt-a", "rt-b", "rt-c"), net.hosts))
+        self.hosts = dict(zip(("rt-a", "rt-b", "rt-c"), net.hosts, strict=False))
         self.url = f"mqtt://{net.hosts[0].addr}:{BROKER_PORT}"
         self.broker = start_broker_in(net.hosts[0], root / "broker")
         flags = ("--disconnect-grace", f"{grace:g}")
@@ -115,8 +115,9 @@ class Bench:
     def oneos(self, *args: str, timeout: float = 60) -> Any:
         from _netns import oneos_in
 
-        return oneos_in(self.net.hosts[0], args[0], "--pubsub", self.url, *args[1:], home=self.root / "cli",
-                        timeout=timeout)
+        return oneos_in(
+            self.net.hosts[0], args[0], "--pubsub", self.url, *args[1:], home=self.root / "cli", timeout=timeout
+        )
 
     def view(self) -> dict[str, dict[str, Any]]:
         r = self.oneos("status", "--json")
@@ -155,8 +156,11 @@ def one_run(root: Path, args: argparse.Namespace, results: dict[str, list[float]
     with Network(hosts=3) as net:
         progress("starting a broker and three runtimes in namespaces")
         b = Bench(net, root, args.grace, args.interval)
-        wait_until("rt-a answering pings", lambda: any(r.get("leader") == "rt-a" for r in b.watch.records()
-                                                         if r["ev"] == "reply"), 30)
+        wait_until(
+            "rt-a answering pings",
+            lambda: any(r.get("leader") == "rt-a" for r in b.watch.records() if r["ev"] == "reply"),
+            30,
+        )
 
         progress("SIGKILL of the leader rt-a")
         killed = time.time()
@@ -172,8 +176,9 @@ def one_run(root: Path, args: argparse.Namespace, results: dict[str, list[float]
         time.sleep(1.0)
         stopped = freeze(b.runtimes[leader].process.pid, busy=False)[0]
         try:
-            wait_until("another leader answering", lambda: silence(b.watch.records(), stopped)[1],
-                       args.freeze - 0.5, step=0.05)
+            wait_until(
+                "another leader answering", lambda: silence(b.watch.records(), stopped)[1], args.freeze - 0.5, step=0.05
+            )
             time.sleep(max(0.0, stopped + args.freeze - time.time()))
         finally:
             os.kill(b.runtimes[leader].process.pid, signal.SIGCONT)
@@ -194,9 +199,13 @@ def one_run(root: Path, args: argparse.Namespace, results: dict[str, list[float]
         cut = time.time()
         b.hosts[victim].cut()
         try:
+
             def elsewhere() -> list[dict[str, Any]]:
-                return [row for row in b.ps() if row.get("job") == job and row["state"] == "running"
-                        and row["runtime"] != victim]
+                return [
+                    row
+                    for row in b.ps()
+                    if row.get("job") == job and row["state"] == "running" and row["runtime"] != victim
+                ]
 
             wait_until("the job restarted elsewhere", elsewhere, args.cut - 0.5, step=0.2)
             results["restart"].append(time.time() - cut)
@@ -210,8 +219,9 @@ def one_run(root: Path, args: argparse.Namespace, results: dict[str, list[float]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="needs root (network namespaces, iptables); see docs/failures.md")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="needs root (network namespaces, iptables); see docs/failures.md"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="fresh networks to measure in (default 3)")
     parser.add_argument("--freeze", type=float, default=8.0, help="seconds the leader stays SIGSTOPped (default 8)")
     parser.add_argument("--grace", type=float, default=3.0, help="--disconnect-grace of the runtimes (default 3)")
@@ -246,20 +256,30 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     n = len(results["kill"])
     w = 60
-    print(f"\nOneOS faults, 3 namespace hosts, {os.cpu_count()} CPUs, stats interval {INTERVAL:g}s, "
-          f"ping every {args.interval * 1000:.0f} ms, {n} run(s); seconds")
+    print(
+        f"\nOneOS faults, 3 namespace hosts, {os.cpu_count()} CPUs, stats interval {INTERVAL:g}s, "
+        f"ping every {args.interval * 1000:.0f} ms, {n} run(s); seconds"
+    )
     print(f"{'leader SIGKILL -> ping answered by a new leader':{w}} {stats(results['kill'])}")
-    print(f"{'':{w}}   lease bound {LEASE_BOUND:.1f} = keepalive {KEEPALIVE:g} + margin {MARGIN:g} + settle {SETTLE:g} "
-          f"(the will comes at once)")
+    print(
+        f"{'':{w}}   lease bound {LEASE_BOUND:.1f} = keepalive {KEEPALIVE:g} + margin {MARGIN:g} + settle {SETTLE:g} "
+        f"(the will comes at once)"
+    )
     print(f"{f'leader SIGSTOP ({args.freeze:g}s, idle) -> ping answered by a new leader':{w}} {stats(results['stop'])}")
-    print(f"{'':{w}}   lease bound {LEASE_BOUND:.1f}; expected staleness {3 * INTERVAL:g} + lease {KEEPALIVE:g} + "
-          f"margin {MARGIN:g} = {STOP_BOUND:.1f} after its last status, worst {STOP_WORST:.1f} "
-          f"(will at 1.5 x keepalive)")
-    print(f"{'  answers by the frozen leader to pings sent while frozen':{w}} "
-          f"{', '.join(str(int(x)) for x in results['stale']) or 'n/a'} (must be 0)")
+    print(
+        f"{'':{w}}   lease bound {LEASE_BOUND:.1f}; expected staleness {3 * INTERVAL:g} + lease {KEEPALIVE:g} + "
+        f"margin {MARGIN:g} = {STOP_BOUND:.1f} after its last status, worst {STOP_WORST:.1f} "
+        f"(will at 1.5 x keepalive)"
+    )
+    print(
+        f"{'  answers by the frozen leader to pings sent while frozen':{w}} "
+        f"{', '.join(str(int(x)) for x in results['stale']) or 'n/a'} (must be 0)"
+    )
     print(f"{'cut of an agent host -> job running elsewhere (ps)':{w}} {stats(results['restart'])}")
-    print(f"{'':{w}}   expected staleness {3 * INTERVAL:g} + grace {args.grace:g} = {3 * INTERVAL + args.grace:.1f} "
-          f"+ spawn; ps polled ~every 0.4 s")
+    print(
+        f"{'':{w}}   expected staleness {3 * INTERVAL:g} + grace {args.grace:g} = {3 * INTERVAL + args.grace:.1f} "
+        f"+ spawn; ps polled ~every 0.4 s"
+    )
     print(f"{'heal -> superseded agent killed (process gone)':{w}} {stats(results['supersede'])}")
     return 1 if failed else 0
 

@@ -122,15 +122,24 @@ def through_service(svc: Service, total: int, count: int) -> dict[str, float]:
     assert len(rows) == count
     svc.call(svc.fs.remove, "/small", recursive=True)
     svc.call(svc.fs.remove, "/bench.bin")
-    return {"write": total / write_s / 1e6, "read": total / read_s / 1e6,
-            "create": count / create_s, "stat": count / stat_s, "list": count / list_s}
+    return {
+        "write": total / write_s / 1e6,
+        "read": total / read_s / 1e6,
+        "create": count / create_s,
+        "stat": count / stat_s,
+        "list": count / list_s,
+    }
 
 
-def row(name: str, service: dict[str, float], baseline: dict[str, float], unit: str, keys: tuple[str, ...]) -> list[str]:
+def row(
+    name: str, service: dict[str, float], baseline: dict[str, float], unit: str, keys: tuple[str, ...]
+) -> list[str]:
     out = []
     for k in keys:
         ratio = baseline[k] / service[k] if service[k] else float("inf")
-        out.append(f"  {name:<8} {k:<7} service {service[k]:>10.1f} {unit:<6} raw {baseline[k]:>10.1f} {unit:<6} raw/service {ratio:5.2f}x")
+        out.append(
+            f"  {name:<8} {k:<7} service {service[k]:>10.1f} {unit:<6} raw {baseline[k]:>10.1f} {unit:<6} raw/service {ratio:5.2f}x"
+        )
     return out
 
 
@@ -144,10 +153,13 @@ def main() -> None:
     mongo = mongo_server_from_env_or_start(work / "mongo")
     results = []
     try:
-        for name, store in (("sqlite", f"sqlite:///{work / 'svc.sqlite3'}"), ("mongodb", mongo.url(f"bench_{uuid.uuid4().hex[:8]}"))):
+        for name, store in (
+            ("sqlite", f"sqlite:///{work / 'svc.sqlite3'}"),
+            ("mongodb", mongo.url(f"bench_{uuid.uuid4().hex[:8]}")),
+        ):
             rt = EmbeddedRuntime(work / name, "--store", store)
             try:
-                wait_for("the file system", lambda: "file system serving" in rt.log(), deadline=60, logs=rt.log)
+                wait_for("the file system", lambda: "file system serving" in rt.log(), deadline=60, logs=rt.log)  # noqa: B023 - called before the loop moves on
                 svc = Service(rt.url)
                 try:
                     service = through_service(svc, total, args.files)
@@ -167,7 +179,9 @@ def main() -> None:
             results += row(name, service, baseline, "ops/s", ("create", "stat", "list"))
     finally:
         mongo.stop()
-    print(f"file-system service vs raw backend: {args.size_mib} MiB stream, {args.files} small files, {os.cpu_count()} cores")
+    print(
+        f"file-system service vs raw backend: {args.size_mib} MiB stream, {args.files} small files, {os.cpu_count()} cores"
+    )
     print("\n".join(results))
 
 

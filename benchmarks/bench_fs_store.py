@@ -27,7 +27,6 @@ import sqlite3
 import sys
 import tempfile
 import time
-
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +241,7 @@ def mongo_raw_small(url: str, db_name: str, count: int) -> dict[str, float]:
 
 def table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))  # noqa: E731
     return "\n".join([title, line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
@@ -282,17 +281,21 @@ async def run(args: argparse.Namespace, mongo_base: str | None, workdir: Path) -
                 client.drop_database(name)
 
     print()
-    print(table(
-        f"Streaming one {args.size_mib:g} MiB file ({CHUNK_SIZE // 1024} KiB chunks)",
-        ("backend", "write MiB/s", "read MiB/s", "peak RSS +MiB"),
-        stream_rows,
-    ))
+    print(
+        table(
+            f"Streaming one {args.size_mib:g} MiB file ({CHUNK_SIZE // 1024} KiB chunks)",
+            ("backend", "write MiB/s", "read MiB/s", "peak RSS +MiB"),
+            stream_rows,
+        )
+    )
     print()
-    print(table(
-        f"{args.files} small files ({len(SMALL)} bytes) in one directory",
-        ("backend", "create/s", "stat/s", "list entries/s"),
-        meta_rows,
-    ))
+    print(
+        table(
+            f"{args.files} small files ({len(SMALL)} bytes) in one directory",
+            ("backend", "create/s", "stat/s", "list entries/s"),
+            meta_rows,
+        )
+    )
     print()
     print(f"mongo server: {mongo_base or 'not used'}")
 
@@ -334,4 +337,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

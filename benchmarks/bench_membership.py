@@ -106,9 +106,15 @@ def start_runtimes(n: int, url: str, root: Path, tag: str) -> list[subprocess.Po
         home = root / f"{tag}-{i}"
         home.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, ONEOS_HOME=str(home))
-        procs.append(subprocess.Popen(
-            twistd_command("oneosd", "--id", f"{tag}-{i}", "--pubsub", url, "--broker", "external"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=home))
+        procs.append(
+            subprocess.Popen(
+                twistd_command("oneosd", "--id", f"{tag}-{i}", "--pubsub", url, "--broker", "external"),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                cwd=home,
+            )
+        )
     return procs
 
 
@@ -230,8 +236,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-"))
     port = free_port()
     url = f"mqtt://127.0.0.1:{port}"
-    broker = subprocess.Popen(twistd_command("oneospsd", "--port", str(port), "--interface", "127.0.0.1", "--allow-anonymous"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root)
+    broker = subprocess.Popen(
+        twistd_command("oneospsd", "--port", str(port), "--interface", "127.0.0.1", "--allow-anonymous"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=root,
+    )
     try:
         wait_port(port, time.monotonic() + 30)
         obs = Observer(url)
@@ -245,11 +255,15 @@ def main() -> None:
         print()
         keepalive = 2
         det = sorted(bench_detection(url, obs, root, keepalive, args.kill_rounds))
-        print(f"SIGKILL -> seen dead (s), {len(det)} rounds: min {det[0]:.3f}  median {det[len(det)//2]:.3f}  max {det[-1]:.3f}"
-              f"   | baseline: keepalive-only bound {1.5 * keepalive:.1f}")
+        print(
+            f"SIGKILL -> seen dead (s), {len(det)} rounds: min {det[0]:.3f}  median {det[len(det) // 2]:.3f}  max {det[-1]:.3f}"
+            f"   | baseline: keepalive-only bound {1.5 * keepalive:.1f}"
+        )
         fo = sorted(bench_failover(url, obs, root, args.failover_rounds))
-        print(f"SIGKILL of leader -> new leader (s), {len(fo)} rounds: min {fo[0]:.3f}  median {fo[len(fo)//2]:.3f}  max {fo[-1]:.3f}"
-              f"   | target: under 5.0 (election settle time 0.5)")
+        print(
+            f"SIGKILL of leader -> new leader (s), {len(fo)} rounds: min {fo[0]:.3f}  median {fo[len(fo) // 2]:.3f}  max {fo[-1]:.3f}"
+            f"   | target: under 5.0 (election settle time 0.5)"
+        )
         rss, bare = bench_idle_rss(url, obs, root, settle=3.0)
         print(f"idle RSS of one runtime: {rss:.1f} MiB   | baseline: idle bare Twisted reactor {bare:.1f} MiB")
     finally:

@@ -41,9 +41,8 @@ def pct(values: list[float], p: float) -> float:
 def setup(mode: str, root: Path) -> tuple[str, Path, list[subprocess.Popen], object]:
     """Start the broker and runtimes for *mode*: (broker URL, the admin's ONEOS_HOME, runtimes, broker)."""
     from _brokers import start_oneospsd
-
-    from oneos.security.credentials import ADMIN_IDENTITY
     from oneos.security import credentials, tls
+    from oneos.security.credentials import ADMIN_IDENTITY
     from oneos.twistd import twistd_command
 
     admin = root / "admin"
@@ -51,17 +50,24 @@ def setup(mode: str, root: Path) -> tuple[str, Path, list[subprocess.Popen], obj
     extra_broker: list[str] = []
     scheme = "mqtt"
     if mode == "tls":
-        made = subprocess.run([sys.executable, "-m", "oneos.cli.main", "tls", "init", "--name", "127.0.0.1",
-                               "--name", "localhost"], env=dict(os.environ, ONEOS_HOME=str(admin)),
-                              capture_output=True, text=True)
+        made = subprocess.run(
+            [sys.executable, "-m", "oneos.cli.main", "tls", "init", "--name", "127.0.0.1", "--name", "localhost"],
+            env=dict(os.environ, ONEOS_HOME=str(admin)),
+            capture_output=True,
+            text=True,
+        )
         if made.returncode != 0:
             raise SystemExit(f"oneos tls init failed: {made.stderr}")
         extra_broker = ["--tls"]
         scheme = "mqtts"
     if mode != "open":
         credentials.create(admin, ADMIN_IDENTITY)
-    broker = start_oneospsd(root / "broker", allow_anonymous=(mode == "open"),
-                            env=dict(os.environ, ONEOS_HOME=str(admin)), extra=extra_broker)
+    broker = start_oneospsd(
+        root / "broker",
+        allow_anonymous=(mode == "open"),
+        env=dict(os.environ, ONEOS_HOME=str(admin)),
+        extra=extra_broker,
+    )
     url = f"{scheme}://127.0.0.1:{broker.port}"
     procs = []
     for rid in ("rt-1", "rt-2"):
@@ -72,11 +78,17 @@ def setup(mode: str, root: Path) -> tuple[str, Path, list[subprocess.Popen], obj
             credentials.save(home, credentials.issue(network, rid, url))
         if mode == "tls":
             tls.install(home, tls.bundle(admin, ["127.0.0.1", "localhost"]))
-        procs.append(subprocess.Popen(
-            twistd_command("oneosd", "--id", rid, "--pubsub", url, "--broker", "external", "--ssh", "",
-                           "--stats-interval", "1"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, ONEOS_HOME=str(home)),
-            cwd=home))
+        procs.append(
+            subprocess.Popen(
+                twistd_command(
+                    "oneosd", "--id", rid, "--pubsub", url, "--broker", "external", "--ssh", "", "--stats-interval", "1"
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=dict(os.environ, ONEOS_HOME=str(home)),
+                cwd=home,
+            )
+        )
     return url, admin, procs, broker
 
 
@@ -113,14 +125,31 @@ def measure(mode: str, rounds: int, pipe_mib: int) -> dict:
             spawn.append(c.wait_ended(info["id"]) - t0)
         size = pipe_mib << 20
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", url, "--pipe",
-                            f"head -c {size} /dev/zero @rt-1 | wc -c @rt-2"], capture_output=True, timeout=600)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "oneos.cli.main",
+                "run",
+                "--pubsub",
+                url,
+                "--pipe",
+                f"head -c {size} /dev/zero @rt-1 | wc -c @rt-2",
+            ],
+            capture_output=True,
+            timeout=600,
+        )
         dt = time.perf_counter() - t0
         if r.stdout.strip() != str(size).encode():
             raise SystemExit(f"{mode}: the pipe delivered {r.stdout!r}: {r.stderr.decode(errors='replace')}")
-        return {"mode": mode, "rtt_p50_ms": pct(rtt, 50) * 1e3, "rtt_p99_ms": pct(rtt, 99) * 1e3,
-                "spawn_p50_ms": pct(spawn, 50) * 1e3, "spawn_p99_ms": pct(spawn, 99) * 1e3,
-                "pipe_mb_s": size / dt / 1e6}
+        return {
+            "mode": mode,
+            "rtt_p50_ms": pct(rtt, 50) * 1e3,
+            "rtt_p99_ms": pct(rtt, 99) * 1e3,
+            "spawn_p50_ms": pct(spawn, 50) * 1e3,
+            "spawn_p99_ms": pct(spawn, 99) * 1e3,
+            "pipe_mb_s": size / dt / 1e6,
+        }
     finally:
         for p in procs:
             p.terminate()
@@ -144,21 +173,30 @@ def main() -> None:
         return
     rows = []
     for mode in args.modes.split(","):
-        r = subprocess.run([sys.executable, __file__, "--one", mode, "--rounds", str(args.rounds),
-                            "--pipe-mib", str(args.pipe_mib)], capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, __file__, "--one", mode, "--rounds", str(args.rounds), "--pipe-mib", str(args.pipe_mib)],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             print(f"{mode}: not measured: {(r.stderr or r.stdout).strip().splitlines()[-1:]}", file=sys.stderr)
             continue
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
     base = next((row for row in rows if row["mode"] == "open"), None)
-    print(f"security cost, {args.rounds} spawns, {args.rounds * 4} pings, {args.pipe_mib} MiB pipe per mode "
-          "(baseline: open, measured in this run)")
-    print(f"{'mode':<6} {'rpc p50 ms':>11} {'rpc p99 ms':>11} {'spawn p50 ms':>13} {'spawn p99 ms':>13} "
-          f"{'pipe MB/s':>10} {'vs open':>8}")
+    print(
+        f"security cost, {args.rounds} spawns, {args.rounds * 4} pings, {args.pipe_mib} MiB pipe per mode "
+        "(baseline: open, measured in this run)"
+    )
+    print(
+        f"{'mode':<6} {'rpc p50 ms':>11} {'rpc p99 ms':>11} {'spawn p50 ms':>13} {'spawn p99 ms':>13} "
+        f"{'pipe MB/s':>10} {'vs open':>8}"
+    )
     for row in rows:
         ratio = f"{row['pipe_mb_s'] / base['pipe_mb_s']:.2f}x" if base else "-"
-        print(f"{row['mode']:<6} {row['rtt_p50_ms']:>11.2f} {row['rtt_p99_ms']:>11.2f} {row['spawn_p50_ms']:>13.1f} "
-              f"{row['spawn_p99_ms']:>13.1f} {row['pipe_mb_s']:>10.1f} {ratio:>8}")
+        print(
+            f"{row['mode']:<6} {row['rtt_p50_ms']:>11.2f} {row['rtt_p99_ms']:>11.2f} {row['spawn_p50_ms']:>13.1f} "
+            f"{row['spawn_p99_ms']:>13.1f} {row['pipe_mb_s']:>10.1f} {ratio:>8}"
+        )
 
 
 if __name__ == "__main__":

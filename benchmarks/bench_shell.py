@@ -136,11 +136,34 @@ class Target:
     def ssh_base(self) -> list[str]:
         """The OpenSSH client, identical options for both servers (no user/system config, no agent, pinned host key)."""
         assert self.key is not None
-        return ["ssh", "-F", "/dev/null", "-p", str(self.port), "-i", str(self.key),
-                "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
-                "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "LogLevel=ERROR",
-                "-o", f"ConnectTimeout={int(STEP_TIMEOUT)}", *(["-o", f"KexAlgorithms={KEX}"] if KEX else [])]
+        return [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(self.port),
+            "-i",
+            str(self.key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            f"ConnectTimeout={int(STEP_TIMEOUT)}",
+            *(["-o", f"KexAlgorithms={KEX}"] if KEX else []),
+        ]
 
     def exec_argv(self, line: str) -> list[str]:
         return [*self.ssh_base(), "-T", f"{self.user}@127.0.0.1", "--", line]
@@ -149,12 +172,19 @@ class Target:
         """The key exchange the client and this server agree on (from one 'ssh -v' login)."""
         argv = [a.replace("LogLevel=ERROR", "LogLevel=DEBUG1") for a in self.exec_argv("true")]
         try:
-            r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=STEP_TIMEOUT, stdin=subprocess.DEVNULL)
+            r = subprocess.run(
+                argv, check=False, capture_output=True, text=True, timeout=STEP_TIMEOUT, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired:
             return "?"
-        found = [line.split("kex: algorithm:", 1)[1].strip() for line in r.stderr.splitlines() if "kex: algorithm:" in line]
-        hostkey = [line.split("kex: host key algorithm:", 1)[1].strip() for line in r.stderr.splitlines()
-                   if "kex: host key algorithm:" in line]
+        found = [
+            line.split("kex: algorithm:", 1)[1].strip() for line in r.stderr.splitlines() if "kex: algorithm:" in line
+        ]
+        hostkey = [
+            line.split("kex: host key algorithm:", 1)[1].strip()
+            for line in r.stderr.splitlines()
+            if "kex: host key algorithm:" in line
+        ]
         return f"kex {found[0] if found else '?'}, host key {hostkey[0] if hostkey else '?'}"
 
     def session_argv(self) -> list[str]:
@@ -164,6 +194,7 @@ class Target:
         fields = public_key_file.read_text().split()[:2]
         with open(self.known_hosts, "a") as f:
             f.write(f"[127.0.0.1]:{self.port} {' '.join(fields)}\n")
+
 
 class OneOSTarget(Target):
     name = "OneOS"
@@ -178,14 +209,28 @@ class OneOSTarget(Target):
         self.home.mkdir()
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{free_port()}"
-        (self.home / "config.json").write_text(json.dumps({"listen": {
-            "ssh": f"tcp:{self.port}:interface=127.0.0.1", "telnet": "", "desktop": "",
-            "pipe": "tcp:0:interface=127.0.0.1"}}))
+        (self.home / "config.json").write_text(
+            json.dumps(
+                {
+                    "listen": {
+                        "ssh": f"tcp:{self.port}:interface=127.0.0.1",
+                        "telnet": "",
+                        "desktop": "",
+                        "pipe": "tcp:0:interface=127.0.0.1",
+                    }
+                }
+            )
+        )
         self.log_path = self.root / "oneos-runtime.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, ONEOS_HOME=str(self.home), PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(twistd_command("oneosd", "--id", "bench", "--pubsub", self.url),
-                                        stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.home)
+        self.process = subprocess.Popen(
+            twistd_command("oneosd", "--id", "bench", "--pubsub", self.url),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.home,
+        )
         t0 = time.monotonic()
 
         def up() -> bool:
@@ -206,8 +251,9 @@ class OneOSTarget(Target):
 
     def _probe(self) -> bool:
         try:
-            r = subprocess.run(self.exec_argv("ls /"), check=False, capture_output=True, timeout=STEP_TIMEOUT,
-                               stdin=subprocess.DEVNULL)
+            r = subprocess.run(
+                self.exec_argv("ls /"), check=False, capture_output=True, timeout=STEP_TIMEOUT, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired:
             return False
         return r.returncode == 0
@@ -242,42 +288,54 @@ class OpenSSHTarget(Target):
         self.dir.mkdir()
         self.port = free_port()
         host_key = self.dir / "ssh_host_ed25519_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench-sshd", "-f", str(host_key)],
-                       check=True, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench-sshd", "-f", str(host_key)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
         authorized = self.dir / "authorized_keys"
         assert self.key is not None
         authorized.write_text(" ".join(Path(f"{self.key}.pub").read_text().split()[:2]) + "\n")
         authorized.chmod(0o600)
         self.config = self.dir / "sshd_config"
-        self.config.write_text("\n".join([
-            f"Port {self.port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {host_key}",
-            f"PidFile {self.dir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {authorized}",
-            "PermitRootLogin prohibit-password",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "StrictModes no",
-            "UseDNS no",
-            "PrintMotd no",
-            "PrintLastLog no",
-            "X11Forwarding no",
-            "AllowTcpForwarding no",
-            "AllowAgentForwarding no",
-            "LogLevel INFO",
-            # bash reads ~/.bashrc for 'sshd: bash -c LINE' only when SHLVL < 2 after its own
-            # increment: SHLVL=1 keeps this machine's dotfiles out of the baseline (--startup-files).
-            *([] if self.startup_files else ["SetEnv SHLVL=1"]),
-            "",
-        ]))
+        self.config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {host_key}",
+                    f"PidFile {self.dir / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {authorized}",
+                    "PermitRootLogin prohibit-password",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "UseDNS no",
+                    "PrintMotd no",
+                    "PrintLastLog no",
+                    "X11Forwarding no",
+                    "AllowTcpForwarding no",
+                    "AllowAgentForwarding no",
+                    "LogLevel INFO",
+                    # bash reads ~/.bashrc for 'sshd: bash -c LINE' only when SHLVL < 2 after its own
+                    # increment: SHLVL=1 keeps this machine's dotfiles out of the baseline (--startup-files).
+                    *([] if self.startup_files else ["SetEnv SHLVL=1"]),
+                    "",
+                ]
+            )
+        )
         self.log_path = self.dir / "sshd.log"
         self._log = open(self.log_path, "wb")
         # -e: log to stderr (our file) instead of syslog.
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=self._log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir)
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.dir,
+        )
 
         def up() -> bool:
             if self.process.poll() is not None:
@@ -290,8 +348,14 @@ class OpenSSHTarget(Target):
 
         wait_until("sshd to listen", up, 30, self.log)
         self.pin_host_key(host_key.with_name(host_key.name + ".pub"))
-        r = subprocess.run(self.exec_argv("true"), check=False, capture_output=True, text=True, timeout=STEP_TIMEOUT,
-                           stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            self.exec_argv("true"),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
         if r.returncode != 0:
             raise BenchError(f"cannot log in to our sshd as {self.user}: {r.stderr.strip()}\n{self.log()[-1500:]}")
         login_shell = pwd.getpwnam(self.user).pw_shell
@@ -304,7 +368,6 @@ class OpenSSHTarget(Target):
         return [*argv, "--", "exec bash"] if self.via_exec_bash else argv
 
 
-
 # -- measurements --------------------------------------------------------------------------
 
 
@@ -314,14 +377,22 @@ def bench_session_start(target: Target, rounds: int) -> list[float]:
     for r in range(rounds + 1):
         t0 = time.perf_counter()
         try:
-            result = subprocess.run(target.exec_argv("true"), check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, timeout=STEP_TIMEOUT)
+            result = subprocess.run(
+                target.exec_argv("true"),
+                check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=STEP_TIMEOUT,
+            )
         except subprocess.TimeoutExpired:
             raise BenchError(f"{target.name}: 'ssh ... true' took more than {STEP_TIMEOUT:.0f}s") from None
         elapsed = time.perf_counter() - t0
         if result.returncode != 0:
-            raise BenchError(f"{target.name}: 'ssh ... true' exited {result.returncode}: "
-                             f"{result.stderr.decode(errors='replace').strip()}")
+            raise BenchError(
+                f"{target.name}: 'ssh ... true' exited {result.returncode}: "
+                f"{result.stderr.decode(errors='replace').strip()}"
+            )
         if r > 0:
             out.append(elapsed)
     return out
@@ -331,8 +402,9 @@ class LineSession:
     """One ``ssh -T`` session: write a line, read stdout until a marker line."""
 
     def __init__(self, argv: list[str]) -> None:
-        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        bufsize=0)
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
         self.fd = self.process.stdout.fileno()
         self.buffer = b""
         self.errors = bytearray()
@@ -361,8 +433,10 @@ class LineSession:
             if ready:
                 chunk = os.read(self.fd, 65536)
                 if not chunk:
-                    raise BenchError(f"the session ended (status {self.process.poll()}) while running {line!r}; "
-                                     f"stderr: {self.stderr()}")
+                    raise BenchError(
+                        f"the session ended (status {self.process.poll()}) while running {line!r}; "
+                        f"stderr: {self.stderr()}"
+                    )
                 self.buffer += chunk
         elapsed = time.perf_counter() - t0
         output, _, self.buffer = self.buffer.partition(want)
@@ -457,11 +531,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="session starts per system (default 30)")
     parser.add_argument("--commands", type=int, default=100, help="commands of each kind per session (default 100)")
-    parser.add_argument("--startup-files", action="store_true",
-                        help="let the baseline's 'bash -c LINE' read ~/.bashrc (off by default: it times this "
-                             "machine's dotfiles, not OpenSSH)")
-    parser.add_argument("--kex", metavar="ALG", help="force one key exchange on both (e.g. curve25519-sha256); "
-                                                     "default: whatever client and server agree on")
+    parser.add_argument(
+        "--startup-files",
+        action="store_true",
+        help="let the baseline's 'bash -c LINE' read ~/.bashrc (off by default: it times this "
+        "machine's dotfiles, not OpenSSH)",
+    )
+    parser.add_argument(
+        "--kex",
+        metavar="ALG",
+        help="force one key exchange on both (e.g. curve25519-sha256); default: whatever client and server agree on",
+    )
     args = parser.parse_args()
     global KEX
     KEX = args.kex
@@ -469,7 +549,9 @@ def main() -> int:
         parser.error("--rounds and --commands must be at least 1")
     for tool in ("ssh", "ssh-keygen"):
         if shutil.which(tool) is None:
-            print(f"the OpenSSH client tool '{tool}' is not installed (apt-get install openssh-client)", file=sys.stderr)
+            print(
+                f"the OpenSSH client tool '{tool}' is not installed (apt-get install openssh-client)", file=sys.stderr
+            )
             return 2
 
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop what we started.
@@ -484,14 +566,20 @@ def main() -> int:
     oneos = OneOSTarget(root, user)
     baseline: OpenSSHTarget | None = None
     try:
-        print(f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {sys.version.split()[0]}, "
-              f"client: {tool_version(['ssh', '-V'])}, user {user}")
-        print(f"rounds: {args.rounds} session starts (+1 warm-up), {args.commands} of each command "
-              f"(+3 warm-up) over one 'ssh -T' session, round-robin")
+        print(
+            f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {sys.version.split()[0]}, "
+            f"client: {tool_version(['ssh', '-V'])}, user {user}"
+        )
+        print(
+            f"rounds: {args.rounds} session starts (+1 warm-up), {args.commands} of each command "
+            f"(+3 warm-up) over one 'ssh -T' session, round-robin"
+        )
         print("  starting the OneOS runtime ...", file=sys.stderr, flush=True)
         oneos.start()
-        print(f"OneOS: runtime 'bench' on {oneos.url}, shell ssh on 127.0.0.1:{oneos.port} "
-              f"(answering 'ls /' {oneos.ready_after:.1f}s after launch); {oneos.kex()}")
+        print(
+            f"OneOS: runtime 'bench' on {oneos.url}, shell ssh on 127.0.0.1:{oneos.port} "
+            f"(answering 'ls /' {oneos.ready_after:.1f}s after launch); {oneos.kex()}"
+        )
         why = OpenSSHTarget.unavailable()
         if why is None:
             baseline = OpenSSHTarget(root, user, oneos.key, args.startup_files)  # the same client key
@@ -504,8 +592,10 @@ def main() -> int:
         if baseline is not None:
             shell = baseline.shell_note + (" (then 'exec bash')" if baseline.via_exec_bash else "")
             dotfiles = "reads ~/.bashrc" if args.startup_files else "~/.bashrc not read (SetEnv SHLVL=1)"
-            print(f"OpenSSH: {tool_version([SSHD, '-V'])} on 127.0.0.1:{baseline.port}, remote shell {shell}, "
-                  f"exec {dotfiles}; {baseline.kex()}")
+            print(
+                f"OpenSSH: {tool_version([SSHD, '-V'])} on 127.0.0.1:{baseline.port}, remote shell {shell}, "
+                f"exec {dotfiles}; {baseline.kex()}"
+            )
         else:
             print(f"OpenSSH baseline skipped: {why}")
         print()

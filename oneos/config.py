@@ -351,7 +351,7 @@ def parse_device_spec(text: str, index: int = 0) -> Device:
         raise ConfigError(where, f"{text!r} is not {DEVICE_SPEC_FORM}")
     name, direction, driver, *rest = text.strip().split(":", 3)
     options: dict[str, str] = {}
-    for item in (rest[0].split(",") if rest and rest[0].strip() else []):
+    for item in rest[0].split(",") if rest and rest[0].strip() else []:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq:
@@ -359,7 +359,9 @@ def parse_device_spec(text: str, index: int = 0) -> Device:
         if key in options:
             raise ConfigError(f"{where}.options.{key}", "given twice")
         options[key] = value.strip()
-    return _device({"name": name.strip(), "direction": direction.strip(), "driver": driver.strip(), "options": options}, index)
+    return _device(
+        {"name": name.strip(), "direction": direction.strip(), "driver": driver.strip(), "options": options}, index
+    )
 
 
 def _device(value: Any, index: int) -> Device:
@@ -367,7 +369,9 @@ def _device(value: Any, index: int) -> Device:
     if isinstance(value, str):
         return parse_device_spec(value, index)
     if not isinstance(value, dict):
-        raise ConfigError(where, f"expected an object {{name, direction, driver, options}} or {DEVICE_SPEC_FORM}, got {value!r}")
+        raise ConfigError(
+            where, f"expected an object {{name, direction, driver, options}} or {DEVICE_SPEC_FORM}, got {value!r}"
+        )
     for key in value:
         if key not in ("name", "direction", "driver", "options"):
             raise ConfigError(f"{where}.{key}", "unknown key (known: name, direction, driver, options)")
@@ -386,7 +390,10 @@ def _device(value: Any, index: int) -> Device:
     options: dict[str, str] = {}
     for key, option in given.items():
         if not isinstance(key, str) or not OPTION_KEY_PATTERN.match(key):
-            raise ConfigError(f"{where}.options", f"{key!r} is not an option name (a letter or '_', then letters, digits, '.', '_', '-')")
+            raise ConfigError(
+                f"{where}.options",
+                f"{key!r} is not an option name (a letter or '_', then letters, digits, '.', '_', '-')",
+            )
         if isinstance(option, bool) or not isinstance(option, (str, int, float)):
             raise ConfigError(f"{where}.options.{key}", f"expected a string, got {option!r}")
         options[key] = str(option)

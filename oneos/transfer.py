@@ -31,7 +31,8 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.application import service
 from twisted.internet import defer
@@ -284,7 +285,7 @@ class _ServerConnection(Protocol):
     is closed rather than held open forever.
     """
 
-    def __init__(self, server: "TransferServer") -> None:
+    def __init__(self, server: TransferServer) -> None:
         self.server = server
         self.buffer = b""
         self.parser = FrameParser()
@@ -303,8 +304,11 @@ class _ServerConnection(Protocol):
     def _no_token_line(self, timeout: float) -> None:
         self._line_timer = None
         peer = self.transport.getPeer()
-        log.info("closing a stream connection from {peer}: no token line within {t:g}s",
-                 peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}", t=timeout)
+        log.info(
+            "closing a stream connection from {peer}: no token line within {t:g}s",
+            peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
+            t=timeout,
+        )
         self.transport.abortConnection()  # it sends nothing; it may read nothing either
 
     def _stop_line_timer(self) -> None:
@@ -325,7 +329,9 @@ class _ServerConnection(Protocol):
             self.buffer = b""
             self.offer = self.server._claim(line.decode("ascii", "replace").strip())
             if self.offer is None:
-                self.transport.write(frame(ERROR, error_payload(TransferError("unknown or expired transfer token", "EACCES"))))
+                self.transport.write(
+                    frame(ERROR, error_payload(TransferError("unknown or expired transfer token", "EACCES")))
+                )
                 self.transport.loseConnection()
                 return
             if self.offer.source is not None:
@@ -376,7 +382,7 @@ class StreamFactory(Factory):
     """Builds server connections (named, as twistd logs 'StreamFactory starting on PORT')."""
 
     noisy = False
-    server: "TransferServer"
+    server: TransferServer
 
     def buildProtocol(self, addr: Any) -> _ServerConnection:
         return _ServerConnection(self.server)
@@ -387,8 +393,15 @@ class TransferServer(service.Service):
 
     name = "transfer"
 
-    def __init__(self, reactor: Any, endpoint: str = "tcp:0:interface=127.0.0.1", token_ttl: float = 30.0, clock: Any = None,
-                 token_line_timeout: float | None = TOKEN_LINE_TIMEOUT, tls: Any = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: str = "tcp:0:interface=127.0.0.1",
+        token_ttl: float = 30.0,
+        clock: Any = None,
+        token_line_timeout: float | None = TOKEN_LINE_TIMEOUT,
+        tls: Any = None,
+    ) -> None:
         self.reactor = reactor
         #: this machine's TLS (``oneos.security.tls.MachineTLS``: its ``server`` context factory is used);
         #: None: plain TCP.  Read when listening.
@@ -468,10 +481,18 @@ class TransferServer(service.Service):
             entry.sink.abort()
         if entry.result is not None and not entry.result.called:
             # The usual cause across machines: the peer cannot reach the address we advertise.
-            log.warn("nobody claimed a stream at {address} within {ttl:.0f}s (can the peer reach this address? "
-                     "see the 'address' setting and listen.pipe)", address=self.stream_address, ttl=self.token_ttl)
-            entry.result.errback(TransferError(f"nobody connected to stream address {self.stream_address} "
-                                               f"within {self.token_ttl:.0f}s", "ETIMEDOUT"))
+            log.warn(
+                "nobody claimed a stream at {address} within {ttl:.0f}s (can the peer reach this address? "
+                "see the 'address' setting and listen.pipe)",
+                address=self.stream_address,
+                ttl=self.token_ttl,
+            )
+            entry.result.errback(
+                TransferError(
+                    f"nobody connected to stream address {self.stream_address} within {self.token_ttl:.0f}s",
+                    "ETIMEDOUT",
+                )
+            )
 
 
 class _ClientConnection(Protocol):
@@ -586,11 +607,15 @@ def _connect(reactor: Any, host: str, port: int, proto: _ClientConnection, tls: 
             return proto.result
         endpoint = wrapClientTLS(trust.client_creator(host), endpoint)
         proto.address = shown
-        proto.trust_source = getattr(trust, "source", None) or getattr(getattr(trust, "trust", None), "source", "") \
-            or "the network's CA"
+        proto.trust_source = (
+            getattr(trust, "source", None) or getattr(getattr(trust, "trust", None), "source", "") or "the network's CA"
+        )
     d = endpoint.connect(Factory.forProtocol(lambda: proto))
-    d.addErrback(lambda f: proto._fail(Failure(TransferError(
-        f"cannot connect to stream address {shown}: {f.getErrorMessage()}", "ECONNREFUSED"))))
+    d.addErrback(
+        lambda f: proto._fail(
+            Failure(TransferError(f"cannot connect to stream address {shown}: {f.getErrorMessage()}", "ECONNREFUSED"))
+        )
+    )
     return proto.result
 
 

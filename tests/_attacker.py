@@ -26,8 +26,15 @@ DEADLINE = 15.0
 class MQTTPeer:
     """One raw MQTT connection; ``return_code`` is the broker's CONNACK answer."""
 
-    def __init__(self, url: str, username: str | None = None, password: str | None = None, *,
-                 client_id: str | None = None, will: mqtt.Will | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        client_id: str | None = None,
+        will: mqtt.Will | None = None,
+    ) -> None:
         parts = urlsplit(url)
         self.username = username
         self.client_id = client_id or f"peer-{uuid.uuid4().hex[:12]}"
@@ -45,7 +52,7 @@ class MQTTPeer:
         self.sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             data = self.sock.recv(65536)
-        except (socket.timeout, OSError):
+        except (TimeoutError, OSError):
             return False
         if not data:
             return False
@@ -112,8 +119,10 @@ class MQTTPeer:
             raise AssertionError(f"{me} may not read its own replies")
         corr = uuid.uuid4().hex
         self.publish(f"oneos/v1/rpc/{target}/{me}", rpc_request(corr, method, reply_to, **args))
-        found = self.wait_for(f"the answer to {method} on {target}",
-                              lambda p: p.topic == reply_to and json.loads(p.payload).get("id") == corr)
+        found = self.wait_for(
+            f"the answer to {method} on {target}",
+            lambda p: p.topic == reply_to and json.loads(p.payload).get("id") == corr,
+        )
         return json.loads(found.payload)
 
     def close(self) -> None:
@@ -126,8 +135,17 @@ class MQTTPeer:
 
 def rpc_request(corr: str, method: str, reply_to: str, **args: Any) -> bytes:
     """A request body as oneos/pubsub/rpc.py encodes it."""
-    return json.dumps({"v": 1, "type": "rpc.request", "id": corr, "method": method, "args": args,
-                       "reply_to": reply_to, "meta": {"timeout": 5.0}}).encode()
+    return json.dumps(
+        {
+            "v": 1,
+            "type": "rpc.request",
+            "id": corr,
+            "method": method,
+            "args": args,
+            "reply_to": reply_to,
+            "meta": {"timeout": 5.0},
+        }
+    ).encode()
 
 
 def publish_as(url: str, creds: Any, topic: str, payload: bytes) -> None:

@@ -69,7 +69,9 @@ class BrokerProcess:
         _wait_until(f"{self.argv[0]} (restart)", lambda: _accepts(self.host, self.port), deadline, self)
 
 
-def _spawn(argv: list[str], log_path: Path, append: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _spawn(
+    argv: list[str], log_path: Path, append: bool = False, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     with open(log_path, "ab" if append else "wb") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
 
@@ -105,7 +107,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def oneospsd_command(port: int, port_file: Path, interface: str = "127.0.0.1", allow_anonymous: bool = True) -> list[str]:
+def oneospsd_command(
+    port: int, port_file: Path, interface: str = "127.0.0.1", allow_anonymous: bool = True
+) -> list[str]:
     """argv of a foreground ``twistd oneospsd`` with the current interpreter.
 
     *allow_anonymous* (the default here) starts it with ``--allow-anonymous``:
@@ -118,8 +122,13 @@ def oneospsd_command(port: int, port_file: Path, interface: str = "127.0.0.1", a
     return argv + ["--allow-anonymous"] if allow_anonymous else argv
 
 
-def start_oneospsd(directory: Path, deadline: float = START_DEADLINE, allow_anonymous: bool = True,
-                   env: dict[str, str] | None = None, extra: list[str] | None = None) -> BrokerProcess:
+def start_oneospsd(
+    directory: Path,
+    deadline: float = START_DEADLINE,
+    allow_anonymous: bool = True,
+    env: dict[str, str] | None = None,
+    extra: list[str] | None = None,
+) -> BrokerProcess:
     """``twistd -n oneospsd --port 0`` on 127.0.0.1; the real port comes from ``--port-file``.
 
     *directory* holds the port file and ``oneospsd.log``.  Anonymous clients
@@ -152,8 +161,9 @@ def mosquitto_binary() -> str | None:
     return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 
 
-def start_mosquitto(directory: Path, deadline: float = START_DEADLINE, password_file: Path | None = None,
-                    acl_file: Path | None = None) -> BrokerProcess:
+def start_mosquitto(
+    directory: Path, deadline: float = START_DEADLINE, password_file: Path | None = None, acl_file: Path | None = None
+) -> BrokerProcess:
     """Mosquitto on a free loopback port: anonymous, no persistence, config under *directory*.
 
     With *password_file* (``oneos mosquitto`` or ``mosquitto_passwd``) it requires those credentials

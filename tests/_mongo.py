@@ -84,7 +84,9 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def start_secantus(directory: Path, deadline: float = 60.0, *, storage: str = ":memory:", port: int | None = None) -> MongoServer:
+def start_secantus(
+    directory: Path, deadline: float = 60.0, *, storage: str = ":memory:", port: int | None = None
+) -> MongoServer:
     """SecantusDB on a loopback port (a free one unless given); returns once it answers.
 
     *storage* is ``:memory:`` (gone when it stops) or a directory, so a test

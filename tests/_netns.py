@@ -73,8 +73,9 @@ class HostProcess:
         return self.process.poll() is None
 
 
-def start_in(host: Host, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
-             cwd: Path | None = None) -> HostProcess:
+def start_in(
+    host: Host, argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> HostProcess:
     """Start *argv* in *host* with output to *log_path* (the parent keeps no file open)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
@@ -82,8 +83,9 @@ def start_in(host: Host, argv: list[str], log_path: Path, env: dict[str, str] | 
     return HostProcess(host, process, log_path)
 
 
-def start_broker_in(host: Host, directory: Path, port: int = BROKER_PORT,
-                    deadline: float = START_DEADLINE, secure: bool = False) -> HostProcess:
+def start_broker_in(
+    host: Host, directory: Path, port: int = BROKER_PORT, deadline: float = START_DEADLINE, secure: bool = False
+) -> HostProcess:
     """``twistd oneospsd`` listening on *host*'s address; returns once it accepts there.
 
     *secure*: as shipped (identities on), its ONEOS_HOME ``directory/home`` holding the network secret
@@ -105,8 +107,9 @@ def start_runtime_in(host: Host, rid: str, url: str, root: Path, *extra: str) ->
     home = root / rid
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, ONEOS_HOME=str(home), PYTHONUNBUFFERED="1")
-    argv = twistd_command("oneosd", "--id", rid, "--pubsub", url, "--broker", "external",
-                          "--stats-interval", "0.5", *extra)
+    argv = twistd_command(
+        "oneosd", "--id", rid, "--pubsub", url, "--broker", "external", "--stats-interval", "0.5", *extra
+    )
     return start_in(host, argv, home / "runtime.log", env=env, cwd=home)
 
 

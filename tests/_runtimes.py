@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-
 from _brokers import free_port
 from oneos.twistd import twistd_command as twistd
 
@@ -39,9 +38,23 @@ class RuntimeProcess:
         # Many runtimes share this machine in tests: each front door on an ephemeral port unless the test says.
         configured = "ssh" in (config or {}).get("listen", {})
         door = () if configured or "--ssh" in extra else ("--ssh", "tcp:0:interface=127.0.0.1")
-        args = ["oneosd", "--id", rid, "--pubsub", url, "--broker", "external", "--stats-interval", "0.5", *door, *extra]
+        args = [
+            "oneosd",
+            "--id",
+            rid,
+            "--pubsub",
+            url,
+            "--broker",
+            "external",
+            "--stats-interval",
+            "0.5",
+            *door,
+            *extra,
+        ]
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(twistd(*args), stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.home)
+        self.process = subprocess.Popen(
+            twistd(*args), stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.home
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -66,7 +79,10 @@ def oneos(*args: str, env: dict | None = None, timeout: float = 60) -> subproces
     """Run the real ``oneos`` command."""
     return subprocess.run(
         [sys.executable, "-m", "oneos.cli.main", *args],
-        capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
     )
 
 
@@ -137,8 +153,13 @@ class EmbeddedRuntime:
         self.log_path = self.home / "runtime.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, ONEOS_HOME=str(self.home), PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(twistd("oneosd", "--id", "solo", "--pubsub", self.url, *extra),
-                                        stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.home)
+        self.process = subprocess.Popen(
+            twistd("oneosd", "--id", "solo", "--pubsub", self.url, *extra),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.home,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -38,8 +38,12 @@ def grid(tmp_path_factory):
     broker = start_oneospsd(root / "broker")
     procs = {f"rt-{i}": RuntimeProcess(f"rt-{i}", broker.url, root) for i in (1, 2, 3)}
     logs = lambda: "\n".join(f"== {p.id}\n{p.log()[-2000:]}" for p in procs.values())  # noqa: E731
-    wait_for("3 live runtimes and a leader", lambda: (v := statuses(broker.url)) and len(live(v)) == 3 and len(leaders(v)) == 1,
-             deadline=60, logs=logs)
+    wait_for(
+        "3 live runtimes and a leader",
+        lambda: (v := statuses(broker.url)) and len(live(v)) == 3 and len(leaders(v)) == 1,
+        deadline=60,
+        logs=logs,
+    )
     grid = type("Grid", (), {"url": broker.url, "procs": procs, "logs": staticmethod(logs), "root": root})
     yield grid
     for p in procs.values():
@@ -48,8 +52,12 @@ def grid(tmp_path_factory):
 
 
 def run(grid, *args, input=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "oneos.cli.main", *args[:1], "--pubsub", grid.url, *args[1:]],
-                          capture_output=True, input=input, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "oneos.cli.main", *args[:1], "--pubsub", grid.url, *args[1:]],
+        capture_output=True,
+        input=input,
+        timeout=timeout,
+    )
 
 
 def test_remote_run_output_and_exit_code(grid):
@@ -58,7 +66,16 @@ def test_remote_run_output_and_exit_code(grid):
 
 
 def test_stdin_is_forwarded(grid):
-    r = run(grid, "run", "--on", "rt-3", "python3", "-c", "import sys; print(sys.stdin.read().upper(), end='')", input=b"hello\n")
+    r = run(
+        grid,
+        "run",
+        "--on",
+        "rt-3",
+        "python3",
+        "-c",
+        "import sys; print(sys.stdin.read().upper(), end='')",
+        input=b"hello\n",
+    )
     assert (r.returncode, r.stdout) == (0, b"HELLO\n")
 
 
@@ -83,11 +100,18 @@ def test_program_from_the_oneos_file_system_and_file_redirection(grid, tmp_path)
 
 
 def test_pipes_are_listed_with_their_bytes(grid):
-    proc = subprocess.Popen([sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", grid.url, "--pipe",
-                             "yes @rt-1 | sleep 300 @rt-2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", grid.url, "--pipe", "yes @rt-1 | sleep 300 @rt-2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        rows = wait_for("the pipe to be listed with bytes",
-                        lambda: [p for p in json.loads(run(grid, "pipes", "--json").stdout) if p["bytes"] > 0 and p["state"] == "running"])
+        rows = wait_for(
+            "the pipe to be listed with bytes",
+            lambda: [
+                p for p in json.loads(run(grid, "pipes", "--json").stdout) if p["bytes"] > 0 and p["state"] == "running"
+            ],
+        )
         assert rows[0]["from"].endswith("@rt-1") and rows[0]["to"].endswith("@rt-2")
     finally:
         for r in json.loads(run(grid, "ps", "--json").stdout):
@@ -98,13 +122,26 @@ def test_pipes_are_listed_with_their_bytes(grid):
 
 def test_slow_reader_bounds_memory(grid, public_dir):
     slow = public_dir / "slow.py"
-    slow.write_text("import sys, time\nn = 0\nwhile True:\n    b = sys.stdin.buffer.read(65536)\n    if not b: break\n"
-                    "    n += len(b); time.sleep(0.002)\nprint(n)\n")
+    slow.write_text(
+        "import sys, time\nn = 0\nwhile True:\n    b = sys.stdin.buffer.read(65536)\n    if not b: break\n"
+        "    n += len(b); time.sleep(0.002)\nprint(n)\n"
+    )
     writer_rt = psutil.Process(grid.procs["rt-1"].process.pid)
     reader_rt = psutil.Process(grid.procs["rt-2"].process.pid)
     before = max(writer_rt.memory_info().rss, reader_rt.memory_info().rss)
-    proc = subprocess.Popen([sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", grid.url, "--pipe",
-                             f"head -c 150000000 /dev/zero @rt-1 | python3 {slow} @rt-2"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oneos.cli.main",
+            "run",
+            "--pubsub",
+            grid.url,
+            "--pipe",
+            f"head -c 150000000 /dev/zero @rt-1 | python3 {slow} @rt-2",
+        ],
+        stdout=subprocess.PIPE,
+    )
     peak = 0
     while proc.poll() is None:
         peak = max(peak, writer_rt.memory_info().rss, reader_rt.memory_info().rss)
@@ -122,8 +159,12 @@ def test_ps_kill_pause_resume(grid):
     assert b"paused" in run(grid, "pause", agent_id).stdout
     assert b"running" in run(grid, "resume", agent_id).stdout
     assert run(grid, "kill", agent_id).returncode == 0
-    wait_for("the agent to be killed",
-             lambda: {r["id"]: r for r in json.loads(run(grid, "ps", "--json", "--all").stdout)}[agent_id]["state"] == "killed")
+    wait_for(
+        "the agent to be killed",
+        lambda: (
+            {r["id"]: r for r in json.loads(run(grid, "ps", "--json", "--all").stdout)}[agent_id]["state"] == "killed"
+        ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,9 +185,15 @@ def test_bad_input_is_a_plain_error(grid, args, message):
 
 
 def test_reader_that_never_reads_can_be_killed(grid):
-    proc = subprocess.Popen([sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", grid.url, "--pipe",
-                             "yes @rt-1 | sleep 300 @rt-2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for("both stages running", lambda: {r["name"] for r in json.loads(run(grid, "ps", "--json").stdout)} >= {"yes", "sleep"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", grid.url, "--pipe", "yes @rt-1 | sleep 300 @rt-2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(
+        "both stages running",
+        lambda: {r["name"] for r in json.loads(run(grid, "ps", "--json").stdout)} >= {"yes", "sleep"},
+    )
     rows = json.loads(run(grid, "ps", "--json").stdout)
     sleeper = next(r for r in rows if r["name"] == "sleep")
     yes = next(r for r in rows if r["name"] == "yes")
@@ -154,21 +201,32 @@ def test_reader_that_never_reads_can_be_killed(grid):
     run(grid, "kill", sleeper["id"])
     code = proc.wait(timeout=60)
     assert code == 128 + signal.SIGTERM
-    wait_for("the writer to be stopped too",
-             lambda: {r["id"]: r for r in json.loads(run(grid, "ps", "--json", "--all").stdout)}[yes["id"]]["state"] != "running")
+    wait_for(
+        "the writer to be stopped too",
+        lambda: (
+            {r["id"]: r for r in json.loads(run(grid, "ps", "--json", "--all").stdout)}[yes["id"]]["state"] != "running"
+        ),
+    )
 
 
 def test_runtime_dying_mid_pipe_ends_with_an_error(grid):
     victim = RuntimeProcess("rt-victim", grid.url, grid.root, "--no-kernel")
     wait_for("the victim to join", lambda: live(statuses(grid.url)).get("rt-victim"))
-    proc = subprocess.Popen([sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", grid.url, "--pipe",
-                             "yes @rt-1 | cat @rt-victim"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", grid.url, "--pipe", "yes @rt-1 | cat @rt-victim"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     wait_for("the pipe to flow", lambda: any(r["name"] == "cat" for r in json.loads(run(grid, "ps", "--json").stdout)))
     victim.kill(signal.SIGKILL)
     code = proc.wait(timeout=60)
     assert code != 0
-    wait_for("the writer stage to be stopped",
-             lambda: all(r["state"] != "running" for r in json.loads(run(grid, "ps", "--json").stdout) if r["name"] == "yes"))
+    wait_for(
+        "the writer stage to be stopped",
+        lambda: all(
+            r["state"] != "running" for r in json.loads(run(grid, "ps", "--json").stdout) if r["name"] == "yes"
+        ),
+    )
 
 
 def test_restart_on_failure_after_runtime_sigkill(grid):
@@ -181,10 +239,15 @@ def test_restart_on_failure_after_runtime_sigkill(grid):
     def restarted():
         rows = json.loads(run(grid, "ps", "--json", "--all").stdout)
         old = next((r for r in rows if r["id"] == agent_id), None)
-        new = [r for r in rows if r["name"] == "sleep" and r["state"] == "running" and r["runtime"] != "rt-doomed"
-               and r["id"] != agent_id]
+        new = [
+            r
+            for r in rows
+            if r["name"] == "sleep" and r["state"] == "running" and r["runtime"] != "rt-doomed" and r["id"] != agent_id
+        ]
         return old is not None and old["state"] == "lost" and new
 
-    new = wait_for("the agent to be restarted elsewhere (after the disconnect grace)", restarted, deadline=60, logs=grid.logs)
+    new = wait_for(
+        "the agent to be restarted elsewhere (after the disconnect grace)", restarted, deadline=60, logs=grid.logs
+    )
     for r in new:
         run(grid, "kill", r["id"])

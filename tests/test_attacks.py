@@ -59,8 +59,9 @@ def bus(request, tmp_path, public_dir):
         assert wrote.returncode == 0, wrote.stderr
         files.chmod(0o755)
         (files / "oneos.passwd").chmod(0o644)  # Mosquitto started as root reads it as user mosquitto
-        broker = start_mosquitto(tmp_path / "mosquitto", password_file=files / "oneos.passwd",
-                                 acl_file=files / "oneos.acl")
+        broker = start_mosquitto(
+            tmp_path / "mosquitto", password_file=files / "oneos.passwd", acl_file=files / "oneos.acl"
+        )
     yield Bus(broker.url, network, request.param)
     broker.stop()
 
@@ -68,8 +69,12 @@ def bus(request, tmp_path, public_dir):
 def test_strangers_and_wrong_passwords_are_refused(bus):
     rt_password = credentials.issue(bus.network, "rt-v").password
     outsider = credentials.generate("rt-v")  # the same name in another network
-    for peer in (bus.peer(None), bus.peer("rt-v", "guess"), bus.peer("mallory@x", rt_password),
-                 bus.peer("rt-v", outsider.password)):
+    for peer in (
+        bus.peer(None),
+        bus.peer("rt-v", "guess"),
+        bus.peer("mallory@x", rt_password),
+        bus.peer("rt-v", outsider.password),
+    ):
         try:
             assert peer.return_code in (4, 5), peer.return_code  # bad user name or password / not authorised
         finally:
@@ -86,8 +91,9 @@ def test_forged_status_leader_claim_and_dead_message_are_not_delivered(bus):
         mallory.publish(STATUS.format("rt-v"), forged_leader, retain=True)
         rogue.publish(STATUS.format("rt-v"), b'{"state": "dead"}', retain=True)
         # a last will on the victim's status: refused at CONNECT, or never published
-        will = bus.peer("mallory@x", will=mqtt.Will(STATUS.format("rt-v"), b'{"state": "dead"}', 1, True),
-                        client_id="mallory-will")
+        will = bus.peer(
+            "mallory@x", will=mqtt.Will(STATUS.format("rt-v"), b'{"state": "dead"}', 1, True), client_id="mallory-will"
+        )
         if will.connected:
             will.sock.close()  # no DISCONNECT: the broker would publish the will now
         else:
@@ -120,7 +126,8 @@ def test_requests_travel_only_under_the_senders_own_name(bus):
         assert got == [b"as myself"], got
         # a client cannot read requests (they name who asks whom) nor answer them
         assert mallory.subscribe("oneos/v1/rpc/#") == 0x80 or not mallory.barrier(
-            "oneos/v1/barrier/mallory@x/" + mallory.client_id)
+            "oneos/v1/barrier/mallory@x/" + mallory.client_id
+        )
     finally:
         server.close()
         mallory.close()
@@ -131,8 +138,11 @@ def test_replies_and_their_stream_tokens_reach_only_the_requester(bus):
     alice = bus.peer("alice@y")
     server = bus.peer("rt-v")
     try:
-        refused = [f for f in ("#", "oneos/v1/#", "oneos/v1/reply/#", "oneos/v1/reply/alice@y/#",
-                               "oneos/v1/reply/+/+") if sniffer.subscribe(f) == 0x80]
+        refused = [
+            f
+            for f in ("#", "oneos/v1/#", "oneos/v1/reply/#", "oneos/v1/reply/alice@y/#", "oneos/v1/reply/+/+")
+            if sniffer.subscribe(f) == 0x80
+        ]
         if bus.kind == "oneospsd":
             assert len(refused) == 5, refused  # our broker refuses the subscription itself
         assert alice.subscribe(f"oneos/v1/reply/alice@y/{alice.client_id}") in (0, 1)
@@ -183,8 +193,11 @@ def test_a_client_identity_cannot_command_a_runtime(solo, tmp_path):
     mallory = _peer(solo, "mallory@x")
     try:
         marker = tmp_path / "pwned"
-        for method, args in [("agent_spawn", {"program": "/bin/sh", "args": ["-c", f"id > {marker}"]}),
-                             ("agent_kill", {"agent_id": "x"}), ("agent_list", {})]:
+        for method, args in [
+            ("agent_spawn", {"program": "/bin/sh", "args": ["-c", f"id > {marker}"]}),
+            ("agent_kill", {"agent_id": "x"}),
+            ("agent_list", {}),
+        ]:
             reply = mallory.request("solo", method, **args)
             assert reply["ok"] is False and reply["error"]["kind"] == "NotPermitted", reply
         assert not marker.exists()
@@ -202,10 +215,12 @@ def test_a_client_acts_only_as_its_own_user(solo):
         bob = owner.request("scheduler", "spawn", program="/bin/sleep", args=["60"], user="bob")
         assert bob["ok"], bob
         bob_id = bob["result"]["id"]
-        for method, target, args in [("kill", "scheduler", {"agent_id": bob_id}),
-                                     ("pause", "scheduler", {"agent_id": bob_id}),
-                                     ("kill", "scheduler", {"agent_id": bob_id, "user": "bob"}),
-                                     ("agent_attach", "solo", {"agent_id": bob_id, "user": "root"})]:
+        for method, target, args in [
+            ("kill", "scheduler", {"agent_id": bob_id}),
+            ("pause", "scheduler", {"agent_id": bob_id}),
+            ("kill", "scheduler", {"agent_id": bob_id, "user": "bob"}),
+            ("agent_attach", "solo", {"agent_id": bob_id, "user": "root"}),
+        ]:
             reply = mallory.request(target, method, **args)
             assert reply["ok"] is False and reply["error"]["kind"] == "EPERM", (method, reply)
         mine = mallory.request("scheduler", "spawn", program="/bin/sleep", args=["60"], user="root")
@@ -237,8 +252,13 @@ def stat_mode(path: Path) -> int:
 def test_host_subsystems_are_recognised():
     from oneos.shell.ssh import host_subsystem
 
-    for line in ("scp -t /tmp/x", "scp -v -t -- /tmp", "/usr/bin/scp -pt .", "scp -f /etc/shadow",
-                 "rsync --server -vlogDtpre.iLsfxCIvu . /tmp"):
+    for line in (
+        "scp -t /tmp/x",
+        "scp -v -t -- /tmp",
+        "/usr/bin/scp -pt .",
+        "scp -f /etc/shadow",
+        "rsync --server -vlogDtpre.iLsfxCIvu . /tmp",
+    ):
         assert host_subsystem(line) and "not served" in host_subsystem(line), line
     for line in ("ls /", "cat scp -t", "echo scp -t", "scp", "rsync -a a b", ""):
         assert host_subsystem(line) is None, line
@@ -250,17 +270,39 @@ def test_scp_into_the_shell_does_not_touch_the_host_disk(solo, tmp_path, public_
 
     key = tmp_path / "id_alice"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    added = oneos("user", "addkey", "alice", str(key) + ".pub", "--pubsub", solo.url, env={"ONEOS_HOME": str(solo.home)})
+    added = oneos(
+        "user", "addkey", "alice", str(key) + ".pub", "--pubsub", solo.url, env={"ONEOS_HOME": str(solo.home)}
+    )
     assert added.returncode == 0, added.stderr
-    ssh = wait_for("the shell to listen", lambda: json.loads((solo.home / "runtime.json").read_text()).get("ssh"),
-                   logs=solo.log)
+    ssh = wait_for(
+        "the shell to listen", lambda: json.loads((solo.home / "runtime.json").read_text()).get("ssh"), logs=solo.log
+    )
     port = ssh.rsplit(":", 1)[1]
     payload = tmp_path / "payload"
     payload.write_text("should not land on the host\n")
     target = public_dir / "landed"
-    copied = subprocess.run(["scp", "-O", "-P", port, "-o", "StrictHostKeyChecking=no", "-o",
-                             "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-                             "-i", str(key), str(payload), f"alice@127.0.0.1:{target}"],
-                            capture_output=True, text=True, timeout=60)
+    copied = subprocess.run(
+        [
+            "scp",
+            "-O",
+            "-P",
+            port,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+            str(key),
+            str(payload),
+            f"alice@127.0.0.1:{target}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert copied.returncode != 0 and "not served" in copied.stderr, copied
     assert not target.exists()

@@ -358,7 +358,7 @@ class ListenerTests(unittest.TestCase):
             with socket.socket(socket.AF_INET6) as s:
                 s.bind(("::1", 0))
         except OSError:
-            raise unittest.SkipTest("no IPv6 loopback here")
+            raise unittest.SkipTest("no IPv6 loopback here") from None
         broker = BrokerService("tcp6:0:interface=\\:\\:1")
         broker.startService()
         self.addCleanup(broker.stopService)
@@ -492,8 +492,19 @@ def test_oneospsd_restarts_on_the_same_port(amqtt_broker: BrokerProcess):
 
 
 def test_oneospsd_port_in_use_is_one_plain_line(amqtt_broker: BrokerProcess, tmp_path):
-    result = _run("-m", "oneos.twistd", "-n", "--pidfile=", "oneospsd", "--interface", "127.0.0.1",
-                  "--port", str(amqtt_broker.port), cwd=tmp_path, timeout=60)
+    result = _run(
+        "-m",
+        "oneos.twistd",
+        "-n",
+        "--pidfile=",
+        "oneospsd",
+        "--interface",
+        "127.0.0.1",
+        "--port",
+        str(amqtt_broker.port),
+        cwd=tmp_path,
+        timeout=60,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 1
     assert f"could not listen on 127.0.0.1:{amqtt_broker.port}: address already in use" in out
@@ -512,8 +523,14 @@ def test_oneosd_help_tells_the_truth():
 
 def test_oneosd_bad_config_is_one_plain_line(tmp_path):
     (tmp_path / "config.json").write_text('{"memory_mb": "lots"}')
-    result = subprocess.run([sys.executable, "-m", "oneos.twistd", "-n", "--pidfile=", "oneosd"], capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "ONEOS_HOME": str(tmp_path)}, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "oneos.twistd", "-n", "--pidfile=", "oneosd"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "ONEOS_HOME": str(tmp_path)},
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     assert "config field 'memory_mb'" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout

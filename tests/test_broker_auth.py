@@ -69,11 +69,18 @@ def test_identities_are_derived_and_cannot_mint_others():
 def test_token_round_trip_and_clear_errors():
     token = credentials.token(NETWORK, "mqtt://user:pw@broker.example:1883")
     parsed = credentials.parse_token(token)
-    assert (parsed.username, parsed.password, parsed.broker) == (NETWORK.username, NETWORK.password,
-                                                                 "mqtt://broker.example:1883")
+    assert (parsed.username, parsed.password, parsed.broker) == (
+        NETWORK.username,
+        NETWORK.password,
+        "mqtt://broker.example:1883",
+    )
     assert parsed.secret == "" and NETWORK.secret not in token  # a token never carries the network secret
-    for bad, words in [("hello", "not a OneOS join token"), (token[:-12] + "!!", "damaged"),
-                       ("oneos9.abc", "format 'oneos9'"), (token[:20], "damaged")]:
+    for bad, words in [
+        ("hello", "not a OneOS join token"),
+        (token[:-12] + "!!", "damaged"),
+        ("oneos9.abc", "format 'oneos9'"),
+        (token[:20], "damaged"),
+    ]:
         with pytest.raises(CredentialsError, match=words):
             credentials.parse_token(bad)
 
@@ -171,8 +178,12 @@ class AuthenticatingBrokerTests(unittest.TestCase):
         watcher, _ = yield self.raw("watcher", username=SECRET.username, password=SECRET.password)
         watcher.send(mqtt.encode_subscribe(1, [("oneos/v1/runtimes/+/status", 1)]))
         yield watcher.expect(mqtt.SUBACK, "SUBACK")
-        member, ack = yield self.raw("rt-a", username=SECRET.username, password=SECRET.password,
-                                     will=mqtt.Will("oneos/v1/runtimes/rt-a/status", b"dead", 1, False))
+        member, ack = yield self.raw(
+            "rt-a",
+            username=SECRET.username,
+            password=SECRET.password,
+            will=mqtt.Will("oneos/v1/runtimes/rt-a/status", b"dead", 1, False),
+        )
         self.assertEqual(ack.return_code, 0)
         _, ack = yield self.raw("rt-a")  # anonymous, same client id
         self.assertEqual(ack.return_code, 4)
@@ -197,8 +208,7 @@ def env_home(home: Path) -> dict:
 def secure_broker(tmp_path):
     """``twistd oneospsd`` as shipped (authentication on), its ONEOS_HOME under tmp_path."""
     home = tmp_path / "broker-home"
-    broker = start_oneospsd(tmp_path / "oneospsd", allow_anonymous=False,
-                            env=dict(os.environ, ONEOS_HOME=str(home)))
+    broker = start_oneospsd(tmp_path / "oneospsd", allow_anonymous=False, env=dict(os.environ, ONEOS_HOME=str(home)))
     broker.home = home
     yield broker
     broker.stop()
@@ -220,8 +230,11 @@ def test_oneospsd_creates_credentials_and_refuses_strangers(secure_broker, tmp_p
     assert bad.returncode == 1
     assert "bad user name or password" in bad.stderr and "oneos join" in bad.stderr
     assert "Traceback" not in bad.stderr
-    wait_for("the broker to log the refusal", lambda: "refused MQTT client from 127.0.0.1: bad credentials"
-             in secure_broker.log(), logs=secure_broker.log)
+    wait_for(
+        "the broker to log the refusal",
+        lambda: "refused MQTT client from 127.0.0.1: bad credentials" in secure_broker.log(),
+        logs=secure_broker.log,
+    )
 
 
 def test_oneospsd_allow_anonymous_is_explicit_and_logged(tmp_path):
@@ -288,8 +301,11 @@ def test_embedded_default_needs_no_setup(tmp_path):
     env = dict(os.environ, ONEOS_HOME=str(home), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(twistd("oneosd", "--pubsub", url), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home)
     try:
-        wait_for("the embedded runtime to lead", lambda: "now leads the kernel" in log_path.read_text(),
-                 logs=log_path.read_text)
+        wait_for(
+            "the embedded runtime to lead",
+            lambda: "now leads the kernel" in log_path.read_text(),
+            logs=log_path.read_text,
+        )
         creds = credentials.load(home)
         assert creds is not None
         status = oneos("status", "--json", env=env_home(home))  # the URL comes from runtime.json
@@ -311,12 +327,29 @@ def test_runtime_without_credentials_says_why(secure_broker, tmp_path):
     log_path = home / "runtime.log"
     log = open(log_path, "wb")
     env = dict(os.environ, ONEOS_HOME=str(home), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(twistd("oneosd", "--id", "lost", "--pubsub", secure_broker.url, "--broker", "external",
-                                   "--ssh", "tcp:0:interface=127.0.0.1"),
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home)
+    proc = subprocess.Popen(
+        twistd(
+            "oneosd",
+            "--id",
+            "lost",
+            "--pubsub",
+            secure_broker.url,
+            "--broker",
+            "external",
+            "--ssh",
+            "tcp:0:interface=127.0.0.1",
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=home,
+    )
     try:
-        wait_for("the runtime to report the refusal", lambda: "bad user name or password" in log_path.read_text(),
-                 logs=log_path.read_text)
+        wait_for(
+            "the runtime to report the refusal",
+            lambda: "bad user name or password" in log_path.read_text(),
+            logs=log_path.read_text,
+        )
         text = log_path.read_text()
         assert "no network credentials" in text and "oneos join" in text
     finally:
@@ -336,8 +369,13 @@ def test_a_client_invitation_acts_as_its_user_only(secure_broker, tmp_path):
     assert not json.loads((laptop / "config.json").read_text()).get("id")
     assert oneos("status", "--timeout", "5", env=env_home(laptop)).returncode == 0
     # a client identity cannot run a runtime
-    proc = subprocess.run(twistd("oneosd", "--broker", "external"), capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, ONEOS_HOME=str(laptop)))
+    proc = subprocess.run(
+        twistd("oneosd", "--broker", "external"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, ONEOS_HOME=str(laptop)),
+    )
     assert proc.returncode != 0 and "cannot run a runtime" in proc.stdout + proc.stderr
     # a joined machine cannot invite others (it does not hold the secret)
     again = oneos("invite", env=env_home(laptop))
@@ -360,8 +398,7 @@ def test_mosquitto_files_enforce_identities_and_topic_rules(tmp_path, public_dir
     assert "allow_anonymous false" in conf and "acl_file" in conf
     files.chmod(0o755)
     (files / "oneos.passwd").chmod(0o644)  # salted hashes only; Mosquitto runs as another user here
-    broker = start_mosquitto(tmp_path / "mosquitto", password_file=files / "oneos.passwd",
-                             acl_file=files / "oneos.acl")
+    broker = start_mosquitto(tmp_path / "mosquitto", password_file=files / "oneos.passwd", acl_file=files / "oneos.acl")
     try:
         ok = oneos("status", "--pubsub", broker.url, "--timeout", "5", env=env_home(home))
         assert ok.returncode == 0, ok.stderr + broker.log()
@@ -372,9 +409,15 @@ def test_mosquitto_files_enforce_identities_and_topic_rules(tmp_path, public_dir
         rt = credentials.issue(network, "rt-m")
         admin = credentials.issue(network, "sniffer@x")
         # the runtime identity may publish its own status; a client identity may not publish anyone's
-        seen = sniff_as(broker.url, admin, "oneos/v1/runtimes/+/status",
-                        lambda: (publish_as(broker.url, rt, "oneos/v1/runtimes/rt-m/status", b"mine"),
-                                 publish_as(broker.url, admin, "oneos/v1/runtimes/rt-m/status", b"forged")))
+        seen = sniff_as(
+            broker.url,
+            admin,
+            "oneos/v1/runtimes/+/status",
+            lambda: (
+                publish_as(broker.url, rt, "oneos/v1/runtimes/rt-m/status", b"mine"),
+                publish_as(broker.url, admin, "oneos/v1/runtimes/rt-m/status", b"forged"),
+            ),
+        )
         assert b"mine" in seen and b"forged" not in seen, seen
     finally:
         broker.stop()
@@ -387,8 +430,9 @@ def test_invite_on_a_tls_network_carries_the_ca_and_a_certificate(tmp_path):
     assert made.returncode == 0, made.stderr
     missing = oneos("invite", "--broker", "mqtts://127.0.0.1:8883", env=env_home(home))
     assert missing.returncode == 1 and "--address" in missing.stderr and "Traceback" not in missing.stderr
-    invite = oneos("invite", "--name", "rt-tls", "--address", "10.0.0.12", "--broker", "mqtts://127.0.0.1:8883",
-                   env=env_home(home))
+    invite = oneos(
+        "invite", "--name", "rt-tls", "--address", "10.0.0.12", "--broker", "mqtts://127.0.0.1:8883", env=env_home(home)
+    )
     assert invite.returncode == 0, invite.stderr
     newcomer = tmp_path / "newcomer"
     joined = oneos("join", invite.stdout.strip(), env=env_home(newcomer))

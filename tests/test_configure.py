@@ -56,7 +56,13 @@ def test_interview_asks_address_and_devices_and_reasks_bad_devices(tmp_path):
         {"name": "led", "direction": "out", "driver": "gpio", "options": {"pin": "17"}},
         {"name": "run", "direction": "out", "driver": "command", "options": {"cmd": "nc host:80"}},
     ]
-    for error in ("devices[1]: ", "devices[1].direction: ", "devices[1].driver: ", "devices[1].name: ", "devices[1].options: "):
+    for error in (
+        "devices[1]: ",
+        "devices[1].direction: ",
+        "devices[1].driver: ",
+        "devices[1].name: ",
+        "devices[1].options: ",
+    ):
         assert error in out
     assert out.count("try again") == 5
     assert "detected now: 10.0.0.7" in out
@@ -102,22 +108,36 @@ def test_devices_no_clears_them_and_a_blank_first_line_keeps_them(tmp_path):
 
 
 def test_repair_names_the_bad_field_keeps_the_good_ones_and_asks_again(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"id": "keep-me", "memory_mb": "lots", "tags": ["gpu"], "kernel": False}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"id": "keep-me", "memory_mb": "lots", "tags": ["gpu"], "kernel": False})
+    )
     status, saved, out = configure_with(tmp_path, lines("", "", "", "lots", "512", "", "", "", "no"))
     assert status == 0, out
     assert "config field 'memory_mb': expected a number, got 'lots'" in out
-    assert "(the value in config.json was invalid: expected a number, got 'lots')\nMemory limit for agents, MB [1024]" in out
+    assert (
+        "(the value in config.json was invalid: expected a number, got 'lots')\nMemory limit for agents, MB [1024]"
+        in out
+    )
     assert (saved["id"], saved["memory_mb"], saved["tags"], saved["kernel"]) == ("keep-me", 512, ["gpu"], False)
     assert not (tmp_path / "config.json.broken").exists()
 
 
 def test_repair_of_settings_without_a_question_listeners_and_devices(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({
-        "broker": "sometimes",
-        "colour": "blue",
-        "listen": {"ssh": "http://x", "telnet": "tcp:2323"},
-        "devices": ["cam:in:video", "bad:in:usb", {"name": "cam", "direction": "out", "driver": "dump"}, "led:out:gpio"],
-    }))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "broker": "sometimes",
+                "colour": "blue",
+                "listen": {"ssh": "http://x", "telnet": "tcp:2323"},
+                "devices": [
+                    "cam:in:video",
+                    "bad:in:usb",
+                    {"name": "cam", "direction": "out", "driver": "dump"},
+                    "led:out:gpio",
+                ],
+            }
+        )
+    )
     answers = lines(*[""] * 7, "", "", "embedded", "-")  # devices: yes (default), keep them; broker; ssh off
     status, saved, out = configure_with(tmp_path, answers)
     assert status == 0, out
@@ -182,14 +202,27 @@ class TestDevicesSetting:
         assert repr(field) in str(e.value)
 
     def test_round_trip_as_objects(self, tmp_path):
-        c = load_config(tmp_path, {"devices": ["cam:in:video:path=/dev/video0", {"name": "led", "direction": "out", "driver": "gpio", "options": {"pin": 17}}]})
+        c = load_config(
+            tmp_path,
+            {
+                "devices": [
+                    "cam:in:video:path=/dev/video0",
+                    {"name": "led", "direction": "out", "driver": "gpio", "options": {"pin": 17}},
+                ]
+            },
+        )
         assert c.devices == (
             Device("cam", "in", "video", {"path": "/dev/video0"}),
             Device("led", "out", "gpio", {"pin": "17"}),
         )
         save_config(c)
         saved = json.loads((tmp_path / "config.json").read_text())
-        assert saved["devices"][0] == {"name": "cam", "direction": "in", "driver": "video", "options": {"path": "/dev/video0"}}
+        assert saved["devices"][0] == {
+            "name": "cam",
+            "direction": "in",
+            "driver": "video",
+            "options": {"path": "/dev/video0"},
+        }
         assert load_config(tmp_path).devices == c.devices
         assert load_config(tmp_path / "none").devices == ()
 

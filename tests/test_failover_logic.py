@@ -20,11 +20,9 @@ from oneos.pubsub.client import PubSubClient
 from oneos.pubsub.rpc import Unanswered
 from oneos.runtime.election import Election
 from oneos.runtime.status import RuntimeStatus, elect
-from oneos.scheduler.restarts import (EXITED_OK, FAILED, LOST, USER_KILLED, RestartPolicy, decide, outcome_of)
+from oneos.scheduler.restarts import EXITED_OK, FAILED, LOST, USER_KILLED, RestartPolicy, decide, outcome_of
 from oneos.scheduler.service import SchedulerService
-
 from test_pubsub_client import FakeBroker
-
 
 # -- restart policy ----------------------------------------------------------------------
 
@@ -68,13 +66,23 @@ def test_a_program_that_keeps_killing_runtimes_is_quarantined():
 
 
 def status(rid, *, leader=False, epoch=0, started=0.0, alive=True, kernel=True):
-    return RuntimeStatus(id=rid, instance=rid, state="alive" if alive else "dead", leader=leader, epoch=epoch,
-                         kernel=kernel, started_at=started)
+    return RuntimeStatus(
+        id=rid,
+        instance=rid,
+        state="alive" if alive else "dead",
+        leader=leader,
+        epoch=epoch,
+        kernel=kernel,
+        started_at=started,
+    )
 
 
 def test_a_stale_claim_never_unseats_the_current_term():
     # rt-a led term 3 and comes back claiming it; rt-b leads term 4
-    assert elect([status("rt-a", leader=True, epoch=3, started=1), status("rt-b", leader=True, epoch=4, started=2)]) == "rt-b"
+    assert (
+        elect([status("rt-a", leader=True, epoch=3, started=1), status("rt-b", leader=True, epoch=4, started=2)])
+        == "rt-b"
+    )
 
 
 class FakeClient:
@@ -108,8 +116,9 @@ class FakeMembership:
     def set_leader(self, leader):
         self.leader = leader
         mine = [s for s in self.view if s.id == self.id][0]
-        self.view = [s for s in self.view if s.id != self.id] + [mine.__class__(**{**mine.__dict__, "leader": leader,
-                                                                                  "epoch": self.epoch})]
+        self.view = [s for s in self.view if s.id != self.id] + [
+            mine.__class__(**{**mine.__dict__, "leader": leader, "epoch": self.epoch})
+        ]
         return defer.succeed(None)
 
     def change(self, view):
@@ -231,9 +240,18 @@ class FakeRPC:
         self.calls.append((target, method, meta or {}, args))
         if method == "agent_spawn":
             self.n += 1
-            return defer.succeed({"id": f"a{self.n}", "runtime": target, "state": "running", "name": args["program"],
-                                  "program": args["program"], "job": args.get("job") or f"a{self.n}",
-                                  "incarnation": args.get("incarnation", 0), "restart": args.get("restart", "no")})
+            return defer.succeed(
+                {
+                    "id": f"a{self.n}",
+                    "runtime": target,
+                    "state": "running",
+                    "name": args["program"],
+                    "program": args["program"],
+                    "job": args.get("job") or f"a{self.n}",
+                    "incarnation": args.get("incarnation", 0),
+                    "restart": args.get("restart", "no"),
+                }
+            )
         return defer.succeed({})
 
 
@@ -254,8 +272,10 @@ class SchedMembership:
         self.interval = 2.0
 
     def live(self):
-        return [RuntimeStatus(id=i, instance=i, memory_limit_mb=4096, memory_total_mb=8000, interpreters=("sh",))
-                for i in self.ids]
+        return [
+            RuntimeStatus(id=i, instance=i, memory_limit_mb=4096, memory_total_mb=8000, interpreters=("sh",))
+            for i in self.ids
+        ]
 
     def on_change(self, fn):
         pass
@@ -263,8 +283,9 @@ class SchedMembership:
 
 def scheduler(live_ids=("rt-a", "rt-b", "rt-c"), **policy):
     clock = Clock()
-    s = SchedulerService(FakePubSub(), FakeRPC(), SchedMembership(live_ids), clock,
-                         policy=RestartPolicy(**policy) if policy else None)
+    s = SchedulerService(
+        FakePubSub(), FakeRPC(), SchedMembership(live_ids), clock, policy=RestartPolicy(**policy) if policy else None
+    )
     s.running = True
     return s, clock
 
@@ -274,7 +295,7 @@ def test_fifty_placements_at_once_spread_across_runtimes():
     for _ in range(51):
         s.spawn("sleep", ["60"])
     counts: dict[str, int] = {}
-    for target, method, meta, _ in s.rpc.calls:
+    for target, _method, meta, _ in s.rpc.calls:
         assert meta == {"epoch": 3}, "every command carries the leader's term"
         counts[target] = counts.get(target, 0) + 1
     assert counts == {"rt-a": 17, "rt-b": 17, "rt-c": 17}
@@ -282,8 +303,15 @@ def test_fifty_placements_at_once_spread_across_runtimes():
 
 def test_a_lost_agent_restarts_elsewhere_only_after_the_grace():
     s, clock = scheduler(disconnect_grace=10, base=1)
-    s.table["x1"] = {"id": "x1", "runtime": "rt-a", "state": "running", "program": "sleep", "args": ["60"],
-                     "restart": "on-failure", "name": "sleep"}
+    s.table["x1"] = {
+        "id": "x1",
+        "runtime": "rt-a",
+        "state": "running",
+        "program": "sleep",
+        "args": ["60"],
+        "restart": "on-failure",
+        "name": "sleep",
+    }
     s.membership.ids = ["rt-b", "rt-c"]
     s._check_runtimes()
     assert s.table["x1"]["state"] == "lost"
@@ -319,14 +347,26 @@ def test_a_returning_runtime_has_its_superseded_incarnation_stopped():
 
 def test_a_crash_loop_backs_off_and_a_user_kill_is_final():
     s, clock = scheduler(base=1, cap=8)
-    s.table["c1"] = row = {"id": "c1", "runtime": "rt-a", "state": "exited", "exit_code": 3, "program": "crash",
-                           "restart": "on-failure"}
+    s.table["c1"] = row = {
+        "id": "c1",
+        "runtime": "rt-a",
+        "state": "exited",
+        "exit_code": 3,
+        "program": "crash",
+        "restart": "on-failure",
+    }
     s._consider(row)
     assert row["next_restart_at"] == pytest.approx(1.0)
     clock.advance(1.0)
     assert [c[1] for c in s.rpc.calls] == ["agent_spawn"]
-    killed = {"id": "k1", "runtime": "rt-a", "state": "killed", "reason": "killed by user", "program": "x",
-              "restart": "always"}
+    killed = {
+        "id": "k1",
+        "runtime": "rt-a",
+        "state": "killed",
+        "reason": "killed by user",
+        "program": "x",
+        "restart": "always",
+    }
     s.table["k1"] = killed
     s._consider(killed)
     assert not killed.get("next_restart_at")

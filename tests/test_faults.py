@@ -56,7 +56,7 @@ from oneos.testing.netns import available
 #: ``agents`` records every agent status, ``status`` every runtime status (leader claims and epochs).
 #: One JSON object per line in OUT, each with ``t`` (wall-clock seconds).  It exits 1.5 s after STOPFILE
 #: appears (late replies still count).
-WATCHER = r'''
+WATCHER = r"""
 import json, os, sys, time, uuid
 from twisted.internet import defer, reactor, task
 from oneos.pubsub import messages, topics
@@ -157,7 +157,7 @@ def failed(f):
 
 reactor.callWhenRunning(lambda: main().addErrback(failed))
 reactor.run()
-'''
+"""
 
 #: the leadership lease (config keepalive 2 s), the takeover margin and the election settle, seconds
 LEASE, MARGIN, SETTLE = 2.0, 0.5, 0.5
@@ -181,10 +181,17 @@ class Watcher:
         n = len(list(directory.glob("watch-*.jsonl")))
         self.path = directory / f"watch-{n}.jsonl"
         self.stop_path = directory / f"watch-{n}.stop"
-        self.proc = start_in(host, [sys.executable, "-c", WATCHER, url, str(self.path), str(self.stop_path),
-                                    str(interval), what], directory / f"watch-{n}.log")
-        wait_for("the watcher to be ready", lambda: any(r["ev"] == "ready" for r in self.records())
-                 or self.proc.process.poll() is not None, deadline=30, logs=self.proc.log)
+        self.proc = start_in(
+            host,
+            [sys.executable, "-c", WATCHER, url, str(self.path), str(self.stop_path), str(interval), what],
+            directory / f"watch-{n}.log",
+        )
+        wait_for(
+            "the watcher to be ready",
+            lambda: any(r["ev"] == "ready" for r in self.records()) or self.proc.process.poll() is not None,
+            deadline=30,
+            logs=self.proc.log,
+        )
         assert self.proc.running(), self.proc.log()
 
     def records(self) -> list[dict[str, Any]]:
@@ -235,8 +242,10 @@ def two_kernels(records: list[dict[str, Any]]) -> list[str]:
         first_of.setdefault(r["epoch"], r)
         for term, first in first_of.items():
             if term > r["epoch"] and sent.get(r["id"], 0.0) > first["t"]:
-                problems.append(f"{r['leader']} answered for term {r['epoch']} a ping sent at {sent[r['id']]:.3f}, "
-                                f"after {first['leader']} had answered for term {term} at {first['t']:.3f}")
+                problems.append(
+                    f"{r['leader']} answered for term {r['epoch']} a ping sent at {sent[r['id']]:.3f}, "
+                    f"after {first['leader']} had answered for term {term} at {first['t']:.3f}"
+                )
                 break
     return problems
 
@@ -253,8 +262,16 @@ def answers_to_pings_sent_after(records: list[dict[str, Any]], when: float, lead
 
 def unseating_claims(records: list[dict[str, Any]], rid: str, term: int, since: float) -> list[dict[str, Any]]:
     """Statuses in which *rid* claimed the leadership for *term* or a later one (after *since*)."""
-    return [r for r in records if r["ev"] == "status" and r["id"] == rid and r["leader"] and r["state"] == "alive"
-            and (r["epoch"] or 0) >= term and r["t"] >= since]
+    return [
+        r
+        for r in records
+        if r["ev"] == "status"
+        and r["id"] == rid
+        and r["leader"]
+        and r["state"] == "alive"
+        and (r["epoch"] or 0) >= term
+        and r["t"] >= since
+    ]
 
 
 def silence(records: list[dict[str, Any]], since: float) -> tuple[float, dict[str, Any] | None]:
@@ -322,7 +339,7 @@ class Grid:
     def __init__(self, net: Any, root: Path, *flags: str) -> None:
         self.net = net
         self.root = root
-        self.hosts = dict(zip(("rt-a", "rt-b", "rt-c"), net.hosts))
+        self.hosts = dict(zip(("rt-a", "rt-b", "rt-c"), net.hosts, strict=False))
         self.h1 = net.hosts[0]
         self.url = f"mqtt://{self.h1.addr}:{BROKER_PORT}"
         self.flags = flags
@@ -357,8 +374,15 @@ class Grid:
 
     def oneos(self, *args: str, host: Any = None, timeout: float = 60) -> subprocess.CompletedProcess:
         """``oneos COMMAND --pubsub URL ARGS`` inside *host* (default the last) with a home of its own."""
-        return oneos_in(host or self.net.hosts[-1], args[0], "--pubsub", self.url, *args[1:], home=self.root / "cli",
-                        timeout=timeout)
+        return oneos_in(
+            host or self.net.hosts[-1],
+            args[0],
+            "--pubsub",
+            self.url,
+            *args[1:],
+            home=self.root / "cli",
+            timeout=timeout,
+        )
 
     def view(self, host: Any = None) -> dict[str, dict[str, Any]]:
         r = self.oneos("status", "--json", host=host)
@@ -368,14 +392,24 @@ class Grid:
     def leaders(self, view: dict[str, dict[str, Any]]) -> list[str]:
         return sorted(k for k, v in view.items() if v["state"] == "alive" and v["leader"])
 
-    def wait_alive(self, ids: set[str], leader: str | None = None, deadline: float = 60, host: Any = None,
-                   not_leader: str | None = None) -> dict[str, Any]:
+    def wait_alive(
+        self,
+        ids: set[str],
+        leader: str | None = None,
+        deadline: float = 60,
+        host: Any = None,
+        not_leader: str | None = None,
+    ) -> dict[str, Any]:
         def check():
             view = self.view(host)
             alive = {k for k, v in view.items() if v["state"] == "alive"}
             leaders = self.leaders(view)
-            if (ids <= alive and len(leaders) == 1 and (leader is None or leaders == [leader])
-                    and leaders != [not_leader]):
+            if (
+                ids <= alive
+                and len(leaders) == 1
+                and (leader is None or leaders == [leader])
+                and leaders != [not_leader]
+            ):
                 return view
             return None
 
@@ -449,9 +483,12 @@ def test_at_most_one_kernel_across_a_freeze_and_a_cut(grid, tmp_path):
     wait_for("rt-a answering kernel pings", lambda: any(r["leader"] == "rt-a" for r in replies(watch.records())))
     stopped_at, _, _ = freeze(g.pid("rt-a"), busy=False)
     try:
-        wait_for("another runtime answering while rt-a is frozen",
-                 lambda: any(r["leader"] != "rt-a" for r in answered(watch.records(), since=stopped_at)),
-                 deadline=7.5, logs=g.logs)
+        wait_for(
+            "another runtime answering while rt-a is frozen",
+            lambda: any(r["leader"] != "rt-a" for r in answered(watch.records(), since=stopped_at)),
+            deadline=7.5,
+            logs=g.logs,
+        )
         time.sleep(max(0.0, stopped_at + 8 - time.time()))
     finally:
         os.kill(g.pid("rt-a"), signal.SIGCONT)
@@ -482,9 +519,12 @@ def test_at_most_one_kernel_across_a_freeze_and_a_cut(grid, tmp_path):
     cut_host.cut()
     cut_done = time.time()  # iptables takes a moment: a ping sent before the rules hold may still be answered
     try:
-        wait_for("another runtime answering while the leader is cut off",
-                 lambda: any(r["leader"] != leader_a for r in answered(watch.records(), since=cut_at)),
-                 deadline=9.5, logs=g.logs)
+        wait_for(
+            "another runtime answering while the leader is cut off",
+            lambda: any(r["leader"] != leader_a for r in answered(watch.records(), since=cut_at)),
+            deadline=9.5,
+            logs=g.logs,
+        )
         time.sleep(max(0.0, cut_at + 10 - time.time()))
     finally:
         cut_host.heal()
@@ -526,9 +566,12 @@ def test_a_leader_frozen_while_busy_never_answers_and_never_comes_back(grid, tmp
         other = "rt-b" if leader == "rt-a" else "rt-a"
         stopped_at, tries, where = freeze(g.pid(leader), busy=True)
         try:
-            wait_for(f"{other} answering while {leader} is frozen",
-                     lambda: any(r["leader"] == other for r in answered(watch.records(), since=stopped_at)),
-                     deadline=5.8, logs=g.logs)
+            wait_for(
+                f"{other} answering while {leader} is frozen",
+                lambda: any(r["leader"] == other for r in answered(watch.records(), since=stopped_at)),  # noqa: B023
+                deadline=5.8,
+                logs=g.logs,
+            )
             term = next(r["epoch"] for r in answered(watch.records(), since=stopped_at) if r["leader"] == other)
             time.sleep(max(0.0, stopped_at + 6 - time.time()))
         finally:
@@ -538,10 +581,12 @@ def test_a_leader_frozen_while_busy_never_answers_and_never_comes_back(grid, tmp
         records, claims = watch.records(), statuses.records()
         late = answers_to_pings_sent_after(records, stopped_at, leader)
         stale = unseating_claims(claims, leader, term, stopped_at)
-        findings.append(f"attempt {attempt}: {leader} frozen busy (syscall field {where}, {tries} tries); it "
-                        f"answered {len(late)} pings sent while frozen and claimed {other}'s term (epoch {term}) "
-                        f"{len(stale)} times; leader now {g.leaders(view)} epoch "
-                        f"{[view[k]['epoch'] for k in g.leaders(view)]}")
+        findings.append(
+            f"attempt {attempt}: {leader} frozen busy (syscall field {where}, {tries} tries); it "
+            f"answered {len(late)} pings sent while frozen and claimed {other}'s term (epoch {term}) "
+            f"{len(stale)} times; leader now {g.leaders(view)} epoch "
+            f"{[view[k]['epoch'] for k in g.leaders(view)]}"
+        )
         if late or stale or g.leaders(view) != [other] or view[other]["epoch"] != term:
             break
         leader = other
@@ -576,16 +621,21 @@ def test_a_broker_restart_and_a_short_cut_restart_nothing(grid, tmp_path):
     rows = wait_for("the process table again", g.ps)
     served = time.time() - killed_at
     assert [(r["id"], r["state"], r["pid"]) for r in job_rows(rows, agent)] == [(agent, "running", pid)], rows
-    print(f"broker restart: up again after {back_at - killed_at:.1f}s, one leader and ps answered "
-          f"{served:.1f}s after the kill")
+    print(
+        f"broker restart: up again after {back_at - killed_at:.1f}s, one leader and ps answered "
+        f"{served:.1f}s after the kill"
+    )
 
     # (b) rt-c's host is cut off for 10 s, less than the 20 s grace: the program is not started elsewhere
     cut_at = time.time()
     g.hosts["rt-c"].cut()
     try:
-        lost = wait_for("the program shown lost (not running) during the cut",
-                        lambda: (rows := g.ps(host=g.hosts["rt-b"])) and not running(job_rows(rows, agent)) and rows,
-                        deadline=9, logs=g.logs)
+        lost = wait_for(
+            "the program shown lost (not running) during the cut",
+            lambda: (rows := g.ps(host=g.hosts["rt-b"])) and not running(job_rows(rows, agent)) and rows,
+            deadline=9,
+            logs=g.logs,
+        )
         states = [r["state"] for r in job_rows(lost, agent)]
         assert len(states) == 1 and (states[0] == "lost" or states[0].startswith("restarting in")), lost
         time.sleep(max(0.0, cut_at + 10 - time.time()))
@@ -595,7 +645,8 @@ def test_a_broker_restart_and_a_short_cut_restart_nothing(grid, tmp_path):
     time.sleep(max(0.0, cut_at + 20 + 4 - time.time()))
     rows = wait_for("the process table", g.ps)
     assert [(r["id"], r["state"], r["pid"], r["runtime"], r.get("incarnation")) for r in job_rows(rows, agent)] == [
-        (agent, "running", pid, "rt-c", 0)], (rows, g.logs())
+        (agent, "running", pid, "rt-c", 0)
+    ], (rows, g.logs())
     assert g.processes(SLEEP) == {"rt-c": [pid]}
     assert "restarted as" not in g.logs()
 
@@ -614,6 +665,7 @@ def test_a_long_cut_restarts_elsewhere_and_the_returning_copy_is_stopped(grid, t
     cut_at = time.time()
     g.hosts["rt-c"].cut()
     try:
+
         def restarted():
             rows = g.ps(host=g.hosts["rt-b"])
             live = running(job_rows(rows or [], agent))
@@ -653,8 +705,10 @@ def test_a_long_cut_restarts_elsewhere_and_the_returning_copy_is_stopped(grid, t
     # the old incarnation's last status says why it was stopped
     ends = [r for r in records if r["ev"] == "agent" and r["id"] == agent and r["state"] in ("killed", "exited")]
     assert ends and "superseded" in (ends[-1]["reason"] or ""), ends
-    print(f"restarted elsewhere {restarted_after:.1f}s after the cut (grace 5 s); "
-          f"superseded copy gone {killed_after:.1f}s after the heal")
+    print(
+        f"restarted elsewhere {restarted_after:.1f}s after the cut (grace 5 s); "
+        f"superseded copy gone {killed_after:.1f}s after the heal"
+    )
 
 
 # -- 3. crash loops ----------------------------------------------------------------------------------
@@ -687,18 +741,22 @@ def test_a_crash_loop_backs_off_and_a_segfault_is_restarted(grid, tmp_path):
         starts = incarnation_starts(watch.records(), job)
         return shown and len(starts) >= 4 and rows
 
-    rows = wait_for("three restarts of the crashing job and 'restarting in N s' in ps", backing_off, deadline=40,
-                    logs=g.logs)
+    rows = wait_for(
+        "three restarts of the crashing job and 'restarting in N s' in ps", backing_off, deadline=40, logs=g.logs
+    )
     records = watch.stop()
     starts = incarnation_starts(records, job)
     gaps = [starts[i + 1] - starts[i] for i in range(3)]
-    for gap, expected in zip(gaps, (1, 2, 4)):
+    for gap, expected in zip(gaps, (1, 2, 4), strict=False):
         assert expected * 0.9 <= gap <= expected + 1.5, (gaps, starts)
     assert any(s.startswith("restarting in ") and s.endswith(" s") for s in shown), shown
     # ps lags the watcher a little: ask until it lists the fourth incarnation too
-    rows = wait_for("ps listing incarnations 0-3",
-                    lambda: (rows := g.ps(host=observer)) and len(job_rows(rows, job)) >= 4 and rows,
-                    deadline=20, logs=g.logs)
+    rows = wait_for(
+        "ps listing incarnations 0-3",
+        lambda: (rows := g.ps(host=observer)) and len(job_rows(rows, job)) >= 4 and rows,
+        deadline=20,
+        logs=g.logs,
+    )
     mine = job_rows(rows, job)
     assert [r["incarnation"] for r in mine][:4] == [0, 1, 2, 3], mine
     assert all(r["exit_code"] == 3 for r in mine[:3]), mine  # the first three have certainly ended
@@ -750,8 +808,9 @@ def test_a_killed_leaders_agents_restart_elsewhere_and_never_show_running(grid, 
     job, where = g.run_detached("--restart", "on-failure", "--on", "rt-a", *SLEEP)
     plain, _ = g.run_detached("--detach", "--on", "rt-a", "sleep", "601")
     assert where == "rt-a"
-    wait_for("both running",
-             lambda: (rows := g.ps()) and len(running(job_rows(rows, job) + job_rows(rows, plain))) == 2)
+    wait_for(
+        "both running", lambda: (rows := g.ps()) and len(running(job_rows(rows, job) + job_rows(rows, plain))) == 2
+    )
 
     killed_at = time.time()
     os.kill(g.pid("rt-a"), signal.SIGKILL)

@@ -177,7 +177,16 @@ class StoreContract(StoreFixture):
         data = os.urandom(5 * cs + 17)
         await self.store.write("/f", data)
         rng = random.Random(7)
-        cases = [(0, None), (0, 0), (cs - 1, 2), (cs, cs), (2 * cs + 3, 3 * cs), (len(data) - 1, 10), (len(data), 5), (len(data) + 100, None)]
+        cases = [
+            (0, None),
+            (0, 0),
+            (cs - 1, 2),
+            (cs, cs),
+            (2 * cs + 3, 3 * cs),
+            (len(data) - 1, 10),
+            (len(data), 5),
+            (len(data) + 100, None),
+        ]
         cases += [(rng.randrange(len(data)), rng.randrange(3 * cs)) for _ in range(20)]
         for offset, length in cases:
             want = data[offset:] if length is None else data[offset : offset + length]
@@ -214,8 +223,9 @@ class StoreContract(StoreFixture):
         await self.store.mkdir("/d", owner="bob")
         self.clock.advance(5)
         st = await self.store.chmod("/f", 0o600)
-        self.assertEqual((st.path, st.kind, st.owner, st.mode, st.size, st.ctime, st.mtime),
-                         ("/f", "file", "bob", 0o600, 7, T0, T0))
+        self.assertEqual(
+            (st.path, st.kind, st.owner, st.mode, st.size, st.ctime, st.mtime), ("/f", "file", "bob", 0o600, 7, T0, T0)
+        )
         self.assertEqual(await self.store.stat("/f"), st)
         self.assertEqual(await self.store.read("/f"), b"content")
         self.assertEqual((await self.store.chmod("/d/", 0o1777)).mode, 0o1777)
@@ -359,7 +369,7 @@ class StoreContract(StoreFixture):
         await self.store.write("/log", b"start|")
         pieces = [bytes([65 + i]) * (cs // 2 + i) for i in range(4)]
         writers = [await self.store.open_write("/log", mode="append") for _ in pieces]
-        for w, p in zip(writers, pieces):
+        for w, p in zip(writers, pieces, strict=False):
             await w.write(p)
         for w in reversed(writers):
             await w.commit()
@@ -567,7 +577,10 @@ class StoreContract(StoreFixture):
         await self.store.write("/d/f", os.urandom(2500))
         await self.store.write("/g", b"12345")
         usage = await self.store.usage()
-        self.assertEqual({k: usage[k] for k in ("files", "dirs", "bytes", "chunks", "pending_uploads")}, {"files": 2, "dirs": 2, "bytes": 2505, "chunks": 4, "pending_uploads": 0})
+        self.assertEqual(
+            {k: usage[k] for k in ("files", "dirs", "bytes", "chunks", "pending_uploads")},
+            {"files": 2, "dirs": 2, "bytes": 2505, "chunks": 4, "pending_uploads": 0},
+        )
 
     async def test_wipe(self):
         await self.store.mkdir("/d/e", parents=True)

@@ -115,7 +115,9 @@ class CrashContract:
         before = await store.usage()
 
         child = ChildWriter()
-        process = reactor.spawnProcess(child, sys.executable, [sys.executable, "-c", CHILD, self.url], env=dict(os.environ))
+        process = reactor.spawnProcess(
+            child, sys.executable, [sys.executable, "-c", CHILD, self.url], env=dict(os.environ)
+        )
         try:
             await within(child.progressed, "the child to store some chunks")
         finally:

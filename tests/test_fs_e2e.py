@@ -52,8 +52,21 @@ def test_killed_uploader_leaves_the_old_file(embedded_runtime, tmp_path):
     big = tmp_path / "big.bin"
     make_file(big, 150 * 2**20)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "oneos.cli.main", "fs", "--pubsub", rt.url, "--progress", "put", str(big), "/precious.txt"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=dict(os.environ, ONEOS_HOME=str(rt.home)),
+        [
+            sys.executable,
+            "-m",
+            "oneos.cli.main",
+            "fs",
+            "--pubsub",
+            rt.url,
+            "--progress",
+            "put",
+            str(big),
+            "/precious.txt",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=dict(os.environ, ONEOS_HOME=str(rt.home)),
     )
     seen = b""
     while not re.search(rb"\b[1-9]\d\.\d%", seen):  # kill once 10-99% went over the wire
@@ -93,7 +106,9 @@ def test_unreachable_store_is_reported_and_recovered(embedded_runtime, tmp_path)
     wait_for("the store failure to be logged", lambda: "file store unreachable" in rt.log(), logs=rt.log)
     result = rt.oneos("fs", "ls", "/")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "sqlite" in result.stderr and "unavailable" in result.stderr.lower() or "unreachable" in result.stderr.lower()
+    assert (
+        "sqlite" in result.stderr and "unavailable" in result.stderr.lower() or "unreachable" in result.stderr.lower()
+    )
     assert rt.process.poll() is None
     blocker.unlink()
     wait_for("the store to come back", lambda: rt.oneos("fs", "ls", "/").returncode == 0, logs=rt.log)

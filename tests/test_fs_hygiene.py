@@ -16,7 +16,7 @@ import sqlite3
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from oneos.fs.errors import FSError, StoreUnavailable, from_wire
+from oneos.fs.errors import StoreUnavailable, from_wire
 from oneos.fs.opening import open_store
 from oneos.fs.service import FileSystemService
 from oneos.fs.store import NoSpace
@@ -98,8 +98,12 @@ class SQLiteHygiene(unittest.TestCase):
 
     async def test_new_databases_free_pages_cheaply_and_give_them_back(self):
         store = await self.open()
-        pragmas = await store._run(lambda: (store._conn.execute("PRAGMA secure_delete").fetchone()[0],
-                                            store._conn.execute("PRAGMA auto_vacuum").fetchone()[0]))
+        pragmas = await store._run(
+            lambda: (
+                store._conn.execute("PRAGMA secure_delete").fetchone()[0],
+                store._conn.execute("PRAGMA auto_vacuum").fetchone()[0],
+            )
+        )
         self.assertEqual(pragmas, (2, 2))  # FAST, INCREMENTAL
         await store.write("/keep", b"k" * 1000)
         before = db_bytes(self.dir)
@@ -176,9 +180,15 @@ class ServiceHygiene(unittest.TestCase):
         self.transfer = TransferServer(reactor)
         await self.transfer.listen()
         self.addCleanup(self.transfer.stopService)
-        self.svc = FileSystemService(f"sqlite:///{directory}/fs.db", client=None, transfer=self.transfer,
-                                     reactor=reactor, upload_timeout=0.5, gc_interval=0.2,
-                                     open_options={"chunk_size": 64 * 1024})
+        self.svc = FileSystemService(
+            f"sqlite:///{directory}/fs.db",
+            client=None,
+            transfer=self.transfer,
+            reactor=reactor,
+            upload_timeout=0.5,
+            gc_interval=0.2,
+            open_options={"chunk_size": 64 * 1024},
+        )
         self.svc.running = True
         self.svc.server.start = lambda: defer.succeed(None)
         self.svc.server.stop = lambda: defer.succeed(None)

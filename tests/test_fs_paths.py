@@ -120,7 +120,11 @@ def test_errors_have_codes_and_rebuild_across_the_wire():
         (E.InvalidPath("/x\x00", "contains a NUL byte"), "EINVAL", "'/x\\x00': invalid path (contains a NUL byte)"),
         (E.NameTooLong("/n"), "ENAMETOOLONG", "/n: file name too long"),
         (E.FileChanged("/f"), "ESTALE", "/f: file changed while it was being read; read it again"),
-        (E.StoreUnavailable("MongoDB mongodb://h/db", "down"), "EIO", "file store unavailable (MongoDB mongodb://h/db: down)"),
+        (
+            E.StoreUnavailable("MongoDB mongodb://h/db", "down"),
+            "EIO",
+            "file store unavailable (MongoDB mongodb://h/db: down)",
+        ),
     ]
     for error, code, message in cases:
         assert isinstance(error, E.FSError)

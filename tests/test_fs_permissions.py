@@ -17,8 +17,19 @@ from twisted.trial import unittest
 from oneos.fs import errors as E
 from oneos.fs import paths
 from oneos.fs.client import BytesSink, BytesSource
-from oneos.fs.permissions import (ADMIN, EXECUTE, READ, SEARCH, WRITE, may_chmod, may_chown, mode_string,
-                                  parse_mode, permitted, privileged)
+from oneos.fs.permissions import (
+    ADMIN,
+    EXECUTE,
+    READ,
+    SEARCH,
+    WRITE,
+    may_chmod,
+    may_chown,
+    mode_string,
+    parse_mode,
+    permitted,
+    privileged,
+)
 from oneos.fs.service import FileSystemService
 from oneos.fs.store import Stat
 from oneos.shell.interpreter import Interpreter
@@ -37,16 +48,19 @@ def test_kernel_and_admin_bypass_every_check():
         assert may_chmod(user, "bob") and may_chown(user)
 
 
-@pytest.mark.parametrize("mode, owner_may, other_may", [
-    (0o700, READ | WRITE | EXECUTE, 0),
-    (0o644, READ | WRITE, READ),
-    (0o755, READ | WRITE | EXECUTE, READ | EXECUTE),
-    (0o711, READ | WRITE | EXECUTE, EXECUTE),
-    (0o1777, READ | WRITE | EXECUTE, READ | WRITE | EXECUTE),
-    (0o007, 0, READ | WRITE | EXECUTE),  # the owner gets the owner bits only, even when others get more
-    (0o070, 0, 0),  # no groups: the group bits grant nobody anything
-    (0o000, 0, 0),
-])
+@pytest.mark.parametrize(
+    "mode, owner_may, other_may",
+    [
+        (0o700, READ | WRITE | EXECUTE, 0),
+        (0o644, READ | WRITE, READ),
+        (0o755, READ | WRITE | EXECUTE, READ | EXECUTE),
+        (0o711, READ | WRITE | EXECUTE, EXECUTE),
+        (0o1777, READ | WRITE | EXECUTE, READ | WRITE | EXECUTE),
+        (0o007, 0, READ | WRITE | EXECUTE),  # the owner gets the owner bits only, even when others get more
+        (0o070, 0, 0),  # no groups: the group bits grant nobody anything
+        (0o000, 0, 0),
+    ],
+)
 def test_owner_and_other_bits(mode, owner_may, other_may):
     for want in (READ, WRITE, EXECUTE):
         assert permitted("bob", "bob", mode, want) == bool(owner_may & want), (oct(mode), want)
@@ -65,44 +79,50 @@ def test_only_the_owner_may_chmod_and_only_the_admin_chown():
     assert not may_chown("bob") and not may_chown("alice")
 
 
-@pytest.mark.parametrize("kind, mode, text", [
-    ("dir", 0o755, "drwxr-xr-x"),
-    ("dir", 0o700, "drwx------"),
-    ("file", 0o644, "-rw-r--r--"),
-    ("file", 0o000, "----------"),
-    ("dir", 0o1777, "drwxrwxrwt"),
-    ("dir", 0o1770, "drwxrwx--T"),
-    ("file", 0o4755, "-rwsr-xr-x"),
-    ("file", 0o2644, "-rw-r-Sr--"),
-])
+@pytest.mark.parametrize(
+    "kind, mode, text",
+    [
+        ("dir", 0o755, "drwxr-xr-x"),
+        ("dir", 0o700, "drwx------"),
+        ("file", 0o644, "-rw-r--r--"),
+        ("file", 0o000, "----------"),
+        ("dir", 0o1777, "drwxrwxrwt"),
+        ("dir", 0o1770, "drwxrwx--T"),
+        ("file", 0o4755, "-rwsr-xr-x"),
+        ("file", 0o2644, "-rw-r-Sr--"),
+    ],
+)
 def test_mode_strings(kind, mode, text):
     assert mode_string(kind, mode) == text
 
 
-@pytest.mark.parametrize("spec, current, is_dir, want", [
-    ("600", 0o777, False, 0o600),
-    ("0755", 0, True, 0o755),
-    ("1777", 0, True, 0o1777),
-    ("0", 0o644, False, 0),
-    ("u+x", 0o644, False, 0o744),
-    ("go-r", 0o644, False, 0o600),
-    ("u+x,go-r", 0o644, False, 0o700),
-    ("a=r", 0o755, False, 0o444),
-    ("=rw", 0o000, False, 0o666),  # no letter before the operator: everyone (there is no umask)
-    ("+x", 0o644, False, 0o755),
-    ("o=", 0o757, False, 0o750),
-    ("u=rwx,g=rx,o=", 0o000, True, 0o750),
-    ("ug+w", 0o444, False, 0o664),
-    ("a-w", 0o666, False, 0o444),
-    ("u-w+x", 0o644, False, 0o544),  # several operations in one clause
-    ("a+X", 0o644, False, 0o644),  # X: no x anywhere on a file, nothing to add
-    ("a+X", 0o744, False, 0o755),
-    ("a+X", 0o600, True, 0o711),  # always for a directory
-    ("+t", 0o777, True, 0o1777),
-    ("u+s", 0o755, False, 0o4755),
-    ("o+s", 0o755, False, 0o755),  # s means nothing for o
-    ("u+t", 0o755, False, 0o755),  # t is for o/a only
-])
+@pytest.mark.parametrize(
+    "spec, current, is_dir, want",
+    [
+        ("600", 0o777, False, 0o600),
+        ("0755", 0, True, 0o755),
+        ("1777", 0, True, 0o1777),
+        ("0", 0o644, False, 0),
+        ("u+x", 0o644, False, 0o744),
+        ("go-r", 0o644, False, 0o600),
+        ("u+x,go-r", 0o644, False, 0o700),
+        ("a=r", 0o755, False, 0o444),
+        ("=rw", 0o000, False, 0o666),  # no letter before the operator: everyone (there is no umask)
+        ("+x", 0o644, False, 0o755),
+        ("o=", 0o757, False, 0o750),
+        ("u=rwx,g=rx,o=", 0o000, True, 0o750),
+        ("ug+w", 0o444, False, 0o664),
+        ("a-w", 0o666, False, 0o444),
+        ("u-w+x", 0o644, False, 0o544),  # several operations in one clause
+        ("a+X", 0o644, False, 0o644),  # X: no x anywhere on a file, nothing to add
+        ("a+X", 0o744, False, 0o755),
+        ("a+X", 0o600, True, 0o711),  # always for a directory
+        ("+t", 0o777, True, 0o1777),
+        ("u+s", 0o755, False, 0o4755),
+        ("o+s", 0o755, False, 0o755),  # s means nothing for o
+        ("u+t", 0o755, False, 0o755),  # t is for o/a only
+    ],
+)
 def test_parse_mode(spec, current, is_dir, want):
     assert parse_mode(spec, current, is_dir=is_dir) == want, oct(parse_mode(spec, current, is_dir=is_dir))
 
@@ -127,8 +147,13 @@ class ServiceFixture:
         self.transfer = TransferServer(reactor)
         await self.transfer.listen()
         self.addCleanup(self.transfer.stopService)
-        self.svc = FileSystemService(f"sqlite:///{directory}/fs.db", client=None, transfer=self.transfer,
-                                     reactor=reactor, open_options={"chunk_size": 4096})
+        self.svc = FileSystemService(
+            f"sqlite:///{directory}/fs.db",
+            client=None,
+            transfer=self.transfer,
+            reactor=reactor,
+            open_options={"chunk_size": 4096},
+        )
         self.svc.running = True
         self.svc.server.start = lambda: defer.succeed(None)
         self.svc.server.stop = lambda: defer.succeed(None)
@@ -164,13 +189,17 @@ class ServiceFixture:
         self.fail(f"expected {error.__name__}")
 
 
-
 class PermissionService(ServiceFixture, unittest.TestCase):
     """The handlers called as users."""
 
     async def test_homes_are_private_and_the_tree_is_roots(self):
-        for path, owner, mode in (("/", "root", 0o755), ("/home", "root", 0o755), ("/tmp", "root", 0o1777),
-                                  ("/home/bob", "bob", 0o700), ("/home/bob/secret", "bob", 0o644)):
+        for path, owner, mode in (
+            ("/", "root", 0o755),
+            ("/home", "root", 0o755),
+            ("/tmp", "root", 0o1777),
+            ("/home/bob", "bob", 0o700),
+            ("/home/bob/secret", "bob", 0o644),
+        ):
             st = await self.stat(path)
             self.assertEqual((st.owner, st.mode), (owner, mode), path)
 
@@ -201,8 +230,9 @@ class PermissionService(ServiceFixture, unittest.TestCase):
     async def test_once_bob_opens_his_home_and_file_alice_reads_but_still_cannot_delete(self):
         await self.refused(E.PermissionDenied, self.read("/home/bob/secret", user="alice"))
         self.assertEqual((await self.svc.chmod("/home/bob", 0o755, user="bob"))["mode"], 0o755)
-        self.assertEqual([paths.basename(s["path"]) for s in await self.svc.listdir("/home/bob", user="alice")],
-                         ["secret"])
+        self.assertEqual(
+            [paths.basename(s["path"]) for s in await self.svc.listdir("/home/bob", user="alice")], ["secret"]
+        )
         await self.svc.chmod("/home/bob/secret", 0o600, user="bob")
         await self.refused(E.PermissionDenied, self.read("/home/bob/secret", user="alice"))
         await self.svc.chmod("/home/bob/secret", 0o644, user="bob")
@@ -276,8 +306,9 @@ class PermissionService(ServiceFixture, unittest.TestCase):
         await self.refused(E.PermissionDenied, self.svc.rename("/home/alice/x/y", "/home/alice/y", user="alice"))
         await self.refused(E.PermissionDenied, self.svc.rename("/home/alice/p", "/home/alice/x/p", user="alice"))
         await self.svc.chmod("/home/alice/x", 0o755, user="alice")
-        self.assertEqual((await self.svc.rename("/home/alice/x/y", "/home/alice/y", user="alice"))["path"],
-                         "/home/alice/y")
+        self.assertEqual(
+            (await self.svc.rename("/home/alice/x/y", "/home/alice/y", user="alice"))["path"], "/home/alice/y"
+        )
         # a file she owns without w: she may not change it, but may chmod it back
         await self.write("/home/alice/f", b"one", user="alice")
         await self.svc.chmod("/home/alice/f", 0o444, user="alice")
@@ -366,8 +397,9 @@ class ServiceFS:
 
     def mkdir(self, path, parents=False, exist_ok=False, *, perm=None, owner=None):
         kw = {} if perm is None else {"perm": perm}
-        return self.svc.mkdir(path, parents=parents, exist_ok=exist_ok, owner=owner, user=self.user,
-                              **kw).addCallback(Stat.from_dict)
+        return self.svc.mkdir(path, parents=parents, exist_ok=exist_ok, owner=owner, user=self.user, **kw).addCallback(
+            Stat.from_dict
+        )
 
     def remove(self, path, recursive=False):
         return self.svc.remove(path, recursive=recursive, user=self.user)
@@ -385,8 +417,9 @@ class ServiceFS:
         import base64
 
         d = self.svc.read_small(path, user=self.user)
-        return d.addCallback(lambda r: sink.write(base64.b64decode(r["data"])[offset:None if length is None
-                                                                             else offset + length]))
+        return d.addCallback(
+            lambda r: sink.write(base64.b64decode(r["data"])[offset : None if length is None else offset + length])
+        )
 
     @defer.inlineCallbacks
     def write_from(self, path, source, mode="truncate"):
@@ -419,9 +452,10 @@ class ShellPermissions(ServiceFixture, unittest.TestCase):
         self.assertEqual(err.text, "cat: /home/bob/secret: permission denied\n")
         self.assertEqual(await alice.execute("echo mine > $HOME/notes; ls -l /home; ls -l"), 0, err.text)
         rows = [line.split() for line in out.text.splitlines()]
-        self.assertEqual([(r[0], r[1], r[-1]) for r in rows],
-                         [("drwx------", "alice", "alice"), ("drwx------", "bob", "bob"),
-                          ("-rw-r--r--", "alice", "notes")])
+        self.assertEqual(
+            [(r[0], r[1], r[-1]) for r in rows],
+            [("drwx------", "alice", "alice"), ("drwx------", "bob", "bob"), ("-rw-r--r--", "alice", "notes")],
+        )
         self.assertEqual(rows[2][2], "5")  # size
         out.data.clear()
         self.assertEqual(await alice.execute("ls"), 0)
@@ -439,8 +473,10 @@ class ShellPermissions(ServiceFixture, unittest.TestCase):
         self.assertEqual(a_out.text, "bob's secret\n")
         a_err.data.clear()
         self.assertEqual(await alice.execute("chmod 777 /home/bob/secret"), 1)
-        self.assertEqual(a_err.text, "chmod: /home/bob/secret: operation not permitted "
-                                     "(only its owner or root may change its mode)\n")
+        self.assertEqual(
+            a_err.text,
+            "chmod: /home/bob/secret: operation not permitted (only its owner or root may change its mode)\n",
+        )
         a_err.data.clear()
         self.assertEqual(await alice.execute("chown alice /home/bob/secret"), 1)
         self.assertIn("chown: /home/bob/secret: operation not permitted", a_err.text)

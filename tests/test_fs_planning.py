@@ -143,7 +143,16 @@ def test_store_urls(url, scheme, target):
 
 
 @pytest.mark.parametrize(
-    "url", ["", "sqlite:relative.db", "sqlite://relative.db", "sqlite:///", "postgres://h/db", "mongodb:///db", "mongodb://h/a.b"]
+    "url",
+    [
+        "",
+        "sqlite:relative.db",
+        "sqlite://relative.db",
+        "sqlite:///",
+        "postgres://h/db",
+        "mongodb:///db",
+        "mongodb://h/a.b",
+    ],
 )
 def test_bad_store_urls(url):
     with pytest.raises(InvalidStoreURL):

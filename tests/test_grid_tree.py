@@ -18,8 +18,9 @@ import pytest
 from _brokers import free_port
 from _runtimes import oneos, statuses, wait_for
 
-needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
-                               reason="needs the OpenSSH client")
+needs_ssh = pytest.mark.skipif(
+    shutil.which("ssh") is None or shutil.which("ssh-keygen") is None, reason="needs the OpenSSH client"
+)
 
 
 @pytest.fixture
@@ -28,9 +29,25 @@ def grid(tmp_path, monkeypatch):
     monkeypatch.setenv("ONEOS_HOME", str(tmp_path / "me"))
     port, ssh_base = free_port(), free_port()
     log = open(tmp_path / "grid.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "oneos.cli.main", "grid", "--runtimes", "3", "--dir",
-                             str(tmp_path / "grid"), "--port", str(port), "--ssh-port", str(ssh_base)],
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, ONEOS_HOME=str(tmp_path / "me")))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oneos.cli.main",
+            "grid",
+            "--runtimes",
+            "3",
+            "--dir",
+            str(tmp_path / "grid"),
+            "--port",
+            str(port),
+            "--ssh-port",
+            str(ssh_base),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, ONEOS_HOME=str(tmp_path / "me")),
+    )
     url = f"mqtt://127.0.0.1:{port}"
     yield proc, url, ssh_base, (lambda: (tmp_path / "grid.log").read_text(errors="replace"))
     proc.send_signal(signal.SIGTERM)
@@ -79,9 +96,31 @@ def test_grid_keeps_one_tree_and_its_shells_across_a_leader_kill(grid, tmp_path)
         if rid == leader["id"]:
             continue
         port = status["ssh"].rsplit(":", 1)[1]
-        r = subprocess.run(["ssh", "-p", port, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(key),
-                            "alice@127.0.0.1", "--", "cat /tmp/f"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                "ssh",
+                "-p",
+                port,
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-i",
+                str(key),
+                "alice@127.0.0.1",
+                "--",
+                "cat /tmp/f",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert (r.returncode, r.stdout) == (0, "one tree\n"), (rid, r.stderr, logs())
 
 
@@ -102,7 +141,11 @@ def test_a_second_store_is_refused_at_start(amqtt_broker, runtimes, tmp_path):
 
 def test_no_shell_answering_is_a_plain_error(tmp_path):
     port = free_port()
-    r = subprocess.run([sys.executable, "-m", "oneos.cli.main", "shell", "--host", "127.0.0.1", "--port", str(port),
-                        "-c", "true"],
-                       capture_output=True, text=True, timeout=60, env=dict(os.environ, ONEOS_HOME=str(tmp_path)))
+    r = subprocess.run(
+        [sys.executable, "-m", "oneos.cli.main", "shell", "--host", "127.0.0.1", "--port", str(port), "-c", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, ONEOS_HOME=str(tmp_path)),
+    )
     assert r.returncode == 255 and "Connection refused" in r.stderr and "Traceback" not in r.stderr, r

@@ -18,8 +18,16 @@ from oneos.fs.errors import AlreadyExists, NotFound, PermissionDenied
 from oneos.fs.service import SYSTEM_DIR, guard, visible
 from oneos.fs.store import Stat
 from oneos.shell.ssh import network_host_key
-from oneos.shell.users import (HOST_KEY_PATH, KEYS_PATH, USERS_PATH, FailureDelay, PasswordChecker, TreeUsers,
-                               hash_password, migrate_home)
+from oneos.shell.users import (
+    HOST_KEY_PATH,
+    KEYS_PATH,
+    USERS_PATH,
+    FailureDelay,
+    PasswordChecker,
+    TreeUsers,
+    hash_password,
+    migrate_home,
+)
 
 
 class TreeFS:
@@ -37,7 +45,9 @@ class TreeFS:
         if exclusive and path in self.files:
             return defer.fail(AlreadyExists(path))
         self.files[path] = bytes(data)
-        return defer.succeed(Stat(path=path, kind="file", size=len(data), mode=0o600, owner="root", mtime=0.0, ctime=0.0))
+        return defer.succeed(
+            Stat(path=path, kind="file", size=len(data), mode=0o600, owner="root", mtime=0.0, ctime=0.0)
+        )
 
     def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False) -> defer.Deferred:
         return defer.succeed(None)
@@ -88,9 +98,17 @@ def test_password_checker_refuses_slowly_and_the_same_way():
 def test_old_home_files_move_into_the_tree_once(tmp_path):
     fs = TreeFS()
     now(TreeUsers(fs, blocking=sync).add("kept", "pw-tree"))
-    (tmp_path / "users.json").write_text(json.dumps({"v": 1, "users": {
-        "kept": {"password": hash_password("pw-home", n=2**10)},
-        "carol": {"password": hash_password("pw-carol", n=2**10)}}}))
+    (tmp_path / "users.json").write_text(
+        json.dumps(
+            {
+                "v": 1,
+                "users": {
+                    "kept": {"password": hash_password("pw-home", n=2**10)},
+                    "carol": {"password": hash_password("pw-carol", n=2**10)},
+                },
+            }
+        )
+    )
     (tmp_path / "authorized_keys").write_text("carol ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDummy carol@x\n")
     done = now(migrate_home(fs, tmp_path))
     assert len(done) == 2
@@ -113,8 +131,8 @@ def test_one_host_key_for_every_front_door(tmp_path):
 
 
 def test_an_old_runtimes_host_key_becomes_the_networks(tmp_path):
-    from twisted.conch.ssh import keys
     from cryptography.hazmat.primitives.asymmetric import ed25519
+    from twisted.conch.ssh import keys
 
     old = keys.Key(ed25519.Ed25519PrivateKey.generate())
     (tmp_path / "ssh_host_key").write_bytes(old.toString("OPENSSH"))
@@ -184,7 +202,12 @@ def test_a_stopped_rpc_server_never_answers_even_before_its_subscription_was_gra
     from oneos.pubsub import messages
     from oneos.pubsub.client import Message
 
-    client.callback(Message("oneos/v1/rpc/fs/x", messages.encode("rpc.request", id="1", method="stat",
-                                                                args={"path": "/"}, reply_to="oneos/v1/reply/x/c"),
-                            False, 1))
+    client.callback(
+        Message(
+            "oneos/v1/rpc/fs/x",
+            messages.encode("rpc.request", id="1", method="stat", args={"path": "/"}, reply_to="oneos/v1/reply/x/c"),
+            False,
+            1,
+        )
+    )
     assert client.published == [] and Sub.cancelled

@@ -10,7 +10,14 @@ from oneos.pubsub import mqtt
 def test_publish_round_trip_qos1_retained():
     data = mqtt.encode_publish("oneos/v1/x", b"hello", qos=1, retain=True, packet_id=7)
     [p] = mqtt.PacketParser().feed(data)
-    assert (p.type, p.topic, p.payload, p.qos, p.retain, p.packet_id) == (mqtt.PUBLISH, "oneos/v1/x", b"hello", 1, True, 7)
+    assert (p.type, p.topic, p.payload, p.qos, p.retain, p.packet_id) == (
+        mqtt.PUBLISH,
+        "oneos/v1/x",
+        b"hello",
+        1,
+        True,
+        7,
+    )
 
 
 def test_connect_carries_will_and_keepalive():

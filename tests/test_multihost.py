@@ -24,8 +24,9 @@ import pytest
 from _netns import BROKER_PORT, HostProcess, oneos_in, start_broker_in, start_in, statuses_in
 from _runtimes import wait_for
 
-pytestmark = pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
-                                reason="needs the OpenSSH client")
+pytestmark = pytest.mark.skipif(
+    shutil.which("ssh") is None or shutil.which("ssh-keygen") is None, reason="needs the OpenSSH client"
+)
 
 ONEOSD = str(Path(sys.executable).with_name("oneosd"))
 
@@ -97,9 +98,13 @@ class Session:
 
     def __init__(self, machines: Machines, rid: str) -> None:
         env = dict(os.environ, ONEOS_HOME=str(machines.home(rid)))
-        self.proc = machines.hosts[rid].popen([sys.executable, "-m", "oneos.cli.main"], env=env,
-                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT)
+        self.proc = machines.hosts[rid].popen(
+            [sys.executable, "-m", "oneos.cli.main"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self.out = b""
         self.n = 0
         threading.Thread(target=self._read, daemon=True).start()
@@ -177,8 +182,10 @@ def test_readme_several_machines_and_failover(machines, tmp_path):
 
     # a user added on one machine logs in on another
     # (--password-stdin reads standard input: give it through a shell pipe inside the host)
-    r = m.h3.run(["sh", "-c", f"echo alice-pw | {sys.executable} -m oneos.cli.main user add alice --password-stdin"],
-                 env=dict(os.environ, ONEOS_HOME=str(m.home("rt-c"))))
+    r = m.h3.run(
+        ["sh", "-c", f"echo alice-pw | {sys.executable} -m oneos.cli.main user add alice --password-stdin"],
+        env=dict(os.environ, ONEOS_HOME=str(m.home("rt-c"))),
+    )
     assert r.returncode == 0, r.stderr
     r = m.oneos("rt-a", "user", "list")
     assert "alice" in r.stdout.split(), r

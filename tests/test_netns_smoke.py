@@ -135,17 +135,20 @@ def start_grid(netns: Callable[..., Network], tmp_path: Path) -> tuple[Grid, dic
     broker = start_broker_in(h1, tmp_path / "broker")
     url = f"mqtt://{h1.addr}:{BROKER_PORT}"
     wait_port(h3, h1.addr, BROKER_PORT, process=broker.process)  # reachable across the switch
-    runtimes = {rid: start_runtime_in(host, rid, url, tmp_path / "homes")
-                for rid, host in zip(RUNTIME_IDS, net.hosts)}
+    runtimes = {
+        rid: start_runtime_in(host, rid, url, tmp_path / "homes")
+        for rid, host in zip(RUNTIME_IDS, net.hosts, strict=False)
+    }
     grid = Grid(net, broker, runtimes, url, tmp_path / "cli")
-    view = wait_for("3 live runtimes and one leader, seen from h3", lambda: healthy(grid.view()),
-                    deadline=90, logs=grid.logs)
+    view = wait_for(
+        "3 live runtimes and one leader, seen from h3", lambda: healthy(grid.view()), deadline=90, logs=grid.logs
+    )
     return grid, view
 
 
 def test_runtimes_on_three_hosts_meet(netns: Callable[..., Network], tmp_path: Path) -> None:
     grid, view = start_grid(netns, tmp_path)
-    for rid, host in zip(RUNTIME_IDS, grid.net.hosts):
+    for rid, host in zip(RUNTIME_IDS, grid.net.hosts, strict=False):
         # each runtime found its own host's address and is the process we started there
         assert view[rid]["address"] == host.addr, (rid, view[rid]["address"], host)
         assert view[rid]["pid"] == grid.runtimes[rid].process.pid
@@ -158,10 +161,14 @@ def test_link_down_is_seen_dead_and_link_up_brings_it_back(netns: Callable[..., 
 
     h2.link_down()
     t0 = time.monotonic()
-    wait_for("rt-b dead from h3's point of view, the others alive with one leader",
-             lambda: (v := grid.view())["rt-b"]["state"] == "dead" and set(live(v)) == {"rt-a", "rt-c"}
-             and len(leaders(v)) == 1,
-             deadline=30, logs=grid.logs)
+    wait_for(
+        "rt-b dead from h3's point of view, the others alive with one leader",
+        lambda: (
+            (v := grid.view())["rt-b"]["state"] == "dead" and set(live(v)) == {"rt-a", "rt-c"} and len(leaders(v)) == 1
+        ),
+        deadline=30,
+        logs=grid.logs,
+    )
     seen_dead = time.monotonic() - t0
 
     h2.link_up()

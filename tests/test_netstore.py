@@ -10,8 +10,16 @@ import pytest
 from oneos.config import resolve_listen
 from oneos.errors import KernelUnavailable
 from oneos.fs.errors import FileSystemUnavailable
-from oneos.runtime.netstore import (StoreConflict, StoreRecord, decide, fs_server, recall, remember, route_check,
-                                    unavailable_reason)
+from oneos.runtime.netstore import (
+    StoreConflict,
+    StoreRecord,
+    decide,
+    fs_server,
+    recall,
+    remember,
+    route_check,
+    unavailable_reason,
+)
 from oneos.runtime.status import RuntimeStatus
 
 MACHINE_A, MACHINE_B = "a" * 16, "b" * 16
@@ -20,14 +28,24 @@ MONGO = "mongodb://db:27017/oneos"
 
 
 def choose(configured: str = "", retained=None, remembered=None, me="rt-a", machine=MACHINE_A, kernel=True):
-    return decide(configured, retained, remembered, me=me, machine=machine, kernel=kernel,
-                  local_store=f"sqlite:////home/{me}/fs.sqlite3", now=100.0)
+    return decide(
+        configured,
+        retained,
+        remembered,
+        me=me,
+        machine=machine,
+        kernel=kernel,
+        local_store=f"sqlite:////home/{me}/fs.sqlite3",
+        now=100.0,
+    )
 
 
 def test_first_kernel_runtime_creates_the_tree_in_its_home():
     d = choose()
     assert d.publish and d.eligible
-    assert d.record == StoreRecord(url="sqlite:////home/rt-a/fs.sqlite3", host="rt-a", machine=MACHINE_A, claimed_at=100.0)
+    assert d.record == StoreRecord(
+        url="sqlite:////home/rt-a/fs.sqlite3", host="rt-a", machine=MACHINE_A, claimed_at=100.0
+    )
 
 
 def test_a_runtime_without_a_setting_uses_the_networks_tree():
@@ -78,12 +96,22 @@ def test_a_shared_store_can_be_served_by_every_kernel_runtime():
 
 
 def status(rid: str, *, leader=False, eligible=False, alive=True, started=0.0, kernel=True) -> RuntimeStatus:
-    return RuntimeStatus(id=rid, instance=rid, state="alive" if alive else "dead", leader=leader, kernel=kernel,
-                         fs_eligible=eligible, started_at=started)
+    return RuntimeStatus(
+        id=rid,
+        instance=rid,
+        state="alive" if alive else "dead",
+        leader=leader,
+        kernel=kernel,
+        fs_eligible=eligible,
+        started_at=started,
+    )
 
 
 def test_the_leader_serves_when_it_can_open_the_store():
-    assert fs_server([status("rt-a", eligible=True, started=1), status("rt-b", leader=True, eligible=True, started=2)]) == "rt-b"
+    assert (
+        fs_server([status("rt-a", eligible=True, started=1), status("rt-b", leader=True, eligible=True, started=2)])
+        == "rt-b"
+    )
 
 
 def test_the_store_host_serves_whoever_leads():
@@ -121,8 +149,12 @@ def test_record_codec_and_memory(tmp_path):
 def test_auto_listeners_stay_on_loopback_until_the_network_spans_machines():
     listen = {"pipe": "auto", "ssh": "auto", "telnet": "", "desktop": "tcp:3000"}
     local = resolve_listen(listen, "mqtt://127.0.0.1:1883", "127.0.0.1")
-    assert local == {"pipe": "tcp:0:interface=127.0.0.1", "ssh": "tcp:2222:interface=127.0.0.1", "telnet": "",
-                     "desktop": "tcp:3000"}
+    assert local == {
+        "pipe": "tcp:0:interface=127.0.0.1",
+        "ssh": "tcp:2222:interface=127.0.0.1",
+        "telnet": "",
+        "desktop": "tcp:3000",
+    }
     wide = resolve_listen(listen, "mqtt://10.1.2.3:1883", "10.1.2.7")
     assert wide["pipe"] == "tcp:0:interface=10.1.2.7" and wide["ssh"] == "tcp:2222:interface=10.1.2.7"
     named = resolve_listen(listen, "mqtt://broker.lan:1883", "me.lan")

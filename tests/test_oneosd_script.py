@@ -15,8 +15,12 @@ HOME = Path("/oneos-home")
 
 
 def plan(args, interactive=True, exists=False, environ=None):
-    return oneosd.plan(args, environ={"ONEOS_HOME": str(HOME)} if environ is None else environ,
-                       interactive=interactive, exists=lambda path: exists)
+    return oneosd.plan(
+        args,
+        environ={"ONEOS_HOME": str(HOME)} if environ is None else environ,
+        interactive=interactive,
+        exists=lambda path: exists,
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,10 +41,19 @@ def test_when_it_interviews(args, interactive, exists, interview):
 
 
 def test_other_arguments_go_to_twistd_oneosd_in_order_and_answer_their_questions():
-    what = plan(["--configure", "--pubsub", "mqtt://10.0.0.1:1883", "--no-kernel", "--ssh", "tcp:0", "rt-1"], exists=True)
-    assert what.argv == tuple(twistd_command("oneosd", "--pubsub", "mqtt://10.0.0.1:1883", "--no-kernel", "--ssh", "tcp:0", "rt-1"))
+    what = plan(
+        ["--configure", "--pubsub", "mqtt://10.0.0.1:1883", "--no-kernel", "--ssh", "tcp:0", "rt-1"], exists=True
+    )
+    assert what.argv == tuple(
+        twistd_command("oneosd", "--pubsub", "mqtt://10.0.0.1:1883", "--no-kernel", "--ssh", "tcp:0", "rt-1")
+    )
     assert what.argv[-8:-6] == ("--pidfile=", "oneosd") and "--nodaemon" in what.argv
-    assert what.interview and what.preset == {"id": "rt-1", "pubsub": "mqtt://10.0.0.1:1883", "kernel": False, "listen": {"ssh": "tcp:0"}}
+    assert what.interview and what.preset == {
+        "id": "rt-1",
+        "pubsub": "mqtt://10.0.0.1:1883",
+        "kernel": False,
+        "listen": {"ssh": "tcp:0"},
+    }
     # after '--' nothing is ours
     assert plan(["--", "--configure"]).argv[-3:] == ("oneosd", "--", "--configure")
 
@@ -49,7 +62,7 @@ def test_the_config_looked_for_is_the_one_the_runtime_will_read(tmp_path):
     looked = []
     for args in (["--home", str(tmp_path)], [f"--home={tmp_path}"]):
         oneosd.plan(args, environ={}, interactive=True, exists=lambda p: looked.append(p) or True)
-        assert oneosd.plan(args, environ={}, interactive=True).argv[-len(args):] == tuple(args)
+        assert oneosd.plan(args, environ={}, interactive=True).argv[-len(args) :] == tuple(args)
     assert looked == [tmp_path / "config.json"] * 2
     assert plan([]).home == HOME
     assert plan([], environ={"ONEOS_HOME": "/elsewhere"}).home == Path("/elsewhere")
@@ -63,7 +76,7 @@ def test_help_and_contradictions():
 @pytest.mark.parametrize("args", [["--version"], ["--bogus"], ["rt-1", "--pubsub", "x"], ["a", "b"]])
 def test_no_questions_before_twistd_rejects_the_arguments(args):
     what = plan(args)
-    assert not what.interview and what.argv[-len(args):] == tuple(args)
+    assert not what.interview and what.argv[-len(args) :] == tuple(args)
 
 
 class Exec(Exception):
@@ -91,11 +104,30 @@ def test_first_run_interviews_then_execs_twistd(tmp_path, monkeypatch, capsys, e
 
 def test_first_run_flags_are_answers_not_questions(tmp_path, monkeypatch, capsys, execv):
     monkeypatch.setattr(oneosd, "_interactive", lambda: True)
-    monkeypatch.setattr(sys, "stdin", io.StringIO("\n\n\n\nyes\ncam:in:video\n\n"))  # store, memory, kernel, tags; devices
+    monkeypatch.setattr(
+        sys, "stdin", io.StringIO("\n\n\n\nyes\ncam:in:video\n\n")
+    )  # store, memory, kernel, tags; devices
     with pytest.raises(Exec):
-        oneosd.main(["--home", str(tmp_path), "--pubsub", "mqtt://127.0.0.2:1883", "--ssh", "tcp:0", "--address", "10.1.1.1", "rt-1"])
+        oneosd.main(
+            [
+                "--home",
+                str(tmp_path),
+                "--pubsub",
+                "mqtt://127.0.0.2:1883",
+                "--ssh",
+                "tcp:0",
+                "--address",
+                "10.1.1.1",
+                "rt-1",
+            ]
+        )
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert (saved["id"], saved["pubsub"], saved["listen"]["ssh"], saved["address"]) == ("rt-1", "mqtt://127.0.0.2:1883", "tcp:0", "10.1.1.1")
+    assert (saved["id"], saved["pubsub"], saved["listen"]["ssh"], saved["address"]) == (
+        "rt-1",
+        "mqtt://127.0.0.2:1883",
+        "tcp:0",
+        "10.1.1.1",
+    )
     assert [d["name"] for d in saved["devices"]] == ["cam"]
     out = capsys.readouterr().out
     assert "Runtime id (blank for a random one): rt-1 (given on the command line)" in out
@@ -126,8 +158,14 @@ def test_without_a_terminal_it_execs_at_once(tmp_path, monkeypatch, execv):
 
 
 def script(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "oneos.cli.oneosd", *args], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=60, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "oneos.cli.oneosd", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        **kw,
+    )
 
 
 def test_help_tells_the_truth():

@@ -6,9 +6,31 @@ from oneos.runtime.status import RuntimeStatus
 from oneos.scheduler.placement import Needs, NoFittingRuntime, explain, place, rank
 
 
-def rt(rid, cpu=10.0, used=1000.0, total=8000.0, agents=0, interpreters=("python3", "sh"), tags=(), state="alive", limit=1024, agents_mb=0.0):
-    return RuntimeStatus(id=rid, instance=rid, state=state, cpu_percent=cpu, memory_used_mb=used, memory_total_mb=total,
-                         agents=agents, interpreters=interpreters, tags=tags, memory_limit_mb=limit, agents_memory_mb=agents_mb)
+def rt(
+    rid,
+    cpu=10.0,
+    used=1000.0,
+    total=8000.0,
+    agents=0,
+    interpreters=("python3", "sh"),
+    tags=(),
+    state="alive",
+    limit=1024,
+    agents_mb=0.0,
+):
+    return RuntimeStatus(
+        id=rid,
+        instance=rid,
+        state=state,
+        cpu_percent=cpu,
+        memory_used_mb=used,
+        memory_total_mb=total,
+        agents=agents,
+        interpreters=interpreters,
+        tags=tags,
+        memory_limit_mb=limit,
+        agents_memory_mb=agents_mb,
+    )
 
 
 def test_idle_runtime_beats_busy_one():
@@ -16,7 +38,9 @@ def test_idle_runtime_beats_busy_one():
 
 
 def test_interpreter_must_be_present():
-    v = place([rt("a", cpu=0, interpreters=("sh",)), rt("b", cpu=80, interpreters=("node", "sh"))], Needs(interpreter="node"))
+    v = place(
+        [rt("a", cpu=0, interpreters=("sh",)), rt("b", cpu=80, interpreters=("node", "sh"))], Needs(interpreter="node")
+    )
     assert v.runtime == "b"
 
 

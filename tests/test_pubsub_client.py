@@ -248,8 +248,13 @@ def test_rpc_server_drops_malformed_requests(reactor, client):
     server.start()
     [sub] = broker.received()
     broker.send(mqtt.encode_suback(sub.packet_id, [1]))
-    for junk in [b"not json", b"[1,2]", messages.encode("rpc.request", id="x"), b'{"v": 99, "type": "rpc.request"}',
-                 messages.encode("rpc.request", id="x", method="ping", reply_to="elsewhere/topic")]:
+    for junk in [
+        b"not json",
+        b"[1,2]",
+        messages.encode("rpc.request", id="x"),
+        b'{"v": 99, "type": "rpc.request"}',
+        messages.encode("rpc.request", id="x", method="ping", reply_to="elsewhere/topic"),
+    ]:
         broker.send(mqtt.encode_publish(topics.rpc("rt-1", "rt-2"), junk))
     assert broker.received() == []  # nothing answered, nothing crashed
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -37,7 +36,9 @@ def small_disk(tmp_path):
         pytest.skip("mounting a 24 MB tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield disk
@@ -63,8 +64,12 @@ def test_a_full_disk_recovers_once_the_failed_put_is_gone(small_disk, embedded_r
     assert "Traceback" not in failed.stderr
 
     # the failed put's chunks go at once, and the space shows as free again
-    wait_for("the disk usage to come back down", lambda: used(small_disk) < baseline + 2 * MiB,
-             deadline=30, logs=lambda: f"used {used(small_disk)} (baseline {baseline})\n{rt.log()[-3000:]}")
+    wait_for(
+        "the disk usage to come back down",
+        lambda: used(small_disk) < baseline + 2 * MiB,
+        deadline=30,
+        logs=lambda: f"used {used(small_disk)} (baseline {baseline})\n{rt.log()[-3000:]}",
+    )
     put = rt.oneos("fs", "put", str(small), "/small.bin", timeout=120)
     assert put.returncode == 0, put.stderr
     listing = rt.oneos("fs", "ls", "-l", "/")
@@ -124,8 +129,11 @@ def assert_stable_after_a_huge_retained_message(url: str, host: str, port: int, 
     for i in (1, 2, 3):
         runtimes(f"rt-{i}", url)
     logs = lambda: "\n".join(f"== {rt.id}\n{rt.log()[-4000:]}" for rt in runtimes.all)  # noqa: E731
-    view = wait_for("3 live runtimes and one leader",
-                    lambda: (v := statuses(url)) and len(live(v)) == 3 and len(leaders(v)) == 1 and v, logs=logs)
+    view = wait_for(
+        "3 live runtimes and one leader",
+        lambda: (v := statuses(url)) and len(live(v)) == 3 and len(leaders(v)) == 1 and v,
+        logs=logs,
+    )
     [leader] = leaders(view)
     before = {rt.id: connects(rt.log()) for rt in runtimes.all}
 
@@ -150,8 +158,9 @@ def test_a_17_mib_retained_message_leaves_the_grid_stable_on_our_broker(amqtt_br
 
 def test_a_17_mib_retained_message_leaves_the_grid_stable_on_mosquitto_without_a_limit(mosquitto_broker, runtimes):
     # Mosquitto forwards it (and replays it to every new subscriber): each client drops it.
-    assert_stable_after_a_huge_retained_message(mosquitto_broker.url, mosquitto_broker.host, mosquitto_broker.port,
-                                                runtimes)
+    assert_stable_after_a_huge_retained_message(
+        mosquitto_broker.url, mosquitto_broker.host, mosquitto_broker.port, runtimes
+    )
     assert any("dropped a" in rt.log() and "huge/status" in rt.log() for rt in runtimes.all)
 
 
@@ -165,8 +174,7 @@ def limited_mosquitto(tmp_path):
     directory.mkdir()
     port = free_port()
     conf = directory / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "message_size_limit 1048576\n")
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmessage_size_limit 1048576\n")
     log_path = directory / "mosquitto.log"
     argv = [binary, "-c", str(conf)]
     broker = BrokerProcess(_spawn(argv, log_path), "127.0.0.1", port, log_path, argv)
@@ -175,8 +183,10 @@ def limited_mosquitto(tmp_path):
     broker.stop()
 
 
-def test_a_17_mib_retained_message_leaves_the_grid_stable_on_mosquitto_with_message_size_limit(limited_mosquitto,
-                                                                                                 runtimes):
-    assert_stable_after_a_huge_retained_message(limited_mosquitto.url, limited_mosquitto.host, limited_mosquitto.port,
-                                                runtimes)
+def test_a_17_mib_retained_message_leaves_the_grid_stable_on_mosquitto_with_message_size_limit(
+    limited_mosquitto, runtimes
+):
+    assert_stable_after_a_huge_retained_message(
+        limited_mosquitto.url, limited_mosquitto.host, limited_mosquitto.port, runtimes
+    )
     assert not any("dropped a" in rt.log() for rt in runtimes.all)  # the broker never sent it on

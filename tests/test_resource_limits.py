@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from twisted.conch.ssh import factory as ssh_factory, keys
+from twisted.conch.ssh import factory as ssh_factory
+from twisted.conch.ssh import keys
 from twisted.conch.ssh.service import SSHService
 from twisted.conch.telnet import ITelnetProtocol, TelnetProtocol, TelnetTransport
 from twisted.cred import portal as cred_portal
@@ -29,7 +30,6 @@ from oneos.pubsub.client import MessageTooLarge, PubSubClient
 from oneos.shell.ssh import SSHTransport
 from oneos.shell.telnet import TelnetLogin
 from oneos.transfer import StreamFactory, TransferServer
-
 from test_pubsub_client import FakeBroker, TCPStringTransport
 
 
@@ -189,7 +189,9 @@ def test_a_token_line_in_time_stops_the_clock():
     clock.advance(10)
     assert not transport.disconnected and not transport.disconnecting
     conn.connectionLost(Failure(Exception("bye")))
-    assert not clock.getDelayedCalls() or all(not c.active() for c in clock.getDelayedCalls() if c.func.__name__ == "_no_token_line")
+    assert not clock.getDelayedCalls() or all(
+        not c.active() for c in clock.getDelayedCalls() if c.func.__name__ == "_no_token_line"
+    )
 
 
 def test_closing_before_the_timeout_leaves_no_timer():

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from _brokers import free_port
-from _runtimes import statuses_or_none, leaders, live, oneos, statuses, twistd, wait_for
+from _runtimes import leaders, live, oneos, statuses, statuses_or_none, twistd, wait_for
 
 
 @pytest.fixture(params=["amqtt", "mosquitto"])
@@ -26,9 +26,11 @@ def all_logs(runtimes):
 def test_three_runtimes_meet_and_elect_one_leader(broker_url, runtimes):
     for i in (1, 2, 3):
         runtimes(f"rt-{i}", broker_url)
-    view = wait_for("3 live runtimes and one leader",
-                    lambda: (v := statuses(broker_url)) and len(live(v)) == 3 and len(leaders(v)) == 1 and v,
-                    logs=all_logs(runtimes))
+    view = wait_for(
+        "3 live runtimes and one leader",
+        lambda: (v := statuses(broker_url)) and len(live(v)) == 3 and len(leaders(v)) == 1 and v,
+        logs=all_logs(runtimes),
+    )
     for s in view.values():
         assert s["kernel"] and s["address"] and s["memory_limit_mb"] == 1024
         assert "sh" in s["interpreters"]
@@ -37,13 +39,18 @@ def test_three_runtimes_meet_and_elect_one_leader(broker_url, runtimes):
 
 def test_sigkilled_leader_is_seen_dead_and_another_takes_over(broker_url, runtimes):
     procs = {i: runtimes(f"rt-{i}", broker_url) for i in (1, 2, 3)}
-    view = wait_for("one leader among 3", lambda: (v := statuses(broker_url)) and len(live(v)) == 3 and len(leaders(v)) == 1 and v,
-                    logs=all_logs(runtimes))
+    view = wait_for(
+        "one leader among 3",
+        lambda: (v := statuses(broker_url)) and len(live(v)) == 3 and len(leaders(v)) == 1 and v,
+        logs=all_logs(runtimes),
+    )
     [old] = leaders(view)
     next(p for p in procs.values() if p.id == old).kill(signal.SIGKILL)
-    view = wait_for("the killed leader dead and a new leader",
-                    lambda: (v := statuses(broker_url)) and v[old]["state"] == "dead" and len(leaders(v)) == 1 and v,
-                    logs=all_logs(runtimes))
+    view = wait_for(
+        "the killed leader dead and a new leader",
+        lambda: (v := statuses(broker_url)) and v[old]["state"] == "dead" and len(leaders(v)) == 1 and v,
+        logs=all_logs(runtimes),
+    )
     [new] = leaders(view)
     assert new != old and len(live(view)) == 2
 
@@ -56,8 +63,10 @@ def test_clean_stop_says_left(broker_url, runtimes):
     # twistd re-raises the signal that stopped it, after a clean shutdown
     assert a.process.returncode in (0, -signal.SIGTERM)
     assert "Server Shut Down" in a.log()
-    wait_for("rt-a left and rt-b leading",
-             lambda: (v := statuses(broker_url))["rt-a"]["state"] == "left" and leaders(v) == ["rt-b"])
+    wait_for(
+        "rt-a left and rt-b leading",
+        lambda: (v := statuses(broker_url))["rt-a"]["state"] == "left" and leaders(v) == ["rt-b"],
+    )
 
 
 def test_non_kernel_runtime_never_leads(broker_url, runtimes):
@@ -87,8 +96,11 @@ def test_runtime_waits_for_an_unreachable_broker(tmp_path, runtimes):
     rt = runtimes("patient", url)
     wait_for("a retry message", lambda: "cannot reach the pubsub broker" in rt.log())
     assert rt.process.poll() is None
-    broker = subprocess.Popen(twistd("oneospsd", "--port", str(port), "--interface", "127.0.0.1", "--allow-anonymous"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = subprocess.Popen(
+        twistd("oneospsd", "--port", str(port), "--interface", "127.0.0.1", "--allow-anonymous"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for("the runtime to join once the broker is up", lambda: live(statuses(url)).get("patient"), logs=rt.log)
     finally:
@@ -136,9 +148,11 @@ def test_embedded_default_hosts_its_own_broker(tmp_path):
     proc = subprocess.Popen(twistd("oneosd", "--pubsub", url), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home)
     try:
         mine = {"ONEOS_HOME": str(home)}  # its owner: the home holds the network it created
-        view = wait_for("the embedded runtime to lead",
-                        lambda: (v := statuses_or_none(url, mine)) and len(leaders(v)) == 1 and v,
-                        logs=lambda: (tmp_path / "embedded.log").read_text())
+        view = wait_for(
+            "the embedded runtime to lead",
+            lambda: (v := statuses_or_none(url, mine)) and len(leaders(v)) == 1 and v,
+            logs=lambda: (tmp_path / "embedded.log").read_text(),
+        )
         assert len(view) == 1
         text = (tmp_path / "embedded.log").read_text()
         assert "embedded default" in text and "embedded broker listening" in text
@@ -159,14 +173,30 @@ def test_grid_starts_and_stops_everything(tmp_path):
     port = free_port()
     url = f"mqtt://127.0.0.1:{port}"
     out = open(tmp_path / "grid.log", "wb")
-    grid = subprocess.Popen([sys.executable, "-m", "oneos.cli.main", "grid", "--runtimes", "3", "--port", str(port),
-                             "--dir", str(tmp_path / "grid")], stdout=out, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1", ONEOS_HOME=str(tmp_path / "me")))
+    grid = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oneos.cli.main",
+            "grid",
+            "--runtimes",
+            "3",
+            "--port",
+            str(port),
+            "--dir",
+            str(tmp_path / "grid"),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", ONEOS_HOME=str(tmp_path / "me")),
+    )
     mine = {"ONEOS_HOME": str(tmp_path / "me")}  # the grid's network secret is in the home it ran from
     try:
-        wait_for("3 live runtimes and a leader",
-                 lambda: (v := statuses_or_none(url, mine)) and len(live(v)) == 3 and len(leaders(v)) == 1,
-                 logs=lambda: (tmp_path / "grid.log").read_text())
+        wait_for(
+            "3 live runtimes and a leader",
+            lambda: (v := statuses_or_none(url, mine)) and len(live(v)) == 3 and len(leaders(v)) == 1,
+            logs=lambda: (tmp_path / "grid.log").read_text(),
+        )
     finally:
         grid.send_signal(signal.SIGTERM)
         code = grid.wait(timeout=60)

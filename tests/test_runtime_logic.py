@@ -40,7 +40,9 @@ class TestElection:
 
 class TestStatusCodec:
     def test_round_trip(self):
-        s = RuntimeStatus(id="rt-1", instance="i", tags=("gpu",), interpreters=("python3",), cpu_percent=3.5, services={"v": "1"})
+        s = RuntimeStatus(
+            id="rt-1", instance="i", tags=("gpu",), interpreters=("python3",), cpu_percent=3.5, services={"v": "1"}
+        )
         assert RuntimeStatus.decode(s.encode()) == s
 
     @pytest.mark.parametrize(
@@ -111,7 +113,12 @@ class TestConfig:
         c = load_config(tmp_path, {"id": "rt-9", "tags": "a,b", "pubsub": "mqtt://10.1.2.3:1999"})
         save_config(c)
         again = load_config(tmp_path)
-        assert (again.id, again.tags, again.pubsub, again.embedded) == ("rt-9", ("a", "b"), "mqtt://10.1.2.3:1999", False)
+        assert (again.id, again.tags, again.pubsub, again.embedded) == (
+            "rt-9",
+            ("a", "b"),
+            "mqtt://10.1.2.3:1999",
+            False,
+        )
         assert not again.wants_embedded_broker
 
 
@@ -121,7 +128,12 @@ def test_configure_reasks_until_valid(tmp_path):
     assert configure.run(["--home", str(tmp_path)], stdin=answers, stdout=out) == 0
     saved = json.loads((tmp_path / "config.json").read_text())
     assert (saved["id"], saved["pubsub"], saved["memory_mb"], saved["kernel"], saved["tags"]) == (
-        "my-rt", "mqtt://10.0.0.1:1883", 256, False, ["gpu", "arm"])
+        "my-rt",
+        "mqtt://10.0.0.1:1883",
+        256,
+        False,
+        ["gpu", "arm"],
+    )
     assert out.getvalue().count("try again") == 2
 
 
@@ -132,7 +144,9 @@ def test_configure_without_answers_writes_nothing(tmp_path):
 
 def test_status_table_marks_stale_and_leader():
     now = 1000.0
-    fresh = RuntimeStatus(id="rt-1", instance="a", leader=True, kernel=True, updated_at=999, address="10.0.0.1", memory_limit_mb=512)
+    fresh = RuntimeStatus(
+        id="rt-1", instance="a", leader=True, kernel=True, updated_at=999, address="10.0.0.1", memory_limit_mb=512
+    )
     stale = RuntimeStatus(id="rt-2", instance="b", kernel=True, updated_at=900)
     dead = RuntimeStatus(id="rt-3", instance="c", state=DEAD, updated_at=999)
     assert judged_state(stale, now) == "dead"

@@ -17,8 +17,9 @@ import pytest
 from _brokers import start_oneospsd
 from _runtimes import RuntimeProcess, free_port, leaders, live, statuses, wait_for
 
-pytestmark = pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
-                                reason="needs the OpenSSH client")
+pytestmark = pytest.mark.skipif(
+    shutil.which("ssh") is None or shutil.which("ssh-keygen") is None, reason="needs the OpenSSH client"
+)
 
 
 class ShellGrid:
@@ -34,20 +35,38 @@ class ShellGrid:
             home.mkdir(parents=True)
             # the leader may be any of them: each has the key and its own port
             (home / "authorized_keys").write_text(f"alice {self.key.with_suffix('.pub').read_text()}")
-            self.procs[rid] = RuntimeProcess(rid, self.broker.url, root,
-                                             config={"listen": {"ssh": f"tcp:{port}:interface=127.0.0.1"}})
+            self.procs[rid] = RuntimeProcess(
+                rid, self.broker.url, root, config={"listen": {"ssh": f"tcp:{port}:interface=127.0.0.1"}}
+            )
         self.leader = ""
 
     def logs(self) -> str:
         return "\n".join(f"== {p.id}\n{p.log()[-3000:]}" for p in self.procs.values())
 
     def ssh_argv(self) -> list[str]:
-        return ["ssh", "-p", str(self.ports[self.leader]), "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
-                "-o", "IdentitiesOnly=yes", "-i", str(self.key), "alice@127.0.0.1"]
+        return [
+            "ssh",
+            "-p",
+            str(self.ports[self.leader]),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+            str(self.key),
+            "alice@127.0.0.1",
+        ]
 
     def ssh(self, line: str, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.ssh_argv(), "--", line], capture_output=True, text=True, timeout=timeout, input=input)
+        return subprocess.run(
+            [*self.ssh_argv(), "--", line], capture_output=True, text=True, timeout=timeout, input=input
+        )
 
     def stop(self) -> None:
         for p in self.procs.values():
@@ -59,9 +78,12 @@ class ShellGrid:
 def grid(tmp_path_factory):
     g = ShellGrid(tmp_path_factory.mktemp("shell-grid"))
     try:
-        view = wait_for("3 live runtimes and a leader",
-                        lambda: (v := statuses(g.broker.url)) and len(live(v)) == 3 and len(leaders(v)) == 1 and v,
-                        deadline=60, logs=g.logs)
+        view = wait_for(
+            "3 live runtimes and a leader",
+            lambda: (v := statuses(g.broker.url)) and len(live(v)) == 3 and len(leaders(v)) == 1 and v,
+            deadline=60,
+            logs=g.logs,
+        )
         g.leader = leaders(view)[0]
         wait_for("the leader's shell to answer", lambda: g.ssh("ls /").returncode == 0, deadline=60, logs=g.logs)
         yield g
@@ -72,7 +94,7 @@ def grid(tmp_path_factory):
 def rows_of_ps(text: str) -> list[dict[str, str]]:
     lines = text.splitlines()
     header = lines[0].split()
-    return [dict(zip(header, line.split())) for line in lines[1:] if line.strip()]
+    return [dict(zip(header, line.split(), strict=False)) for line in lines[1:] if line.strip()]
 
 
 def test_pipeline_across_three_runtimes(grid):
@@ -80,8 +102,10 @@ def test_pipeline_across_three_runtimes(grid):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "271"  # the numbers 1..1000 with a 7 in them
     # each stage reports where it ran, and the bytes went runtime to runtime
-    r = grid.ssh("sh -c 'echo $ONEOS_RUNTIME; cat' @rt-1 | sh -c 'echo $ONEOS_RUNTIME; cat' @rt-2"
-                 " | sh -c 'echo $ONEOS_RUNTIME; cat' @rt-3")
+    r = grid.ssh(
+        "sh -c 'echo $ONEOS_RUNTIME; cat' @rt-1 | sh -c 'echo $ONEOS_RUNTIME; cat' @rt-2"
+        " | sh -c 'echo $ONEOS_RUNTIME; cat' @rt-3"
+    )
     assert r.stdout.split() == ["rt-3", "rt-2", "rt-1"], r.stderr
     # the session's input reaches the first stage, wherever it runs
     r = grid.ssh("tr a-z A-Z @rt-2 | sort @rt-3 > /tmp/sorted.txt; cat /tmp/sorted.txt", input="pear\napple\n")
@@ -89,15 +113,26 @@ def test_pipeline_across_three_runtimes(grid):
 
 
 def test_ps_shows_agents_of_several_runtimes(grid):
-    p = subprocess.Popen([*grid.ssh_argv(), "--", "sleep 120 @rt-1 | sleep 120 @rt-2 | sleep 120 @rt-3"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [*grid.ssh_argv(), "--", "sleep 120 @rt-1 | sleep 120 @rt-2 | sleep 120 @rt-3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
-        def sleepers() -> set[str]:
-            return {row["RUNTIME"] for row in rows_of_ps(grid.ssh("ps").stdout)
-                    if row.get("NAME") == "sleep" and row.get("STATE") == "running"}
 
-        assert wait_for("sleep agents on the three runtimes", lambda: sleepers() == {"rt-1", "rt-2", "rt-3"},
-                        deadline=60, logs=grid.logs)
+        def sleepers() -> set[str]:
+            return {
+                row["RUNTIME"]
+                for row in rows_of_ps(grid.ssh("ps").stdout)
+                if row.get("NAME") == "sleep" and row.get("STATE") == "running"
+            }
+
+        assert wait_for(
+            "sleep agents on the three runtimes",
+            lambda: sleepers() == {"rt-1", "rt-2", "rt-3"},
+            deadline=60,
+            logs=grid.logs,
+        )
     finally:
         p.kill()  # the client vanishes: its session's agents are stopped, wherever they run
         p.wait()

@@ -27,7 +27,15 @@ class FakeFS:
         if path not in self.files:
             raise errors.NotFound(path)
         data = self.files[path]
-        return Stat(path, "dir" if data is None else "file", len(data or b""), 0o755 if data is None else 0o644, "root", time.time(), time.time())
+        return Stat(
+            path,
+            "dir" if data is None else "file",
+            len(data or b""),
+            0o755 if data is None else 0o644,
+            "root",
+            time.time(),
+            time.time(),
+        )
 
     def stat(self, path: str) -> defer.Deferred:
         return defer.maybeDeferred(self._stat, path)
@@ -53,7 +61,7 @@ class FakeFS:
         if st.is_dir:
             return defer.fail(errors.IsADirectory(path))
         data = self.files[path]
-        return defer.succeed(data[offset:None if length is None else offset + length])
+        return defer.succeed(data[offset : None if length is None else offset + length])
 
     def read_into(self, path: str, sink, offset: int = 0, length: int | None = None) -> defer.Deferred:
         return self.read(path, offset, length).addCallback(sink.write)
@@ -152,7 +160,9 @@ def test_builtin_pipelines_and_globs():
 def test_streaming_builtins_yes_head_tail_tee_wc():
     interp, out, err, fs = make()
     fs.files["/tmp/n"] = b"".join(b"%d\n" % i for i in range(1, 101))
-    assert run(interp, "cd /tmp; yes ab | head -n 2; tail -n 2 n | tee t1 | wc -l; head -n 1 < n; cat n | tail -n 1") == 0
+    assert (
+        run(interp, "cd /tmp; yes ab | head -n 2; tail -n 2 n | tee t1 | wc -l; head -n 1 < n; cat n | tail -n 1") == 0
+    )
     assert out.text.split() == ["ab", "ab", "2", "1", "100"]
     assert fs.files["/tmp/t1"] == b"99\n100\n"
     assert run(interp, "yes | head -n 1 > /tmp/y; cat /tmp/y; yes | true") == 0

@@ -23,18 +23,25 @@ import pytest
 
 from _runtimes import free_port, wait_for
 
-pytestmark = pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
-                                reason="needs the OpenSSH client")
+pytestmark = pytest.mark.skipif(
+    shutil.which("ssh") is None or shutil.which("ssh-keygen") is None, reason="needs the OpenSSH client"
+)
 
 # The runtime runs on the asyncio reactor here (as under 'oneos grid'), while
 # tests/test_shell_grid.py uses twistd's default one: the shell is exercised on both.
-_BOOT = ("import sys\nfrom oneos.reactor import install_asyncio_reactor\ninstall_asyncio_reactor()\n"
-         "import oneos.shell.service\nfrom oneos.twistd import main\nmain()\n")
+_BOOT = (
+    "import sys\nfrom oneos.reactor import install_asyncio_reactor\ninstall_asyncio_reactor()\n"
+    "import oneos.shell.service\nfrom oneos.twistd import main\nmain()\n"
+)
 
 
 def _cli(module: str, function: str = "run") -> list[str]:
     """argv running a CLI module's entry (works before it is registered in oneos.cli.main)."""
-    return [sys.executable, "-c", f"import sys; from oneos.cli.{module} import {function}; sys.exit({function}(sys.argv[1:]))"]
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; from oneos.cli.{module} import {function}; sys.exit({function}(sys.argv[1:]))",
+    ]
 
 
 class ShellRuntime:
@@ -44,10 +51,16 @@ class ShellRuntime:
         self.ssh_port = free_port()
         self.telnet_port = free_port()
         self.url = f"mqtt://127.0.0.1:{free_port()}"
-        (self.home / "config.json").write_text(json.dumps({"listen": {
-            "ssh": f"tcp:{self.ssh_port}:interface=127.0.0.1",
-            "telnet": f"tcp:{self.telnet_port}:interface=127.0.0.1",
-        }}))
+        (self.home / "config.json").write_text(
+            json.dumps(
+                {
+                    "listen": {
+                        "ssh": f"tcp:{self.ssh_port}:interface=127.0.0.1",
+                        "telnet": f"tcp:{self.telnet_port}:interface=127.0.0.1",
+                    }
+                }
+            )
+        )
         self.key = root / "id_test"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
         self.other_key = root / "id_other"
@@ -58,20 +71,42 @@ class ShellRuntime:
         env = dict(os.environ, ONEOS_HOME=str(self.home), PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             [sys.executable, "-c", _BOOT, "--nodaemon", "--pidfile=", "oneosd", "--id", "solo", "--pubsub", self.url],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=root)
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def ssh_argv(self, user: str = "alice", key: Path | None = None, *extra: str) -> list[str]:
-        return ["ssh", "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(key or self.key),
-                *extra, f"{user}@127.0.0.1"]
+        return [
+            "ssh",
+            "-p",
+            str(self.ssh_port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+            str(key or self.key),
+            *extra,
+            f"{user}@127.0.0.1",
+        ]
 
-    def ssh(self, line: str, user: str = "alice", key: Path | None = None, timeout: float = 60,
-            input: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.ssh_argv(user, key), "--", line], capture_output=True, text=True,
-                              timeout=timeout, input=input)
+    def ssh(
+        self, line: str, user: str = "alice", key: Path | None = None, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*self.ssh_argv(user, key), "--", line], capture_output=True, text=True, timeout=timeout, input=input
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -84,8 +119,12 @@ class ShellRuntime:
 def shell(tmp_path_factory):
     rt = ShellRuntime(tmp_path_factory.mktemp("shell"))
     try:
-        wait_for("the shell to listen", lambda: "shell serving ssh" in rt.log() and "now leads the kernel" in rt.log(),
-                 deadline=60, logs=rt.log)
+        wait_for(
+            "the shell to listen",
+            lambda: "shell serving ssh" in rt.log() and "now leads the kernel" in rt.log(),
+            deadline=60,
+            logs=rt.log,
+        )
         wait_for("the file system to answer", lambda: rt.ssh("ls /").returncode == 0, deadline=60, logs=rt.log)
         yield rt
     finally:
@@ -167,8 +206,14 @@ def test_auth_refused_without_leaking(shell):
 
 def test_password_login(shell, tmp_path):
     env = dict(os.environ, ONEOS_HOME=str(shell.home))
-    r = subprocess.run([*_cli("user"), "add", "bob", "--password-stdin"],
-                       input="s3cret-pw\n", capture_output=True, text=True, env=env, timeout=30)
+    r = subprocess.run(
+        [*_cli("user"), "add", "bob", "--password-stdin"],
+        input="s3cret-pw\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     # kept in the tree (the store file under the runtime's home), hashed; nothing in the home itself
     assert not (shell.home / "users.json").exists()
@@ -178,11 +223,33 @@ def test_password_login(shell, tmp_path):
         askpass = tmp_path / f"askpass-{len(password)}.sh"
         askpass.write_text(f"#!/bin/sh\necho '{password}'\n")
         askpass.chmod(0o755)
-        argv = ["ssh", "-p", str(shell.ssh_port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password",
-                "-o", "NumberOfPasswordPrompts=1", "bob@127.0.0.1", "whoami"]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                              env=dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0"))
+        argv = [
+            "ssh",
+            "-p",
+            str(shell.ssh_port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "bob@127.0.0.1",
+            "whoami",
+        ]
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0"),
+        )
 
     ok = attempt("s3cret-pw")
     assert ok.returncode == 0, ok.stderr
@@ -195,8 +262,12 @@ def test_password_login(shell, tmp_path):
 
 def test_two_sessions_keep_separate_cwd_and_env(shell):
     """Two interactive sessions at once, each fed lines without a terminal."""
-    procs = [subprocess.Popen([*shell.ssh_argv(), "-T"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [*shell.ssh_argv(), "-T"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     a, b = procs
     a.stdin.write("mkdir -p /tmp/sa; cd /tmp/sa; X=one\n")
     a.stdin.flush()
@@ -214,8 +285,12 @@ def test_bad_input_does_not_break_the_session(shell):
     huge = "echo " + "x" * 70000
     r = shell.ssh(huge)
     assert r.returncode in (2, 255)  # refused by the parser (or by ssh's own limits)
-    r = subprocess.run([*shell.ssh_argv(), "-T"], input=b"\x00\xff\xfe garbage\n\x1b[A\x07\necho still-here\n",
-                       capture_output=True, timeout=60)
+    r = subprocess.run(
+        [*shell.ssh_argv(), "-T"],
+        input=b"\x00\xff\xfe garbage\n\x1b[A\x07\necho still-here\n",
+        capture_output=True,
+        timeout=60,
+    )
     assert b"still-here" in r.stdout
     assert shell.ssh("echo alive").stdout == "alive\n"
 
@@ -257,8 +332,12 @@ def test_large_piped_input_streams_through(shell):
     r = subprocess.run([*shell.ssh_argv(), "--", "sha256sum"], input=data, capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
-    r = subprocess.run([*shell.ssh_argv(), "--", "cat > /tmp/upload.bin; wc -c /tmp/upload.bin"], input=data,
-                       capture_output=True, timeout=120)
+    r = subprocess.run(
+        [*shell.ssh_argv(), "--", "cat > /tmp/upload.bin; wc -c /tmp/upload.bin"],
+        input=data,
+        capture_output=True,
+        timeout=120,
+    )
     assert r.stdout.split()[0] == str(len(data)).encode(), r.stderr
 
 
@@ -287,12 +366,15 @@ class Terminal:
 
     def expect(self, text: bytes, deadline: float = 30, after: int = 0) -> int:
         """Wait until *text* is on the screen past offset *after*; returns where it ends."""
+
         def seen() -> int:
             with self._lock:
                 at = self.screen.find(text, after)
             return at + len(text) if at >= 0 else 0
 
-        return wait_for(f"{text!r} on the terminal", seen, deadline=deadline, logs=lambda: self.screen.decode(errors="replace"))
+        return wait_for(
+            f"{text!r} on the terminal", seen, deadline=deadline, logs=lambda: self.screen.decode(errors="replace")
+        )
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -403,8 +485,12 @@ def test_tail_follow_prints_what_is_appended(shell):
     import threading
 
     shell.ssh("echo old-1 > /tmp/follow.txt; echo old-2 >> /tmp/follow.txt")
-    p = subprocess.Popen([*shell.ssh_argv(), "--", "tail -n 1 -f /tmp/follow.txt"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [*shell.ssh_argv(), "--", "tail -n 1 -f /tmp/follow.txt"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stop = threading.Event()
 
     def writer() -> None:
@@ -519,8 +605,14 @@ class TelnetClient:
 @pytest.mark.parametrize("answer", [True, False], ids=["negotiating-client", "raw-client"])
 def test_telnet_password_login_and_commands(shell, answer):
     env = dict(os.environ, ONEOS_HOME=str(shell.home))
-    subprocess.run([*_cli("user"), "add", "tess", "--password-stdin"], input="tel-pw-1\n", capture_output=True,
-                   text=True, env=env, timeout=30)  # (the second run finds tess already there)
+    subprocess.run(
+        [*_cli("user"), "add", "tess", "--password-stdin"],
+        input="tel-pw-1\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )  # (the second run finds tess already there)
     wait_for("the telnet listener", lambda: "shell serving telnet" in shell.log(), deadline=30, logs=shell.log)
     c = TelnetClient(shell.telnet_port, answer)
     try:
@@ -553,14 +645,38 @@ def test_parallel_password_guessing_is_throttled(shell, tmp_path):
     askpass = tmp_path / "guess.sh"
     askpass.write_text("#!/bin/sh\necho 'not-the-password'\n")
     askpass.chmod(0o755)
-    argv = ["ssh", "-p", str(shell.ssh_port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password",
-            "-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=20"]
+    argv = [
+        "ssh",
+        "-p",
+        str(shell.ssh_port),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "NumberOfPasswordPrompts=1",
+        "-o",
+        "ConnectTimeout=20",
+    ]
     env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
     before = shell.log().count("password login refused")
     started = time.monotonic()
-    guessers = [subprocess.Popen([*argv, f"guess{i}@127.0.0.1", "true"], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for i in range(30)]
+    guessers = [
+        subprocess.Popen(
+            [*argv, f"guess{i}@127.0.0.1", "true"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        for i in range(30)
+    ]
     try:
         for p in guessers:
             p.wait(timeout=120)
@@ -578,8 +694,13 @@ def test_parallel_password_guessing_is_throttled(shell, tmp_path):
 
 def test_users_kill_only_their_own_programs_which_do_not_run_as_root(shell):
     env = dict(os.environ, ONEOS_HOME=str(shell.home))
-    r = subprocess.run([*_cli("user"), "addkey", "carol", str(shell.other_key) + ".pub"], capture_output=True,
-                       text=True, env=env, timeout=30)
+    r = subprocess.run(
+        [*_cli("user"), "addkey", "carol", str(shell.other_key) + ".pub"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     started = shell.ssh("sleep 300 &")
     assert started.returncode == 0, started.stderr
@@ -596,8 +717,13 @@ def test_users_kill_only_their_own_programs_which_do_not_run_as_root(shell):
 
 def test_homes_are_private_and_ls_l_shows_owners(shell):
     env = dict(os.environ, ONEOS_HOME=str(shell.home))
-    r = subprocess.run([*_cli("user"), "addkey", "dave", str(shell.other_key) + ".pub"], capture_output=True,
-                       text=True, env=env, timeout=30)
+    r = subprocess.run(
+        [*_cli("user"), "addkey", "dave", str(shell.other_key) + ".pub"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     wrote = shell.ssh("echo alice-only > $HOME/private.txt; cat $HOME/private.txt")
     assert wrote.returncode == 0 and wrote.stdout == "alice-only\n", wrote
@@ -610,7 +736,9 @@ def test_homes_are_private_and_ls_l_shows_owners(shell):
         assert r.returncode != 0 and "permission denied" in r.stderr and not r.stdout, (line, r)
     made = shell.ssh("python3 -c 'print(6 * 7)' > $HOME/out.txt; cat out.txt; ls -l")
     assert made.returncode == 0 and made.stdout.startswith("42\n"), made
-    assert [row.split()[:2] for row in made.stdout.splitlines() if row.endswith(" out.txt")] == [["-rw-r--r--", "alice"]]
+    assert [row.split()[:2] for row in made.stdout.splitlines() if row.endswith(" out.txt")] == [
+        ["-rw-r--r--", "alice"]
+    ]
     assert "planted" not in made.stdout
     listed = shell.ssh("ls -l /home", user="dave", key=shell.other_key)
     assert listed.returncode == 0, listed.stderr
@@ -619,7 +747,10 @@ def test_homes_are_private_and_ls_l_shows_owners(shell):
     # alice opens up: dave may read, not change, and only root may give it away
     assert shell.ssh("chmod 755 $HOME && chmod a+r private.txt").returncode == 0
     assert shell.ssh("cat /home/alice/private.txt", user="dave", key=shell.other_key).stdout == "alice-only\n"
-    denied = shell.ssh("chmod 777 /home/alice/private.txt; chown dave /home/alice/private.txt; "
-                       "echo x > /home/alice/private.txt", user="dave", key=shell.other_key)
+    denied = shell.ssh(
+        "chmod 777 /home/alice/private.txt; chown dave /home/alice/private.txt; echo x > /home/alice/private.txt",
+        user="dave",
+        key=shell.other_key,
+    )
     assert denied.stderr.count("operation not permitted") == 2 and "permission denied" in denied.stderr, denied
     assert "-rw-r--r-- alice" in shell.ssh("ls -l /home/alice").stdout

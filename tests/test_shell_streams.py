@@ -40,7 +40,7 @@ TICK = 0.001
 # -- fakes ---------------------------------------------------------------------------------------
 
 
-def pattern(size: int) -> "Generated":
+def pattern(size: int) -> Generated:
     return Generated(size)
 
 
@@ -56,7 +56,7 @@ class Generated:
         unit = self.UNIT
         start = offset % len(unit)
         reps = (start + length) // len(unit) + 2
-        return (unit * reps)[start:start + length]
+        return (unit * reps)[start : start + length]
 
     def sha256(self) -> str:
         h = hashlib.sha256()
@@ -125,7 +125,7 @@ class StreamFS:
         data = self.files[path]
         if isinstance(data, Generated):
             return data.piece(offset, length)
-        return bytes(data[offset:offset + length])
+        return bytes(data[offset : offset + length])
 
     @defer.inlineCallbacks
     def read_into(self, path: str, sink: Any, offset: int = 0, length: int | None = None) -> Any:
@@ -199,7 +199,7 @@ class Out:
 class FakeAgent:
     """A program 'running on a runtime': an async function over in-memory stdin/stdout/stderr pipes."""
 
-    def __init__(self, grid: "FakeGrid", agent_id: str, program: str, args: list[str]) -> None:
+    def __init__(self, grid: FakeGrid, agent_id: str, program: str, args: list[str]) -> None:
         self.grid = grid
         self.id = agent_id
         self.program = program
@@ -286,8 +286,14 @@ async def prog_fail3(agent: FakeAgent) -> int:
     return 3
 
 
-PROGRAMS = {"upper": prog_upper, "xcat": prog_cat, "sha256sum": prog_sha256sum, "seq": prog_seq,
-            "head1": prog_head1, "fail3": prog_fail3}
+PROGRAMS = {
+    "upper": prog_upper,
+    "xcat": prog_cat,
+    "sha256sum": prog_sha256sum,
+    "seq": prog_seq,
+    "head1": prog_head1,
+    "fail3": prog_fail3,
+}
 
 
 class _StdinSink:
@@ -370,15 +376,17 @@ class FakeGrid:
     def send(self, reactor: Any, host: str, port: int, token: str, source: Any) -> defer.Deferred:
         kind, sink = self.tokens.pop(token)
         if kind in self.unreachable:
-            return defer.fail(TransferError(f"cannot connect to stream address {host}:{port}: Connection refused",
-                                            "ECONNREFUSED"))
+            return defer.fail(
+                TransferError(f"cannot connect to stream address {host}:{port}: Connection refused", "ECONNREFUSED")
+            )
         return defer.Deferred.fromCoroutine(_pump(self.clock, source, sink, vanish=False))
 
     def receive(self, reactor: Any, host: str, port: int, token: str, sink: Any) -> defer.Deferred:
         kind, source = self.tokens.pop(token)
         if kind in self.unreachable:
-            return defer.fail(TransferError(f"cannot connect to stream address {host}:{port}: Connection refused",
-                                            "ECONNREFUSED"))
+            return defer.fail(
+                TransferError(f"cannot connect to stream address {host}:{port}: Connection refused", "ECONNREFUSED")
+            )
         return defer.Deferred.fromCoroutine(_pump(self.clock, source, sink, vanish=kind in self.vanish))
 
 
@@ -420,8 +428,9 @@ class Harness:
         monkeypatch.setattr("oneos.transfer.send", self.grid.send)
         monkeypatch.setattr("oneos.transfer.receive", self.grid.receive)
         self.out, self.err = Out(), Out()
-        self.interp = Interpreter(Session("ann", home="/home"), Grid(self.fs, self.grid, None, self.clock),
-                                  self.out, self.err)
+        self.interp = Interpreter(
+            Session("ann", home="/home"), Grid(self.fs, self.grid, None, self.clock), self.out, self.err
+        )
 
         async def watch(info: dict[str, Any]) -> tuple[defer.Deferred, Any]:
             return self.grid.agents[info["id"]].ended, Subscription()
@@ -705,8 +714,10 @@ def test_mixed_pipelines_stream_both_ways(h):
 def test_programs_wired_together_between_builtins(h):
     h.fs.files["/big"] = big = pattern(8 * MiB)
     assert h.run("cat /big | xcat | upper | xcat | sha256sum") == 0
-    assert h.out.text.split()[0] == hashlib.sha256(b"".join(
-        big.piece(o, CHUNK).upper() for o in range(0, big.size, CHUNK))).hexdigest()
+    assert (
+        h.out.text.split()[0]
+        == hashlib.sha256(b"".join(big.piece(o, CHUNK).upper() for o in range(0, big.size, CHUNK))).hexdigest()
+    )
 
 
 def test_program_feeding_a_builtin_that_stops_early_is_stopped(h):
@@ -764,8 +775,10 @@ def _hwm_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-@pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("ssh-keygen") is None or not os.path.exists("/proc/self/clear_refs"),
-                    reason="needs the OpenSSH client and Linux /proc")
+@pytest.mark.skipif(
+    shutil.which("ssh") is None or shutil.which("ssh-keygen") is None or not os.path.exists("/proc/self/clear_refs"),
+    reason="needs the OpenSSH client and Linux /proc",
+)
 def test_large_file_streams_through_a_real_runtime_with_bounded_memory(tmp_path):
     from _runtimes import oneos, wait_for
     from test_shell_ssh import ShellRuntime
@@ -781,11 +794,25 @@ def test_large_file_streams_through_a_real_runtime_with_bounded_memory(tmp_path)
             digest.update(piece)
     rt = ShellRuntime(tmp_path / "rt")
     try:
-        wait_for("the shell to listen", lambda: "shell serving ssh" in rt.log() and "now leads the kernel" in rt.log(),
-                 deadline=60, logs=rt.log)
+        wait_for(
+            "the shell to listen",
+            lambda: "shell serving ssh" in rt.log() and "now leads the kernel" in rt.log(),
+            deadline=60,
+            logs=rt.log,
+        )
         wait_for("the file system to answer", lambda: rt.ssh("ls /").returncode == 0, deadline=60, logs=rt.log)
-        put = oneos("fs", "--pubsub", rt.url, "--timeout", "60", "put", str(local), "/tmp/big.bin", timeout=300,
-                    env={"ONEOS_HOME": str(rt.home)})
+        put = oneos(
+            "fs",
+            "--pubsub",
+            rt.url,
+            "--timeout",
+            "60",
+            "put",
+            str(local),
+            "/tmp/big.bin",
+            timeout=300,
+            env={"ONEOS_HOME": str(rt.home)},
+        )
         assert put.returncode == 0, put.stderr
         pid = rt.process.pid
         with open(f"/proc/{pid}/clear_refs", "w") as f:

@@ -38,8 +38,21 @@ def ps(url: str) -> list[dict]:
 
 def test_a_producer_whose_runtime_dies_fails_the_pipeline_and_names_it(trio):
     broker, (rt1, victim) = trio
-    proc = subprocess.Popen([sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", broker.url, "--pipe",
-                             "yes @rt-victim | wc -c @rt-1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oneos.cli.main",
+            "run",
+            "--pubsub",
+            broker.url,
+            "--pipe",
+            "yes @rt-victim | wc -c @rt-1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for("the pipe to flow", lambda: any(r["name"] == "wc" and r["state"] == "running" for r in ps(broker.url)))
     victim.kill(signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
@@ -49,10 +62,17 @@ def test_a_producer_whose_runtime_dies_fails_the_pipeline_and_names_it(trio):
 
 def test_a_reader_that_stops_early_ends_the_remote_program(trio):
     broker, _ = trio
-    r = subprocess.run(f"{sys.executable} -m oneos.cli.main run --pubsub {broker.url} --on rt-1 yes | head -c 100",
-                       shell=True, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        f"{sys.executable} -m oneos.cli.main run --pubsub {broker.url} --on rt-1 yes | head -c 100",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.stdout == "y\n" * 50 and "Traceback" not in r.stderr, r.stderr
-    wait_for("yes to be stopped", lambda: all(row["state"] != "running" for row in ps(broker.url) if row["name"] == "yes"))
+    wait_for(
+        "yes to be stopped", lambda: all(row["state"] != "running" for row in ps(broker.url) if row["name"] == "yes")
+    )
 
 
 def test_programs_do_not_run_as_root_nor_read_the_runtimes_home(trio):

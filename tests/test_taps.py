@@ -87,9 +87,34 @@ def test_the_plugins_make_their_service_with_the_tap_module(monkeypatch):
 
 
 ALL_FLAGS = [
-    "--id", "rt-1", "--pubsub", "mqtt://10.0.0.5:1883", "--broker", "external", "--store", "sqlite:///tmp/x.db",
-    "--memory", "512", "--tags", "gpu,cam", "--address", "10.0.0.6", "--keepalive", "5", "--stats-interval", "3",
-    "--run-as", "auto", "--disconnect-grace", "20", "--ssh", "tcp:2222", "--telnet", "tcp:2323", "--pipe", "tcp:0",
+    "--id",
+    "rt-1",
+    "--pubsub",
+    "mqtt://10.0.0.5:1883",
+    "--broker",
+    "external",
+    "--store",
+    "sqlite:///tmp/x.db",
+    "--memory",
+    "512",
+    "--tags",
+    "gpu,cam",
+    "--address",
+    "10.0.0.6",
+    "--keepalive",
+    "5",
+    "--stats-interval",
+    "3",
+    "--run-as",
+    "auto",
+    "--disconnect-grace",
+    "20",
+    "--ssh",
+    "tcp:2222",
+    "--telnet",
+    "tcp:2323",
+    "--pipe",
+    "tcp:0",
     "--no-kernel",
 ]
 
@@ -97,9 +122,18 @@ ALL_FLAGS = [
 def test_runtime_flags_become_overrides_and_the_config(home):
     options = parsed(runtime_tap.Options, *ALL_FLAGS)
     assert options.overrides() == {
-        "id": "rt-1", "pubsub": "mqtt://10.0.0.5:1883", "broker": "external", "store": "sqlite:///tmp/x.db",
-        "kernel": False, "memory_mb": "512", "tags": "gpu,cam", "address": "10.0.0.6", "keepalive": "5",
-        "stats_interval": "3", "disconnect_grace": "20", "run_as": "auto",
+        "id": "rt-1",
+        "pubsub": "mqtt://10.0.0.5:1883",
+        "broker": "external",
+        "store": "sqlite:///tmp/x.db",
+        "kernel": False,
+        "memory_mb": "512",
+        "tags": "gpu,cam",
+        "address": "10.0.0.6",
+        "keepalive": "5",
+        "stats_interval": "3",
+        "disconnect_grace": "20",
+        "run_as": "auto",
         "listen": {"ssh": "tcp:2222", "telnet": "tcp:2323", "pipe": "tcp:0"},
     }
     c = options.config
@@ -129,12 +163,15 @@ def test_runtime_defaults_id_kernel_and_home(home, tmp_path):
 
 
 @pytest.mark.parametrize("options_class", [runtime_tap.Flags, runtime_tap.Options])
-@pytest.mark.parametrize("args,message", [
-    (["--kernel", "--no-kernel"], "--kernel and --no-kernel contradict each other"),
-    (["--id", "rt-1", "rt-2"], "give the runtime id either as --id or positionally, not both"),
-    (["rt-1", "rt-2"], "Wrong number of arguments."),
-    (["--bogus"], "option --bogus not recognized"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--kernel", "--no-kernel"], "--kernel and --no-kernel contradict each other"),
+        (["--id", "rt-1", "rt-2"], "give the runtime id either as --id or positionally, not both"),
+        (["rt-1", "rt-2"], "Wrong number of arguments."),
+        (["--bogus"], "option --bogus not recognized"),
+    ],
+)
 def test_runtime_contradictions_are_usage_errors(home, options_class, args, message):
     with pytest.raises(usage.UsageError) as e:
         parsed(options_class, *args)
@@ -156,12 +193,15 @@ def test_a_bad_config_file_is_a_usage_error_with_the_plain_message(home):
     assert parsed(runtime_tap.Flags).overrides()["memory_mb"] is None
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--memory", "lots"], "config field 'memory_mb': expected a number, got 'lots'"),
-    (["--broker", "maybe"], "config field 'broker': 'maybe' is not one of auto, embedded, external"),
-    (["--id", "a b"], "config field 'id': 'a b' is not a valid runtime id"),
-    (["--ssh", "2222"], "config field 'listen.ssh': '2222' is not an endpoint string"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--memory", "lots"], "config field 'memory_mb': expected a number, got 'lots'"),
+        (["--broker", "maybe"], "config field 'broker': 'maybe' is not one of auto, embedded, external"),
+        (["--id", "a b"], "config field 'id': 'a b' is not a valid runtime id"),
+        (["--ssh", "2222"], "config field 'listen.ssh': '2222' is not an endpoint string"),
+    ],
+)
 def test_a_bad_flag_value_is_a_usage_error_naming_the_field(home, args, message):
     with pytest.raises(usage.UsageError) as e:
         parsed(runtime_tap.Options, *args)
@@ -207,9 +247,26 @@ def test_runtime_make_service_refuses_a_client_identity_in_one_plain_line(home):
 
 
 def test_broker_options_parse_every_flag():
-    o = parsed(broker_tap.Options, "--port", "1884", "--interface", "127.0.0.1", "--websocket-port", "8080",
-               "--port-file", "p", "--max-message", "2048", "--connect-timeout", "2.5", "--allow-anonymous",
-               "--cert", "c.pem", "--key", "k.pem")
+    o = parsed(
+        broker_tap.Options,
+        "--port",
+        "1884",
+        "--interface",
+        "127.0.0.1",
+        "--websocket-port",
+        "8080",
+        "--port-file",
+        "p",
+        "--max-message",
+        "2048",
+        "--connect-timeout",
+        "2.5",
+        "--allow-anonymous",
+        "--cert",
+        "c.pem",
+        "--key",
+        "k.pem",
+    )
     assert (o["port"], o["interface"], o["websocket-port"], o["port-file"]) == (1884, "127.0.0.1", 8080, "p")
     assert (o["max-message"], o["connect-timeout"], o["allow-anonymous"]) == (2048, 2.5, 1)
     assert (o["cert"], o["key"], o["tls"]) == ("c.pem", "k.pem", 0)
@@ -220,14 +277,17 @@ def test_broker_options_parse_every_flag():
     assert parsed(broker_tap.Options, "-p", "0", "-i", "::1")["port"] == 0
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--cert", "c.pem"], "--cert and --key go together"),
-    (["--key", "k.pem"], "--cert and --key go together"),
-    (["--port", "65536"], "--port must be 0..65535"),
-    (["--websocket-port", "-1"], "--websocket-port must be 0..65535"),
-    (["--max-message", "-1"], "--max-message must not be negative (0 = no limit)"),
-    (["--connect-timeout", "-1"], "--connect-timeout must not be negative (0 = no limit)"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--cert", "c.pem"], "--cert and --key go together"),
+        (["--key", "k.pem"], "--cert and --key go together"),
+        (["--port", "65536"], "--port must be 0..65535"),
+        (["--websocket-port", "-1"], "--websocket-port must be 0..65535"),
+        (["--max-message", "-1"], "--max-message must not be negative (0 = no limit)"),
+        (["--connect-timeout", "-1"], "--connect-timeout must not be negative (0 = no limit)"),
+    ],
+)
 def test_broker_bad_options_are_usage_errors(args, message):
     with pytest.raises(usage.UsageError) as e:
         parsed(broker_tap.Options, *args)
@@ -258,8 +318,18 @@ def test_broker_make_service_requires_credentials_by_default(home, fake_reactor)
 
 
 def test_broker_make_service_with_allow_anonymous_has_no_credentials(home, fake_reactor):
-    broker = broker_tap.makeService(parsed(broker_tap.Options, "--allow-anonymous", "--websocket-port", "8080",
-                                           "--max-message", "0", "--connect-timeout", "0"))
+    broker = broker_tap.makeService(
+        parsed(
+            broker_tap.Options,
+            "--allow-anonymous",
+            "--websocket-port",
+            "8080",
+            "--max-message",
+            "0",
+            "--connect-timeout",
+            "0",
+        )
+    )
     assert broker.credentials is None and not credentials.path(home).exists()
     assert (broker.interface, broker.port, broker.ws) == ("0.0.0.0", 1883, ("0.0.0.0", 8080))
     assert (broker.max_message, broker.connect_timeout) == (None, None)  # 0 = no limit
@@ -268,8 +338,11 @@ def test_broker_make_service_with_allow_anonymous_has_no_credentials(home, fake_
 def test_broker_make_service_tls_errors_are_one_plain_line(home, fake_reactor):
     with pytest.raises(SystemExit) as e:
         broker_tap.makeService(parsed(broker_tap.Options, "--tls", "--allow-anonymous"))
-    assert e.value.code == (f"oneospsd: no TLS certificate in {home}/tls/cert.pem: run 'oneos tls init' first "
-                            "(or give --cert and --key)")
+    assert e.value.code == (
+        f"oneospsd: no TLS certificate in {home}/tls/cert.pem: run 'oneos tls init' first (or give --cert and --key)"
+    )
     with pytest.raises(SystemExit) as e:
-        broker_tap.makeService(parsed(broker_tap.Options, "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"))
+        broker_tap.makeService(
+            parsed(broker_tap.Options, "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem")
+        )
     assert str(e.value.code).startswith("oneospsd: no TLS certificate file at /nonexistent/c.pem")

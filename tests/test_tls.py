@@ -97,7 +97,8 @@ def test_machine_certificate_names_dns_names_and_ip_addresses(tmp_path):
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["box.example", "localhost"]
     assert set(san.get_values_for_type(x509.IPAddress)) == {
-        ipaddress.ip_address(a) for a in ("10.1.2.3", "fd00::7", "127.0.0.1", "::1")}
+        ipaddress.ip_address(a) for a in ("10.1.2.3", "fd00::7", "127.0.0.1", "::1")
+    }
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     ca = x509.load_pem_x509_certificate(tls.ca_path(tmp_path).read_bytes())
     cert.verify_directly_issued_by(ca)
@@ -206,8 +207,9 @@ class BrokerTLSTests(Scratch, unittest.TestCase):
         root = self.scratch()
         self.home = network(root, "net")
         self.other = network(root, "other")
-        self.broker = BrokerService("tcp:0:interface=127.0.0.1",
-                                    tls=(str(tls.cert_path(self.home)), str(tls.key_path(self.home))))
+        self.broker = BrokerService(
+            "tcp:0:interface=127.0.0.1", tls=(str(tls.cert_path(self.home)), str(tls.key_path(self.home)))
+        )
         self.broker.startService()
         _, self.port = yield within(self.broker.whenListening(), "the TLS broker to listen")
         self.clients: list[PubSubClient] = []
@@ -249,8 +251,9 @@ class BrokerTLSTests(Scratch, unittest.TestCase):
     def test_a_certificate_for_another_address_is_refused(self):
         yield self.broker.stopService()
         wrong = network(self.scratch(), "wrong", names=("10.9.9.9",), loopback=False)
-        self.broker = BrokerService(f"tcp:{self.port}:interface=127.0.0.1",
-                                    tls=(str(tls.cert_path(wrong)), str(tls.key_path(wrong))))
+        self.broker = BrokerService(
+            f"tcp:{self.port}:interface=127.0.0.1", tls=(str(tls.cert_path(wrong)), str(tls.key_path(wrong)))
+        )
         self.broker.startService()
         yield within(self.broker.whenListening(), "the broker to listen again")
         c = self.client(f"mqtts://127.0.0.1:{self.port}", tls.ca_path(wrong))
@@ -292,8 +295,17 @@ def test_oneospsd_tls_process_serves_mqtts(tmp_path):
     home = network(tmp_path, "home")
     port_file = tmp_path / "port"
     env = {**os.environ, "ONEOS_HOME": str(home)}
-    argv = twistd_command("oneospsd", "--tls", "--port", "0", "--interface", "127.0.0.1", "--port-file",
-                          str(port_file), "--allow-anonymous")
+    argv = twistd_command(
+        "oneospsd",
+        "--tls",
+        "--port",
+        "0",
+        "--interface",
+        "127.0.0.1",
+        "--port-file",
+        str(port_file),
+        "--allow-anonymous",
+    )
     log_path = tmp_path / "oneospsd.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
@@ -312,7 +324,8 @@ def test_oneospsd_tls_process_serves_mqtts(tmp_path):
             "def ok(_): print('CONNECTED'); reactor.stop()\n"
             "c.startService(); c.whenConnected().addCallback(ok)\n"
             "reactor.callLater(20, lambda: (print('FAILED', c.last_error), reactor.stop()))\n"
-            "reactor.run()\n")
+            "reactor.run()\n"
+        )
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
         assert "CONNECTED" in result.stdout, result.stdout + result.stderr
         assert "TLS on (mqtts://)" in log_path.read_text()
@@ -325,10 +338,18 @@ def test_oneospsd_tls_without_a_certificate_is_one_plain_line(tmp_path):
     from oneos.twistd import twistd_command
 
     env = {**os.environ, "ONEOS_HOME": str(tmp_path)}
-    result = subprocess.run(twistd_command("oneospsd", "--tls", "--port", "0", "--allow-anonymous"), env=env,
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        twistd_command("oneospsd", "--tls", "--port", "0", "--allow-anonymous"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
-    assert "no TLS certificate in" in result.stderr + result.stdout and "oneos tls init" in result.stderr + result.stdout
+    assert (
+        "no TLS certificate in" in result.stderr + result.stdout and "oneos tls init" in result.stderr + result.stdout
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -441,8 +462,10 @@ class StreamTLSTests(Scratch, unittest.TestCase):
         try:
             token = self.offer(server, sink=HashSink())
             with self.assertRaises(TransferError) as e:
-                yield within(send(reactor, host, port, token, PatternSource(1000), tls=tls.load_trust(wrong)),
-                             "the name check to fail")
+                yield within(
+                    send(reactor, host, port, token, PatternSource(1000), tls=tls.load_trust(wrong)),
+                    "the name check to fail",
+                )
             self.assertIn(f"127.0.0.1:{port}", str(e.exception))
             self.assertIn("certificate is not valid for 127.0.0.1", str(e.exception))
         finally:
@@ -512,9 +535,24 @@ def test_a_runtime_with_a_certificate_serves_streams_with_tls(tmp_path):
         assert get.returncode == 0, get.stderr
         assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest()
         # a program's input and output, and a pipe between two programs, stream over TLS too
-        ran = subprocess.run([sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", rt.url, "python3", "-c",
-                              "import sys; print(sys.stdin.read().upper(), end='')"], input="over tls\n",
-                             capture_output=True, text=True, timeout=120, env={**os.environ, "ONEOS_HOME": str(home)})
+        ran = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "oneos.cli.main",
+                "run",
+                "--pubsub",
+                rt.url,
+                "python3",
+                "-c",
+                "import sys; print(sys.stdin.read().upper(), end='')",
+            ],
+            input="over tls\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "ONEOS_HOME": str(home)},
+        )
         assert (ran.returncode, ran.stdout) == (0, "OVER TLS\n"), ran.stderr + rt.log()
         piped = rt.oneos("run", "--pipe", "seq 1 1000 | wc -l", timeout=120)
         assert (piped.returncode, piped.stdout.strip()) == (0, "1000"), piped.stderr + rt.log()

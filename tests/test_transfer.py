@@ -158,7 +158,9 @@ class FailingSink(HashSink):
     def write(self, data: bytes) -> defer.Deferred:
         self.received += len(data)
         if self.received > 2 * 2**20:
-            return task.deferLater(reactor, 0.01, lambda: (_ for _ in ()).throw(TransferError("program closed its input", "EPIPE")))
+            return task.deferLater(
+                reactor, 0.01, lambda: (_ for _ in ()).throw(TransferError("program closed its input", "EPIPE"))
+            )
         return defer.succeed(None)
 
 
@@ -190,7 +192,10 @@ from oneos.transfer import DATA, END, FrameParser, frame  # noqa: E402
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(max_size=3000), max_size=8), st.lists(st.integers(min_value=1, max_value=4000), min_size=1, max_size=50))
+@given(
+    st.lists(st.binary(max_size=3000), max_size=8),
+    st.lists(st.integers(min_value=1, max_value=4000), min_size=1, max_size=50),
+)
 def test_frames_survive_any_fragmentation(payloads, cuts):
     stream = b"".join(frame(DATA, p) for p in payloads) + frame(END, b"{}")
     parser, got, pos, i = FrameParser(), [], 0, 0

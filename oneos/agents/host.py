@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,19 @@ class AgentHost(service.Service):
 
     name = "agents"
 
-    def __init__(self, runtime_id: str, reactor: Any, client: Any, transfer: Any, fs: Callable[[str | None], Any], *,
-                 home: Path, memory_mb: int, interval: float, account: Any = None) -> None:
+    def __init__(
+        self,
+        runtime_id: str,
+        reactor: Any,
+        client: Any,
+        transfer: Any,
+        fs: Callable[[str | None], Any],
+        *,
+        home: Path,
+        memory_mb: int,
+        interval: float,
+        account: Any = None,
+    ) -> None:
         self.runtime_id = runtime_id
         self.reactor = reactor
         self.client = client
@@ -64,8 +75,11 @@ class AgentHost(service.Service):
         self.manager.on_event(self._on_event)
         # Programs fetched from the tree are cached outside $ONEOS_HOME (which holds the runtime's keys),
         # readable by the account programs run as.
-        self.cache = Path(tempfile.gettempdir()) / f"oneos-programs-{runtime_id}" if account is not None \
+        self.cache = (
+            Path(tempfile.gettempdir()) / f"oneos-programs-{runtime_id}"
+            if account is not None
             else Path(home) / "cache"
+        )
         self._loop: task.LoopingCall | None = None
 
     def startService(self) -> None:
@@ -145,10 +159,25 @@ class AgentHost(service.Service):
 
     # -- RPC ------------------------------------------------------------------
     @defer.inlineCallbacks
-    def spawn(self, program: str, args: list[str] | None = None, cwd: str | None = None, env: dict[str, str] | None = None,
-              name: str = "", memory_mb: int = 0, restart: str = "no", agent_id: str | None = None,
-              stdout: str = "attach", stdin: bool = True, stderr: str = "attach", stdin_file: str | None = None,
-              job: str = "", incarnation: int = 0, history: dict[str, Any] | None = None, user: str = "") -> Any:
+    def spawn(
+        self,
+        program: str,
+        args: list[str] | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        name: str = "",
+        memory_mb: int = 0,
+        restart: str = "no",
+        agent_id: str | None = None,
+        stdout: str = "attach",
+        stdin: bool = True,
+        stderr: str = "attach",
+        stdin_file: str | None = None,
+        job: str = "",
+        incarnation: int = 0,
+        history: dict[str, Any] | None = None,
+        user: str = "",
+    ) -> Any:
         """Start a program here; fires with the agent's info.
 
         *stdout*/*stderr*: ``attach`` (held until a reader attaches),
@@ -162,9 +191,20 @@ class AgentHost(service.Service):
         environment = dict(os.environ)
         environment.update(env or {})
         environment["ONEOS_RUNTIME"] = self.runtime_id
-        spec = AgentSpec(local, list(args or []), cwd=cwd, env=environment, name=name or os.path.basename(program),
-                         memory_limit_mb=int(memory_mb or 0), restart=restart, stdin=stdin, job=job,
-                         incarnation=int(incarnation), history=dict(history or {}), user=user)
+        spec = AgentSpec(
+            local,
+            list(args or []),
+            cwd=cwd,
+            env=environment,
+            name=name or os.path.basename(program),
+            memory_limit_mb=int(memory_mb or 0),
+            restart=restart,
+            stdin=stdin,
+            job=job,
+            incarnation=int(incarnation),
+            history=dict(history or {}),
+            user=user,
+        )
         agent = self.manager.spawn(spec, agent_id=agent_id)
         agent.stdout_to = stdout
         for mode, stream in ((stdout, agent.stdout), (stderr if stdout != "discard" else "discard", agent.stderr)):
@@ -207,7 +247,9 @@ class AgentHost(service.Service):
         try:
             st = yield fs.stat(program)
         except FSError:
-            raise ProgramError(f"{program}: no such file on runtime {self.runtime_id} or in the OneOS file system") from None
+            raise ProgramError(
+                f"{program}: no such file on runtime {self.runtime_id} or in the OneOS file system"
+            ) from None
         key = hashlib.sha256(f"{program}\0{st.mtime}\0{st.size}".encode()).hexdigest()[:16]
         target = self.cache / key / os.path.basename(program)
         if not target.exists():
@@ -234,7 +276,11 @@ class AgentHost(service.Service):
         agent = self._owned(agent_id, user)
         source = agent.stdout if stream == "stdout" else agent.stderr
         token, done = self.transfer.offer(source=source)
-        done.addErrback(lambda f: log.info("{stream} of agent {id} ended: {why}", stream=stream, id=agent_id, why=f.getErrorMessage()))
+        done.addErrback(
+            lambda f: log.info(
+                "{stream} of agent {id} ended: {why}", stream=stream, id=agent_id, why=f.getErrorMessage()
+            )
+        )
         return {**self.transfer.where(), "token": token}
 
     def stdin(self, agent_id: str, source: str = "", user: str | None = None) -> dict[str, Any]:
@@ -257,8 +303,9 @@ class AgentHost(service.Service):
         done.addErrback(broke)
         return {**self.transfer.where(), "token": token}
 
-    def pipe_out(self, agent_id: str, host: str, port: int, token: str, to: str = "",
-                 user: str | None = None, tls: bool = False) -> dict[str, Any]:
+    def pipe_out(
+        self, agent_id: str, host: str, port: int, token: str, to: str = "", user: str | None = None, tls: bool = False
+    ) -> dict[str, Any]:
         """Send the agent's stdout to another runtime's sink (the next pipeline stage; *tls*: it listens with TLS)."""
         agent = self._owned(agent_id, user)
         agent.stdout_to = f"pipe:{to or f'{host}:{port}'}"

@@ -74,8 +74,9 @@ def agent_account(setting: str) -> Account | None:
     if entry.pw_uid == os.geteuid():
         return None  # the runtime's own account (or root, asked for by name)
     if os.geteuid() != 0:
-        raise AgentError(f"run_as {setting!r}: only a runtime started as root can run programs as another account",
-                         "EPERM")
+        raise AgentError(
+            f"run_as {setting!r}: only a runtime started as root can run programs as another account", "EPERM"
+        )
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
 
@@ -248,7 +249,7 @@ class OutputStream:
 class StdinSink:
     """Writes to a child's stdin with back-pressure (``write`` waits while the pipe is full)."""
 
-    def __init__(self, agent: "AgentProcess") -> None:
+    def __init__(self, agent: AgentProcess) -> None:
         self.agent = agent
         self.paused = False
         self._waiters: list[defer.Deferred] = []
@@ -297,7 +298,7 @@ class StdinSink:
 class AgentProcess(protocol.ProcessProtocol):
     """One running program."""
 
-    def __init__(self, manager: "AgentManager", agent_id: str, spec: AgentSpec, argv: list[str]) -> None:
+    def __init__(self, manager: AgentManager, agent_id: str, spec: AgentSpec, argv: list[str]) -> None:
         self.manager = manager
         self.id = agent_id
         self.spec = spec
@@ -538,14 +539,20 @@ class AgentManager(service.Service):
         if self.account is not None:
             # Nothing of the runtime's own (its home, its keys) is the program's business.
             env.pop("ONEOS_HOME", None)
-            env.update(HOME=self.account.home, USER=self.account.name, LOGNAME=self.account.name,
-                       PATH=reachable_path(env.get("PATH", os.defpath)))
+            env.update(
+                HOME=self.account.home,
+                USER=self.account.name,
+                LOGNAME=self.account.name,
+                PATH=reachable_path(env.get("PATH", os.defpath)),
+            )
             cwd = cwd or "/tmp"
         argv = resolve_argv(spec.program, spec.args, path=env.get("PATH"), cwd=cwd)
         agent = AgentProcess(self, agent_id or self.new_id(), spec, argv)
         wrapped = session_argv(argv, self.account) if self.own_session else None
         if wrapped is None and self.account is not None:
-            raise AgentError(f"cannot run programs as {self.account.name}: util-linux setsid/setpriv are missing", "EPERM")
+            raise AgentError(
+                f"cannot run programs as {self.account.name}: util-linux setsid/setpriv are missing", "EPERM"
+            )
         run = wrapped or argv
         try:
             self.reactor.spawnProcess(agent, run[0], run, env=env, path=cwd, childFDs={0: "w", 1: "r", 2: "r"})
@@ -558,7 +565,9 @@ class AgentManager(service.Service):
 
     def _ended(self, agent: AgentProcess) -> None:
         how = f"signal {agent.signal}" if agent.signal is not None else f"status {agent.exit_code}"
-        log.info("agent {id} ended ({how}){reason}", id=agent.id, how=how, reason=f": {agent.reason}" if agent.reason else "")
+        log.info(
+            "agent {id} ended ({how}){reason}", id=agent.id, how=how, reason=f": {agent.reason}" if agent.reason else ""
+        )
         self._emit(agent, "ended")
         ended = [a for a in self.agents.values() if a.state in ENDED]
         for old in ended[: max(0, len(ended) - self.keep_ended)]:
@@ -582,7 +591,9 @@ class AgentManager(service.Service):
         agent.send_signal("TERM")
         grace = self.kill_grace if grace is None else grace
         if agent._kill_timer is None:
-            agent._kill_timer = self.clock.callLater(grace, lambda: agent.state not in ENDED and agent.send_signal("KILL"))
+            agent._kill_timer = self.clock.callLater(
+                grace, lambda: agent.state not in ENDED and agent.send_signal("KILL")
+            )
         return agent
 
     def _switch(self, agent_id: str, want: str, signal_name: str, becomes: str, event: str) -> AgentProcess:
@@ -612,13 +623,16 @@ class AgentManager(service.Service):
             total += mb
             usage.append((mb, agent))
             if agent.spec.memory_limit_mb and mb > agent.spec.memory_limit_mb:
-                self.kill(agent.id, grace=0.5, reason=f"memory limit exceeded: {mb:.0f} MB > {agent.spec.memory_limit_mb} MB")
+                self.kill(
+                    agent.id, grace=0.5, reason=f"memory limit exceeded: {mb:.0f} MB > {agent.spec.memory_limit_mb} MB"
+                )
                 agent.state = FAILED
         if self.memory_limit_mb and total > self.memory_limit_mb and usage:
             mb, biggest = max(usage, key=lambda pair: pair[0])
             if biggest.state not in ENDED:
                 self.kill(
-                    biggest.id, grace=0.5,
+                    biggest.id,
+                    grace=0.5,
                     reason=f"runtime memory limit exceeded: agents use {total:.0f} MB > {self.memory_limit_mb} MB; stopped the largest",
                 )
                 biggest.state = FAILED

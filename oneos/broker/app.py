@@ -23,11 +23,17 @@ def network_credentials(home: Path | None = None) -> Credentials:
     creds, created = credentials.create(home, credentials.ADMIN_IDENTITY)
     where = credentials.path(home)
     if created:
-        log.info("created the network's credentials in {path} (username {user!r}, a random secret); "
-                 "'oneos invite' prints the token that joins another machine", path=str(where), user=creds.username)
+        log.info(
+            "created the network's credentials in {path} (username {user!r}, a random secret); "
+            "'oneos invite' prints the token that joins another machine",
+            path=str(where),
+            user=creds.username,
+        )
     else:
-        log.info("clients must present the network's credentials ({path}; 'oneos invite' prints a join token)",
-                 path=str(where))
+        log.info(
+            "clients must present the network's credentials ({path}; 'oneos invite' prints a join token)",
+            path=str(where),
+        )
     return creds
 
 
@@ -45,15 +51,24 @@ def tls_files(use_home: bool, cert: str | None, key: str | None, home: Path | No
         return None
     home = oneos_home() if home is None else home
     if not tls.cert_path(home).exists():
-        raise tls.NoCertificate(f"no TLS certificate in {tls.cert_path(home)}: run 'oneos tls init' first "
-                                "(or give --cert and --key)")
+        raise tls.NoCertificate(
+            f"no TLS certificate in {tls.cert_path(home)}: run 'oneos tls init' first (or give --cert and --key)"
+        )
     return str(tls.cert_path(home)), str(tls.key_path(home))
 
 
-def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: str | None = None, *,
-                 max_message: int | None = MAX_MESSAGE, connect_timeout: float | None = CONNECT_TIMEOUT,
-                 allow_anonymous: bool = False, home: Path | None = None,
-                 tls: tuple[str, str] | None = None) -> BrokerService:
+def build_broker(
+    interface: str,
+    port: int,
+    websocket_port: int = 0,
+    port_file: str | None = None,
+    *,
+    max_message: int | None = MAX_MESSAGE,
+    connect_timeout: float | None = CONNECT_TIMEOUT,
+    allow_anonymous: bool = False,
+    home: Path | None = None,
+    tls: tuple[str, str] | None = None,
+) -> BrokerService:
     """A broker service; on a bind failure the process exits with status 1.
 
     Clients must present the network's credentials (``$ONEOS_HOME/credentials.json``,
@@ -68,8 +83,10 @@ def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: 
 
     credentials = None if allow_anonymous else network_credentials(home)
     if allow_anonymous:
-        log.warn("oneospsd: --allow-anonymous: ANY client that reaches this broker may connect, read and "
-                 "publish (insecure; only for tests and closed networks)")
+        log.warn(
+            "oneospsd: --allow-anonymous: ANY client that reaches this broker may connect, read and "
+            "publish (insecure; only for tests and closed networks)"
+        )
     iface = interface.replace(":", "\\:")  # endpoint syntax escapes IPv6 colons
     broker = BrokerService(
         f"tcp:{port}:interface={iface}",
@@ -80,8 +97,11 @@ def build_broker(interface: str, port: int, websocket_port: int = 0, port_file: 
         tls=tls,
     )
     if tls is not None:
-        log.info("oneospsd: TLS on (mqtts://): certificate {cert}, key {key}; plain MQTT is not served",
-                 cert=tls[0], key=tls[1])
+        log.info(
+            "oneospsd: TLS on (mqtts://): certificate {cert}, key {key}; plain MQTT is not served",
+            cert=tls[0],
+            key=tls[1],
+        )
 
     def listening(address: tuple[str, int]) -> None:
         if port_file:

@@ -56,8 +56,9 @@ class TopicACLPlugin(BaseTopicPlugin):
     class Config:
         enabled: bool = field(default=True)
 
-    async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
-                              action: Action | None = None) -> bool:
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool:
         if session is None or topic is None:
             return False
         name = getattr(session, "username", None)
@@ -68,8 +69,12 @@ class TopicACLPlugin(BaseTopicPlugin):
         else:
             allowed = acl.may_receive(name, topic)
         if not allowed and action != Action.RECEIVE:
-            log.warn("refused {action} on {topic} by {name!r}", action=str(getattr(action, "value", action)),
-                     topic=topic, name=name)
+            log.warn(
+                "refused {action} on {topic} by {name!r}",
+                action=str(getattr(action, "value", action)),
+                topic=topic,
+                name=name,
+            )
         return allowed
 
 
@@ -80,7 +85,11 @@ def plugins_config(credentials: Credentials | None) -> dict[str, Any]:
     if not credentials.secret:
         from oneos.security.credentials import CredentialsError
 
-        raise CredentialsError(f"the broker needs the network secret, and {credentials.username}'s credentials do "
-                               "not hold it: run the broker on the machine that created the network")
-    return {f"{__name__}.IdentityAuthPlugin": {"secret": credentials.secret},
-            f"{__name__}.TopicACLPlugin": {"enabled": True}}
+        raise CredentialsError(
+            f"the broker needs the network secret, and {credentials.username}'s credentials do "
+            "not hold it: run the broker on the machine that created the network"
+        )
+    return {
+        f"{__name__}.IdentityAuthPlugin": {"secret": credentials.secret},
+        f"{__name__}.TopicACLPlugin": {"enabled": True},
+    }

@@ -37,8 +37,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from oneos.broker.auth import plugins_config
-from oneos.security import acl
 from oneos.errors import OneOSError
+from oneos.security import acl
 from oneos.security.credentials import Credentials
 
 log = Logger()
@@ -226,8 +226,14 @@ class _LimitedReader:
                 self._head, self._head_size = bytearray(), 2
                 continue
             if ptype != _PUBLISH and length > self.limit + _OTHER_SLACK:
-                log.warn("broker: closing the connection of {id}: a packet (type {t}) of {n} bytes is far over "
-                         "the {limit}-byte message limit", id=self.client_id, t=ptype, n=length, limit=self.limit)
+                log.warn(
+                    "broker: closing the connection of {id}: a packet (type {t}) of {n} bytes is far over "
+                    "the {limit}-byte message limit",
+                    id=self.client_id,
+                    t=ptype,
+                    n=length,
+                    limit=self.limit,
+                )
                 _abort(self.writer)
                 return False
             self._pending = bytearray(header)
@@ -280,9 +286,14 @@ class _LimitedReader:
             if qos and len(head) >= 4 + n:
                 (packet_id,) = struct.unpack_from("!H", head, 2 + n)
         size = len(self._skip_header) + self._skip_length
-        log.warn("broker: dropped a {size}-byte PUBLISH from {id} on {topic!r}: its payload is over the "
-                 "{limit}-byte message limit (--max-message)", size=size, id=self.client_id, topic=topic,
-                 limit=self.limit)
+        log.warn(
+            "broker: dropped a {size}-byte PUBLISH from {id} on {topic!r}: its payload is over the "
+            "{limit}-byte message limit (--max-message)",
+            size=size,
+            id=self.client_id,
+            topic=topic,
+            limit=self.limit,
+        )
         if packet_id is not None and qos == 1:
             self.writer.write(bytes([0x40, 2]) + struct.pack("!H", packet_id))  # PUBACK
         elif packet_id is not None and qos == 2:
@@ -311,12 +322,15 @@ class _FixedBroker(Broker):
             def no_connect() -> None:
                 # amqtt waits for the first packet forever: an idle socket (a port scan, a
                 # stuck client) held a connection and its task without end.
-                log.info("broker: closing the connection from {peer}: no CONNECT within {t:g}s", peer=where,
-                         t=self.connect_timeout)
+                log.info(
+                    "broker: closing the connection from {peer}: no CONNECT within {t:g}s",
+                    peer=where,
+                    t=self.connect_timeout,
+                )
                 _abort(writer)
 
             timer = asyncio.get_running_loop().call_later(self.connect_timeout, no_connect)
-        setattr(reader, "connect_timer", timer)
+        reader.connect_timer = timer
         try:
             await super()._client_connected(listener_name, reader, writer)
         finally:
@@ -359,8 +373,12 @@ class _FixedBroker(Broker):
             raise AMQTTError(f"client from {remote_address} refused: bad credentials")
         refusal = self._identity_refusal(session)
         if refusal is not None:
-            log.warn("refused MQTT client {name!r} from {host}: {why}", name=session.username, host=remote_address,
-                     why=refusal)
+            log.warn(
+                "refused MQTT client {name!r} from {host}: {why}",
+                name=session.username,
+                host=remote_address,
+                why=refusal,
+            )
             writer.write(bytes([0x20, 2, 0, 5]))  # CONNACK: not authorised
             try:
                 await writer.drain()
@@ -425,8 +443,11 @@ class _FixedBroker(Broker):
                     quiet = asyncio.get_running_loop().time() - reader.last_read
                     if quiet < session.keep_alive:
                         return
-                log.info("client {id} silent for {s}s (1.5 keep-alives); dropping it", id=session.client_id,
-                         s=session.keep_alive)
+                log.info(
+                    "client {id} silent for {s}s (1.5 keep-alives); dropping it",
+                    id=session.client_id,
+                    s=session.keep_alive,
+                )
                 _abort(writer)
 
             handler.handle_read_timeout = silent
@@ -518,9 +539,16 @@ class BrokerService(service.Service):
 
     name = "broker"
 
-    def __init__(self, listen: str = "tcp:1883:interface=0.0.0.0", websocket: str | None = None, *,
-                 max_message: int | None = MAX_MESSAGE, connect_timeout: float | None = CONNECT_TIMEOUT,
-                 credentials: Credentials | None = None, tls: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        listen: str = "tcp:1883:interface=0.0.0.0",
+        websocket: str | None = None,
+        *,
+        max_message: int | None = MAX_MESSAGE,
+        connect_timeout: float | None = CONNECT_TIMEOUT,
+        credentials: Credentials | None = None,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         if max_message is not None and max_message < 1:
             raise BrokerError(f"the message size limit must be positive, not {max_message}")
         if connect_timeout is not None and connect_timeout <= 0:
@@ -532,7 +560,7 @@ class BrokerService(service.Service):
         self.connect_timeout = connect_timeout
         self.ws = parse_listen(websocket) if websocket else None
         if tls is not None:
-            for kind, path in zip(("certificate", "key"), tls):
+            for kind, path in zip(("certificate", "key"), tls, strict=False):
                 if not os.path.isfile(path):
                     raise BrokerError(f"no TLS {kind} file at {path} (for this machine's own: 'oneos tls init')")
         #: (certfile, keyfile) when the listeners speak TLS
@@ -609,8 +637,9 @@ class BrokerService(service.Service):
         self.address = address
         log.info("MQTT broker listening on {host}:{port}", host=address[0], port=address[1])
         if self.websocket_address:
-            log.info("MQTT over websockets on {host}:{port}", host=self.websocket_address[0],
-                     port=self.websocket_address[1])
+            log.info(
+                "MQTT over websockets on {host}:{port}", host=self.websocket_address[0], port=self.websocket_address[1]
+            )
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(address)

@@ -31,18 +31,32 @@ class Options(usage.Options):
     )
     optFlags = [
         ["allow-anonymous", None, "let any client connect without credentials (insecure: tests, closed networks)"],
-        ["tls", None, "serve MQTT over TLS (mqtts://) with this machine's certificate, $ONEOS_HOME/tls/cert.pem "
-                      "and key.pem ('oneos tls init' creates them)"],
+        [
+            "tls",
+            None,
+            "serve MQTT over TLS (mqtts://) with this machine's certificate, $ONEOS_HOME/tls/cert.pem "
+            "and key.pem ('oneos tls init' creates them)",
+        ],
     ]
     optParameters = [
         ["port", "p", None, "TCP port to listen on (default 1883, 8883 with TLS; 0 = any free port)", int],
         ["interface", "i", "0.0.0.0", "address to listen on"],
         ["websocket-port", None, 0, "also serve MQTT over websockets on this port (0 = off)", int],
         ["port-file", None, None, "write the bound TCP port to this file once listening"],
-        ["max-message", None, 1024 * 1024,
-         "largest PUBLISH payload in bytes; larger ones are dropped and logged (0 = no limit)", int],
-        ["connect-timeout", None, 10.0,
-         "seconds a new connection may take to send CONNECT before it is closed (0 = no limit)", float],
+        [
+            "max-message",
+            None,
+            1024 * 1024,
+            "largest PUBLISH payload in bytes; larger ones are dropped and logged (0 = no limit)",
+            int,
+        ],
+        [
+            "connect-timeout",
+            None,
+            10.0,
+            "seconds a new connection may take to send CONNECT before it is closed (0 = no limit)",
+            float,
+        ],
         ["cert", None, None, "serve MQTT over TLS with this PEM certificate (with --key)"],
         ["key", None, None, "the PEM private key of --cert"],
     ]
@@ -74,10 +88,15 @@ def makeService(options: Options) -> BrokerService:
         install_asyncio_reactor()
         from oneos.broker.app import build_broker, tls_files
 
-        return build_broker(options["interface"], options["port"], options["websocket-port"], options["port-file"],
-                            max_message=options["max-message"] or None,
-                            connect_timeout=options["connect-timeout"] or None,
-                            allow_anonymous=bool(options["allow-anonymous"]),
-                            tls=tls_files(bool(options["tls"]), options["cert"], options["key"]))
+        return build_broker(
+            options["interface"],
+            options["port"],
+            options["websocket-port"],
+            options["port-file"],
+            max_message=options["max-message"] or None,
+            connect_timeout=options["connect-timeout"] or None,
+            allow_anonymous=bool(options["allow-anonymous"]),
+            tls=tls_files(bool(options["tls"]), options["cert"], options["key"]),
+        )
     except OneOSError as e:
         raise SystemExit(f"oneospsd: {describe(e)}") from None

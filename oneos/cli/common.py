@@ -31,8 +31,6 @@ def credentials_path() -> Any:
     return credentials.path(oneos_home())
 
 
-
-
 def cli_identity(home: Any) -> Any:
     """The identity ``oneos`` commands in *home* act as, or None (no credentials: anonymous).
 
@@ -90,13 +88,18 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
         except defer.CancelledError:
             why = client.last_error or "no answer"
             if why in ("bad user name or password", "not authorised"):
-                hint = ("this machine has no valid credentials for that network: run 'oneos invite' on one of its "
-                        "machines and 'oneos join TOKEN' here" if client.address.username is None else
-                        f"the credentials in {credentials_path()} are not this network's: 'oneos join TOKEN' "
-                        "installs the right ones")
+                hint = (
+                    "this machine has no valid credentials for that network: run 'oneos invite' on one of its "
+                    "machines and 'oneos join TOKEN' here"
+                    if client.address.username is None
+                    else f"the credentials in {credentials_path()} are not this network's: 'oneos join TOKEN' "
+                    "installs the right ones"
+                )
             elif "certificate" in why or "mqtts" in why or "TLS" in why:
-                hint = ("the network's CA is in $ONEOS_HOME/tls/ca.pem after 'oneos join' of a TLS network's "
-                        "token; docs/security.md, 'Encryption'")
+                hint = (
+                    "the network's CA is in $ONEOS_HOME/tls/ca.pem after 'oneos join' of a TLS network's "
+                    "token; docs/security.md, 'Encryption'"
+                )
             else:
                 hint = "is a OneOS runtime or broker running? see 'oneos grid' or 'twistd -n oneosd'"
             raise PubSubUnavailable(f"cannot reach the broker at {client.address.url}: {why} ({hint})") from None
@@ -157,8 +160,12 @@ def network_rpc(reactor: Any, client: Any, default_timeout: float = 5.0) -> Any:
 
         now = time.time()
         view = [s.with_(state=judged_state(s, now)) for s in statuses.values()]
-        return RPCClient(client, reactor, default_timeout=default_timeout,
-                         precheck=lambda target: route_check(target, view, record[0] if record else None))
+        return RPCClient(
+            client,
+            reactor,
+            default_timeout=default_timeout,
+            precheck=lambda target: route_check(target, view, record[0] if record else None),
+        )
 
     d = client.subscribe(topics.ALL_STATUS, on_status)
     d.addCallback(lambda _: client.subscribe(topics.NETWORK_STORE, on_store))

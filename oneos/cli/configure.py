@@ -39,8 +39,8 @@ from oneos.config import (
     with_changes,
 )
 from oneos.errors import ConfigError
-from oneos.security import credentials
 from oneos.pubsub.address import parse_broker_url
+from oneos.security import credentials
 
 SUMMARY = "answer a few questions to write $ONEOS_HOME/config.json"
 INTRO = "Enter keeps the answer in [brackets]; '-' leaves a setting blank."
@@ -106,7 +106,9 @@ def interview(
         config = ask_setting(config, field, question, show(config), ask, say, problems.pop(field, []))
     if "address" in preset:
         config = with_changes(config, address=preset.pop("address"))
-        say(f"Address other machines reach this one on: {config.address or '(detected at each start)'} (given on the command line)")
+        say(
+            f"Address other machines reach this one on: {config.address or '(detected at each start)'} (given on the command line)"
+        )
         problems.pop("address", None)
     else:
         config = ask_address(config, ask, say, detect, problems.pop("address", []))
@@ -137,7 +139,9 @@ def apply_preset(config: Config, preset: dict[str, Any], problems: dict[str, lis
     return with_changes(config, **changes)
 
 
-def ask_setting(config: Config, field: str, question: str, current: str, ask: Ask, say: Say, why: list[str] = ()) -> Config:
+def ask_setting(
+    config: Config, field: str, question: str, current: str, ask: Ask, say: Say, why: list[str] = ()
+) -> Config:
     """Ask one setting until the answer validates; Enter keeps *current*, '-' means blank."""
     for problem in why:
         say(f"  (the value in config.json was invalid: {problem})")
@@ -250,7 +254,7 @@ def repair(raw: dict[str, Any], home: Path) -> tuple[Config, list[tuple[str, str
             if device and isinstance(raw.get("devices"), list) and int(device[1]) < len(raw["devices"]):
                 index = int(device[1])
                 del raw["devices"][index]
-                field = f"devices[{original_index.pop(index)}]" + field[device.end():]
+                field = f"devices[{original_index.pop(index)}]" + field[device.end() :]
             elif listener is not None and isinstance(raw.get("listen"), dict) and listener in raw["listen"]:
                 del raw["listen"][listener]
             elif setting_of(field) in raw:
@@ -371,8 +375,10 @@ def run(
 def ask_join(ask: Ask, say: Say) -> tuple[Any, dict | None]:
     """On a machine with no credentials: (credentials, TLS bundle) from an 'oneos invite' token, or (None, None)."""
     while True:
-        answer = ask("Join token from 'oneos invite' on the network's first machine "
-                     "(blank: none; this machine then starts its own network or you name a broker next): ").strip()
+        answer = ask(
+            "Join token from 'oneos invite' on the network's first machine "
+            "(blank: none; this machine then starts its own network or you name a broker next): "
+        ).strip()
         if not answer:
             return None, None
         try:

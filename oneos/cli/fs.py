@@ -28,7 +28,9 @@ CHUNK = 256 * 1024
 class Progress:
     """A one-line progress bar on a terminal; silent otherwise."""
 
-    def __init__(self, label: str, total: int | None, out: TextIO, enabled: bool, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, label: str, total: int | None, out: TextIO, enabled: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.label = label
         self.total = total
         self.out = out
@@ -121,8 +123,12 @@ def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oneos fs", description=SUMMARY)
     parser.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker and the service")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="show a progress bar (default: when stderr is a terminal)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("put", help="copy a local file into OneOS")
     p.add_argument("local", type=Path)
@@ -159,7 +165,9 @@ def run(argv: list[str]) -> int:
         fs = FSClient((yield network_rpc(reactor, client)), reactor, timeout=args.timeout)
         if args.command == "put":
             progress = Progress(f"put {args.local.name}", args.local.stat().st_size, sys.stderr, show)
-            st = yield fs.write_from(args.remote, FileSource(args.local, progress), "append" if args.append else "truncate")
+            st = yield fs.write_from(
+                args.remote, FileSource(args.local, progress), "append" if args.append else "truncate"
+            )
             progress.finish()
             return f"{st.path}: {st.size} bytes"
         if args.command == "get":

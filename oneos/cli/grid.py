@@ -18,9 +18,9 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from oneos.security.credentials import ADMIN_IDENTITY
 from oneos.config import oneos_home
 from oneos.security import credentials
+from oneos.security.credentials import ADMIN_IDENTITY
 from oneos.twistd import twistd_command
 
 SUMMARY = "start a broker and N runtimes on this machine (a local test grid); Ctrl-C stops all"
@@ -78,8 +78,17 @@ def wait_for_port(reactor: Any, port: int, deadline: float) -> Any:
 class Grid:
     """Starts and stops the grid's processes."""
 
-    def __init__(self, reactor: Any, directory: Path, runtimes: int, kernels: int, port: int, out: Any,
-                 store: str | None = None, ssh_port: int = 2222) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        directory: Path,
+        runtimes: int,
+        kernels: int,
+        port: int,
+        out: Any,
+        store: str | None = None,
+        ssh_port: int = 2222,
+    ) -> None:
         self.reactor = reactor
         self.directory = directory
         self.runtimes = runtimes
@@ -124,14 +133,29 @@ class Grid:
             ssh = f"tcp:{self.ssh_port + i - 1}:interface=127.0.0.1" if self.ssh_port else ""
             self.spawn(
                 name,
-                twistd_command("oneosd", "--id", name, "--pubsub", url, "--broker", "external", kernel,
-                               "--store", self.store, "--ssh", ssh),
+                twistd_command(
+                    "oneosd",
+                    "--id",
+                    name,
+                    "--pubsub",
+                    url,
+                    "--broker",
+                    "external",
+                    kernel,
+                    "--store",
+                    self.store,
+                    "--ssh",
+                    ssh,
+                ),
                 home=self.directory / name,
             )
         self.note(f"file tree: {self.store} (shared by every runtime)")
         if self.ssh_port:
-            self.note("shells: " + ", ".join(f"rt-{i} on port {self.ssh_port + i - 1}" for i in range(1, self.runtimes + 1))
-                      + f" (oneos user add NAME --pubsub {url}, then oneos shell --host 127.0.0.1 --port PORT -u NAME)")
+            self.note(
+                "shells: "
+                + ", ".join(f"rt-{i} on port {self.ssh_port + i - 1}" for i in range(1, self.runtimes + 1))
+                + f" (oneos user add NAME --pubsub {url}, then oneos shell --host 127.0.0.1 --port PORT -u NAME)"
+            )
         self.note(f"grid running; try 'oneos status --pubsub {url}'; Ctrl-C stops it")
 
     def note(self, text: str) -> None:
@@ -142,7 +166,7 @@ class Grid:
         """SIGTERM every process, SIGKILL those still there after *grace* seconds."""
         self.stopping = True
         waits = []
-        for name, (child, transport) in self.children.items():
+        for _name, (child, transport) in self.children.items():
             if child.ended.called:
                 continue
             waits.append(child.ended)
@@ -169,12 +193,20 @@ def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oneos grid", description=SUMMARY)
     parser.add_argument("--runtimes", type=int, default=3, help="how many runtimes (default 3)")
     parser.add_argument("--kernels", type=int, default=None, help="how many of them may host the kernel (default all)")
-    parser.add_argument("--dir", type=Path, default=None, help="where each runtime's ONEOS_HOME goes (default $ONEOS_HOME/grid)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where each runtime's ONEOS_HOME goes (default $ONEOS_HOME/grid)"
+    )
     parser.add_argument("--port", type=int, default=1883, help="broker port on 127.0.0.1 (default 1883)")
-    parser.add_argument("--store", help="the grid's file store URL (default: one SQLite file under --dir, "
-                                         "shared by every runtime)")
-    parser.add_argument("--ssh-port", type=int, default=2222, metavar="BASE",
-                        help="rt-N's SSH shell listens on BASE+N-1 on 127.0.0.1 (default 2222; 0 = no shells)")
+    parser.add_argument(
+        "--store", help="the grid's file store URL (default: one SQLite file under --dir, shared by every runtime)"
+    )
+    parser.add_argument(
+        "--ssh-port",
+        type=int,
+        default=2222,
+        metavar="BASE",
+        help="rt-N's SSH shell listens on BASE+N-1 on 127.0.0.1 (default 2222; 0 = no shells)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.runtimes <= 500:
         parser.error("--runtimes must be between 1 and 500")
@@ -191,7 +223,9 @@ def run(argv: list[str]) -> int:
         from oneos.config import validate_store
 
         validate_store(args.store)
-    grid = Grid(reactor, directory, args.runtimes, kernels, args.port, sys.stdout, store=args.store, ssh_port=args.ssh_port)
+    grid = Grid(
+        reactor, directory, args.runtimes, kernels, args.port, sys.stdout, store=args.store, ssh_port=args.ssh_port
+    )
     status = {"code": 0}
 
     def failed(f: Any) -> None:

@@ -105,39 +105,58 @@ def _tls_bundle(home: Path, addresses: list[str], runtime: bool) -> dict | None:
 
     if not tls.ca_path(home).exists():
         if addresses:
-            raise credentials.CredentialsError("--address is for a network with TLS, and this machine has no "
-                                               "network CA ('oneos tls init' makes one)")
+            raise credentials.CredentialsError(
+                "--address is for a network with TLS, and this machine has no network CA ('oneos tls init' makes one)"
+            )
         return None
     if not runtime:
         return tls.bundle(home, [])
     if not addresses:
-        raise credentials.CredentialsError("this network uses TLS: name the new runtime's address as its peers "
-                                           "dial it, for its certificate (--address 10.0.0.12; repeatable)")
+        raise credentials.CredentialsError(
+            "this network uses TLS: name the new runtime's address as its peers "
+            "dial it, for its certificate (--address 10.0.0.12; repeatable)"
+        )
     return tls.bundle(home, addresses)
 
 
 def run(argv: list[str]) -> int:
     from oneos.cli.common import default_pubsub_url
 
-    parser = argparse.ArgumentParser(prog="oneos invite", description=SUMMARIES["run"] + ". Run it on the machine "
-                                     "that created the network (it holds the secret identities come from). The "
-                                     "token holds the new identity's password: hand it over like a password.")
+    parser = argparse.ArgumentParser(
+        prog="oneos invite",
+        description=SUMMARIES["run"] + ". Run it on the machine "
+        "that created the network (it holds the secret identities come from). The "
+        "token holds the new identity's password: hand it over like a password.",
+    )
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--name", help="the new runtime's id, which is its identity (default: rt- and random letters)")
-    who.add_argument("--user", help="issue a client identity instead: the new machine runs only 'oneos' commands, "
-                     "always as this OneOS user (no runtime)")
-    parser.add_argument("--broker", help="the broker URL as the new machine reaches it (default: this machine's "
-                        "broker, a loopback address replaced by this machine's address)")
-    parser.add_argument("--address", action="append", default=[], metavar="NAME|IP",
-                        help="on a network with TLS ('oneos tls init' here): the new runtime's address or host name as "
-                        "its peers dial it, for its certificate (repeatable)")
+    who.add_argument(
+        "--user",
+        help="issue a client identity instead: the new machine runs only 'oneos' commands, "
+        "always as this OneOS user (no runtime)",
+    )
+    parser.add_argument(
+        "--broker",
+        help="the broker URL as the new machine reaches it (default: this machine's "
+        "broker, a loopback address replaced by this machine's address)",
+    )
+    parser.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        metavar="NAME|IP",
+        help="on a network with TLS ('oneos tls init' here): the new runtime's address or host name as "
+        "its peers dial it, for its certificate (repeatable)",
+    )
     args = parser.parse_args(argv)
     home = oneos_home()
     creds = credentials.load(home)
     if creds is None:
-        raise credentials.CredentialsError(f"no network credentials in {credentials.path(home)}: start the broker "
-                          "('oneos psd') or a runtime ('oneosd') here first (the first start creates them), or "
-                          "run 'oneos invite' on the machine that created the network")
+        raise credentials.CredentialsError(
+            f"no network credentials in {credentials.path(home)}: start the broker "
+            "('oneos psd') or a runtime ('oneosd') here first (the first start creates them), or "
+            "run 'oneos invite' on the machine that created the network"
+        )
     if args.user:
         name = f"{args.user}@{secrets.token_hex(3)}"
     else:
@@ -155,29 +174,40 @@ def run(argv: list[str]) -> int:
     kind = "runtime" if credentials.role(name) == "runtime" else f"client (OneOS user {args.user})"
     note = f"oneos invite: a {kind} identity {name!r}; the token names the broker {url}"
     if guessed:
-        note += (" (this machine's address in place of loopback; the broker must listen there, e.g. "
-                 "'oneos psd' or 'twistd -n oneospsd --interface 0.0.0.0'; --broker URL names another)")
+        note += (
+            " (this machine's address in place of loopback; the broker must listen there, e.g. "
+            "'oneos psd' or 'twistd -n oneospsd --interface 0.0.0.0'; --broker URL names another)"
+        )
     after = "then oneosd" if credentials.role(name) == "runtime" else "then oneos commands act as " + str(args.user)
     print(note + f". On the new machine: oneos join TOKEN, {after}.", file=sys.stderr)
     return 0
 
 
 def join(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="oneos join", description=SUMMARIES["join"] + ": writes the network's "
-                                     "credentials ($ONEOS_HOME/credentials.json, mode 0600) and its broker "
-                                     "(pubsub in config.json); then start the runtime with 'oneosd'.")
+    parser = argparse.ArgumentParser(
+        prog="oneos join",
+        description=SUMMARIES["join"] + ": writes the network's "
+        "credentials ($ONEOS_HOME/credentials.json, mode 0600) and its broker "
+        "(pubsub in config.json); then start the runtime with 'oneosd'.",
+    )
     parser.add_argument("token", help="the token 'oneos invite' printed on a machine of the network")
-    parser.add_argument("--force", action="store_true",
-                        help="replace credentials of another network already in $ONEOS_HOME")
+    parser.add_argument(
+        "--force", action="store_true", help="replace credentials of another network already in $ONEOS_HOME"
+    )
     args = parser.parse_args(argv)
     creds, bundle = credentials.read_token(args.token)
     home = oneos_home()
     existing = credentials.load(home)
-    if existing is not None and (existing.username, existing.password) != (creds.username, creds.password) \
-            and not args.force:
-        raise credentials.CredentialsError(f"{credentials.path(home)} already holds other credentials "
-                          f"({existing.username!r}; a runtime or broker started here created them, or an earlier "
-                          "join); 'oneos join --force TOKEN' replaces them (this machine then leaves that network)")
+    if (
+        existing is not None
+        and (existing.username, existing.password) != (creds.username, creds.password)
+        and not args.force
+    ):
+        raise credentials.CredentialsError(
+            f"{credentials.path(home)} already holds other credentials "
+            f"({existing.username!r}; a runtime or broker started here created them, or an earlier "
+            "join); 'oneos join --force TOKEN' replaces them (this machine then leaves that network)"
+        )
     config = load_config(home)
     embedded_before = read_config_file(home) is None
     runtime = credentials.role(creds.username) == "runtime"
@@ -194,14 +224,21 @@ def join(argv: list[str]) -> int:
     path = save_config(config)
     print(f"joined the network of the broker at {creds.broker} as {creds.username}")
     print(f"  credentials  {credentials.path(home)} (mode 0600)")
-    print(f"  config       {path}" + (" (created)" if embedded_before else "") +
-          (f": pubsub, id {creds.username}" if runtime else ": pubsub"))
+    print(
+        f"  config       {path}"
+        + (" (created)" if embedded_before else "")
+        + (f": pubsub, id {creds.username}" if runtime else ": pubsub")
+    )
     if bundle is not None:
-        print(f"  tls          {tls.tls_dir(home)}: the network's CA" +
-              (f", this machine's certificate for {', '.join(names)}" if names else ""))
+        print(
+            f"  tls          {tls.tls_dir(home)}: the network's CA"
+            + (f", this machine's certificate for {', '.join(names)}" if names else "")
+        )
     if runtime:
         print("now start the runtime: oneosd (or twistd -n oneosd); 'oneos status' shows the network")
     else:
-        print(f"'oneos' commands here now act as OneOS user {credentials.client_user(creds.username)} "
-              "('oneos status' shows the network)")
+        print(
+            f"'oneos' commands here now act as OneOS user {credentials.client_user(creds.username)} "
+            "('oneos status' shows the network)"
+        )
     return 0

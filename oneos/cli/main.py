@@ -45,7 +45,13 @@ def _entry(name: str) -> tuple[object, str]:
 
 
 def _usage() -> str:
-    lines = ["usage: oneos                 open the OneOS shell", "       oneos -c LINE         run one shell line", "       oneos COMMAND [ARGS...]", "", "commands:"]
+    lines = [
+        "usage: oneos                 open the OneOS shell",
+        "       oneos -c LINE         run one shell line",
+        "       oneos COMMAND [ARGS...]",
+        "",
+        "commands:",
+    ]
     for name in COMMANDS:
         module, function = _entry(name)
         summaries = getattr(module, "SUMMARIES", {})

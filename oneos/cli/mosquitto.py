@@ -24,9 +24,9 @@ import os
 import secrets
 from pathlib import Path
 
-from oneos.security.credentials import ADMIN_IDENTITY
 from oneos.config import oneos_home
 from oneos.security import acl, credentials
+from oneos.security.credentials import ADMIN_IDENTITY
 
 SUMMARY = "write Mosquitto password and ACL files for this network's identities (see docs/security.md)"
 
@@ -66,15 +66,21 @@ def write_files(directory: Path, network: credentials.Credentials, names: list[s
     _write(passwd, "\n".join(lines) + "\n", 0o640)
     _write(acl_file, acl.mosquitto_acl(names), 0o644)
     host, _, port = listen.rpartition(":")
-    _write(conf, "\n".join([
-        "# OneOS: identities and topic rules (written by 'oneos mosquitto')",
-        "per_listener_settings false",
-        f"listener {port or 1883}" + (f" {host}" if host else ""),
-        "allow_anonymous false",
-        f"password_file {passwd}",
-        f"acl_file {acl_file}",
-        "",
-    ]), 0o644)
+    _write(
+        conf,
+        "\n".join(
+            [
+                "# OneOS: identities and topic rules (written by 'oneos mosquitto')",
+                "per_listener_settings false",
+                f"listener {port or 1883}" + (f" {host}" if host else ""),
+                "allow_anonymous false",
+                f"password_file {passwd}",
+                f"acl_file {acl_file}",
+                "",
+            ]
+        ),
+        0o644,
+    )
     return [passwd, acl_file, conf]
 
 
@@ -88,12 +94,22 @@ def _write(path: Path, text: str, mode: int) -> None:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="oneos mosquitto", description=SUMMARY + ". Run it on the machine that "
-                                     "created the network; run it again (and SIGHUP Mosquitto) after 'oneos invite'.")
-    parser.add_argument("dir", type=Path, help="where to write oneos.passwd, oneos.acl and oneos.conf "
-                        "(Mosquitto must be able to read them, e.g. /etc/mosquitto/conf.d)")
-    parser.add_argument("--listen", default="1883", help="the listener line for oneos.conf: PORT or ADDRESS:PORT "
-                        "(default 1883 on every address)")
+    parser = argparse.ArgumentParser(
+        prog="oneos mosquitto",
+        description=SUMMARY + ". Run it on the machine that "
+        "created the network; run it again (and SIGHUP Mosquitto) after 'oneos invite'.",
+    )
+    parser.add_argument(
+        "dir",
+        type=Path,
+        help="where to write oneos.passwd, oneos.acl and oneos.conf "
+        "(Mosquitto must be able to read them, e.g. /etc/mosquitto/conf.d)",
+    )
+    parser.add_argument(
+        "--listen",
+        default="1883",
+        help="the listener line for oneos.conf: PORT or ADDRESS:PORT (default 1883 on every address)",
+    )
     parser.add_argument("--name", action="append", default=[], help="also write this identity (repeatable)")
     args = parser.parse_args(argv)
     home = oneos_home()
@@ -101,10 +117,13 @@ def run(argv: list[str]) -> int:
     if network is None or not network.issuer:
         raise credentials.CredentialsError(
             f"{credentials.path(home)} does not hold the network secret: run 'oneos mosquitto' on the machine "
-            "that created the network (or start 'oneos psd'/'oneosd' here first to create one)")
+            "that created the network (or start 'oneos psd'/'oneosd' here first to create one)"
+        )
     names = identities(home, args.name)
     paths = write_files(args.dir, network, names, args.listen)
     print(f"wrote {', '.join(str(p) for p in paths)} for {len(names)} identities: {', '.join(names)}")
-    print(f"start Mosquitto with: mosquitto -c {paths[2]}   (or include it from mosquitto.conf); after "
-          "another 'oneos invite', run this again and send Mosquitto SIGHUP")
+    print(
+        f"start Mosquitto with: mosquitto -c {paths[2]}   (or include it from mosquitto.conf); after "
+        "another 'oneos invite', run this again and send Mosquitto SIGHUP"
+    )
     return 0

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "url",
         nargs="?",
         help="sqlite:///ABSOLUTE/PATH.db or mongodb://HOST:PORT/DATABASE (default: the configured store, "
-             "else the network's as this machine last saw it, else $ONEOS_HOME/fs.sqlite3)",
+        "else the network's as this machine last saw it, else $ONEOS_HOME/fs.sqlite3)",
     )
     parser.add_argument("--force", action="store_true", help="wipe a store that holds files before initialising it")
     parser.add_argument(

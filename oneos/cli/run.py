@@ -35,8 +35,15 @@ class LocalSource:
 
 
 @defer.inlineCallbacks
-def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], forward_stdin: bool,
-           stdout: bool = True, stdin: bool = True) -> Any:
+def attach(
+    reactor: Any,
+    client: Any,
+    rpc: Any,
+    infos: list[dict[str, Any]],
+    forward_stdin: bool,
+    stdout: bool = True,
+    stdin: bool = True,
+) -> Any:
     """Stream the last stage's output here and our stdin to the first; fire with the last stage's status."""
     from oneos.transfer import receive, send, tls_of
 
@@ -47,13 +54,27 @@ def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], for
         if name == "stdout" and not stdout:
             continue  # redirected to a OneOS file by the runtime
         where = yield rpc.call(last["runtime"], "agent_attach", agent_id=last["id"], stream=name)
-        streams.append((f"{name} of {last['name']} on {last['runtime']}",
-                        receive(reactor, where["host"], where["port"], where["token"], OutputSink(out), **tls_of(where))))
+        streams.append(
+            (
+                f"{name} of {last['name']} on {last['runtime']}",
+                receive(reactor, where["host"], where["port"], where["token"], OutputSink(out), **tls_of(where)),
+            )
+        )
     for info in infos[:-1]:  # earlier stages' stderr comes here too
         where = yield rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream="stderr")
-        streams.append((f"stderr of {info['name']} on {info['runtime']}",
-                        receive(reactor, where["host"], where["port"], where["token"], OutputSink(sys.stderr.buffer),
-                                **tls_of(where))))
+        streams.append(
+            (
+                f"stderr of {info['name']} on {info['runtime']}",
+                receive(
+                    reactor,
+                    where["host"],
+                    where["port"],
+                    where["token"],
+                    OutputSink(sys.stderr.buffer),
+                    **tls_of(where),
+                ),
+            )
+        )
     if stdin:
         where = yield rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
         source: Any = LocalSource(sys.stdin.buffer) if forward_stdin else _Empty()
@@ -64,14 +85,16 @@ def attach(reactor: Any, client: Any, rpc: Any, infos: list[dict[str, Any]], for
     def stop_all(failure: Any) -> Any:
         # The first broken stream stops the program at once (the others then end with it).
         if not stopping:
-            stopping.extend(rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
-                            for info in infos)
+            stopping.extend(
+                rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
+                for info in infos
+            )
         return failure
 
     for _, d in streams:
         d.addErrback(stop_all)
     results = yield defer.DeferredList([d for _, d in streams], consumeErrors=True)
-    failures = [(what, value) for (what, _), (ok, value) in zip(streams, results) if not ok]
+    failures = [(what, value) for (what, _), (ok, value) in zip(streams, results, strict=False) if not ok]
     if failures:
         # Output that cannot arrive must not look like success: stop the program and say why.
         # (A local reader that stopped early is the one quiet case, as SIGPIPE is for a UNIX writer.)
@@ -93,17 +116,24 @@ class _Empty:
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="oneos run", description=SUMMARY,
-                                     epilog="pipeline: oneos run --pipe 'python3 gen.py @rt-1 | wc -c @rt-2' "
-                                            "(@RUNTIME pins a stage, @tag:T needs a tag)")
+    parser = argparse.ArgumentParser(
+        prog="oneos run",
+        description=SUMMARY,
+        epilog="pipeline: oneos run --pipe 'python3 gen.py @rt-1 | wc -c @rt-2' "
+        "(@RUNTIME pins a stage, @tag:T needs a tag)",
+    )
     parser.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json)")
     parser.add_argument("--on", dest="runtime", help="run on this runtime")
     parser.add_argument("--tag", action="append", default=[], help="run on a runtime with this tag (repeatable)")
     parser.add_argument("--memory", type=int, default=0, help="memory limit for the program, MB")
-    parser.add_argument("--restart", choices=("no", "on-failure", "always"), default="no",
-                        help="on-failure: start it again when it fails (non-zero exit, signal) or its runtime dies; "
-                             "always: also after a clean exit; with back-off, and quarantined when it keeps failing "
-                             "(runs detached)")
+    parser.add_argument(
+        "--restart",
+        choices=("no", "on-failure", "always"),
+        default="no",
+        help="on-failure: start it again when it fails (non-zero exit, signal) or its runtime dies; "
+        "always: also after a clean exit; with back-off, and quarantined when it keeps failing "
+        "(runs detached)",
+    )
     parser.add_argument("--explain", action="store_true", help="show how the scheduler ranks runtimes; run nothing")
     parser.add_argument("--detach", "-d", action="store_true", help="start it and print its id; output is discarded")
     parser.add_argument("--pipe", metavar="PIPELINE", help="run a pipeline of stages, each placed separately")
@@ -119,8 +149,16 @@ def run(argv: list[str]) -> int:
     if args.pipe:
         from oneos.scheduler.pipeline import parse_pipeline
 
-        stages = [{"program": s.program, "args": list(s.args), "runtime": s.runtime, "tags": list(s.tags),
-                   "user": getpass.getuser()} for s in parse_pipeline(args.pipe)]
+        stages = [
+            {
+                "program": s.program,
+                "args": list(s.args),
+                "runtime": s.runtime,
+                "tags": list(s.tags),
+                "user": getpass.getuser(),
+            }
+            for s in parse_pipeline(args.pipe)
+        ]
     forward_stdin = not sys.stdin.isatty() and not args.stdin_file
     detached = args.detach or args.restart != "no"
 
@@ -128,8 +166,14 @@ def run(argv: list[str]) -> int:
     def job(reactor: Any, client: Any) -> Any:
         rpc = yield network_rpc(reactor, client, default_timeout=15.0)
         if args.explain:
-            text = yield rpc.call("scheduler", "explain", program=args.program or stages[0]["program"],
-                                  runtime=args.runtime, tags=args.tag, memory_mb=args.memory)
+            text = yield rpc.call(
+                "scheduler",
+                "explain",
+                program=args.program or stages[0]["program"],
+                runtime=args.runtime,
+                tags=args.tag,
+                memory_mb=args.memory,
+            )
             return ("text", text)
         if stages:
             infos = yield rpc.call("scheduler", "pipeline", stages=stages)
@@ -137,14 +181,26 @@ def run(argv: list[str]) -> int:
             stdout = "discard" if detached else "attach"
             if args.stdout_file:
                 stdout = ("append:" if args.append else "file:") + args.stdout_file
-            info = yield rpc.call("scheduler", "spawn", program=args.program, args=args.args, runtime=args.runtime,
-                                  tags=args.tag, memory_mb=args.memory, restart=args.restart, stdout=stdout, user=getpass.getuser(),
-                                  stdin=not detached, stdin_file=args.stdin_file)
+            info = yield rpc.call(
+                "scheduler",
+                "spawn",
+                program=args.program,
+                args=args.args,
+                runtime=args.runtime,
+                tags=args.tag,
+                memory_mb=args.memory,
+                restart=args.restart,
+                stdout=stdout,
+                user=getpass.getuser(),
+                stdin=not detached,
+                stdin_file=args.stdin_file,
+            )
             infos = [info]
         if detached:
             return ("text", "\n".join(f"{i['id']} on {i['runtime']}" for i in infos))
-        final = yield attach(reactor, client, rpc, infos, forward_stdin, stdout=not args.stdout_file,
-                             stdin=not args.stdin_file)
+        final = yield attach(
+            reactor, client, rpc, infos, forward_stdin, stdout=not args.stdout_file, stdin=not args.stdin_file
+        )
         return ("status", final)
 
     kind, value = run_with_client(args.pubsub or default_pubsub_url(), job)
@@ -154,6 +210,9 @@ def run(argv: list[str]) -> int:
     if value.get("quiet"):
         return exit_status(value)  # 128 + SIGPIPE, nothing to say: the reader wanted no more
     if value["state"] not in (EXITED, KILLED) or value.get("reason"):
-        print(f"oneos run: {value['name']} on {value['runtime']} {value['state']}"
-              + (f": {value['reason']}" if value.get("reason") else ""), file=sys.stderr)
+        print(
+            f"oneos run: {value['name']} on {value['runtime']} {value['state']}"
+            + (f": {value['reason']}" if value.get("reason") else ""),
+            file=sys.stderr,
+        )
     return exit_status(value)

@@ -45,7 +45,7 @@ def endpoint_address(endpoint: str) -> tuple[str, int]:
         if f.startswith("port="):
             port = f[5:]
         elif f.startswith("interface="):
-            host = f[len("interface="):].replace("\\", "") or host
+            host = f[len("interface=") :].replace("\\", "") or host
         elif port is None and f.isdigit():
             port = f
     if port is None:
@@ -56,8 +56,8 @@ def endpoint_address(endpoint: str) -> tuple[str, int]:
 def _configured() -> tuple[str, int, Path]:
     """Where this machine's runtime serves the shell: what it wrote in runtime.json, else its settings."""
     from oneos.config import load_config, oneos_home, resolve_listen
-    from oneos.runtime.host import guess_address
     from oneos.pubsub.address import parse_broker_url
+    from oneos.runtime.host import guess_address
 
     home = oneos_home()
     running = read_runtime_file(home)
@@ -155,7 +155,11 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--user", "-u", default=None, help="OneOS user (default: your login name)")
     parser.add_argument("--identity", "-i", help="SSH private key to log in with")
     args = parser.parse_args(argv)
-    host, port, home = _configured() if not (args.host and args.port) else (args.host, args.port, Path(os.environ.get("ONEOS_HOME", "~/.oneos")).expanduser())
+    host, port, home = (
+        _configured()
+        if not (args.host and args.port)
+        else (args.host, args.port, Path(os.environ.get("ONEOS_HOME", "~/.oneos")).expanduser())
+    )
     host, port = args.host or host, args.port or port
     user = args.user or getpass.getuser()
     tty = args.line is None and sys.stdin.isatty()

@@ -38,8 +38,20 @@ def format_table(statuses: list[RuntimeStatus], now: float) -> str:
         if s.fs_serving and alive:
             role += ",fs"
         memory = f"{s.rss_mb:.0f}/{s.memory_limit_mb}" if alive else "-"
-        rows.append((s.id, s.address or "-", s.stream or "-", s.ssh or "-", str(s.pid or "-"), role, state,
-                     f"{s.cpu_percent:.0f}" if alive else "-", memory, str(s.agents) if alive else "-"))
+        rows.append(
+            (
+                s.id,
+                s.address or "-",
+                s.stream or "-",
+                s.ssh or "-",
+                str(s.pid or "-"),
+                role,
+                state,
+                f"{s.cpu_percent:.0f}" if alive else "-",
+                memory,
+                str(s.agents) if alive else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     live = sum(1 for s in statuses if judged_state(s, now) == ALIVE)
@@ -71,7 +83,9 @@ def collect(reactor: Any, client: Any) -> Any:
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oneos status", description=SUMMARY)
-    parser.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json, else mqtt://127.0.0.1:1883)")
+    parser.add_argument(
+        "--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json, else mqtt://127.0.0.1:1883)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--live", action="store_true", help="show live runtimes only")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker (default 5)")

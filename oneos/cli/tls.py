@@ -73,22 +73,31 @@ def _init(args: argparse.Namespace) -> int:
         tls.parse_name(name)  # a typo is an error before anything is written
     created = tls.create_ca(home)
     if created:
-        print(f"created the network's CA in {tls.tls_dir(home)}: {tls.CA_CERT} (every machine trusts it), "
-              f"{tls.CA_KEY} (mode 0600: it stays on this machine)")
+        print(
+            f"created the network's CA in {tls.tls_dir(home)}: {tls.CA_CERT} (every machine trusts it), "
+            f"{tls.CA_KEY} (mode 0600: it stays on this machine)"
+        )
     else:
         print(f"the network's CA is already in {tls.ca_path(home)} (kept)")
     names = machine_names(home, args.name)
-    if not tls.ca_key_path(home).exists() and tls.has_certificate(home) and \
-            not tls.needs_new_certificate(home, args.name or ["localhost"]):
+    if (
+        not tls.ca_key_path(home).exists()
+        and tls.has_certificate(home)
+        and not tls.needs_new_certificate(home, args.name or ["localhost"])
+    ):
         # a machine that joined: its certificate came from the CA's machine, which alone can issue another
         have, expires = tls.certificate_status(home) or ([], None)
-        print(f"this machine's certificate {tls.cert_path(home)} (from the CA's machine) is valid for "
-              f"{', '.join(have)} until {expires:%Y-%m-%d} (kept)")
+        print(
+            f"this machine's certificate {tls.cert_path(home)} (from the CA's machine) is valid for "
+            f"{', '.join(have)} until {expires:%Y-%m-%d} (kept)"
+        )
         return 0
     if not tls.needs_new_certificate(home, names):
         have, expires = tls.certificate_status(home) or ([], None)
-        print(f"this machine's certificate {tls.cert_path(home)} already covers {', '.join(names)} "
-              f"(valid until {expires:%Y-%m-%d}; kept)")
+        print(
+            f"this machine's certificate {tls.cert_path(home)} already covers {', '.join(names)} "
+            f"(valid until {expires:%Y-%m-%d}; kept)"
+        )
     else:
         status = tls.certificate_status(home)
         if status is not None:  # keep the names it had: peers may dial them
@@ -96,14 +105,18 @@ def _init(args: argparse.Namespace) -> int:
         try:
             cert, key = tls.issue_own(home, names)
         except tls.NoCAKey:
-            raise tls.NoCAKey(f"this machine's certificate lacks some of {', '.join(names)} (or ends soon), and "
-                              "this machine does not hold the CA's key: on the machine that ran 'oneos tls init' "
-                              f"first, run 'oneos tls issue --name ... --out FILE', then 'oneos tls install FILE' "
-                              "here") from None
+            raise tls.NoCAKey(
+                f"this machine's certificate lacks some of {', '.join(names)} (or ends soon), and "
+                "this machine does not hold the CA's key: on the machine that ran 'oneos tls init' "
+                f"first, run 'oneos tls issue --name ... --out FILE', then 'oneos tls install FILE' "
+                "here"
+            ) from None
         print(f"issued this machine's certificate {cert} ({key}, mode 0600) for: {', '.join(names)}")
-    print("runtimes started from this home now serve streams with TLS; for the broker: "
-          "'twistd -n oneospsd --tls' (mqtts://, port 8883) and pubsub mqtts://HOST:8883 in config.json; "
-          "for another machine: oneos tls issue --name ITS-ADDRESS --out FILE, then 'oneos tls install FILE' there")
+    print(
+        "runtimes started from this home now serve streams with TLS; for the broker: "
+        "'twistd -n oneospsd --tls' (mqtts://, port 8883) and pubsub mqtts://HOST:8883 in config.json; "
+        "for another machine: oneos tls issue --name ITS-ADDRESS --out FILE, then 'oneos tls install FILE' there"
+    )
     return 0
 
 
@@ -115,8 +128,10 @@ def _issue(args: argparse.Namespace) -> int:
     data = tls.bundle(home, args.name)
     tls.save_bundle(out, data)
     names = tls.certificate_names(data["cert"].encode())
-    print(f"wrote {out} (mode 0600; it holds a private key: hand it over like a password): the network's CA "
-          f"certificate and a certificate for {', '.join(names)}")
+    print(
+        f"wrote {out} (mode 0600; it holds a private key: hand it over like a password): the network's CA "
+        f"certificate and a certificate for {', '.join(names)}"
+    )
     print(f"on that machine: oneos tls install {out.name}")
     return 0
 
@@ -124,8 +139,10 @@ def _issue(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace) -> int:
     home = oneos_home()
     names = tls.install(home, tls.load_bundle(args.file), force=args.force)
-    print(f"installed the network's CA certificate {tls.ca_path(home)} and this machine's certificate "
-          f"{tls.cert_path(home)} ({tls.key_path(home)}, mode 0600) for: {', '.join(names)}")
+    print(
+        f"installed the network's CA certificate {tls.ca_path(home)} and this machine's certificate "
+        f"{tls.cert_path(home)} ({tls.key_path(home)}, mode 0600) for: {', '.join(names)}"
+    )
     print("runtimes started from this home now serve streams with TLS and check peers against that CA")
     return 0
 
@@ -133,14 +150,25 @@ def _install(args: argparse.Namespace) -> int:
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oneos tls", description=SUMMARY + ". Files live in $ONEOS_HOME/tls/.")
     sub = parser.add_subparsers(dest="action", required=True)
-    init = sub.add_parser("init", help="create the network's CA (if none; never replaced) and this machine's "
-                          "certificate")
-    init.add_argument("--name", action="append", default=[], metavar="NAME|ADDRESS",
-                      help="a host name or IP address peers reach this machine by (repeatable; the configured "
-                      "address, the host name, the detected addresses and loopback are added)")
+    init = sub.add_parser(
+        "init", help="create the network's CA (if none; never replaced) and this machine's certificate"
+    )
+    init.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="NAME|ADDRESS",
+        help="a host name or IP address peers reach this machine by (repeatable; the configured "
+        "address, the host name, the detected addresses and loopback are added)",
+    )
     issue = sub.add_parser("issue", help="write a CA certificate + certificate + key bundle for another machine")
-    issue.add_argument("--name", action="append", required=True, metavar="NAME|ADDRESS",
-                       help="a host name or IP address peers reach that machine by (repeatable; loopback is added)")
+    issue.add_argument(
+        "--name",
+        action="append",
+        required=True,
+        metavar="NAME|ADDRESS",
+        help="a host name or IP address peers reach that machine by (repeatable; loopback is added)",
+    )
     issue.add_argument("--out", required=True, help="the bundle file to write (JSON, mode 0600)")
     issue.add_argument("--force", action="store_true", help="replace --out if it exists")
     install = sub.add_parser("install", help="install a bundle 'oneos tls issue' wrote")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-
 from collections.abc import Callable
 from typing import Any
 
@@ -60,8 +59,9 @@ def run(argv: list[str]) -> int:
     add = sub.add_parser("add", help="add a user (asks the password twice)", parents=[common])
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    key = sub.add_parser("addkey", help="let NAME log in with an SSH public key (a .pub file, '-' for stdin)",
-                         parents=[common])
+    key = sub.add_parser(
+        "addkey", help="let NAME log in with an SSH public key (a .pub file, '-' for stdin)", parents=[common]
+    )
     key.add_argument("name")
     key.add_argument("keyfile")
     rm = sub.add_parser("del", help="remove a user", parents=[common])
@@ -75,11 +75,15 @@ def run(argv: list[str]) -> int:
     if args.action == "addkey":
         validate_user_name(args.name)
         text = sys.stdin.read() if args.keyfile == "-" else open(args.keyfile, encoding="utf-8").read()
-        lines = [f"{args.name} {line.strip()}" for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        lines = [
+            f"{args.name} {line.strip()}" for line in text.splitlines() if line.strip() and not line.startswith("#")
+        ]
         from oneos.shell.users import parse_authorized_keys
 
         if not lines or len(parse_authorized_keys("\n".join(lines), args.keyfile)) != len(lines):
-            raise UserError(f"{args.keyfile}: not an SSH public key (expected lines like 'ssh-ed25519 AAAA... comment')")
+            raise UserError(
+                f"{args.keyfile}: not an SSH public key (expected lines like 'ssh-ed25519 AAAA... comment')"
+            )
         added = with_users(args.pubsub, lambda users: users.add_key_lines(lines))
         print(f"{added} key(s) added for {args.name}")
         return 0

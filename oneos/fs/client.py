@@ -25,8 +25,20 @@ from oneos.transfer import Sink, Source, receive, send, tls_of
 
 TARGET = "fs"
 
-for _code in ("ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ENOTEMPTY", "EACCES", "EPERM", "EINVAL", "ENAMETOOLONG", "ESTALE", "EIO",
-              "ENOSPC"):
+for _code in (
+    "ENOENT",
+    "ENOTDIR",
+    "EISDIR",
+    "EEXIST",
+    "ENOTEMPTY",
+    "EACCES",
+    "EPERM",
+    "EINVAL",
+    "ENAMETOOLONG",
+    "ESTALE",
+    "EIO",
+    "ENOSPC",
+):
     register_error(_code, lambda message, code=_code: fs_errors.from_wire(code, message))
 
 
@@ -40,8 +52,9 @@ class FSClient:
     own identity decides its user, whatever it sends.)
     """
 
-    def __init__(self, rpc: RPCClient, reactor: Any, timeout: float = 10.0, *, system: bool = False,
-                 user: str | None = None) -> None:
+    def __init__(
+        self, rpc: RPCClient, reactor: Any, timeout: float = 10.0, *, system: bool = False, user: str | None = None
+    ) -> None:
         self.rpc = rpc
         self.reactor = reactor
         self.timeout = timeout
@@ -70,8 +83,15 @@ class FSClient:
     def listdir(self, path: str) -> defer.Deferred:
         return self._call("listdir", path=path).addCallback(lambda rows: [Stat.from_dict(r) for r in rows])
 
-    def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False, *, perm: int | None = None,
-              owner: str | None = None) -> defer.Deferred:
+    def mkdir(
+        self,
+        path: str,
+        parents: bool = False,
+        exist_ok: bool = False,
+        *,
+        perm: int | None = None,
+        owner: str | None = None,
+    ) -> defer.Deferred:
         """Make a directory (mode *perm*, default 0o755); *owner* counts for the kernel's and root's calls only."""
         args: dict[str, Any] = {"path": path, "parents": parents, "exist_ok": exist_ok}
         if perm is not None:
@@ -109,8 +129,14 @@ class FSClient:
         return self._call("glob", pattern=pattern, cwd=cwd)
 
     @defer.inlineCallbacks
-    def read_into(self, path: str, sink: Sink, offset: int = 0, length: int | None = None,
-                  on_open: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+    def read_into(
+        self,
+        path: str,
+        sink: Sink,
+        offset: int = 0,
+        length: int | None = None,
+        on_open: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Any:
         """Stream a file's bytes into *sink*; fires with the sink's status."""
         where = yield self._call("read_open", path=path, offset=offset, length=length)
         if on_open is not None:
@@ -131,8 +157,9 @@ class FSClient:
 
     def write_small(self, path: str, data: bytes, exclusive: bool = False) -> defer.Deferred:
         """Write a small file in one round trip; *exclusive*: fail with AlreadyExists if it is there."""
-        return self._call("write_small", path=path, data=base64.b64encode(data).decode(),
-                          exclusive=exclusive).addCallback(Stat.from_dict)
+        return self._call(
+            "write_small", path=path, data=base64.b64encode(data).decode(), exclusive=exclusive
+        ).addCallback(Stat.from_dict)
 
     @defer.inlineCallbacks
     def read(self, path: str, offset: int = 0, length: int | None = None) -> Any:

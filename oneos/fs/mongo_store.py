@@ -189,7 +189,9 @@ class MongoStore(BaseStore):
                 try:
                     await pool.command("admin", {"ping": 1}, timeout=connect_timeout)
                 except (TimeExceeded, defer.CancelledError):
-                    raise StoreUnavailable(store.where, f"no answer within {connect_timeout:g}s (is mongod running and reachable?)") from None
+                    raise StoreUnavailable(
+                        store.where, f"no answer within {connect_timeout:g}s (is mongod running and reachable?)"
+                    ) from None
                 await store._setup(chunk_size)
             except BaseException:
                 await pool.disconnect()
@@ -214,7 +216,9 @@ class MongoStore(BaseStore):
         await self._w(self._chunks.create_index(qf.sort([("c", 1), ("n", 1)]), unique=True, name="content_n"))
         await self._w(self._uploads.create_index(qf.sort([("touched", 1)]), name="touched"))
         try:
-            await self._w(self._meta.insert_one({"_id": "format", "version": FORMAT, "chunk_size": chunk_size or CHUNK_SIZE}))
+            await self._w(
+                self._meta.insert_one({"_id": "format", "version": FORMAT, "chunk_size": chunk_size or CHUNK_SIZE})
+            )
         except DuplicateKeyError:
             pass
         meta = await self._w(self._meta.find_one({"_id": "format"}))
@@ -311,11 +315,13 @@ class MongoStore(BaseStore):
 
     async def _trash(self, doc: dict[str, Any], now: float) -> bool:
         """Detach *doc* (and so its subtree) from the tree in one update."""
-        moved = await self._w(self._inodes.find_one_and_update(
-            {"_id": doc["_id"], "parent": doc["parent"], "name": doc["name"]},
-            {"$set": {"parent": TRASH_ID, "name": str(doc["_id"]), "trashed": now}},
-            {"_id": 1},
-        ))
+        moved = await self._w(
+            self._inodes.find_one_and_update(
+                {"_id": doc["_id"], "parent": doc["parent"], "name": doc["name"]},
+                {"$set": {"parent": TRASH_ID, "name": str(doc["_id"]), "trashed": now}},
+                {"_id": 1},
+            )
+        )
         return moved is not None
 
     async def _untrash(self, doc: dict[str, Any], parent: Any, name: str) -> None:
@@ -323,7 +329,8 @@ class MongoStore(BaseStore):
         try:
             back = await self._w(
                 self._inodes.find_one_and_update(
-                    {"_id": doc["_id"], "parent": TRASH_ID}, {"$set": {"parent": parent, "name": name}, "$unset": {"trashed": ""}}
+                    {"_id": doc["_id"], "parent": TRASH_ID},
+                    {"$set": {"parent": parent, "name": name}, "$unset": {"trashed": ""}},
                 )
             )
         except DuplicateKeyError:
@@ -384,7 +391,13 @@ class MongoStore(BaseStore):
 
     @mongo_method
     async def mkdir(
-        self, path: str, *, parents: bool = False, exist_ok: bool = False, owner: str = DEFAULT_OWNER, perm: int = DIR_PERM
+        self,
+        path: str,
+        *,
+        parents: bool = False,
+        exist_ok: bool = False,
+        owner: str = DEFAULT_OWNER,
+        perm: int = DIR_PERM,
     ) -> Stat:
         """Create a directory (and missing parents if *parents*, like ``mkdir -p``)."""
         path = paths.normalise(path)
@@ -474,11 +487,13 @@ class MongoStore(BaseStore):
                 if not await self._trash(target, now):
                     continue
             try:
-                moved = await self._w(self._inodes.find_one_and_update(
-                    {"_id": doc["_id"], "parent": doc["parent"], "name": doc["name"]},
-                    {"$set": {"parent": dparent["_id"], "name": dname}},
-                    return_document=ReturnDocument.AFTER,
-                ))
+                moved = await self._w(
+                    self._inodes.find_one_and_update(
+                        {"_id": doc["_id"], "parent": doc["parent"], "name": doc["name"]},
+                        {"$set": {"parent": dparent["_id"], "name": dname}},
+                        return_document=ReturnDocument.AFTER,
+                    )
+                )
             except DuplicateKeyError:  # dst created meanwhile: replace that one instead
                 if target is not None:
                     await self._purge(target)
@@ -499,12 +514,14 @@ class MongoStore(BaseStore):
         """chmod/chown: one update of the entry's document, which a concurrent commit cannot undo
         (commits ``$set`` only the content fields)."""
         doc = await self._resolve(path)
-        updated = await self._w(self._inodes.find_one_and_update(
-            {"_id": doc["_id"], "parent": doc["parent"], "name": doc["name"]},
-            {"$set": {name: changes[name] for name in ("mode", "owner") if name in changes}},
-            {"segments": 0},
-            return_document=ReturnDocument.AFTER,
-        ))
+        updated = await self._w(
+            self._inodes.find_one_and_update(
+                {"_id": doc["_id"], "parent": doc["parent"], "name": doc["name"]},
+                {"$set": {name: changes[name] for name in ("mode", "owner") if name in changes}},
+                {"segments": 0},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
         if updated is None:  # removed or moved meanwhile
             raise NotFound(path)
         return _stat(updated, path)
@@ -529,11 +546,13 @@ class MongoStore(BaseStore):
 
     @mongo_method
     async def _load_chunks(self, path: str, content: Any, first: int, last: int) -> list[bytes]:
-        docs = await self._w(self._chunks.find(
-            {"c": content, "n": {"$gte": first, "$lte": last}},
-            {"_id": 0, "n": 1, "d": 1},
-            sort=qf.sort([("n", 1)]),
-        ))
+        docs = await self._w(
+            self._chunks.find(
+                {"c": content, "n": {"$gte": first, "$lte": last}},
+                {"_id": 0, "n": 1, "d": 1},
+                sort=qf.sort([("n", 1)]),
+            )
+        )
         if [d["n"] for d in docs] != list(range(first, last + 1)):
             raise FileChanged(path)
         return [bytes(d["d"]) for d in docs]
@@ -625,14 +644,18 @@ class MongoStore(BaseStore):
             else:
                 if released - {plan.content}:
                     # remembered first, so a crash right after the swap leaves them findable
-                    await self._w(self._uploads.update_one(
-                        {"_id": plan.content}, {"$set": {"releasing": list(released - {plan.content})}}
-                    ))
-                updated = await self._w(self._inodes.find_one_and_update(
-                    {"_id": doc["_id"], "v": doc.get("v", 0)},
-                    {"$set": {"segments": _dump_segments(new), "size": size, "mtime": now}, "$inc": {"v": 1}},
-                    return_document=ReturnDocument.AFTER,
-                ))
+                    await self._w(
+                        self._uploads.update_one(
+                            {"_id": plan.content}, {"$set": {"releasing": list(released - {plan.content})}}
+                        )
+                    )
+                updated = await self._w(
+                    self._inodes.find_one_and_update(
+                        {"_id": doc["_id"], "v": doc.get("v", 0)},
+                        {"$set": {"segments": _dump_segments(new), "size": size, "mtime": now}, "$inc": {"v": 1}},
+                        return_document=ReturnDocument.AFTER,
+                    )
+                )
                 if updated is None:
                     log.debug("commit to {path} lost a race; retrying", path=plan.path)
                     continue
@@ -660,7 +683,9 @@ class MongoStore(BaseStore):
         dirs = await self._w(self._inodes.count_documents({**live, "kind": "dir"}))
         total = 0
         for row in await self._w(
-            self._inodes.aggregate([{"$match": {**live, "kind": "file"}}, {"$group": {"_id": None, "total": {"$sum": "$size"}}}])
+            self._inodes.aggregate(
+                [{"$match": {**live, "kind": "file"}}, {"$group": {"_id": None, "total": {"$sum": "$size"}}}]
+            )
         ):
             total += int(row.get("total", 0))
         chunks = await self._w(self._chunks.count_documents({}))
@@ -720,11 +745,12 @@ class MongoStore(BaseStore):
         await self._w(self._inodes.delete_many({"_id": {"$nin": [ROOT_ID, TRASH_ID]}}))
         await self._w(self._chunks.delete_many({}))
         await self._w(self._uploads.delete_many({}))
-        await self._w(self._inodes.update_one(
-            {"_id": ROOT_ID}, {"$set": {"mtime": now, "ctime": now, "mode": DIR_PERM, "owner": DEFAULT_OWNER}}
-        ))
+        await self._w(
+            self._inodes.update_one(
+                {"_id": ROOT_ID}, {"$set": {"mtime": now, "ctime": now, "mode": DIR_PERM, "owner": DEFAULT_OWNER}}
+            )
+        )
         log.info("file store {url} wiped", url=self.where)
 
 
 __all__ = ["MongoStore"]
-

@@ -37,6 +37,7 @@ uploads left by writers that died with an earlier service.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from twisted.application import service
@@ -45,12 +46,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-import base64
-
 from oneos.errors import describe
 from oneos.fs import paths
-from oneos.fs.errors import (AlreadyExists, FSError, InvalidArgument, NotADirectory, NotFound, OperationNotPermitted,
-                             PermissionDenied, StoreUnavailable)
+from oneos.fs.errors import (
+    AlreadyExists,
+    FSError,
+    InvalidArgument,
+    NotADirectory,
+    NotFound,
+    OperationNotPermitted,
+    PermissionDenied,
+    StoreUnavailable,
+)
 from oneos.fs.opening import open_store
 from oneos.fs.permissions import ADMIN, EXECUTE, READ, SEARCH, WRITE, may_chmod, may_chown, permitted, privileged
 from oneos.fs.reset import ensure_tree
@@ -72,8 +79,24 @@ SYSTEM_DIR = "/etc/oneos"
 #: Largest content ``read_small``/``write_small`` carry inside an RPC message.
 SMALL_LIMIT = 256 * 1024
 #: Methods a client identity (``oneos`` commands: USER@TAG) may call; the RPC layer makes them act as USER.
-CLIENT_METHODS = ("stat", "exists", "listdir", "mkdir", "remove", "rename", "copy", "chmod", "chown", "access",
-                  "glob", "read_open", "write_open", "read_small", "write_small", "usage")
+CLIENT_METHODS = (
+    "stat",
+    "exists",
+    "listdir",
+    "mkdir",
+    "remove",
+    "rename",
+    "copy",
+    "chmod",
+    "chown",
+    "access",
+    "glob",
+    "read_open",
+    "write_open",
+    "read_small",
+    "write_small",
+    "usage",
+)
 
 #: An RPC handler written as a coroutine: returns a Deferred, and keeps its signature visible
 #: (the RPC server looks for a ``user`` argument to pass the caller's verified user in).
@@ -127,8 +150,7 @@ class _WriterSink:
     another.
     """
 
-    def __init__(self, writer: Writer, clock: Any = None, timeout: float | None = None,
-                 done: Any = None) -> None:
+    def __init__(self, writer: Writer, clock: Any = None, timeout: float | None = None, done: Any = None) -> None:
         self.writer = writer
         self.clock = clock
         self.timeout = timeout
@@ -158,8 +180,11 @@ class _WriterSink:
     def _idle(self) -> None:
         self._timer = None
         self.expired = True
-        log.warn("write to {path} abandoned: no data for {t:g}s; discarding what was written", path=self.writer.path,
-                 t=self.timeout)
+        log.warn(
+            "write to {path} abandoned: no data for {t:g}s; discarding what was written",
+            path=self.writer.path,
+            t=self.timeout,
+        )
         self.abort()
 
     def write(self, data: bytes) -> defer.Deferred:
@@ -193,9 +218,20 @@ class FileSystemService(service.Service):
 
     name = "fs"
 
-    def __init__(self, url: str, client: Any, transfer: TransferServer, reactor: Any, retry_max: float = 10.0,
-                 guard: Any = None, *, upload_timeout: float | None = UPLOAD_TIMEOUT, gc_interval: float = GC_INTERVAL,
-                 stale_upload: float | None = None, open_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        client: Any,
+        transfer: TransferServer,
+        reactor: Any,
+        retry_max: float = 10.0,
+        guard: Any = None,
+        *,
+        upload_timeout: float | None = UPLOAD_TIMEOUT,
+        gc_interval: float = GC_INTERVAL,
+        stale_upload: float | None = None,
+        open_options: dict[str, Any] | None = None,
+    ) -> None:
         self.url = url
         self.client = client
         self.transfer = transfer
@@ -275,8 +311,16 @@ class FileSystemService(service.Service):
             if not self.running:
                 return
             error = failure.value
-            self.last_error = error if isinstance(error, StoreUnavailable) else StoreUnavailable(f"file store {self.url}", describe(error))
-            log.warn("file store unreachable: {error}; retrying in {delay:.1f}s", error=str(self.last_error), delay=self._delay)
+            self.last_error = (
+                error
+                if isinstance(error, StoreUnavailable)
+                else StoreUnavailable(f"file store {self.url}", describe(error))
+            )
+            log.warn(
+                "file store unreachable: {error}; retrying in {delay:.1f}s",
+                error=str(self.last_error),
+                delay=self._delay,
+            )
             self._retry = self.reactor.callLater(self._delay, self._open)
             self._delay = min(self.retry_max, self._delay * 2)
 
@@ -391,8 +435,16 @@ class FileSystemService(service.Service):
         return [s.to_dict() for s in await store.scandir(path)]
 
     @_rpc
-    async def mkdir(self, path: str, parents: bool = False, exist_ok: bool = False, owner: str | None = None,
-                    perm: int = DIR_PERM, system: bool = False, user: str | None = None) -> Any:
+    async def mkdir(
+        self,
+        path: str,
+        parents: bool = False,
+        exist_ok: bool = False,
+        owner: str | None = None,
+        perm: int = DIR_PERM,
+        system: bool = False,
+        user: str | None = None,
+    ) -> Any:
         """Make a directory owned by *user* (the kernel and the admin may name another *owner*)."""
         path = paths.normalise(path)
         guard(system, path)
@@ -423,8 +475,9 @@ class FileSystemService(service.Service):
         return (await store.rename(src, dst)).to_dict()
 
     @_rpc
-    async def copy(self, src: str, dst: str, recursive: bool = False, system: bool = False,
-                   user: str | None = None) -> Any:
+    async def copy(
+        self, src: str, dst: str, recursive: bool = False, system: bool = False, user: str | None = None
+    ) -> Any:
         """Copy; what a user copies is the user's (the kernel's copies keep the source's owner)."""
         src, dst = paths.normalise(src), paths.normalise(dst)
         guard(system, src, holding=recursive)
@@ -496,8 +549,9 @@ class FileSystemService(service.Service):
         return await self._store().usage()
 
     @_rpc
-    async def read_open(self, path: str, offset: int = 0, length: int | None = None, system: bool = False,
-                        user: str | None = None) -> Any:
+    async def read_open(
+        self, path: str, offset: int = 0, length: int | None = None, system: bool = False, user: str | None = None
+    ) -> Any:
         """Open *path* for reading; the caller fetches the bytes with the token."""
         path = paths.normalise(path)
         guard(system, path)
@@ -510,8 +564,9 @@ class FileSystemService(service.Service):
         return {**self.transfer.where(), "token": token, "size": reader.length, "stat": reader.stat.to_dict()}
 
     @_rpc
-    async def write_open(self, path: str, mode: str = "truncate", owner: str | None = None, system: bool = False,
-                         user: str | None = None) -> Any:
+    async def write_open(
+        self, path: str, mode: str = "truncate", owner: str | None = None, system: bool = False, user: str | None = None
+    ) -> Any:
         """Open *path* for writing; nothing is visible until the stream ends cleanly.
 
         A file this creates is *user*'s (the kernel and the admin may name another *owner*).
@@ -543,8 +598,9 @@ class FileSystemService(service.Service):
         return {"data": base64.b64encode(data).decode(), "stat": st.to_dict()}
 
     @_rpc
-    async def write_small(self, path: str, data: str, exclusive: bool = False, system: bool = False,
-                          user: str | None = None) -> Any:
+    async def write_small(
+        self, path: str, data: str, exclusive: bool = False, system: bool = False, user: str | None = None
+    ) -> Any:
         """Write a small file from the request itself; *exclusive*: refuse if it exists (first writer wins)."""
         path = paths.normalise(path)
         guard(system, path)

@@ -70,9 +70,9 @@ from oneos.fs.store import (
     DIR_PERM,
     DISK_RESERVE,
     STALE_UPLOAD,
+    BaseStore,
     MiB,
     NoSpace,
-    BaseStore,
     Stat,
     deferred_method,
 )
@@ -164,8 +164,15 @@ class SQLiteStore(BaseStore):
     # -- opening and closing ---------------------------------------------------
 
     @classmethod
-    def open(cls, parsed: StoreURL, reactor: Any, *, chunk_size: int | None = None, clock: Any = None,
-             reserve: int = DISK_RESERVE) -> Deferred[SQLiteStore]:
+    def open(
+        cls,
+        parsed: StoreURL,
+        reactor: Any,
+        *,
+        chunk_size: int | None = None,
+        clock: Any = None,
+        reserve: int = DISK_RESERVE,
+    ) -> Deferred[SQLiteStore]:
         store = cls(parsed.url, parsed.target, reactor, clock or reactor, reserve)
         store._pool.start()
         store._shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", store._stop_pool)
@@ -203,7 +210,9 @@ class SQLiteStore(BaseStore):
 
         def setup(c: sqlite3.Connection) -> int:
             c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (str(FORMAT),))
-            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('chunk_size', ?)", (str(chunk_size or CHUNK_SIZE),))
+            c.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('chunk_size', ?)", (str(chunk_size or CHUNK_SIZE),)
+            )
             c.execute(
                 "INSERT OR IGNORE INTO inodes(id, parent, name, kind, mode, owner, ctime, mtime) VALUES (?, NULL, '', 'dir', ?, ?, ?, ?)",
                 (ROOT_ID, DIR_PERM, DEFAULT_OWNER, now, now),
@@ -300,8 +309,11 @@ class SQLiteStore(BaseStore):
             return  # cannot tell: let SQLite find out
         free = st.f_bavail * st.f_frsize
         if free - size < self.reserve:
-            raise NoSpace(None, f"{free / MiB:.1f} MiB free on the disk holding {self.target}, "
-                                f"{self.reserve / MiB:g} MiB kept for the store's own bookkeeping")
+            raise NoSpace(
+                None,
+                f"{free / MiB:.1f} MiB free on the disk holding {self.target}, "
+                f"{self.reserve / MiB:g} MiB kept for the store's own bookkeeping",
+            )
 
     def _shrink_step_sync(self) -> bool:
         """Give up to _SHRINK_STEP free pages back to the file system (database thread); True: more to do."""
@@ -423,7 +435,13 @@ class SQLiteStore(BaseStore):
 
     @deferred_method
     async def mkdir(
-        self, path: str, *, parents: bool = False, exist_ok: bool = False, owner: str = DEFAULT_OWNER, perm: int = DIR_PERM
+        self,
+        path: str,
+        *,
+        parents: bool = False,
+        exist_ok: bool = False,
+        owner: str = DEFAULT_OWNER,
+        perm: int = DIR_PERM,
     ) -> Stat:
         """Create a directory (and missing parents if *parents*, like ``mkdir -p``)."""
         path = paths.normalise(path)
@@ -498,7 +516,10 @@ class SQLiteStore(BaseStore):
                     raise IsADirectory(dst)
                 if row["kind"] == "dir" and target["kind"] == "file":
                     raise NotADirectory(dst)
-                if target["kind"] == "dir" and c.execute("SELECT 1 FROM inodes WHERE parent = ? LIMIT 1", (target["id"],)).fetchone():
+                if (
+                    target["kind"] == "dir"
+                    and c.execute("SELECT 1 FROM inodes WHERE parent = ? LIMIT 1", (target["id"],)).fetchone()
+                ):
                     raise DirectoryNotEmpty(dst)
                 self._delete_tree(c, target["id"])
             c.execute("UPDATE inodes SET parent = ?, name = ? WHERE id = ?", (dparent["id"], dname, row["id"]))
@@ -647,11 +668,20 @@ class SQLiteStore(BaseStore):
         """Counts for ``df``-like reports and tests: files, dirs, bytes, chunks, pending uploads."""
 
         def count(c: sqlite3.Connection) -> dict[str, int]:
-            files, size = c.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM inodes WHERE kind = 'file'").fetchone()
+            files, size = c.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM inodes WHERE kind = 'file'"
+            ).fetchone()
             dirs = c.execute("SELECT COUNT(*) FROM inodes WHERE kind = 'dir'").fetchone()[0]
             chunks, stored = c.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM chunks").fetchone()
             pending = c.execute("SELECT COUNT(*) FROM uploads").fetchone()[0]
-            return {"files": files, "dirs": dirs, "bytes": size, "chunks": chunks, "stored_bytes": stored, "pending_uploads": pending}
+            return {
+                "files": files,
+                "dirs": dirs,
+                "bytes": size,
+                "chunks": chunks,
+                "stored_bytes": stored,
+                "pending_uploads": pending,
+            }
 
         return await self._tx(count, write=False)
 
@@ -697,7 +727,10 @@ class SQLiteStore(BaseStore):
             c.execute("DELETE FROM chunks")
             c.execute("DELETE FROM uploads")
             c.execute("DELETE FROM inodes WHERE id != ?", (ROOT_ID,))
-            c.execute("UPDATE inodes SET mtime = ?, ctime = ?, mode = ?, owner = ? WHERE id = ?", (now, now, DIR_PERM, DEFAULT_OWNER, ROOT_ID))
+            c.execute(
+                "UPDATE inodes SET mtime = ?, ctime = ?, mode = ?, owner = ? WHERE id = ?",
+                (now, now, DIR_PERM, DEFAULT_OWNER, ROOT_ID),
+            )
 
         await self._tx(wipe)
         log.info("file store {url} wiped", url=self.url)

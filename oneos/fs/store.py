@@ -94,8 +94,14 @@ def check_perm(path: str | None, perm: Any) -> int:
 
 def check_owner(path: str | None, owner: Any) -> str:
     """*owner* if it can be an owner's name (1..64 printable characters, no spaces), else InvalidArgument."""
-    if (not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER or not owner.isprintable()
-            or any(c.isspace() for c in owner) or "/" in owner):
+    if (
+        not isinstance(owner, str)
+        or not owner
+        or len(owner) > MAX_OWNER
+        or not owner.isprintable()
+        or any(c.isspace() for c in owner)
+        or "/" in owner
+    ):
         raise InvalidArgument(path, f"{owner!r} is not a user name")
     return owner
 
@@ -176,11 +182,23 @@ class FileStore(Protocol):
     def exists(self, path: str) -> Deferred[bool]: ...
     def listdir(self, path: str) -> Deferred[list[str]]: ...
     def scandir(self, path: str) -> Deferred[list[Stat]]: ...
-    def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False, owner: str = DEFAULT_OWNER, perm: int = DIR_PERM) -> Deferred[Stat]: ...
+    def mkdir(
+        self,
+        path: str,
+        *,
+        parents: bool = False,
+        exist_ok: bool = False,
+        owner: str = DEFAULT_OWNER,
+        perm: int = DIR_PERM,
+    ) -> Deferred[Stat]: ...
     def read_chunks(self, path: str, offset: int = 0, length: int | None = None) -> Deferred[ChunkReader]: ...
     def read(self, path: str, offset: int = 0, length: int | None = None) -> Deferred[bytes]: ...
-    def open_write(self, path: str, mode: WriteMode = "truncate", *, owner: str = DEFAULT_OWNER, perm: int = FILE_PERM) -> Deferred[Writer]: ...
-    def write(self, path: str, data: bytes, mode: WriteMode = "truncate", *, owner: str = DEFAULT_OWNER, perm: int = FILE_PERM) -> Deferred[Stat]: ...
+    def open_write(
+        self, path: str, mode: WriteMode = "truncate", *, owner: str = DEFAULT_OWNER, perm: int = FILE_PERM
+    ) -> Deferred[Writer]: ...
+    def write(
+        self, path: str, data: bytes, mode: WriteMode = "truncate", *, owner: str = DEFAULT_OWNER, perm: int = FILE_PERM
+    ) -> Deferred[Stat]: ...
     def remove(self, path: str, *, recursive: bool = False) -> Deferred[None]: ...
     def rename(self, src: str, dst: str) -> Deferred[Stat]: ...
     def chmod(self, path: str, perm: int) -> Deferred[Stat]: ...
@@ -229,7 +247,9 @@ class ChunkReader:
     :class:`~oneos.fs.errors.FileChanged` rather than mixing versions.
     """
 
-    def __init__(self, store: BaseStore, stat: Stat, segments: Sequence[Segment], offset: int, length: int | None) -> None:
+    def __init__(
+        self, store: BaseStore, stat: Stat, segments: Sequence[Segment], offset: int, length: int | None
+    ) -> None:
         self.store = store
         self.stat = stat
         self.path = stat.path
@@ -249,7 +269,7 @@ class ChunkReader:
         first, last = run[0].n, run[-1].n
 
         def cut(chunks: list[bytes]) -> list[bytes]:
-            return [chunk[p.lo : p.hi] for chunk, p in zip(chunks, run)]
+            return [chunk[p.lo : p.hi] for chunk, p in zip(chunks, run, strict=False)]
 
         d = self.store._load_chunks(self.path, run[0].content, first, last)
         return d.addCallback(cut)
@@ -381,8 +401,10 @@ class Writer:
     def _pump(self, final: bool = False) -> None:
         size = self.store.chunk_size
         self._note_peak()
-        while self._failure is None and self._in_flight < WRITE_WINDOW and (
-            len(self._buffer) >= size or (final and self._buffer)
+        while (
+            self._failure is None
+            and self._in_flight < WRITE_WINDOW
+            and (len(self._buffer) >= size or (final and self._buffer))
         ):
             piece = bytes(self._buffer[:size])
             del self._buffer[:size]
@@ -472,7 +494,12 @@ class Writer:
         self._check_open()
         self._state = "committing"
         try:
-            if self._failure is None and not self._upload_started and self._in_flight == 0 and len(self._buffer) < self.store.chunk_size:
+            if (
+                self._failure is None
+                and not self._upload_started
+                and self._in_flight == 0
+                and len(self._buffer) < self.store.chunk_size
+            ):
                 plan = self._plan(content=None)
                 stat = await self.store._commit_small(plan, bytes(self._buffer))
             else:
@@ -685,7 +712,7 @@ class BaseStore:
             raise InvalidArgument(path, f"write mode must be one of {', '.join(WRITE_MODES)}, not {mode!r}")
         if path == paths.ROOT:
             raise IsADirectory(path)
-        for attempt in range(3):
+        for _attempt in range(3):
             existing, segments = await self._prepare_write(path)
             if mode == "truncate":
                 return Writer(self, path, mode, owner, perm, None, ())
@@ -694,7 +721,7 @@ class BaseStore:
             try:
                 for run in batch_pieces(plan_read(absorb, self.chunk_size), READ_BATCH):
                     chunks = await self._load_chunks(path, run[0].content, run[0].n, run[-1].n)
-                    for chunk, piece in zip(chunks, run):
+                    for chunk, piece in zip(chunks, run, strict=False):
                         await writer.write(chunk[piece.lo : piece.hi])
             except FileChanged:
                 await writer.abort()
@@ -816,7 +843,9 @@ class BaseStore:
                 continue
             out.append((current, True))
             if len(out) > GLOB_LIMIT:
-                raise InvalidArgument(base, f"'**' below here visits more than {GLOB_LIMIT} entries; narrow the pattern")
+                raise InvalidArgument(
+                    base, f"'**' below here visits more than {GLOB_LIMIT} entries; narrow the pattern"
+                )
             for e in entries:
                 if e.name.startswith("."):
                     continue

@@ -58,7 +58,7 @@ MessageCallback = Callable[[Message], Any]
 class Subscription:
     """A registered interest in a topic filter; ``cancel()`` ends it."""
 
-    def __init__(self, client: "PubSubClient", topic_filter: str, callback: MessageCallback, qos: int) -> None:
+    def __init__(self, client: PubSubClient, topic_filter: str, callback: MessageCallback, qos: int) -> None:
         self.client = client
         self.topic_filter = topic_filter
         self.callback = callback
@@ -72,7 +72,7 @@ class Subscription:
 class _Connection(Protocol):
     """One TCP connection to the broker, speaking MQTT 3.1.1."""
 
-    def __init__(self, client: "PubSubClient") -> None:
+    def __init__(self, client: PubSubClient) -> None:
         self.client = client
         # Larger messages are skipped as they arrive (and logged), never buffered: dropping the
         # connection instead would bring a retained one straight back after the reconnect.
@@ -125,7 +125,11 @@ class _Connection(Protocol):
         self._arm(c.connect_timeout, self._connack_timeout)
 
     def _connack_timeout(self) -> None:
-        log.warn("broker at {url} did not answer CONNECT within {t}s", url=self.client.address.url, t=self.client.connect_timeout)
+        log.warn(
+            "broker at {url} did not answer CONNECT within {t}s",
+            url=self.client.address.url,
+            t=self.client.connect_timeout,
+        )
         self.close(abort=True)
 
     def _keepalive_tick(self) -> None:
@@ -159,7 +163,11 @@ class _Connection(Protocol):
         try:
             packets = self.parser.feed(data)
         except mqtt.MalformedPacket as e:
-            log.error("malformed data from broker at {url}: {error}; dropping connection", url=self.client.address.url, error=str(e))
+            log.error(
+                "malformed data from broker at {url}: {error}; dropping connection",
+                url=self.client.address.url,
+                error=str(e),
+            )
             self.close(abort=True)
             return
         for packet in packets:
@@ -191,8 +199,12 @@ class _Connection(Protocol):
             elif p.qos == 2 and p.packet_id is not None:
                 self.send(mqtt.encode_ack(mqtt.PUBREC, p.packet_id))
             if p.oversize or len(p.payload) > c.max_message:
-                log.warn("dropped a {size}-byte message on {topic!r}: larger than the {limit}-byte message limit",
-                         size=p.oversize or len(p.payload), topic=p.topic, limit=c.max_message)
+                log.warn(
+                    "dropped a {size}-byte message on {topic!r}: larger than the {limit}-byte message limit",
+                    size=p.oversize or len(p.payload),
+                    topic=p.topic,
+                    limit=c.max_message,
+                )
                 return
             c._deliver(Message(p.topic, p.payload, p.retain, p.qos))
         elif p.type == mqtt.PUBREL and p.packet_id is not None:
@@ -213,7 +225,8 @@ class _Connection(Protocol):
 
 class _ConnectionFactory(Factory):
     noisy = False
-    def __init__(self, client: "PubSubClient") -> None:
+
+    def __init__(self, client: PubSubClient) -> None:
         self.client = client
 
     def buildProtocol(self, addr: Any) -> _Connection:
@@ -301,12 +314,15 @@ class PubSubClient(service.Service):
         self._connected_waiters.append(d)
         return d
 
-    def add_listener(self, on_connect: Callable[[], Any] | None = None, on_disconnect: Callable[[], Any] | None = None) -> None:
+    def add_listener(
+        self, on_connect: Callable[[], Any] | None = None, on_disconnect: Callable[[], Any] | None = None
+    ) -> None:
         """Call *on_connect* after every accepted (re)connection, *on_disconnect* after every loss."""
         self._listeners.append((on_connect, on_disconnect))
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                expires: float | None = None) -> defer.Deferred:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, expires: float | None = None
+    ) -> defer.Deferred:
         """Publish; the Deferred fires when written (QoS 0) or acknowledged (QoS 1).
 
         *expires* (a reactor time): if the message is still queued (broker
@@ -318,15 +334,22 @@ class PubSubClient(service.Service):
         if qos not in (0, 1):
             return defer.fail(ValueError("only QoS 0 and 1 are supported"))
         if len(payload) > self.max_message:
-            return defer.fail(MessageTooLarge(
-                f"message of {len(payload)} bytes for {topic} is larger than the {self.max_message}-byte limit"))
+            return defer.fail(
+                MessageTooLarge(
+                    f"message of {len(payload)} bytes for {topic} is larger than the {self.max_message}-byte limit"
+                )
+            )
         d: defer.Deferred = defer.Deferred()
         if expires is not None:
             self._expires[d] = expires
             d.addBoth(lambda r: (self._expires.pop(d, None), r)[1])
         if self._conn is None:
             if len(self._queue) >= self.max_queue:
-                return defer.fail(PubSubUnavailable(f"broker at {self.address.url} unreachable and {self.max_queue} messages already wait"))
+                return defer.fail(
+                    PubSubUnavailable(
+                        f"broker at {self.address.url} unreachable and {self.max_queue} messages already wait"
+                    )
+                )
             self._queue.append((topic, payload, qos, retain, d))
             return d
         self._send_publish(topic, payload, qos, retain, d)
@@ -371,9 +394,7 @@ class PubSubClient(service.Service):
             holder.append(sub)
             return self.publish(topic, marker, qos=1)
 
-        self.subscribe(topic, seen).addCallback(subscribed).addErrback(
-            lambda f: done.called or done.errback(f)
-        )
+        self.subscribe(topic, seen).addCallback(subscribed).addErrback(lambda f: done.called or done.errback(f))
         return done
 
     # -- service ----------------------------------------------------------
@@ -559,7 +580,7 @@ class PubSubClient(service.Service):
         self._conn.send(mqtt.encode_subscribe(pid, [(s.topic_filter, s.qos) for s in subs]))
 
         def granted(packet: mqtt.Packet) -> None:
-            for i, (sub, d) in enumerate(zip(subs, waiters)):
+            for i, (sub, d) in enumerate(zip(subs, waiters, strict=False)):
                 code = packet.granted[i] if i < len(packet.granted) else 0x80
                 if d is None:
                     continue
@@ -572,7 +593,7 @@ class PubSubClient(service.Service):
 
         def lost(f: Failure) -> None:
             # Keep the waiters: the subscriptions are redone after reconnect.
-            for sub, d in zip(subs, waiters):
+            for sub, d in zip(subs, waiters, strict=False):
                 if d is not None:
                     self._waiting_subs.append((sub, d))
 

@@ -317,8 +317,17 @@ class _Skipped:
                 packet_id = _packet_id(head, pos)
         except MalformedPacket:
             pass  # a broken header on a packet we drop anyway: report what we have
-        return Packet(PUBLISH, self.flags, packet_id, topic, b"", self.qos, bool(self.flags & 0x01),
-                      bool(self.flags & 0x08), oversize=self.length)
+        return Packet(
+            PUBLISH,
+            self.flags,
+            packet_id,
+            topic,
+            b"",
+            self.qos,
+            bool(self.flags & 0x01),
+            bool(self.flags & 0x08),
+            oversize=self.length,
+        )
 
 
 def _read_string(body: bytes, pos: int) -> tuple[str, int]:

@@ -67,9 +67,15 @@ class Unanswered(Exception):
 class RPCServer:
     """Answers requests for one target with the handlers given."""
 
-    def __init__(self, client: PubSubClient, target: str, handlers: dict[str, Handler],
-                 guard: Callable[[str, dict[str, Any]], None] | None = None, *,
-                 clients: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        client: PubSubClient,
+        target: str,
+        handlers: dict[str, Handler],
+        guard: Callable[[str, dict[str, Any]], None] | None = None,
+        *,
+        clients: Collection[str] = (),
+    ) -> None:
         self.client = client
         self.target = target
         self.handlers = dict(handlers)
@@ -123,15 +129,21 @@ class RPCServer:
             return
         caller = topics.caller_of(message.topic)
         if not reply_to.startswith(topics.reply(caller, "")):
-            log.warn("dropped request from {caller} with a reply topic not its own: {topic}", caller=caller,
-                     topic=reply_to)
+            log.warn(
+                "dropped request from {caller} with a reply topic not its own: {topic}", caller=caller, topic=reply_to
+            )
             return
         meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
         try:
             self._authorise(caller, method, args, meta)
         except NotPermitted as e:
-            log.warn("refused {method} on {target} to {caller}: {why}", method=method, target=self.target,
-                     caller=caller, why=str(e))
+            log.warn(
+                "refused {method} on {target} to {caller}: {why}",
+                method=method,
+                target=self.target,
+                caller=caller,
+                why=str(e),
+            )
             self._answer(reply_to, corr, ok=False, error={"kind": e.kind, "message": str(e)})
             return
         if self.guard is not None:
@@ -161,7 +173,9 @@ class RPCServer:
         def failed(failure: Any) -> None:
             error = failure.value
             if isinstance(error, defer.CancelledError):
-                log.info("{method} on {target} cancelled: its caller's deadline passed", method=method, target=self.target)
+                log.info(
+                    "{method} on {target} cancelled: its caller's deadline passed", method=method, target=self.target
+                )
                 return
             if not isinstance(error, (OneOSError, TypeError)):
                 log.failure("RPC {method} on {target} failed", failure, method=method, target=self.target)
@@ -193,7 +207,9 @@ class RPCServer:
         try:
             payload = messages.encode("rpc.reply", id=corr, **fields)
         except (TypeError, ValueError) as e:
-            payload = messages.encode("rpc.reply", id=corr, ok=False, error={"kind": "RPCError", "message": f"unserialisable result: {e}"})
+            payload = messages.encode(
+                "rpc.reply", id=corr, ok=False, error={"kind": "RPCError", "message": f"unserialisable result: {e}"}
+            )
         self.client.publish(reply_to, payload, qos=1).addErrback(
             lambda f: log.warn("could not send RPC reply: {error}", error=f.getErrorMessage())
         )
@@ -211,8 +227,13 @@ def _accepts(handler: Handler, name: str) -> bool:
 class RPCClient:
     """Makes calls and matches replies to them by correlation id."""
 
-    def __init__(self, client: PubSubClient, reactor: Any, default_timeout: float = 5.0,
-                 precheck: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        client: PubSubClient,
+        reactor: Any,
+        default_timeout: float = 5.0,
+        precheck: Callable[[str], None] | None = None,
+    ) -> None:
         self.client = client
         self.reactor = reactor
         self.default_timeout = default_timeout
@@ -234,8 +255,9 @@ class RPCClient:
         self._ready.addBoth(lambda r: (d.callback(None), r)[1])
         return d
 
-    def call(self, target: str, method: str, timeout: float | None = None, meta: dict[str, Any] | None = None,
-             **args: Any) -> defer.Deferred:
+    def call(
+        self, target: str, method: str, timeout: float | None = None, meta: dict[str, Any] | None = None, **args: Any
+    ) -> defer.Deferred:
         """Call *method* on *target*; fires with its result or a typed error.
 
         *meta* travels beside the arguments (the caller's fencing epoch), for
@@ -262,10 +284,13 @@ class RPCClient:
             if corr not in self._pending:
                 return
             extra = {"meta": {**(meta or {}), "timeout": timeout}}
-            payload = messages.encode("rpc.request", id=corr, method=method, args=args, reply_to=self.reply_topic, **extra)
+            payload = messages.encode(
+                "rpc.request", id=corr, method=method, args=args, reply_to=self.reply_topic, **extra
+            )
             # A request whose caller has given up is never delivered late (after a cut heals).
-            self.client.publish(topics.rpc(target, self.client.identity), payload, qos=1,
-                                expires=self.reactor.seconds() + timeout).addErrback(lambda f: None)
+            self.client.publish(
+                topics.rpc(target, self.client.identity), payload, qos=1, expires=self.reactor.seconds() + timeout
+            ).addErrback(lambda f: None)
 
         self._ensure_subscribed().addCallback(send)
         return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from oneos import TOPIC_ROOT
 
-
 #: the caller level of requests made without an identity (a broker that allows anonymous clients);
 #: not a valid identity name, so a server that expects identities refuses it
 ANONYMOUS = "~"

@@ -34,12 +34,18 @@ def describe_config(config: Config) -> str:
     """A readable block saying what this runtime will do, logged at start."""
     lines = [
         "OneOS runtime " + config.id + (" (generated id)" if config.generated_id else ""),
-        f"  home      {config.home}" + (
-            ("  (no config.json: embedded default)" if config.wants_embedded_broker else "  (no config.json: defaults and flags)")
+        f"  home      {config.home}"
+        + (
+            (
+                "  (no config.json: embedded default)"
+                if config.wants_embedded_broker
+                else "  (no config.json: defaults and flags)"
+            )
             if config.embedded
             else ""
         ),
-        f"  pubsub    {redact_url(config.pubsub)}" + ("  (hosted here if none answers)" if config.wants_embedded_broker else ""),
+        f"  pubsub    {redact_url(config.pubsub)}"
+        + ("  (hosted here if none answers)" if config.wants_embedded_broker else ""),
         f"  store     {config.store or 'the network' + chr(39) + 's (or SQLite under home if the network has none yet)'}",
         f"  kernel    {'yes' if config.kernel else 'no'}",
         f"  memory    {config.memory_mb} MB",
@@ -51,8 +57,9 @@ def describe_config(config: Config) -> str:
 def _use_credentials(runtime: Any, creds: Any) -> None:
     """Make the runtime's broker connection present *creds* (its URL named none)."""
     if creds is not None:
-        runtime.client.address = dataclasses.replace(runtime.client.address, username=creds.username,
-                                                     password=creds.password)
+        runtime.client.address = dataclasses.replace(
+            runtime.client.address, username=creds.username, password=creds.password
+        )
 
 
 def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
@@ -79,7 +86,8 @@ def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
         if credentials.role(found.username) != "runtime":
             raise credentials.CredentialsError(
                 f"{credentials.path(config.home)} holds the client identity {found.username!r}, which cannot run a "
-                "runtime: ask for a runtime invitation ('oneos invite' without --user)")
+                "runtime: ask for a runtime invitation ('oneos invite' without --user)"
+            )
         config = dataclasses.replace(config, id=found.username, generated_id=False)
     top = service.MultiService()
     top.setName("oneosd")
@@ -89,14 +97,19 @@ def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
         embedded.setServiceParent(top)
         if address.username is None:
             # connect with the identity the embedded broker's credentials give (created on a first start)
-            embedded.ready.addCallback(lambda _: _use_credentials(
-                runtime, embedded.credentials and credentials.identity(embedded.credentials, config.id)))
+            embedded.ready.addCallback(
+                lambda _: _use_credentials(
+                    runtime, embedded.credentials and credentials.identity(embedded.credentials, config.id)
+                )
+            )
         runtime.broker_ready = embedded.ready
     elif address.username is None:
         if found is None:
-            log.warn("no network credentials in {path}: connecting without; a broker that requires them refuses "
-                     "('oneos invite' on a machine of the network prints a token, 'oneos join TOKEN' here installs it)",
-                     path=str(credentials.path(config.home)))
+            log.warn(
+                "no network credentials in {path}: connecting without; a broker that requires them refuses "
+                "('oneos invite' on a machine of the network prints a token, 'oneos join TOKEN' here installs it)",
+                path=str(credentials.path(config.home)),
+            )
         else:
             _use_credentials(runtime, credentials.identity(found, config.id))
     runtime.setServiceParent(top)

@@ -44,8 +44,17 @@ class Election(service.Service):
 
     name = "election"
 
-    def __init__(self, membership: Membership, kernel: KernelHost, reactor: Any, *, is_kernel: bool, settle: float = 0.5,
-                 lease: float = 2.0, margin: float = 0.5) -> None:
+    def __init__(
+        self,
+        membership: Membership,
+        kernel: KernelHost,
+        reactor: Any,
+        *,
+        is_kernel: bool,
+        settle: float = 0.5,
+        lease: float = 2.0,
+        margin: float = 0.5,
+    ) -> None:
         self.membership = membership
         self.kernel = kernel
         self.reactor = reactor
@@ -156,8 +165,12 @@ class Election(service.Service):
             self.evaluate()
             return
         live = self.membership.live()
-        if (elect(live) == self.membership.id and self.membership.synced and self.lease_valid()
-                and not any(s.leader and s.id != self.membership.id for s in live)):
+        if (
+            elect(live) == self.membership.id
+            and self.membership.synced
+            and self.lease_valid()
+            and not any(s.leader and s.id != self.membership.id for s in live)
+        ):
             self._become_leader()
         else:
             self.evaluate()

@@ -57,8 +57,11 @@ class EmbeddedBroker(service.MultiService):
                 self.ready.callback(None)
                 return
             if created:
-                log.info("created this network's credentials in {path}; 'oneos invite' prints the token that "
-                         "joins another machine", path=str(credentials.path(self.home)))
+                log.info(
+                    "created this network's credentials in {path}; 'oneos invite' prints the token that "
+                    "joins another machine",
+                    path=str(credentials.path(self.home)),
+                )
         self._probe().addCallback(self._decide).addErrback(self._failed)
 
     def _probe(self) -> defer.Deferred:

@@ -31,7 +31,9 @@ Factory = Callable[[], service.IService]
 class RoleHost(service.MultiService):
     """The services of one role on this runtime: present only while the role is held."""
 
-    def __init__(self, name: str, factories: dict[str, Factory], on_change: Callable[[bool], Any] | None = None) -> None:
+    def __init__(
+        self, name: str, factories: dict[str, Factory], on_change: Callable[[bool], Any] | None = None
+    ) -> None:
         super().__init__()
         self.setName(name)
         self.factories = dict(factories)

@@ -71,7 +71,9 @@ class Membership(service.Service):
         self.id = first.id
         self.instance = first.instance
         # The will must be in place before the client first connects.
-        client.will = mqtt.Will(topics.status(self.id), first.with_(state=DEAD, leader=False).encode(), qos=1, retain=True)
+        client.will = mqtt.Will(
+            topics.status(self.id), first.with_(state=DEAD, leader=False).encode(), qos=1, retain=True
+        )
 
     # -- queries ----------------------------------------------------------
     def statuses(self) -> list[RuntimeStatus]:
@@ -160,8 +162,12 @@ class Membership(service.Service):
         # A claim carries only our own term: a leader on its way down (epoch already 0) claims nothing,
         # never the newer term it has heard of, which would tie with the real leader.
         leading = self.leader and self.epoch > 0
-        status = self.describe().with_(leader=leading, epoch=self.epoch if leading else self.max_epoch, state=ALIVE,
-                                       updated_at=self.reactor.seconds())
+        status = self.describe().with_(
+            leader=leading,
+            epoch=self.epoch if leading else self.max_epoch,
+            state=ALIVE,
+            updated_at=self.reactor.seconds(),
+        )
         self._record(status)
         return self.client.publish(topics.status(self.id), status.encode(), qos=1, retain=True).addErrback(
             lambda f: log.warn("could not publish status: {error}", error=f.getErrorMessage())
@@ -184,7 +190,9 @@ class Membership(service.Service):
             return defer.succeed(None)
         self.joined = False
         status = self.describe().with_(state=LEFT, leader=False, updated_at=self.reactor.seconds())
-        return self.client.publish(topics.status(self.id), status.encode(), qos=1, retain=True).addErrback(lambda f: None)
+        return self.client.publish(topics.status(self.id), status.encode(), qos=1, retain=True).addErrback(
+            lambda f: None
+        )
 
     # -- incoming ---------------------------------------------------------
     def _on_status(self, message: Message) -> None:
@@ -205,7 +213,13 @@ class Membership(service.Service):
             return
         if rid == self.id and status.instance != self.instance:
             self._on_same_id(status)
-        if rid == self.id and status.instance == self.instance and status.state != ALIVE and self.joined and self.running:
+        if (
+            rid == self.id
+            and status.instance == self.instance
+            and status.state != ALIVE
+            and self.joined
+            and self.running
+        ):
             # Our own will (e.g. after a dropped connection): correct it.
             self.publish()
             return
@@ -244,14 +258,22 @@ class Membership(service.Service):
         if status.leader and status.alive:
             self.note_epoch(status.epoch)
         old = self._view.get(status.id)
-        if old is not None and old[0].instance != status.instance and status.instance != self.instance and old[0].alive and not status.alive:
+        if (
+            old is not None
+            and old[0].instance != status.instance
+            and status.instance != self.instance
+            and old[0].alive
+            and not status.alive
+        ):
             # A will from an older incarnation must not kill its successor.
             if old[0].started_at > status.started_at:
                 return
         self._view[status.id] = (status, self.reactor.seconds())
 
     def _notify_if_changed(self, force: bool = False) -> None:
-        live = frozenset(f"{s.id}:{int(s.leader)}:{s.epoch if s.leader else 0}" for s in self.live()) | {f"synced:{self.synced}"}
+        live = frozenset(f"{s.id}:{int(s.leader)}:{s.epoch if s.leader else 0}" for s in self.live()) | {
+            f"synced:{self.synced}"
+        }
         if live == self._live_ids and not force:
             return
         self._live_ids = live

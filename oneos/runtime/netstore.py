@@ -61,7 +61,7 @@ class StoreRecord:
         return messages.encode("network.store", **asdict(self))
 
     @classmethod
-    def decode(cls, payload: bytes) -> "StoreRecord":
+    def decode(cls, payload: bytes) -> StoreRecord:
         body = messages.decode(payload, "network.store")
         url = messages.require(body, "url", str)
         if urlsplit(url).scheme not in (SQLITE, MONGODB):
@@ -236,7 +236,11 @@ def recall(home: Path) -> StoreRecord | None:
     """The record kept by :func:`remember`, or None (missing or unreadable)."""
     try:
         store = _read_network(home)["store"]
-        return StoreRecord(url=str(store["url"]), host=str(store["host"]), machine=str(store.get("machine", "")),
-                           claimed_at=float(store.get("claimed_at", 0.0)))
+        return StoreRecord(
+            url=str(store["url"]),
+            host=str(store["host"]),
+            machine=str(store.get("machine", "")),
+            claimed_at=float(store.get("claimed_at", 0.0)),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -32,14 +32,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from oneos import __version__
+from oneos import __version__, transfer
 from oneos.agents.host import AgentHost
 from oneos.agents.manager import agent_account
 from oneos.config import Config, resolve_listen
 from oneos.errors import OneOSError, StaleEpoch, describe
 from oneos.fs.client import FSClient
 from oneos.fs.service import FileSystemService
-from oneos.security.credentials import strip_userinfo
 from oneos.pubsub.client import PubSubClient
 from oneos.pubsub.rpc import RPCClient, RPCServer, Unanswered
 from oneos.runtime.election import Election
@@ -51,10 +50,10 @@ from oneos.runtime.status import RuntimeStatus
 from oneos.runtime.storehost import StoreHost
 from oneos.scheduler.restarts import RestartPolicy
 from oneos.scheduler.service import SchedulerService
-from oneos.shell.session import Grid
-from oneos.shell.service import ShellService
-from oneos import transfer
 from oneos.security import tls
+from oneos.security.credentials import strip_userinfo
+from oneos.shell.service import ShellService
+from oneos.shell.session import Grid
 from oneos.transfer import TransferServer
 
 log = Logger()
@@ -122,47 +121,97 @@ class RuntimeService(service.MultiService):
         self.shell: ShellService | None = None
         self.membership = Membership(self.client, self.rpc, reactor, self.describe, interval=config.stats_interval)
         fs = FSClient(self.rpc, reactor)
-        self.agents = AgentHost(rid, reactor, self.client, self.transfer,
-                                lambda user: fs if user is None else FSClient(self.rpc, reactor, user=user),
-                                home=config.home,
-                                memory_mb=config.memory_mb, interval=config.stats_interval,
-                                account=agent_account(config.run_as))
-        self.rpc_service = RPCService(RPCServer(
-            self.client, rid,
-            {"ping": self._ping, "status": self._status, "members": self._members, **self.agents.handlers()},
-            guard=self._fence,
-            # a client identity may read its own programs' output and feed their input, nothing else here
-            clients=("ping", "status", "agent_attach", "agent_stdin", "agent_pipe_out"),
-        ))
+        self.agents = AgentHost(
+            rid,
+            reactor,
+            self.client,
+            self.transfer,
+            lambda user: fs if user is None else FSClient(self.rpc, reactor, user=user),
+            home=config.home,
+            memory_mb=config.memory_mb,
+            interval=config.stats_interval,
+            account=agent_account(config.run_as),
+        )
+        self.rpc_service = RPCService(
+            RPCServer(
+                self.client,
+                rid,
+                {"ping": self._ping, "status": self._status, "members": self._members, **self.agents.handlers()},
+                guard=self._fence,
+                # a client identity may read its own programs' output and feed their input, nothing else here
+                clients=("ping", "status", "agent_attach", "agent_stdin", "agent_pipe_out"),
+            )
+        )
 
         # -- only on the kernel leader ---------------------------------------------------
-        self.kernel = KernelHost(self.client, self.membership, {
-            "scheduler": lambda: SchedulerService(self.client, self.rpc, self.membership, reactor,
-                                                  guard=self.election.guard,
-                                                  policy=RestartPolicy(disconnect_grace=config.disconnect_grace)),
-        }, guard=lambda method, meta: self.election.guard(method, meta))
+        self.kernel = KernelHost(
+            self.client,
+            self.membership,
+            {
+                "scheduler": lambda: SchedulerService(
+                    self.client,
+                    self.rpc,
+                    self.membership,
+                    reactor,
+                    guard=self.election.guard,
+                    policy=RestartPolicy(disconnect_grace=config.disconnect_grace),
+                ),
+            },
+            guard=lambda method, meta: self.election.guard(method, meta),
+        )
         lease = float(config.keepalive)
-        self.election = Election(self.membership, self.kernel, reactor, is_kernel=config.kernel, settle=settle,
-                                 lease=lease, margin=max(0.5, lease / 4))
+        self.election = Election(
+            self.membership,
+            self.kernel,
+            reactor,
+            is_kernel=config.kernel,
+            settle=settle,
+            lease=lease,
+            margin=max(0.5, lease / 4),
+        )
 
         # -- only on the runtime that serves the network's store ------------------------------
-        self.fs_role = RoleHost("fs", {
-            "fs": lambda: FileSystemService(self._store_url(), self.client, self.transfer, reactor,
-                                            guard=self._lease_guard),
-        })
-        self.store = StoreHost(self.client, self.membership, self.fs_role, reactor, me=rid, configured=config.store,
-                               local_store=config.local_store, kernel=config.kernel, machine=self.machine,
-                               home=config.home)
+        self.fs_role = RoleHost(
+            "fs",
+            {
+                "fs": lambda: FileSystemService(
+                    self._store_url(), self.client, self.transfer, reactor, guard=self._lease_guard
+                ),
+            },
+        )
+        self.store = StoreHost(
+            self.client,
+            self.membership,
+            self.fs_role,
+            reactor,
+            me=rid,
+            configured=config.store,
+            local_store=config.local_store,
+            kernel=config.kernel,
+            machine=self.machine,
+            home=config.home,
+        )
 
         # -- front doors, on every runtime ----------------------------------------------------
         grid = Grid(fs, self.rpc, self.client, reactor)
-        self.shell = ShellService(grid, FSClient(self.rpc, reactor, system=True), "", config.listen.get("telnet", ""),
-                                  config.home, reactor)
+        self.shell = ShellService(
+            grid, FSClient(self.rpc, reactor, system=True), "", config.listen.get("telnet", ""), config.home, reactor
+        )
 
         self.membership.max_epoch = recall_epoch(config.home)
         self.membership.on_epoch(lambda epoch: remember_epoch(config.home, epoch))
-        for child in (self.transfer, self.client, self.membership, self.agents, self.rpc_service, self.kernel,
-                      self.fs_role, self.election, self.store, self.shell):
+        for child in (
+            self.transfer,
+            self.client,
+            self.membership,
+            self.agents,
+            self.rpc_service,
+            self.kernel,
+            self.fs_role,
+            self.election,
+            self.store,
+            self.shell,
+        ):
             child.setServiceParent(self)
 
     # -- what this runtime tells the others ------------------------------------------------
@@ -210,8 +259,10 @@ class RuntimeService(service.MultiService):
         if not isinstance(epoch, int):
             return  # not a kernel command (a client attaching to output, a ping)
         if epoch < self.membership.max_epoch:
-            raise StaleEpoch(f"{method} refused: it comes from leadership term {epoch}, but term "
-                             f"{self.membership.max_epoch} has begun")
+            raise StaleEpoch(
+                f"{method} refused: it comes from leadership term {epoch}, but term "
+                f"{self.membership.max_epoch} has begun"
+            )
         self.membership.note_epoch(epoch)
 
     def _lease_guard(self, method: str, meta: dict[str, Any]) -> None:
@@ -241,9 +292,11 @@ class RuntimeService(service.MultiService):
                 if st.st_mode & (stat.S_ISVTX | stat.S_IWOTH) or st.st_uid != os.geteuid():
                     # a shared directory (ONEOS_HOME=/tmp) or someone else's: making it 0700 would lock
                     # everybody else out of it
-                    log.warn("ONEOS_HOME {home} is a shared directory or not this account's: left as it is; "
-                             "programs may read what the runtime keeps there (give the runtime its own home)",
-                             home=str(self.config.home))
+                    log.warn(
+                        "ONEOS_HOME {home} is a shared directory or not this account's: left as it is; "
+                        "programs may read what the runtime keeps there (give the runtime its own home)",
+                        home=str(self.config.home),
+                    )
                 else:
                     os.chmod(self.config.home, 0o700)
             except OSError as e:
@@ -285,7 +338,10 @@ class RuntimeService(service.MultiService):
         self.shell.startService()
         log.info(
             "runtime {id} joined the network at {url} ({n} live runtime(s)); streams at {stream}",
-            id=self.id, url=self.client.address.url, n=len(self.membership.live()), stream=self.transfer.stream_address,
+            id=self.id,
+            url=self.client.address.url,
+            n=len(self.membership.live()),
+            stream=self.transfer.stream_address,
         )
         self.ready.callback(self)
         self.shell.opened.addCallback(lambda _: self._opened())
@@ -297,16 +353,24 @@ class RuntimeService(service.MultiService):
             transfer.use_client_trust(tls.load_trust(home))  # streams this runtime opens check peers with it
         if tls.has_certificate(home):
             self.transfer.tls = tls.MachineTLS.load(home)
-            log.info("streams use TLS with {cert} (network CA {ca})", cert=str(tls.cert_path(home)),
-                     ca=str(tls.ca_path(home)))
+            log.info(
+                "streams use TLS with {cert} (network CA {ca})",
+                cert=str(tls.cert_path(home)),
+                ca=str(tls.ca_path(home)),
+            )
 
     def _opened(self) -> None:
         """The front door listens: tell the network, and the ``oneos`` command on this machine."""
         if self.membership.joined:
             self.membership.publish()
         # never a password from the URL: commands log in with credentials.json
-        info = {"id": self.id, "pid": os.getpid(), "pubsub": strip_userinfo(self.config.pubsub), "stream": self.transfer.stream_address,
-                "ssh": self.shell.ssh_address if self.shell is not None else ""}
+        info = {
+            "id": self.id,
+            "pid": os.getpid(),
+            "pubsub": strip_userinfo(self.config.pubsub),
+            "stream": self.transfer.stream_address,
+            "ssh": self.shell.ssh_address if self.shell is not None else "",
+        }
         path = self.config.home / RUNTIME_FILE
         try:
             tmp = path.with_name(path.name + ".tmp")

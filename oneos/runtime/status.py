@@ -65,7 +65,7 @@ class RuntimeStatus:
         """Election order: the longest-running kernel first, id breaks ties."""
         return (self.started_at, self.id)
 
-    def with_(self, **changes: Any) -> "RuntimeStatus":
+    def with_(self, **changes: Any) -> RuntimeStatus:
         return replace(self, **changes)
 
     def encode(self) -> bytes:
@@ -75,7 +75,7 @@ class RuntimeStatus:
         return messages.encode("runtime.status", **body)
 
     @classmethod
-    def decode(cls, payload: bytes) -> "RuntimeStatus":
+    def decode(cls, payload: bytes) -> RuntimeStatus:
         """Parse a status message; raise MalformedMessage when it is not one."""
         body = messages.decode(payload, "runtime.status")
         rid = messages.require(body, "id", str)

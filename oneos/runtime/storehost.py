@@ -79,8 +79,16 @@ class StoreHost(service.Service):
         self.client.add_listener(on_connect=self._on_reconnect)
 
     def _decide(self, retained: StoreRecord | None, remembered: StoreRecord | None) -> StoreDecision:
-        return decide(self.configured, retained, remembered, me=self.me, machine=self.machine, kernel=self.kernel,
-                      local_store=self.local_store, now=self.reactor.seconds())
+        return decide(
+            self.configured,
+            retained,
+            remembered,
+            me=self.me,
+            machine=self.machine,
+            kernel=self.kernel,
+            local_store=self.local_store,
+            now=self.reactor.seconds(),
+        )
 
     def _adopt(self, decision: StoreDecision) -> None:
         self.record, self.eligible = decision.record, decision.eligible
@@ -88,8 +96,11 @@ class StoreHost(service.Service):
             log.warn("this network has no file store yet; file operations fail until a kernel runtime joins")
             return
         remember(self.home, self.record)
-        log.info("file tree: {store}{me}", store=self.record.describe(),
-                 me=" (this runtime can serve it)" if self.eligible else "")
+        log.info(
+            "file tree: {store}{me}",
+            store=self.record.describe(),
+            me=" (this runtime can serve it)" if self.eligible else "",
+        )
 
     def _announce(self, record: StoreRecord) -> defer.Deferred:
         return self.client.publish(topics.NETWORK_STORE, record.encode(), qos=1, retain=True)
@@ -118,8 +129,11 @@ class StoreHost(service.Service):
             self._adopt(decision)
             self.membership.publish()
         elif self.record is not None and record != self.record:
-            log.warn("another file store was announced ({other}); this runtime keeps {mine}",
-                     other=record.describe(), mine=self.record.describe())
+            log.warn(
+                "another file store was announced ({other}); this runtime keeps {mine}",
+                other=record.describe(),
+                mine=self.record.describe(),
+            )
 
     # -- afterwards: serve the tree when it is our turn ---------------------------------
     def startService(self) -> None:

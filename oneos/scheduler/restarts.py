@@ -69,11 +69,15 @@ def decide(policy: RestartPolicy, mode: str, outcome: str, history: dict[str, An
     if outcome == LOST:
         h["runtime_deaths"] = int(h.get("runtime_deaths", 0)) + 1
     if int(h.get("runtime_deaths", 0)) >= policy.max_runtime_deaths:
-        return Decision(False, history=h, quarantined=(
-            f"quarantined: its runtime died with it {h['runtime_deaths']} times in {policy.window:g}s"))
+        return Decision(
+            False,
+            history=h,
+            quarantined=(f"quarantined: its runtime died with it {h['runtime_deaths']} times in {policy.window:g}s"),
+        )
     if h["attempts"] > policy.max_attempts:
-        return Decision(False, history=h, quarantined=(
-            f"quarantined: ended {h['attempts']} times in {policy.window:g}s"))
+        return Decision(
+            False, history=h, quarantined=(f"quarantined: ended {h['attempts']} times in {policy.window:g}s")
+        )
     delay = min(policy.cap, policy.base * 2 ** (h["attempts"] - 1))
     if outcome == EXITED_OK:
         delay = policy.base  # 'always' restarts a clean exit without growing the back-off much

@@ -54,8 +54,16 @@ class SchedulerService(service.Service):
 
     name = "scheduler"
 
-    def __init__(self, client: Any, rpc: Any, membership: Any, reactor: Any, *, guard: Any = None,
-                 policy: RestartPolicy | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        rpc: Any,
+        membership: Any,
+        reactor: Any,
+        *,
+        guard: Any = None,
+        policy: RestartPolicy | None = None,
+    ) -> None:
         self.client = client
         self.membership = membership
         self.rpc = rpc
@@ -159,11 +167,14 @@ class SchedulerService(service.Service):
         if state in LIVE_STATES:
             newer = self._newer(row)
             if newer is not None and row["runtime"] in self._live_ids():
-                why = (f"superseded by incarnation {newer.get('incarnation')} ({newer['id']} on {newer['runtime']}), "
-                       f"started while {row['runtime']} was unreachable")
+                why = (
+                    f"superseded by incarnation {newer.get('incarnation')} ({newer['id']} on {newer['runtime']}), "
+                    f"started while {row['runtime']} was unreachable"
+                )
                 log.warn("stopping agent {id} on {rt}: {why}", id=row["id"], rt=row["runtime"], why=why)
                 self._call(row["runtime"], "agent_kill", agent_id=row["id"], grace=2.0, reason=why).addErrback(
-                    lambda f: log.warn("could not stop superseded agent {id}: {e}", id=row["id"], e=f.getErrorMessage()))
+                    lambda f: log.warn("could not stop superseded agent {id}: {e}", id=row["id"], e=f.getErrorMessage())
+                )
             return
         if state in ENDED and state != LOST:
             self._plan_restart(row, outcome_of(row))
@@ -198,7 +209,9 @@ class SchedulerService(service.Service):
     def _republish(self, row: dict[str, Any]) -> None:
         """Keep the decision in the agent's retained status, so a new leader carries it out."""
         topic = topics.agent(row["runtime"], row["id"])
-        self.client.publish(topic, messages.encode("agent.status", **row), qos=1, retain=True).addErrback(lambda f: None)
+        self.client.publish(topic, messages.encode("agent.status", **row), qos=1, retain=True).addErrback(
+            lambda f: None
+        )
 
     def ps(self, all: bool = False) -> list[dict[str, Any]]:
         """The process table as users should see it: a dead runtime's agent is never 'running'."""
@@ -226,8 +239,15 @@ class SchedulerService(service.Service):
                 continue
             uptime = max(float(row.get("uptime", 0)), 1e-3)
             sent = int(row.get("stdout_bytes", 0))
-            out.append({"from": f"{row['id']}@{row['runtime']}", "to": target[5:], "state": row["state"],
-                        "bytes": sent, "mb_per_s": round(sent / uptime / 1e6, 2)})
+            out.append(
+                {
+                    "from": f"{row['id']}@{row['runtime']}",
+                    "to": target[5:],
+                    "state": row["state"],
+                    "bytes": sent,
+                    "mb_per_s": round(sent / uptime / 1e6, 2),
+                }
+            )
         return sorted(out, key=lambda p: p["from"])
 
     def locate(self, agent_id: str) -> dict[str, Any]:
@@ -270,9 +290,16 @@ class SchedulerService(service.Service):
 
     # -- placement ----------------------------------------------------------------
     @staticmethod
-    def _needs(program: str, runtime: str | None, tags: list[str] | None, exclude: list[str] | None, memory_mb: int) -> Needs:
-        return Needs(interpreter=interpreter_for(program), runtime=runtime, tags=tuple(tags or ()),
-                     exclude=tuple(exclude or ()), memory_mb=int(memory_mb or 0))
+    def _needs(
+        program: str, runtime: str | None, tags: list[str] | None, exclude: list[str] | None, memory_mb: int
+    ) -> Needs:
+        return Needs(
+            interpreter=interpreter_for(program),
+            runtime=runtime,
+            tags=tuple(tags or ()),
+            exclude=tuple(exclude or ()),
+            memory_mb=int(memory_mb or 0),
+        )
 
     def _view(self) -> list[Any]:
         """The live statuses, counting placements made since each runtime last reported."""
@@ -282,8 +309,9 @@ class SchedulerService(service.Service):
             held = [r for r in self._reserved.get(status.id, []) if r[0] > now]
             self._reserved[status.id] = held
             if held:
-                status = status.with_(agents=status.agents + len(held),
-                                      agents_memory_mb=status.agents_memory_mb + sum(m for _, m in held))
+                status = status.with_(
+                    agents=status.agents + len(held), agents_memory_mb=status.agents_memory_mb + sum(m for _, m in held)
+                )
             out.append(status)
         return out
 
@@ -293,32 +321,72 @@ class SchedulerService(service.Service):
         self._reserved.setdefault(runtime, []).append(entry)
         return entry
 
-    def explain(self, program: str, runtime: str | None = None, tags: list[str] | None = None, memory_mb: int = 0) -> str:
+    def explain(
+        self, program: str, runtime: str | None = None, tags: list[str] | None = None, memory_mb: int = 0
+    ) -> str:
         return explain(self._view(), self._needs(program, runtime, tags, None, memory_mb))
 
     @defer.inlineCallbacks
-    def spawn(self, program: str, args: list[str] | None = None, runtime: str | None = None, tags: list[str] | None = None,
-              exclude: list[str] | None = None, memory_mb: int = 0, restart: str = "no", cwd: str | None = None,
-              env: dict[str, str] | None = None, stdout: str = "attach", stdin: bool = True, agent_id: str | None = None,
-              stderr: str = "attach", stdin_file: str | None = None, job: str = "", incarnation: int = 0,
-              history: dict[str, Any] | None = None, user: str = "") -> Any:
+    def spawn(
+        self,
+        program: str,
+        args: list[str] | None = None,
+        runtime: str | None = None,
+        tags: list[str] | None = None,
+        exclude: list[str] | None = None,
+        memory_mb: int = 0,
+        restart: str = "no",
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdout: str = "attach",
+        stdin: bool = True,
+        agent_id: str | None = None,
+        stderr: str = "attach",
+        stdin_file: str | None = None,
+        job: str = "",
+        incarnation: int = 0,
+        history: dict[str, Any] | None = None,
+        user: str = "",
+    ) -> Any:
         """Place and start one agent; fires with its info (incl. the runtime chosen)."""
         verdict = place(self._view(), self._needs(program, runtime, tags, exclude, memory_mb))
         held = self._reserve(verdict.runtime, memory_mb)
         try:
-            info = yield self._call(verdict.runtime, "agent_spawn", program=program, args=list(args or []), cwd=cwd,
-                                    env=env, memory_mb=memory_mb, restart=restart, stdout=stdout, stdin=stdin,
-                                    agent_id=agent_id, stderr=stderr, stdin_file=stdin_file, job=job,
-                                    incarnation=incarnation, history=history or {}, user=user)
+            info = yield self._call(
+                verdict.runtime,
+                "agent_spawn",
+                program=program,
+                args=list(args or []),
+                cwd=cwd,
+                env=env,
+                memory_mb=memory_mb,
+                restart=restart,
+                stdout=stdout,
+                stdin=stdin,
+                agent_id=agent_id,
+                stderr=stderr,
+                stdin_file=stdin_file,
+                job=job,
+                incarnation=incarnation,
+                history=history or {},
+                user=user,
+            )
         except Exception:
             if held in self._reserved.get(verdict.runtime, []):
                 self._reserved[verdict.runtime].remove(held)
             raise
         self.table.setdefault(info["id"], info)
         if restart != "no":
-            self.specs[info.get("job") or info["id"]] = {"program": program, "args": list(args or []), "tags": tags,
-                                                         "memory_mb": memory_mb, "restart": restart, "cwd": cwd, "env": env,
-                                                         "user": user}
+            self.specs[info.get("job") or info["id"]] = {
+                "program": program,
+                "args": list(args or []),
+                "tags": tags,
+                "memory_mb": memory_mb,
+                "restart": restart,
+                "cwd": cwd,
+                "env": env,
+                "user": user,
+            }
         info["placement"] = ", ".join(verdict.reasons)
         return info
 
@@ -334,14 +402,26 @@ class SchedulerService(service.Service):
         infos = []
         try:
             for stage in stages:
-                info = yield self.spawn(stage["program"], stage.get("args"), stage.get("runtime"), stage.get("tags"),
-                                        stdin=True, user=str(stage.get("user") or ""))
+                info = yield self.spawn(
+                    stage["program"],
+                    stage.get("args"),
+                    stage.get("runtime"),
+                    stage.get("tags"),
+                    stdin=True,
+                    user=str(stage.get("user") or ""),
+                )
                 infos.append(info)
-            for left, right in zip(infos, infos[1:]):
-                where = yield self._call(right["runtime"], "agent_stdin", agent_id=right["id"],
-                                         source=f"{left['name']}@{left['runtime']}")
-                yield self._call(left["runtime"], "agent_pipe_out", agent_id=left["id"],
-                                 to=f"{right['id']}@{right['runtime']}", **where)
+            for left, right in zip(infos, infos[1:], strict=False):
+                where = yield self._call(
+                    right["runtime"], "agent_stdin", agent_id=right["id"], source=f"{left['name']}@{left['runtime']}"
+                )
+                yield self._call(
+                    left["runtime"],
+                    "agent_pipe_out",
+                    agent_id=left["id"],
+                    to=f"{right['id']}@{right['runtime']}",
+                    **where,
+                )
         except Exception:
             for info in infos:
                 self._call(info["runtime"], "agent_kill", agent_id=info["id"]).addErrback(lambda f: None)
@@ -387,16 +467,36 @@ class SchedulerService(service.Service):
         if row["state"] == LOST and row["runtime"] in self._live_ids():
             return
         job = self._job(row)
-        spec = dict(self.specs.get(job) or {"program": row["program"], "args": row.get("args", []),
-                                             "restart": row.get("restart", "on-failure"), "user": row.get("user", "")})
+        spec = dict(
+            self.specs.get(job)
+            or {
+                "program": row["program"],
+                "args": row.get("args", []),
+                "restart": row.get("restart", "on-failure"),
+                "user": row.get("user", ""),
+            }
+        )
         exclude = [row["runtime"]] if row["state"] == LOST else []
         incarnation = int(row.get("incarnation", 0)) + 1
-        d = self.spawn(exclude=exclude, stdout="discard", stdin=False, job=job, incarnation=incarnation,
-                       history=row.get("history") or {}, **spec)
+        d = self.spawn(
+            exclude=exclude,
+            stdout="discard",
+            stdin=False,
+            job=job,
+            incarnation=incarnation,
+            history=row.get("history") or {},
+            **spec,
+        )
 
         def done(info: dict[str, Any]) -> None:
-            log.info("job {job}: {old} restarted as {new} on {rt} (incarnation {n})", job=job, old=agent_id,
-                     new=info["id"], rt=info["runtime"], n=incarnation)
+            log.info(
+                "job {job}: {old} restarted as {new} on {rt} (incarnation {n})",
+                job=job,
+                old=agent_id,
+                new=info["id"],
+                rt=info["runtime"],
+                n=incarnation,
+            )
             row["next_restart_at"] = None
             self._republish(row)
 
@@ -404,8 +504,12 @@ class SchedulerService(service.Service):
             delay = min(self.policy.cap, max(self.policy.base, 2 * float(row.get("_retry", self.policy.base))))
             row["_retry"] = delay
             row["next_restart_at"] = self.reactor.seconds() + delay
-            log.error("could not restart job {job} ({error}); trying again in {delay:.0f}s", job=job,
-                      error=f.getErrorMessage(), delay=delay)
+            log.error(
+                "could not restart job {job} ({error}); trying again in {delay:.0f}s",
+                job=job,
+                error=f.getErrorMessage(),
+                delay=delay,
+            )
             self._arm(row)
 
         d.addCallbacks(done, failed)

@@ -113,8 +113,11 @@ def mosquitto_acl(names: list[str]) -> str:
     runtime rules are ``user`` sections, one per runtime identity, because
     Mosquitto cannot tell a runtime from a client by its name.
     """
-    lines = ["# OneOS bus permissions (written by 'oneos mosquitto'; see docs/security.md)",
-             "# Rules every identity has; %u is the authenticated user name.", ""]
+    lines = [
+        "# OneOS bus permissions (written by 'oneos mosquitto'; see docs/security.md)",
+        "# Rules every identity has; %u is the authenticated user name.",
+        "",
+    ]
     for p in COMMON.read:
         lines.append(f"pattern read {p}")
     for p in COMMON.write:

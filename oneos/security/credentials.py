@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import os
 import hashlib
 import hmac
+import json
+import os
 import re
 import secrets
 import tempfile
@@ -41,9 +41,9 @@ from oneos.errors import OneOSError
 
 #: the file under $ONEOS_HOME
 CREDENTIALS_FILE = "credentials.json"
-#: the identity the network's creator (a broker's home) and ``oneos`` commands use on the machine holding the network secret when no runtime runs
-#: there: runtime-kind (trusted like the runtimes, so 'oneos user' can manage the kernel's users), but it
-#: never publishes a status
+#: the identity the network's creator (a broker's home) and ``oneos`` commands use on the machine
+#: holding the network secret when no runtime runs there: runtime-kind (trusted like the runtimes,
+#: so 'oneos user' can manage the kernel's users), but it never publishes a status
 ADMIN_IDENTITY = "oneos-admin"
 #: what HMAC(secret, name) is computed over, so a password is never usable for another purpose
 _DERIVE_CONTEXT = "oneos identity v1:"
@@ -72,8 +72,10 @@ class Credentials:
     secret: str = ""
 
     def __repr__(self) -> str:  # never show a password or the secret in a traceback or log
-        return (f"Credentials(username={self.username!r}, password='***', broker={redact_url(self.broker)!r}, "
-                f"secret={'***' if self.secret else ''!r})")
+        return (
+            f"Credentials(username={self.username!r}, password='***', broker={redact_url(self.broker)!r}, "
+            f"secret={'***' if self.secret else ''!r})"
+        )
 
     def to_json(self) -> dict:
         data = {"v": FORMAT_VERSION, "broker": self.broker, "username": self.username, "password": self.password}
@@ -122,11 +124,14 @@ def valid(secret: str, name: str | None, password: str | bytes | None) -> bool:
 def issue(network: Credentials, name: str, broker: str = "") -> Credentials:
     """Credentials for identity *name*, issued with *network*'s secret (never carrying the secret)."""
     if not network.secret:
-        raise CredentialsError(f"these credentials ({network.username}) cannot issue identities: only the machine "
-                               "that created the network holds its secret (run this there)")
+        raise CredentialsError(
+            f"these credentials ({network.username}) cannot issue identities: only the machine "
+            "that created the network holds its secret (run this there)"
+        )
     if role(name) is None:
-        raise CredentialsError(f"{name!r} is not an identity name: a runtime id (letters, digits, '.', '_', '-') "
-                               "or USER@TAG for a client")
+        raise CredentialsError(
+            f"{name!r} is not an identity name: a runtime id (letters, digits, '.', '_', '-') or USER@TAG for a client"
+        )
     return Credentials(name, derive(network.secret, name), broker or network.broker)
 
 
@@ -135,9 +140,11 @@ def identity(found: Credentials, name: str) -> Credentials:
     if found.secret:
         return Credentials(name, derive(found.secret, name), found.broker, found.secret)
     if found.username != name:
-        raise CredentialsError(f"this machine's identity is {found.username!r}, not {name!r}: a runtime's id must be "
-                               "the identity 'oneos join' installed (remove 'id' from config.json, or ask for an "
-                               f"invitation for {name!r}: 'oneos invite --name {name}')")
+        raise CredentialsError(
+            f"this machine's identity is {found.username!r}, not {name!r}: a runtime's id must be "
+            "the identity 'oneos join' installed (remove 'id' from config.json, or ask for an "
+            f"invitation for {name!r}: 'oneos invite --name {name}')"
+        )
     return found
 
 
@@ -268,11 +275,15 @@ def read_token(text: str) -> tuple[Credentials, dict | None]:
     text = (text or "").strip()
     if not text.startswith(TOKEN_PREFIX):
         if text.startswith("oneos") and "." in text:
-            raise CredentialsError(f"this join token is of format {text.split('.', 1)[0]!r}, which this OneOS "
-                                   f"does not read (it reads {TOKEN_PREFIX[:-1]!r})")
-        raise CredentialsError(f"not a OneOS join token (a token starts with {TOKEN_PREFIX!r}; "
-                               "print one with 'oneos invite' on a machine of the network)")
-    body = text[len(TOKEN_PREFIX):]
+            raise CredentialsError(
+                f"this join token is of format {text.split('.', 1)[0]!r}, which this OneOS "
+                f"does not read (it reads {TOKEN_PREFIX[:-1]!r})"
+            )
+        raise CredentialsError(
+            f"not a OneOS join token (a token starts with {TOKEN_PREFIX!r}; "
+            "print one with 'oneos invite' on a machine of the network)"
+        )
+    body = text[len(TOKEN_PREFIX) :]
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         data = json.loads(raw.decode())
@@ -283,8 +294,9 @@ def read_token(text: str) -> tuple[Credentials, dict | None]:
         raise CredentialsError("the join token's TLS part is damaged")
     creds = _from_json(data, "join token")
     if creds.secret:
-        raise CredentialsError("this join token carries a network secret, which tokens never do: not a token "
-                               "'oneos invite' printed")
+        raise CredentialsError(
+            "this join token carries a network secret, which tokens never do: not a token 'oneos invite' printed"
+        )
     if not creds.broker:
         raise CredentialsError("the join token names no broker")
     from oneos.pubsub.address import parse_broker_url

@@ -199,15 +199,17 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise NoCertificate(f"no {what} in {path}: run 'oneos tls init' (on the network's first machine) "
-                            "or install one issued there") from None
+        raise NoCertificate(
+            f"no {what} in {path}: run 'oneos tls init' (on the network's first machine) or install one issued there"
+        ) from None
     except OSError as e:
         raise TLSError(f"cannot read the {what} {path}: {e.strerror or e}") from None
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _pem_cert(cert: x509.Certificate) -> bytes:
@@ -229,7 +231,7 @@ def _load_key(data: bytes, where: Path | str) -> Any:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 # --------------------------------------------------------------------------
@@ -247,13 +249,17 @@ def create_ca(home: Path | str) -> bool:
     if ca.exists():
         return False
     if key.exists():
-        raise TLSError(f"{key} exists but {ca} does not: restore ca.pem (or remove ca.key to start a new CA, "
-                       "after which every machine needs a new certificate)")
+        raise TLSError(
+            f"{key} exists but {ca} does not: restore ca.pem (or remove ca.key to start a new CA, "
+            "after which every machine needs a new certificate)"
+        )
     private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "OneOS"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"OneOS network CA {secrets.token_hex(4)}"),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "OneOS"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"OneOS network CA {secrets.token_hex(4)}"),
+        ]
+    )
     now = _now()
     cert = (
         x509.CertificateBuilder()
@@ -264,9 +270,20 @@ def create_ca(home: Path | str) -> bool:
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(private.public_key()), critical=False)
         .sign(private, hashes.SHA256())
     )
@@ -284,8 +301,10 @@ def issue(home: Path | str, names: list[str] | tuple[str, ...]) -> tuple[bytes, 
     ca_file, ca_key_file = ca_path(home), ca_key_path(home)
     ca_data = _read(ca_file, "CA certificate")
     if not ca_key_file.exists():
-        raise NoCAKey(f"this machine has the network's CA certificate ({ca_file}) but not its key: issue "
-                      "certificates on the machine where 'oneos tls init' created the CA")
+        raise NoCAKey(
+            f"this machine has the network's CA certificate ({ca_file}) but not its key: issue "
+            "certificates on the machine where 'oneos tls init' created the CA"
+        )
     ca_cert = _load_cert(ca_data, ca_file)
     ca_key = _load_key(_read(ca_key_file, "CA key"), ca_key_file)
     private = ec.generate_private_key(ec.SECP256R1())
@@ -293,19 +312,37 @@ def issue(home: Path | str, names: list[str] | tuple[str, ...]) -> tuple[bytes, 
     now = _now()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "OneOS"),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, first[:64])]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "OneOS"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, first[:64]),
+                ]
+            )
+        )
         .issuer_name(ca_cert.subject)
         .public_key(private.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(min(now + datetime.timedelta(days=LEAF_DAYS), ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .add_extension(x509.SubjectAlternativeName(general), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(private.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
@@ -370,8 +407,12 @@ def bundle(home: Path | str, names: list[str] | tuple[str, ...], loopback: bool 
     if not names:
         return {"v": BUNDLE_VERSION, "ca": ca_pem.decode("ascii")}
     cert_pem, key_pem = issue(home, with_loopback(names) if loopback else names)
-    return {"v": BUNDLE_VERSION, "ca": ca_pem.decode("ascii"), "cert": cert_pem.decode("ascii"),
-            "key": key_pem.decode("ascii")}
+    return {
+        "v": BUNDLE_VERSION,
+        "ca": ca_pem.decode("ascii"),
+        "cert": cert_pem.decode("ascii"),
+        "key": key_pem.decode("ascii"),
+    }
 
 
 def install(home: Path | str, data: dict[str, Any], force: bool = False) -> list[str]:
@@ -401,8 +442,9 @@ def install(home: Path | str, data: dict[str, Any], force: bool = False) -> list
         cert.verify_directly_issued_by(ca)
     except (InvalidSignature, ValueError, TypeError):
         raise TLSError("the bundle's certificate was not issued by its CA") from None
-    if cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
-            key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+    if cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         raise TLSError("the bundle's key does not belong to its certificate")
     _check_ca_replacement(home, ca_pem, force)
     existing = ca_path(home)
@@ -417,11 +459,15 @@ def _check_ca_replacement(home: Path | str, ca_pem: bytes, force: bool) -> None:
     existing = ca_path(home)
     other = existing.exists() and existing.read_bytes().strip() != ca_pem.strip()
     if other and ca_key_path(home).exists():
-        raise TLSError(f"this machine created its own network CA ({ca_key_path(home)}): refusing to replace it "
-                       "with another network's (move the tls directory away first)")
+        raise TLSError(
+            f"this machine created its own network CA ({ca_key_path(home)}): refusing to replace it "
+            "with another network's (move the tls directory away first)"
+        )
     if other and not force:
-        raise TLSError(f"{existing} holds another network's CA; installing this bundle needs force (certificates "
-                       "issued by the old CA then stop verifying here)")
+        raise TLSError(
+            f"{existing} holds another network's CA; installing this bundle needs force (certificates "
+            "issued by the old CA then stop verifying here)"
+        )
 
 
 def save_bundle(path: Path | str, data: dict[str, Any]) -> None:
@@ -453,7 +499,7 @@ class Trust:
     source: str
 
     @classmethod
-    def from_file(cls, path: Path | str) -> "Trust":
+    def from_file(cls, path: Path | str) -> Trust:
         path = Path(path)
         data = _read(path, "CA certificate")
         _load_cert(data, path)  # a clear error for a damaged file, not an OpenSSL one later
@@ -486,17 +532,22 @@ def server_options(home: Path | str) -> Any:
 
     cert_file, key_file = cert_path(home), key_path(home)
     if not cert_file.exists():
-        raise NoCertificate(f"no TLS certificate in {cert_file}: run 'oneos tls init' (on the network's first "
-                            "machine) or install one issued there")
+        raise NoCertificate(
+            f"no TLS certificate in {cert_file}: run 'oneos tls init' (on the network's first "
+            "machine) or install one issued there"
+        )
     cert_data, key_data = _read(cert_file, "TLS certificate"), _read(key_file, "TLS key")
     cert = _load_cert(cert_data, cert_file)
     key = _load_key(key_data, key_file)
-    if cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
-            key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+    if cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         raise TLSError(f"{key_file} is not the key of {cert_file}")
     if cert.not_valid_after_utc < _now():
-        raise TLSError(f"the TLS certificate {cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d}: "
-                       "run 'oneos tls init' again (on the CA's machine) or install a new one")
+        raise TLSError(
+            f"the TLS certificate {cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d}: "
+            "run 'oneos tls init' again (on the CA's machine) or install a new one"
+        )
     # cryptography objects, which pyOpenSSL takes directly (its own X509/PKey types are deprecated)
     return ssl.CertificateOptions(privateKey=key, certificate=cert)
 
@@ -510,7 +561,7 @@ class MachineTLS:
     server: Any
 
     @classmethod
-    def load(cls, home: Path | str) -> "MachineTLS":
+    def load(cls, home: Path | str) -> MachineTLS:
         return cls(Path(home), load_trust(home), server_options(home))
 
     def client_creator(self, host: str) -> Any:
@@ -529,7 +580,9 @@ def describe_tls_failure(reason: Any, whose: str = "the peer's", trust_source: s
     against = f" against {trust_source}" if trust_source else ""
     if isinstance(error, VerificationError):
         ids = [getattr(m, "mismatched_id", None) for m in getattr(error, "errors", ())]
-        names = ", ".join(str(getattr(i, "ip", None) or getattr(i, "hostname", None) or i) for i in ids if i is not None)
+        names = ", ".join(
+            str(getattr(i, "ip", None) or getattr(i, "hostname", None) or i) for i in ids if i is not None
+        )
         return f"{whose} certificate is not valid for {names or 'the address dialled'} (it names other hosts)"
     if isinstance(error, SSL.Error):
         details = error.args[0] if error.args and isinstance(error.args[0], list) else []

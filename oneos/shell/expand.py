@@ -44,16 +44,14 @@ def _param_value(part: Param, env: Mapping[str, str], last_status: int) -> str:
 def expand_word(word: Word, env: Mapping[str, str], last_status: int) -> str:
     """The word's final text: variables replaced, quotes removed, no globbing."""
     return "".join(
-        part.text if isinstance(part, Literal) else _param_value(part, env, last_status)
-        for part in word.parts
+        part.text if isinstance(part, Literal) else _param_value(part, env, last_status) for part in word.parts
     )
 
 
 def is_glob(word: Word) -> bool:
     """True if the word has an unquoted ``*``, ``?`` or ``[`` typed on the line."""
     return any(
-        isinstance(part, Literal) and not part.quoted and not GLOB_CHARS.isdisjoint(part.text)
-        for part in word.parts
+        isinstance(part, Literal) and not part.quoted and not GLOB_CHARS.isdisjoint(part.text) for part in word.parts
     )
 
 

@@ -351,7 +351,9 @@ class _Lexer:
     def _reserved(self, position: int) -> ShellSyntaxError:
         c = self.text[position]
         if c == "`":
-            return self.error(position, "command substitution with '`' is not supported (write \\` or '`' to use it literally)")
+            return self.error(
+                position, "command substitution with '`' is not supported (write \\` or '`' to use it literally)"
+            )
         return self.error(position, f"'{c}' is not supported here (quote it to use it literally)")
 
     def _operator(self, fd: int | None, start: int) -> _OpToken:
@@ -395,7 +397,7 @@ class _Lexer:
         start = self.pos
         end = self.text.find("'", start + 1)
         if end < 0:
-            raise self.error(start, "unterminated single quote (expected a closing \"'\" before the end of input)")
+            raise self.error(start, 'unterminated single quote (expected a closing "\'" before the end of input)')
         builder.add_text(self.text[start + 1 : end], quoted=True)
         self.pos = end + 1
 
@@ -475,7 +477,9 @@ class _Lexer:
         name = self.text[start + 2 : end]
         if name != "?" and not NAME_PATTERN.fullmatch(name):
             shown = name if len(name) <= 20 else name[:20] + "..."
-            raise self.error(start + 2, f"expected a variable name inside '${{...}}', found {shown!r} (modifiers are not supported)")
+            raise self.error(
+                start + 2, f"expected a variable name inside '${{...}}', found {shown!r} (modifiers are not supported)"
+            )
         builder.add_param(name, quoted)
         self.pos = end + 1
 
@@ -532,7 +536,9 @@ class _Parser:
             self.advance()
             return token.op == "&"  # type: ignore[union-attr]
         # Unreachable with today's tokens; here so a new one is never skipped.
-        raise self.error(token.position, f"expected ';', '&', '&&', '||', '|' or the end of the line, found {_describe(token)}")
+        raise self.error(
+            token.position, f"expected ';', '&', '&&', '||', '|' or the end of the line, found {_describe(token)}"
+        )
 
     def pipeline(self, after: _OpToken | None) -> Pipeline:
         stages = [self.command(after)]
@@ -573,7 +579,10 @@ class _Parser:
         target = self.token
         if op.op == ">&":
             if not (isinstance(target, _WordToken) and target.plain is not None and _is_number(target.plain)):
-                raise self.error(target.position, "expected a file descriptor number after '>&' (to send both to a file, write '> FILE 2>&1')")
+                raise self.error(
+                    target.position,
+                    "expected a file descriptor number after '>&' (to send both to a file, write '> FILE 2>&1')",
+                )
             self.advance()
             return Redirect(fd, op.op, _descriptor(self.text, target.plain, target.position))
         if not isinstance(target, _WordToken):
@@ -628,7 +637,10 @@ def _placement(parser: _Parser, tokens: list[_WordToken]) -> Placement:
     tags: list[str] = []
     for token in tokens:
         if token.plain is None:
-            raise parser.error(token.position, "a placement must be plain text like @RUNTIME or @tag:TAG (quote it if it is an argument)")
+            raise parser.error(
+                token.position,
+                "a placement must be plain text like @RUNTIME or @tag:TAG (quote it if it is an argument)",
+            )
         if token.plain.startswith("@tag:"):
             tags.append(_placement_name(parser, token, token.plain[5:], TAG_PATTERN, "a tag"))
             continue
@@ -642,7 +654,10 @@ def _placement(parser: _Parser, tokens: list[_WordToken]) -> Placement:
 def _placement_name(parser: _Parser, token: _WordToken, name: str, pattern: re.Pattern[str], what: str) -> str:
     if not pattern.fullmatch(name):
         shown = token.plain if len(token.plain or "") <= 40 else (token.plain or "")[:40] + "..."
-        raise parser.error(token.position, f"expected {what} after '@' in {shown!r} (write @RUNTIME or @tag:TAG; quote it if it is an argument)")
+        raise parser.error(
+            token.position,
+            f"expected {what} after '@' in {shown!r} (write @RUNTIME or @tag:TAG; quote it if it is an argument)",
+        )
     return name
 
 

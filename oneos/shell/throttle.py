@@ -27,8 +27,17 @@ class _Source:
 
 
 class LoginThrottle:
-    def __init__(self, clock: Any, *, total: int = 30, per_source: int = 4, base: float = 0.5, cap: float = 8.0,
-                 forget_after: float = 600.0, max_sources: int = 10_000) -> None:
+    def __init__(
+        self,
+        clock: Any,
+        *,
+        total: int = 30,
+        per_source: int = 4,
+        base: float = 0.5,
+        cap: float = 8.0,
+        forget_after: float = 600.0,
+        max_sources: int = 10_000,
+    ) -> None:
         self.clock = clock
         self.total = total
         self.per_source = per_source
@@ -70,7 +79,7 @@ class LoginThrottle:
     def failed(self, source: str) -> float:
         """A login from *source* failed: seconds to wait before saying so."""
         entry = self._get(source)
-        delay = min(self.cap, self.base * 2 ** entry.failures)
+        delay = min(self.cap, self.base * 2**entry.failures)
         entry.failures += 1
         entry.last = self.clock.seconds()
         return delay

@@ -30,7 +30,6 @@ import getpass
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 from collections.abc import Callable
@@ -70,7 +69,9 @@ def validate_user_name(name: str) -> str:
 def hash_password(password: str, salt: bytes | None = None, n: int = SCRYPT_N) -> str:
     """``scrypt$N$R$P$SALT$HASH`` (base64), the format kept in users.json."""
     salt = secrets.token_bytes(16) if salt is None else salt
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 * 1024 * 1024, dklen=32)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 * 1024 * 1024, dklen=32
+    )
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${b64(salt)}${b64(digest)}"
 
@@ -81,8 +82,15 @@ def verify_password(password: str, stored: str) -> bool:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt" or len(password) > MAX_PASSWORD:
             return False
-        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                             maxmem=64 * 1024 * 1024, dklen=32)
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=64 * 1024 * 1024,
+            dklen=32,
+        )
         return hmac.compare_digest(got, base64.b64decode(digest))
     except (ValueError, TypeError, MemoryError):
         return False
@@ -237,7 +245,11 @@ def migrate_home(fs: Any, home: Path) -> Any:
         done.append(f"{local_users} -> {USERS_PATH} ({len(added)} user(s) added)")
     local_keys = Path(home) / KEYS_FILE
     if local_keys.exists():
-        lines = [line for line in local_keys.read_text(errors="replace").splitlines() if line.strip() and not line.startswith("#")]
+        lines = [
+            line
+            for line in local_keys.read_text(errors="replace").splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
         n = yield tree.add_key_lines(lines)
         local_keys.rename(local_keys.with_name(KEYS_FILE + ".migrated"))
         done.append(f"{local_keys} -> {KEYS_PATH} ({n} key(s) added)")

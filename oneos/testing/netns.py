@@ -94,6 +94,7 @@ class NetnsError(RuntimeError):
 
 # -- tools -----------------------------------------------------------------
 
+
 def _tool(name: str) -> str | None:
     """Absolute path of *name*; also looks in the sbin directories a non-login PATH may lack."""
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
@@ -114,6 +115,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 # -- processes inside namespaces ---------------------------------------------
+
 
 def _ns_identity(path: str) -> NsIdentity | None:
     """Identity of the namespace behind *path* (a /run/netns file or /proc/PID/ns/net), if any.
@@ -173,8 +175,9 @@ def _kill_in(pid: int, ident: NsIdentity) -> None:
         os.close(fd)
 
 
-def _kill_all(namespaces: Sequence[str], tracked: Callable[[], list[subprocess.Popen]],
-              deadline: float = KILL_DEADLINE) -> str | None:
+def _kill_all(
+    namespaces: Sequence[str], tracked: Callable[[], list[subprocess.Popen]], deadline: float = KILL_DEADLINE
+) -> str | None:
     """SIGKILL everything in *namespaces* and every tracked child until none is left.
 
     Loops because a dying process may have forked just before; tracked
@@ -207,7 +210,7 @@ def _pid_alive(pid: int) -> bool:
             stat = f.read()
     except OSError:
         return False
-    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
     return state not in (b"Z", b"X")
 
 
@@ -260,6 +263,7 @@ def _sweep_once() -> None:
 
 # -- hosts and networks ------------------------------------------------------
 
+
 class Host:
     """One simulated machine: a network namespace with ``lo`` and ``eth0`` up.
 
@@ -268,7 +272,7 @@ class Host:
     machine reachable at :attr:`addr`.
     """
 
-    def __init__(self, network: "Network", index: int, name: str, addr: str) -> None:
+    def __init__(self, network: Network, index: int, name: str, addr: str) -> None:
         self.network = network
         #: 1-based position in the network
         self.index = index
@@ -296,8 +300,15 @@ class Host:
         """
         return [_tool("ip") or "ip", "netns", "exec", self.name, *(str(a) for a in argv)]
 
-    def popen(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
-              stdout: Any = None, stderr: Any = None, **kwargs: Any) -> subprocess.Popen:
+    def popen(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        **kwargs: Any,
+    ) -> subprocess.Popen:
         """Start *argv* inside this host; :meth:`Network.close` kills it if it is still running.
 
         *env* replaces the environment as with :class:`subprocess.Popen`
@@ -306,25 +317,40 @@ class Host:
         """
         self.network._check_open()
         kwargs.setdefault("stdin", subprocess.DEVNULL)
-        process = subprocess.Popen(self.command(argv), env=None if env is None else dict(env), cwd=cwd,
-                                   stdout=stdout, stderr=stderr, **kwargs)
+        process = subprocess.Popen(
+            self.command(argv), env=None if env is None else dict(env), cwd=cwd, stdout=stdout, stderr=stderr, **kwargs
+        )
         with self._lock:
             # forget children already reaped, so long benchmarks do not grow the list
             self._procs = [p for p in self._procs if p.returncode is None]
             self._procs.append(process)
         return process
 
-    def run(self, argv: Sequence[str], timeout: float = 60.0, env: Mapping[str, str] | None = None,
-            cwd: str | os.PathLike[str] | None = None, input: str | None = None,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        input: str | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         """Run *argv* inside this host to completion; output is captured as text.
 
         On timeout the program is killed and :class:`subprocess.TimeoutExpired` raised.
         """
         self.network._check_open()
-        return subprocess.run(self.command(argv), capture_output=True, text=True, timeout=timeout,
-                              env=None if env is None else dict(env), cwd=cwd, input=input,
-                              stdin=subprocess.DEVNULL if input is None else None, check=check)
+        return subprocess.run(
+            self.command(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
+            check=check,
+        )
 
     def pids(self) -> list[int]:
         """Pids of every live process in this host, whoever started it."""
@@ -348,7 +374,7 @@ class Host:
         """Bring the NIC back (the address and subnet route return with it)."""
         _ip("-n", self.name, "link", "set", self.iface, "up")
 
-    def drop_from(self, other: "Host | str") -> None:
+    def drop_from(self, other: Host | str) -> None:
         """Silently drop every packet arriving from *other* (a Host or an address).
 
         An iptables INPUT rule inside this namespace, so it affects this host
@@ -358,7 +384,7 @@ class Host:
         """
         self._add_rule(("INPUT", "-s", _addr_of(other), "-j", "DROP"))
 
-    def undrop(self, other: "Host | str") -> None:
+    def undrop(self, other: Host | str) -> None:
         """Undo :meth:`drop_from` for *other*; a no-op if it was not dropped."""
         self._del_rule(("INPUT", "-s", _addr_of(other), "-j", "DROP"))
 
@@ -417,7 +443,7 @@ def _addr_of(other: Host | str) -> str:
 
 
 _seq = itertools.count()
-_live: list["Network"] = []
+_live: list[Network] = []
 _live_lock = threading.Lock()
 
 
@@ -462,7 +488,7 @@ class Network:
         state = "closed" if self._closed else "open"
         return f"<Network {self.id} {self.subnet} hosts={len(self.hosts)} {state}>"
 
-    def __enter__(self) -> "Network":
+    def __enter__(self) -> Network:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -496,8 +522,10 @@ class Network:
         # if br_netfilter is loaded, keep the switch a pure L2 switch.  The sysctl is per namespace
         # since Linux 5.3 (the root namespace keeps its value); older kernels only have it in the
         # root namespace, so there the write fails, harmlessly -- hence check=False
-        _run([_tool("ip") or "ip", "netns", "exec", sw, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0"],
-             check=False)
+        _run(
+            [_tool("ip") or "ip", "netns", "exec", sw, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0"],
+            check=False,
+        )
         for index in range(1, count + 1):
             name = f"{self.id}-h{index}"
             port = f"h{index}"  # switch-side veth end; names are per namespace, so short is enough
@@ -525,8 +553,7 @@ class Network:
             self._closed = True
         problems: list[str] = []
         try:
-            survivors = _kill_all(self._namespaces,
-                                  lambda: [p for h in self.hosts for p in h._tracked()])
+            survivors = _kill_all(self._namespaces, lambda: [p for h in self.hosts for p in h._tracked()])
             if survivors:
                 problems.append(survivors)
             for host in self.hosts:
@@ -604,8 +631,9 @@ def connects(host: Host, addr: str, port: int, timeout: float = 1.0) -> bool:
     return result.returncode == 0
 
 
-def wait_port(host: Host, addr: str, port: int, deadline: float = 30.0, *,
-              process: subprocess.Popen | None = None) -> None:
+def wait_port(
+    host: Host, addr: str, port: int, deadline: float = 30.0, *, process: subprocess.Popen | None = None
+) -> None:
     """Return once *addr*:*port* accepts TCP connections from inside *host*.
 
     Polls (a probe inside the namespace retries every 50 ms) until
@@ -613,8 +641,9 @@ def wait_port(host: Host, addr: str, port: int, deadline: float = 30.0, *,
     *process* (the server being waited for) exits first, raises
     :class:`NetnsError` at once instead of waiting out the deadline.
     """
-    prober = host.popen(_python(_CONNECT_UNTIL, addr, str(port), str(deadline)),
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    prober = host.popen(
+        _python(_CONNECT_UNTIL, addr, str(port), str(deadline)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     end = time.monotonic() + deadline + TOOL_TIMEOUT  # the probe enforces the deadline; this is a backstop
     try:
         while True:
@@ -622,12 +651,18 @@ def wait_port(host: Host, addr: str, port: int, deadline: float = 30.0, *,
             if code == 0:
                 return
             if code is not None or time.monotonic() > end:
-                err = prober.stderr.read().decode(errors="replace").strip() if code is not None and prober.stderr else ""
-                raise TimeoutError(f"{addr}:{port} did not accept connections from {host.label} "
-                                   f"within {deadline:g}s (probe status {code}: {err})")
+                err = (
+                    prober.stderr.read().decode(errors="replace").strip() if code is not None and prober.stderr else ""
+                )
+                raise TimeoutError(
+                    f"{addr}:{port} did not accept connections from {host.label} "
+                    f"within {deadline:g}s (probe status {code}: {err})"
+                )
             if process is not None and process.poll() is not None:
-                raise NetnsError(f"{process.args!r} exited with status {process.returncode} "
-                                 f"before {addr}:{port} accepted connections")
+                raise NetnsError(
+                    f"{process.args!r} exited with status {process.returncode} "
+                    f"before {addr}:{port} accepted connections"
+                )
             time.sleep(0.02)  # polling interval, not synchronisation: the probe's result decides
     finally:
         if prober.poll() is None:
