@@ -2,9 +2,20 @@
 
 Services raise these; the edges (CLI, shell, desktop) turn them into one plain
 line with :func:`describe` instead of a traceback.
+
+It also holds the one table of *wire kinds*: an error raised by an RPC
+handler travels as ``{kind, message}`` (:func:`error_kind` names it), and the
+caller rebuilds it with the factory registered for that kind
+(:func:`register_error`, :func:`rebuild_error`).  Each kind is registered
+once, next to its class: the kinds of this module below, the POSIX codes in
+:mod:`oneos.fs.errors`, the agents' in :mod:`oneos.agents.info`, the
+scheduler's in :mod:`oneos.scheduler.placement`.  A kind nobody registered
+arrives as :class:`RPCError` with that ``kind``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 
 class OneOSError(Exception):
@@ -69,6 +80,43 @@ class NotPermitted(RPCError):
 
 class DuplicateRuntimeId(OneOSError):
     """Another live runtime on the network already uses this runtime id."""
+
+
+# -- errors on the wire ------------------------------------------------------------------------
+
+#: kind -> callable(message) building the typed error on the caller's side
+WIRE_ERRORS: dict[str, Callable[[str], Exception]] = {}
+
+
+def register_error(kind: str, factory: Callable[[str], Exception]) -> None:
+    """Make errors of *kind* raised remotely arrive as ``factory(message)``.
+
+    A kind is registered once: a second factory for it is a programming
+    error (two classes claiming one name) and raises ValueError.
+    """
+    known = WIRE_ERRORS.get(kind)
+    if known is not None and known is not factory:
+        raise ValueError(f"wire error kind {kind!r} is already registered ({known!r})")
+    WIRE_ERRORS[kind] = factory
+
+
+def error_kind(error: BaseException) -> str:
+    """The wire name of *error*: its ``code``/``kind`` attribute or class name."""
+    for attr in ("code", "kind"):
+        value = getattr(error, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(error).__name__
+
+
+def rebuild_error(kind: str, message: str) -> Exception:
+    """The error a caller raises for a remote ``{kind, message}``: the registered type, else RPCError."""
+    factory = WIRE_ERRORS.get(kind)
+    return factory(message) if factory is not None else RPCError(message, kind=kind)
+
+
+for _cls in (KernelUnavailable, StaleEpoch, NotPermitted):
+    register_error(_cls.__name__, _cls)
 
 
 def describe(error: BaseException) -> str:

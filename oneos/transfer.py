@@ -31,13 +31,13 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -93,10 +93,61 @@ def _tcp(transport: Any) -> Any:
 _client_trust: Any = None
 
 
+def _transport(protocol: Protocol) -> ITCPTransport:
+    """*protocol*'s transport, there from ``makeConnection`` on.
+
+    Twisted types ``Protocol.transport`` as ``ITransport | None``; a stream
+    connection's is TCP or TLS over TCP, and both provide ITCPTransport
+    (``abortConnection``, ``loseConnection``).
+    """
+    assert protocol.transport is not None, "not connected yet"
+    return cast(ITCPTransport, protocol.transport)  # Twisted's typing: ITransport, too general here
+
+
 def use_client_trust(trust: Any) -> None:
     """Make *trust* (an ``oneos.security.tls.Trust``, or None) the default for ``send``/``receive`` with ``tls=True``."""
     global _client_trust
     _client_trust = trust
+
+
+@dataclass(frozen=True)
+class StreamAddress:
+    """Where to connect for one offered stream: the transfer server's host and port, the token, TLS or not.
+
+    On the wire it is the object RPC answers carry (``read_open``,
+    ``agent_attach``, ``agent_stdin``): ``{host, port, token}``, plus
+    ``tls: true`` when the server listens with TLS.
+    """
+
+    host: str
+    port: int
+    token: str
+    tls: bool = False
+
+    def encode(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"host": self.host, "port": self.port, "token": self.token}
+        if self.tls:
+            out["tls"] = True
+        return out
+
+    @classmethod
+    def decode(cls, where: object) -> StreamAddress:
+        """Read an offer; a malformed one is a TransferError (EINVAL), not a KeyError."""
+        if not isinstance(where, dict):
+            raise TransferError(f"a stream offer is an object, not {type(where).__name__}", "EINVAL")
+        host, port, token = where.get("host"), where.get("port"), where.get("token")
+        if not (isinstance(host, str) and isinstance(token, str) and isinstance(port, int)) or isinstance(port, bool):
+            raise TransferError(f"a stream offer needs host, port and token: {sorted(where)}", "EINVAL")
+        return cls(host, port, token, bool(where.get("tls")))
+
+    @property
+    def address(self) -> str:
+        """``host:port``, as messages show it."""
+        return f"{self.host}:{self.port}"
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`send`/:func:`receive` for it: ``{"tls": True}`` or ``{}``."""
+        return {"tls": True} if self.tls else {}
 
 
 def tls_of(where: dict[str, Any]) -> dict[str, Any]:
@@ -303,13 +354,13 @@ class _ServerConnection(Protocol):
 
     def _no_token_line(self, timeout: float) -> None:
         self._line_timer = None
-        peer = self.transport.getPeer()
+        peer = _transport(self).getPeer()
         log.info(
             "closing a stream connection from {peer}: no token line within {t:g}s",
             peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
             t=timeout,
         )
-        self.transport.abortConnection()  # it sends nothing; it may read nothing either
+        _transport(self).abortConnection()  # it sends nothing; it may read nothing either
 
     def _stop_line_timer(self) -> None:
         if self._line_timer is not None and self._line_timer.active():
@@ -322,17 +373,17 @@ class _ServerConnection(Protocol):
             if b"\n" not in self.buffer:
                 if len(self.buffer) > 128:
                     self._stop_line_timer()
-                    self.transport.loseConnection()
+                    _transport(self).loseConnection()
                 return
             self._stop_line_timer()
             line, rest = self.buffer.split(b"\n", 1)
             self.buffer = b""
             self.offer = self.server._claim(line.decode("ascii", "replace").strip())
             if self.offer is None:
-                self.transport.write(
+                _transport(self).write(
                     frame(ERROR, error_payload(TransferError("unknown or expired transfer token", "EACCES")))
                 )
-                self.transport.loseConnection()
+                _transport(self).loseConnection()
                 return
             if self.offer.source is not None:
                 _Pump(self.transport, self.offer.source, self._sent)
@@ -350,29 +401,30 @@ class _ServerConnection(Protocol):
     def _sent(self, failure: Failure | None) -> None:
         assert self.offer is not None and self.offer.result is not None
         if failure is None:
-            self.transport.write(frame(END, b"{}"))
+            _transport(self).write(frame(END, b"{}"))
             self.offer.result.callback(None)
         else:
-            self.transport.write(frame(ERROR, error_payload(failure.value)))
+            _transport(self).write(frame(ERROR, error_payload(failure.value)))
             if not self.offer.result.called:
                 self.offer.result.errback(failure)
-        self.transport.loseConnection()
+        _transport(self).loseConnection()
 
     def _received(self, status: Any) -> None:
-        self.transport.write(frame(END, json.dumps(status).encode()))
-        self.transport.loseConnection()
+        _transport(self).write(frame(END, json.dumps(status).encode()))
+        _transport(self).loseConnection()
         assert self.offer is not None and self.offer.result is not None
         self.offer.result.callback(status)
 
     def _receive_failed(self, failure: Failure) -> None:
-        if self.transport.connected:
-            self.transport.write(frame(ERROR, error_payload(failure.value)))
-            self.transport.loseConnection()
+        # tcp.Connection and the TLS protocol both have ``connected``; no interface declares it
+        if getattr(_transport(self), "connected", False):
+            _transport(self).write(frame(ERROR, error_payload(failure.value)))
+            _transport(self).loseConnection()
         assert self.offer is not None and self.offer.result is not None
         if not self.offer.result.called:
             self.offer.result.errback(failure)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._stop_line_timer()
         if self.receiver is not None:
             self.receiver.lost()
@@ -391,7 +443,7 @@ class StreamFactory(Factory):
 class TransferServer(service.Service):
     """Listens on an endpoint and serves registered one-time streams."""
 
-    name = "transfer"
+    name = "transfer"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,
@@ -514,7 +566,7 @@ class _ClientConnection(Protocol):
         tcp = _tcp(self.transport)
         tcp.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
         tcp.bufferSize = READ_SIZE
-        self.transport.write(self.token.encode() + b"\n")
+        _transport(self).write(self.token.encode() + b"\n")
         if self.source is not None:
             _Pump(self.transport, self.source, self._sent)
         else:
@@ -525,20 +577,20 @@ class _ClientConnection(Protocol):
     def _sent(self, failure: Failure | None) -> None:
         if failure is None:
             self.sent_all = True
-            self.transport.write(frame(END, b"{}"))
+            _transport(self).write(frame(END, b"{}"))
         else:
             if self.trust_source and failure.check(TransferError) and failure.value.kind == "EPIPE":
                 return  # the TLS transport stopped us as the connection went: connectionLost says why
-            self.transport.write(frame(ERROR, error_payload(failure.value)))
+            _transport(self).write(frame(ERROR, error_payload(failure.value)))
             self._fail(failure)
-            self.transport.loseConnection()
+            _transport(self).loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         try:
             frames = self.parser.feed(data)
         except TransferError as e:
             self._fail(Failure(e))
-            self.transport.abortConnection()
+            _transport(self).abortConnection()
             return
         if self.receiver is not None:
             self.receiver.frames(frames)
@@ -551,7 +603,7 @@ class _ClientConnection(Protocol):
                     self._finish({})
             elif kind == ERROR:
                 self._fail(Failure(error_from_payload(payload)))
-            self.transport.loseConnection()
+            _transport(self).loseConnection()
 
     def _finish(self, status: Any) -> None:
         if not self.result.called:
@@ -564,9 +616,9 @@ class _ClientConnection(Protocol):
     def _receive_failed(self, failure: Failure) -> None:
         # Our sink gave up (a local reader went away): close, so the sender sees it at once.
         self._fail(failure)
-        self.transport.abortConnection()
+        _transport(self).abortConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.trust_source and reason is not None and not (self.receiver is not None and self.receiver.ended):
             from oneos.security.tls import describe_tls_failure
 

@@ -252,6 +252,8 @@ class FakeRPC:
                     "restart": args.get("restart", "no"),
                 }
             )
+        if method == "agent_kill":  # a runtime answers a kill with the agent's record, as agent_spawn does
+            return defer.succeed({"id": args["agent_id"], "runtime": target, "state": "killed", "name": "x"})
         return defer.succeed({})
 
 

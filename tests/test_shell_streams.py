@@ -432,8 +432,8 @@ class Harness:
             Session("ann", home="/home"), Grid(self.fs, self.grid, None, self.clock), self.out, self.err
         )
 
-        async def watch(info: dict[str, Any]) -> tuple[defer.Deferred, Any]:
-            return self.grid.agents[info["id"]].ended, Subscription()
+        async def watch(info: Any) -> tuple[defer.Deferred, Any]:
+            return self.grid.agents[info.id].ended, Subscription()
 
         self.interp.launcher.watch = watch  # type: ignore[method-assign]
 

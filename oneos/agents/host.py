@@ -23,7 +23,8 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from oneos.agents.manager import ENDED, AgentError, AgentManager, AgentProcess, AgentSpec
+from oneos.agents.info import DISCARD, ENDED, AgentError, OutputTarget
+from oneos.agents.manager import AgentManager, AgentProcess, AgentSpec
 from oneos.agents.program import ProgramError
 from oneos.pubsub import messages, topics
 from oneos.transfer import send
@@ -122,6 +123,7 @@ class AgentHost(service.Service):
             self._publish(agent.info())
 
     def handlers(self) -> dict[str, Any]:
+        """The runtime's agent methods, by RPC method name (their client: oneos.agents.client.AgentsClient)."""
         return {
             "agent_spawn": self.spawn,
             "agent_kill": self.kill,
@@ -183,8 +185,11 @@ class AgentHost(service.Service):
         *stdout*/*stderr*: ``attach`` (held until a reader attaches),
         ``discard``, ``file:PATH`` or ``append:PATH`` (a OneOS file, written
         through the file-system service and visible once the program's
-        output ends).  *stdin_file*: a OneOS file to feed the program.
+        output ends), as :class:`~oneos.agents.info.OutputTarget` encodes
+        them.  *stdin_file*: a OneOS file to feed the program.
         """
+        out = OutputTarget.decode(stdout)  # a malformed target is refused before anything runs
+        err = OutputTarget.discard() if out.kind == DISCARD else OutputTarget.decode(stderr)
         local = yield self._localise(program, user or None)
         if stdin_file:
             yield self._fs(user or None).stat(stdin_file)  # a missing input file is an error before anything runs
@@ -206,19 +211,19 @@ class AgentHost(service.Service):
             user=user,
         )
         agent = self.manager.spawn(spec, agent_id=agent_id)
-        agent.stdout_to = stdout
-        for mode, stream in ((stdout, agent.stdout), (stderr if stdout != "discard" else "discard", agent.stderr)):
-            if mode == "discard":
+        agent.stdout_to = out
+        for target, stream in ((out, agent.stdout), (err, agent.stderr)):
+            if target.kind == DISCARD:
                 _Discard(stream)
-            elif mode.startswith(("file:", "append:")):
-                self._to_file(agent, stream, mode)
+            elif target.is_file:
+                self._to_file(agent, stream, target)
         if stdin_file:
             self._from_file(agent, stdin_file)
         return agent.info()
 
-    def _to_file(self, agent: AgentProcess, stream: Any, mode: str) -> None:
-        how, _, path = mode.partition(":")
-        d = self._fs(agent.spec.user or None).write_from(path, stream, "append" if how == "append" else "truncate")
+    def _to_file(self, agent: AgentProcess, stream: Any, target: OutputTarget) -> None:
+        path = target.where
+        d = self._fs(agent.spec.user or None).write_from(path, stream, "append" if target.append else "truncate")
 
         def failed(f: Any) -> None:
             if agent.state not in ENDED:
@@ -308,7 +313,7 @@ class AgentHost(service.Service):
     ) -> dict[str, Any]:
         """Send the agent's stdout to another runtime's sink (the next pipeline stage; *tls*: it listens with TLS)."""
         agent = self._owned(agent_id, user)
-        agent.stdout_to = f"pipe:{to or f'{host}:{port}'}"
+        agent.stdout_to = OutputTarget.pipe(to or f"{host}:{port}")
         d = send(self.reactor, host, port, token, agent.stdout, tls=bool(tls) or None)
 
         def broken(failure: Any) -> None:

@@ -30,13 +30,21 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from oneos.agents.info import (  # noqa: F401  (the states and AgentError are imported from here too)
+    ENDED,
+    EXITED,
+    FAILED,
+    KILLED,
+    LOST,
+    PAUSED,
+    RUNNING,
+    AgentError,
+    AgentInfo,
+    OutputTarget,
+)
 from oneos.agents.program import ProgramError, resolve_argv
-from oneos.errors import OneOSError
 
 log = Logger()
-
-RUNNING, PAUSED, EXITED, KILLED, FAILED, LOST = "running", "paused", "exited", "killed", "failed", "lost"
-ENDED = (EXITED, KILLED, FAILED, LOST)
 
 #: Output buffered per stream before the child is paused.
 HIGH_WATER = 1024 * 1024
@@ -148,15 +156,6 @@ def _read_large(reader: Any) -> Any:
         return CONNECTION_DONE
     reader.dataReceived(data)
     return None
-
-
-class AgentError(OneOSError):
-    """An agent operation failed (unknown id, wrong state...)."""
-
-    def __init__(self, message: str, kind: str = "ESRCH") -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.code = kind
 
 
 RESTART_POLICIES = ("no", "on-failure", "always")
@@ -312,7 +311,7 @@ class AgentProcess(protocol.ProcessProtocol):
         self.ended_at: float | None = None
         self.stdin_bytes = 0
         #: where stdout goes: attach, discard, file:PATH, append:PATH, pipe:AGENT@RUNTIME
-        self.stdout_to = "attach"
+        self.stdout_to = OutputTarget.attach()
         self.stdout = OutputStream(lambda: self._pause_fd(1), lambda: self._resume_fd(1))
         self.stderr = OutputStream(lambda: self._pause_fd(2), lambda: self._resume_fd(2))
         self.stdin = StdinSink(self)
@@ -427,30 +426,30 @@ class AgentProcess(protocol.ProcessProtocol):
             except psutil.Error:
                 pass
         end = self.ended_at or time.time()
-        return {
-            "id": self.id,
-            "name": self.spec.name or os.path.basename(self.spec.program),
-            "program": self.spec.program,
-            "args": list(self.spec.args),
-            "runtime": self.manager.runtime_id,
-            "state": self.state,
-            "pid": self.pid,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "reason": self.reason,
-            "cpu_percent": round(cpu, 1),
-            "memory_mb": round(rss, 1),
-            "uptime": round(end - self.started_at, 3),
-            "restart": self.spec.restart,
-            "job": self.spec.job or self.id,
-            "user": self.spec.user,
-            "incarnation": self.spec.incarnation,
-            "history": dict(self.spec.history),
-            "stdin_bytes": self.stdin_bytes,
-            "stdout_bytes": self.stdout.total,
-            "stderr_bytes": self.stderr.total,
-            "stdout_to": self.stdout_to,
-        }
+        return AgentInfo(
+            id=self.id,
+            name=self.spec.name or os.path.basename(self.spec.program),
+            program=self.spec.program,
+            args=tuple(self.spec.args),
+            runtime=self.manager.runtime_id,
+            state=self.state,
+            pid=self.pid,
+            exit_code=self.exit_code,
+            signal=self.signal,
+            reason=self.reason,
+            cpu_percent=round(cpu, 1),
+            memory_mb=round(rss, 1),
+            uptime=round(end - self.started_at, 3),
+            restart=self.spec.restart,
+            job=self.spec.job or self.id,
+            user=self.spec.user,
+            incarnation=self.spec.incarnation,
+            history=dict(self.spec.history),
+            stdin_bytes=self.stdin_bytes,
+            stdout_bytes=self.stdout.total,
+            stderr_bytes=self.stderr.total,
+            stdout_to=self.stdout_to,
+        ).encode()
 
 
 EventListener = Callable[[dict[str, Any]], Any]

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from oneos.agents.manager import ENDED
+from oneos.agents.info import ENDED
 from oneos.pubsub import messages, topics
 
 

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from oneos.cli.common import default_pubsub_url, network_rpc, run_with_client
+from oneos.scheduler.client import SchedulerClient
 from oneos.scheduler.table import format_pipes, format_ps
 
 SUMMARIES = {
@@ -19,11 +20,11 @@ SUMMARIES = {
 
 
 def scheduler_call(url: str, method: str, timeout: float = 10.0, **args: Any) -> Any:
-    """One RPC to the scheduler kernel service."""
+    """One call to the scheduler kernel service: *method* of :class:`SchedulerClient`, with *args*."""
 
     def job(reactor: Any, client: Any) -> Any:
         d = network_rpc(reactor, client)
-        return d.addCallback(lambda rpc: rpc.call("scheduler", method, timeout=timeout, **args))
+        return d.addCallback(lambda rpc: getattr(SchedulerClient(rpc, timeout=timeout), method)(**args))
 
     return run_with_client(url, job, timeout=timeout)
 
@@ -40,7 +41,7 @@ def ps(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = scheduler_call(args.pubsub or default_pubsub_url(), "ps", all=args.all)
-    print(json.dumps(rows, indent=2) if args.json else format_ps(rows))
+    print(json.dumps([r.encode() for r in rows], indent=2) if args.json else format_ps(rows))
     return 0
 
 
@@ -61,7 +62,7 @@ def _control(name: str, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     extra = {"grace": args.grace} if name == "kill" else {}
     info = scheduler_call(args.pubsub or default_pubsub_url(), name, agent_id=args.agent_id, **extra)
-    print(f"{info['id']} on {info['runtime']}: {info['state']}")
+    print(f"{info.id} on {info.runtime}: {info.state}")
     return 0
 
 

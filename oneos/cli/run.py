@@ -15,11 +15,12 @@ from typing import Any
 
 from twisted.internet import defer, threads
 
-from oneos.agents.info import exit_status
-from oneos.agents.manager import EXITED, KILLED
+from oneos.agents.client import AgentsClient
+from oneos.agents.info import EXITED, KILLED, AgentInfo, OutputTarget, exit_status
 from oneos.agents.watch import watch_agent
 from oneos.cli.common import OutputSink, ReaderGone, default_pubsub_url, network_rpc, run_with_client
 from oneos.errors import OneOSError
+from oneos.scheduler.client import SchedulerClient, StageSpec
 
 SUMMARY = "run a program on a runtime chosen by the scheduler (or a pipeline across runtimes)"
 
@@ -39,56 +40,47 @@ def attach(
     reactor: Any,
     client: Any,
     rpc: Any,
-    infos: list[dict[str, Any]],
+    infos: list[AgentInfo],
     forward_stdin: bool,
     stdout: bool = True,
     stdin: bool = True,
 ) -> Any:
     """Stream the last stage's output here and our stdin to the first; fire with the last stage's status."""
-    from oneos.transfer import receive, send, tls_of
+    from oneos.transfer import receive, send
 
+    agents, scheduler = AgentsClient(rpc), SchedulerClient(rpc)
     first, last = infos[0], infos[-1]
-    ended, _ = watch_agent(client, last["runtime"], last["id"])
+    ended, _ = watch_agent(client, last.runtime, last.id)
     streams: list[tuple[str, defer.Deferred]] = []
     for name, out in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer)):
         if name == "stdout" and not stdout:
             continue  # redirected to a OneOS file by the runtime
-        where = yield rpc.call(last["runtime"], "agent_attach", agent_id=last["id"], stream=name)
+        where = yield agents.attach(last.runtime, last.id, name)
         streams.append(
             (
-                f"{name} of {last['name']} on {last['runtime']}",
-                receive(reactor, where["host"], where["port"], where["token"], OutputSink(out), **tls_of(where)),
+                f"{name} of {last.name} on {last.runtime}",
+                receive(reactor, where.host, where.port, where.token, OutputSink(out), **where.options()),
             )
         )
     for info in infos[:-1]:  # earlier stages' stderr comes here too
-        where = yield rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream="stderr")
+        where = yield agents.attach(info.runtime, info.id, "stderr")
         streams.append(
             (
-                f"stderr of {info['name']} on {info['runtime']}",
-                receive(
-                    reactor,
-                    where["host"],
-                    where["port"],
-                    where["token"],
-                    OutputSink(sys.stderr.buffer),
-                    **tls_of(where),
-                ),
+                f"stderr of {info.name} on {info.runtime}",
+                receive(reactor, where.host, where.port, where.token, OutputSink(sys.stderr.buffer), **where.options()),
             )
         )
     if stdin:
-        where = yield rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
+        where = yield agents.stdin(first.runtime, first.id)
         source: Any = LocalSource(sys.stdin.buffer) if forward_stdin else _Empty()
         # A program that ends without reading all its input is not an error (a UNIX writer would get SIGPIPE).
-        send(reactor, where["host"], where["port"], where["token"], source, **tls_of(where)).addErrback(lambda f: None)
+        send(reactor, where.host, where.port, where.token, source, **where.options()).addErrback(lambda f: None)
     stopping: list[defer.Deferred] = []
 
     def stop_all(failure: Any) -> Any:
         # The first broken stream stops the program at once (the others then end with it).
         if not stopping:
-            stopping.extend(
-                rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
-                for info in infos
-            )
+            stopping.extend(scheduler.kill(info.id, grace=1.0).addErrback(lambda f: None) for info in infos)
         return failure
 
     for _, d in streams:
@@ -100,7 +92,7 @@ def attach(
         # (A local reader that stopped early is the one quiet case, as SIGPIPE is for a UNIX writer.)
         yield defer.DeferredList(stopping)
         if all(value.check(ReaderGone) for _, value in failures):
-            return {"state": "killed", "signal": 13, "name": last["name"], "runtime": last["runtime"], "quiet": True}
+            return {"state": "killed", "signal": 13, "name": last.name, "runtime": last.runtime, "quiet": True}
         raise StreamLost("; ".join(f"{what}: {value.getErrorMessage()}" for what, value in failures))
     final = yield ended
     return final
@@ -145,47 +137,32 @@ def run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.pipe and not args.program:
         parser.error("give a PROGRAM or --pipe PIPELINE")
-    stages: list[dict[str, Any]] = []
+    stages: list[StageSpec] = []
     if args.pipe:
         from oneos.scheduler.pipeline import parse_pipeline
 
-        stages = [
-            {
-                "program": s.program,
-                "args": list(s.args),
-                "runtime": s.runtime,
-                "tags": list(s.tags),
-                "user": getpass.getuser(),
-            }
-            for s in parse_pipeline(args.pipe)
-        ]
+        stages = [StageSpec(s.program, s.args, s.runtime, s.tags, getpass.getuser()) for s in parse_pipeline(args.pipe)]
     forward_stdin = not sys.stdin.isatty() and not args.stdin_file
     detached = args.detach or args.restart != "no"
 
     @defer.inlineCallbacks
     def job(reactor: Any, client: Any) -> Any:
         rpc = yield network_rpc(reactor, client, default_timeout=15.0)
+        scheduler = SchedulerClient(rpc)
         if args.explain:
-            text = yield rpc.call(
-                "scheduler",
-                "explain",
-                program=args.program or stages[0]["program"],
-                runtime=args.runtime,
-                tags=args.tag,
-                memory_mb=args.memory,
+            text = yield scheduler.explain(
+                args.program or stages[0].program, runtime=args.runtime, tags=args.tag, memory_mb=args.memory
             )
             return ("text", text)
         if stages:
-            infos = yield rpc.call("scheduler", "pipeline", stages=stages)
+            infos = yield scheduler.pipeline(stages)
         else:
-            stdout = "discard" if detached else "attach"
+            stdout = OutputTarget.discard() if detached else OutputTarget.attach()
             if args.stdout_file:
-                stdout = ("append:" if args.append else "file:") + args.stdout_file
-            info = yield rpc.call(
-                "scheduler",
-                "spawn",
-                program=args.program,
-                args=args.args,
+                stdout = OutputTarget.file(args.stdout_file, append=args.append)
+            info = yield scheduler.spawn(
+                args.program,
+                args.args,
                 runtime=args.runtime,
                 tags=args.tag,
                 memory_mb=args.memory,
@@ -197,7 +174,7 @@ def run(argv: list[str]) -> int:
             )
             infos = [info]
         if detached:
-            return ("text", "\n".join(f"{i['id']} on {i['runtime']}" for i in infos))
+            return ("text", "\n".join(f"{i.id} on {i.runtime}" for i in infos))
         final = yield attach(
             reactor, client, rpc, infos, forward_stdin, stdout=not args.stdout_file, stdin=not args.stdin_file
         )

@@ -3,7 +3,8 @@
 Metadata goes over pubsub RPC to the ``fs`` target; content is streamed
 over TCP from/to the serving runtime's transfer server, so a 1 GiB file
 never sits whole in memory on either side.  Errors arrive as the same typed
-errors the store raises (``NotFound``, ``IsADirectory`` ...).
+errors the store raises (``NotFound``, ``IsADirectory`` ...): their wire
+kinds are registered by :mod:`oneos.fs.errors`.
 
 Inside a runtime the RPC client's precheck knows from the membership
 whether anybody serves the tree; when nobody does a call fails at once with
@@ -18,28 +19,12 @@ from typing import Any
 
 from twisted.internet import defer
 
-from oneos.fs import errors as fs_errors
+from oneos.fs import errors as fs_errors  # noqa: F401  (registers the file system's wire kinds)
 from oneos.fs.store import Stat
-from oneos.pubsub.rpc import RPCClient, register_error
+from oneos.pubsub.rpc import RPCClient
 from oneos.transfer import Sink, Source, receive, send, tls_of
 
 TARGET = "fs"
-
-for _code in (
-    "ENOENT",
-    "ENOTDIR",
-    "EISDIR",
-    "EEXIST",
-    "ENOTEMPTY",
-    "EACCES",
-    "EPERM",
-    "EINVAL",
-    "ENAMETOOLONG",
-    "ESTALE",
-    "EIO",
-    "ENOSPC",
-):
-    register_error(_code, lambda message, code=_code: fs_errors.from_wire(code, message))
 
 
 class FSClient:

@@ -10,9 +10,10 @@ which machine failed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from oneos.errors import OneOSError
+from oneos.errors import OneOSError, register_error
 
 #: Paths longer than this are cut short in messages so one bad argument
 #: cannot produce a 4 KiB error line.
@@ -202,3 +203,30 @@ def from_wire(code: str, message: str, path: str | None = None) -> FSError:
     if cls is StoreUnavailable:
         error.where = message  # type: ignore[attr-defined]
     return error
+
+
+#: the file system's wire kinds (the POSIX codes), registered here once: an RPC error of one of
+#: these kinds arrives as the class :func:`from_wire` rebuilds.  An agent's error with the same
+#: POSIX code (an EPERM from ``kill``) arrives as that class too, its message unchanged.
+WIRE_CODES = (
+    "ENOENT",
+    "ENOTDIR",
+    "EISDIR",
+    "EEXIST",
+    "ENOTEMPTY",
+    "EACCES",
+    "EPERM",
+    "EINVAL",
+    "ENAMETOOLONG",
+    "ESTALE",
+    "EIO",
+    "ENOSPC",
+)
+
+
+def _factory(code: str) -> Callable[[str], FSError]:
+    return lambda message: from_wire(code, message)
+
+
+for _code in WIRE_CODES:
+    register_error(_code, _factory(_code))

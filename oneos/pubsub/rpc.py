@@ -16,7 +16,9 @@ replies (oneos/security/acl.py), so when this server itself had to log in
 Without identities (a broker that lets anyone in) every caller is trusted,
 as on a closed test network.  The caller gets a Deferred that fires
 with the result, fails with :class:`RPCError` rebuilt from the remote error
-(its ``kind`` kept so typed errors survive the trip), or fails with
+(its ``kind`` kept so typed errors survive the trip: the kinds are
+registered in :mod:`oneos.errors`, which this module re-exports
+``register_error`` and ``error_kind`` from), or fails with
 :class:`RPCTimeout` naming who did not answer.  Several servers may serve one
 target during a leader hand-over: the first answer wins, later ones are
 ignored.
@@ -33,7 +35,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from oneos.errors import NotPermitted, OneOSError, RPCError, RPCTimeout
+from oneos.errors import NotPermitted, OneOSError, RPCError, RPCTimeout, error_kind, rebuild_error, register_error
 from oneos.pubsub import messages, topics
 from oneos.pubsub.client import Message, PubSubClient, Subscription
 from oneos.security.credentials import client_user, role
@@ -42,22 +44,8 @@ log = Logger()
 
 Handler = Callable[..., Any]
 
-#: kind -> callable(message) building a typed error on the caller's side.
-_ERROR_TYPES: dict[str, Callable[[str], Exception]] = {}
-
-
-def register_error(kind: str, factory: Callable[[str], Exception]) -> None:
-    """Make errors of *kind* raised remotely arrive as ``factory(message)``."""
-    _ERROR_TYPES[kind] = factory
-
-
-def error_kind(error: BaseException) -> str:
-    """The wire name of *error*: its ``code``/``kind`` attribute or class name."""
-    for attr in ("code", "kind"):
-        value = getattr(error, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return type(error).__name__
+#: where callers have always found them (the table itself is in oneos.errors)
+__all__ = ["RPCClient", "RPCServer", "Unanswered", "error_kind", "register_error"]
 
 
 class Unanswered(Exception):
@@ -133,7 +121,8 @@ class RPCServer:
                 "dropped request from {caller} with a reply topic not its own: {topic}", caller=caller, topic=reply_to
             )
             return
-        meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+        given = body.get("meta")
+        meta: dict[str, Any] = given if isinstance(given, dict) else {}
         try:
             self._authorise(caller, method, args, meta)
         except NotPermitted as e:
@@ -252,7 +241,12 @@ class RPCClient:
         if self._ready is None:
             self._ready = self.client.subscribe(self.reply_topic, self._on_reply)
         d: defer.Deferred = defer.Deferred()
-        self._ready.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def ready(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self._ready.addBoth(ready)
         return d
 
     def call(
@@ -311,11 +305,11 @@ class RPCClient:
         if body.get("ok") is True:
             d.callback(body.get("result"))
             return
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        given = body.get("error")
+        error: dict[str, Any] = given if isinstance(given, dict) else {}
         kind = str(error.get("kind", "RPCError"))
         text = str(error.get("message", "remote call failed"))
-        factory = _ERROR_TYPES.get(kind)
-        d.errback(factory(text) if factory else RPCError(text, kind=kind))
+        d.errback(rebuild_error(kind, text))
 
     def cancel_all(self) -> None:
         """Fail every pending call (the caller is shutting down)."""

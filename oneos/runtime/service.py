@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oneos import __version__, transfer
+from oneos.agents.client import CLIENT_METHODS as AGENT_CLIENT_METHODS
 from oneos.agents.host import AgentHost
 from oneos.agents.manager import agent_account
 from oneos.config import Config, resolve_listen
@@ -139,7 +140,7 @@ class RuntimeService(service.MultiService):
                 {"ping": self._ping, "status": self._status, "members": self._members, **self.agents.handlers()},
                 guard=self._fence,
                 # a client identity may read its own programs' output and feed their input, nothing else here
-                clients=("ping", "status", "agent_attach", "agent_stdin", "agent_pipe_out"),
+                clients=("ping", "status", *AGENT_CLIENT_METHODS),
             )
         )
 

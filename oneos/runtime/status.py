@@ -77,7 +77,13 @@ class RuntimeStatus:
     @classmethod
     def decode(cls, payload: bytes) -> RuntimeStatus:
         """Parse a status message; raise MalformedMessage when it is not one."""
-        body = messages.decode(payload, "runtime.status")
+        return cls.from_dict(messages.decode(payload, "runtime.status"))
+
+    @classmethod
+    def from_dict(cls, body: Any) -> RuntimeStatus:
+        """Read a status's fields (a message's body, or a row of the kernel's ``runtimes``); MalformedMessage if bad."""
+        if not isinstance(body, dict):
+            raise messages.MalformedMessage(f"a runtime status is an object, not {type(body).__name__}")
         rid = messages.require(body, "id", str)
         instance = messages.require(body, "instance", str)
         state = messages.require(body, "state", str)

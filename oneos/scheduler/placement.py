@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from oneos.errors import OneOSError
+from oneos.errors import OneOSError, register_error
 from oneos.runtime.status import RuntimeStatus
 
 
@@ -18,6 +18,9 @@ class NoFittingRuntime(OneOSError):
 
     kind = "ENORUNTIME"
     code = "ENORUNTIME"
+
+
+register_error(NoFittingRuntime.code, NoFittingRuntime)
 
 
 @dataclass(frozen=True)

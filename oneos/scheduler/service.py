@@ -25,6 +25,7 @@ Failures (see docs/failures.md):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.application import service
@@ -32,18 +33,19 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from oneos.agents.client import AgentsClient
 from oneos.agents.host import KEEP_ENDED
-from oneos.agents.manager import ENDED, LOST, AgentError
+from oneos.agents.info import ENDED, LOST, PIPE, AgentError, AgentInfo, MalformedAgentInfo, OutputTarget
 from oneos.agents.program import interpreter_for
 from oneos.pubsub import messages, topics
 from oneos.pubsub.rpc import RPCServer
+from oneos.scheduler.client import TARGET, StageSpec
 from oneos.scheduler.placement import Needs, explain, place
 from oneos.scheduler.restarts import LOST as OUTCOME_LOST
 from oneos.scheduler.restarts import USER_KILL_REASON, RestartPolicy, decide, outcome_of
 
 log = Logger()
 
-TARGET = "scheduler"
 #: the OneOS user who may control every program
 ADMIN = "root"
 LIVE_STATES = ("running", "paused")
@@ -86,8 +88,8 @@ class SchedulerService(service.Service):
                 "ps": self.ps,
                 "pipes": self.pipes,
                 "kill": self.kill,
-                "pause": lambda agent_id, user=None: self._forward(agent_id, "agent_pause", user=user),
-                "resume": lambda agent_id, user=None: self._forward(agent_id, "agent_resume", user=user),
+                "pause": self.pause,
+                "resume": self.resume,
                 "locate": self.locate,
             },
             guard=guard,
@@ -117,8 +119,10 @@ class SchedulerService(service.Service):
         return self.server.stop()
 
     # -- commands to runtimes, fenced by our term -------------------------------------
-    def _call(self, runtime: str, method: str, **args: Any) -> defer.Deferred:
-        return self.rpc.call(runtime, method, meta={"epoch": self.membership.epoch}, **args)
+    @property
+    def agents(self) -> AgentsClient:
+        """The runtimes' agent methods, each request carrying our leadership epoch."""
+        return AgentsClient(self.rpc, meta=lambda: {"epoch": self.membership.epoch})
 
     # -- the table --------------------------------------------------------------
     def _on_agent(self, message: Any) -> None:
@@ -172,7 +176,7 @@ class SchedulerService(service.Service):
                     f"started while {row['runtime']} was unreachable"
                 )
                 log.warn("stopping agent {id} on {rt}: {why}", id=row["id"], rt=row["runtime"], why=why)
-                self._call(row["runtime"], "agent_kill", agent_id=row["id"], grace=2.0, reason=why).addErrback(
+                self.agents.kill(row["runtime"], row["id"], grace=2.0, reason=why).addErrback(
                     lambda f: log.warn("could not stop superseded agent {id}: {e}", id=row["id"], e=f.getErrorMessage())
                 )
             return
@@ -234,15 +238,18 @@ class SchedulerService(service.Service):
         """Every pipe between agents: from, to, bytes so far and average rate."""
         out = []
         for row in self.table.values():
-            target = str(row.get("stdout_to", ""))
-            if not target.startswith("pipe:"):
+            try:
+                target = OutputTarget.decode(row.get("stdout_to", "attach"))
+            except MalformedAgentInfo:
+                continue
+            if target.kind != PIPE:
                 continue
             uptime = max(float(row.get("uptime", 0)), 1e-3)
             sent = int(row.get("stdout_bytes", 0))
             out.append(
                 {
                     "from": f"{row['id']}@{row['runtime']}",
-                    "to": target[5:],
+                    "to": target.where,
                     "state": row["state"],
                     "bytes": sent,
                     "mb_per_s": round(sent / uptime / 1e6, 2),
@@ -269,9 +276,25 @@ class SchedulerService(service.Service):
         raise AgentError(f"agent {row['id']} belongs to {owner}, not {user}", "EPERM")
 
     def _forward(self, agent_id: str, method: str, user: str | None = None, **args: Any) -> defer.Deferred:
+        """Pass a user's command on to the agent's runtime (once the user may); its answer as the wire has it."""
         row = self.locate(agent_id)
         self._may_control(row, user)
-        return self._call(row["runtime"], method, agent_id=agent_id, **args)
+        runtime = row["runtime"]
+        if method == "agent_kill":
+            d = self.agents.kill(runtime, agent_id, **args)
+        elif method == "agent_pause":
+            d = self.agents.pause(runtime, agent_id)
+        elif method == "agent_resume":
+            d = self.agents.resume(runtime, agent_id)
+        else:
+            raise ValueError(f"not a command the scheduler forwards: {method!r}")
+        return d.addCallback(AgentInfo.encode)
+
+    def pause(self, agent_id: str, user: str | None = None) -> defer.Deferred:
+        return self._forward(agent_id, "agent_pause", user=user)
+
+    def resume(self, agent_id: str, user: str | None = None) -> defer.Deferred:
+        return self._forward(agent_id, "agent_resume", user=user)
 
     def kill(self, agent_id: str, grace: float | None = None, user: str | None = None) -> Any:
         """A user's kill: the agent stops and its job is not restarted (a pending restart is cancelled)."""
@@ -349,22 +372,22 @@ class SchedulerService(service.Service):
         user: str = "",
     ) -> Any:
         """Place and start one agent; fires with its info (incl. the runtime chosen)."""
+        out, err = OutputTarget.decode(stdout), OutputTarget.decode(stderr)  # malformed: refused before placing
         verdict = place(self._view(), self._needs(program, runtime, tags, exclude, memory_mb))
         held = self._reserve(verdict.runtime, memory_mb)
         try:
-            info = yield self._call(
+            started = yield self.agents.spawn(
                 verdict.runtime,
-                "agent_spawn",
-                program=program,
-                args=list(args or []),
+                program,
+                list(args or []),
                 cwd=cwd,
                 env=env,
                 memory_mb=memory_mb,
                 restart=restart,
-                stdout=stdout,
+                stdout=out,
                 stdin=stdin,
                 agent_id=agent_id,
-                stderr=stderr,
+                stderr=err,
                 stdin_file=stdin_file,
                 job=job,
                 incarnation=incarnation,
@@ -375,6 +398,7 @@ class SchedulerService(service.Service):
             if held in self._reserved.get(verdict.runtime, []):
                 self._reserved[verdict.runtime].remove(held)
             raise
+        info = started.encode()
         self.table.setdefault(info["id"], info)
         if restart != "no":
             self.specs[info.get("job") or info["id"]] = {
@@ -394,37 +418,39 @@ class SchedulerService(service.Service):
     def pipeline(self, stages: list[dict[str, Any]], user: str | None = None) -> Any:
         """Start every stage, then connect each stdout to the next stdin, runtime to runtime.
 
-        *user* (a client identity's user, set by the RPC layer) owns every
-        stage, whatever the stages say.
+        Each stage is a :class:`~oneos.scheduler.client.StageSpec` as the
+        wire carries it; its ``env``, ``stdout``/``stderr`` targets and
+        ``stdin_file`` (the shell's) are passed to its spawn.  *user* (a
+        client identity's user, set by the RPC layer) owns every stage,
+        whatever the stages say.
         """
+        specs = [StageSpec.decode(stage) for stage in stages]
         if user is not None:
-            stages = [{**stage, "user": user} for stage in stages]
-        infos = []
+            specs = [replace(spec, user=user) for spec in specs]
+        infos: list[dict[str, Any]] = []
         try:
-            for stage in stages:
+            for spec in specs:
                 info = yield self.spawn(
-                    stage["program"],
-                    stage.get("args"),
-                    stage.get("runtime"),
-                    stage.get("tags"),
+                    spec.program,
+                    list(spec.args),
+                    spec.runtime,
+                    list(spec.tags),
                     stdin=True,
-                    user=str(stage.get("user") or ""),
+                    user=spec.user,
+                    env=None if spec.env is None else dict(spec.env),
+                    stdout=(spec.stdout or OutputTarget.attach()).encode(),
+                    stderr=(spec.stderr or OutputTarget.attach()).encode(),
+                    stdin_file=spec.stdin_file,
                 )
                 infos.append(info)
             for left, right in zip(infos, infos[1:], strict=False):
-                where = yield self._call(
-                    right["runtime"], "agent_stdin", agent_id=right["id"], source=f"{left['name']}@{left['runtime']}"
+                where = yield self.agents.stdin(
+                    right["runtime"], right["id"], source=f"{left['name']}@{left['runtime']}"
                 )
-                yield self._call(
-                    left["runtime"],
-                    "agent_pipe_out",
-                    agent_id=left["id"],
-                    to=f"{right['id']}@{right['runtime']}",
-                    **where,
-                )
+                yield self.agents.pipe_out(left["runtime"], left["id"], where, to=f"{right['id']}@{right['runtime']}")
         except Exception:
             for info in infos:
-                self._call(info["runtime"], "agent_kill", agent_id=info["id"]).addErrback(lambda f: None)
+                self.agents.kill(info["runtime"], info["id"]).addErrback(lambda f: None)
             raise
         return infos
 

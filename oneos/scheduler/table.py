@@ -9,27 +9,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from oneos.agents.info import AgentInfo
 
-def format_ps(rows: list[dict[str, Any]]) -> str:
+
+def format_ps(rows: Sequence[AgentInfo]) -> str:
     """The process table as text."""
     header = ("ID", "USER", "NAME", "RUNTIME", "STATE", "CPU%", "MEM MB", "UPTIME", "EXIT")
     table = [header]
     for r in rows:
         exit_text = (
             ""
-            if r.get("exit_code") is None and r.get("signal") is None
-            else (f"sig {r['signal']}" if r.get("signal") is not None else str(r["exit_code"]))
+            if r.exit_code is None and r.signal is None
+            else (f"sig {r.signal}" if r.signal is not None else str(r.exit_code))
         )
         table.append(
             (
-                r["id"],
-                str(r.get("user") or "-"),
-                str(r.get("name", "")),
-                r["runtime"],
-                r["state"],
-                f"{r.get('cpu_percent', 0):.0f}",
-                f"{r.get('memory_mb', 0):.0f}",
-                f"{r.get('uptime', 0):.0f}s",
+                r.id,
+                r.user or "-",
+                r.name,
+                r.runtime,
+                r.state,
+                f"{r.cpu_percent:.0f}",
+                f"{r.memory_mb:.0f}",
+                f"{r.uptime:.0f}s",
                 exit_text,
             )
         )

@@ -143,7 +143,7 @@ class Interpreter:
         for pipe in list(job.pipes):
             pipe.abort()
         for info in job.agents:
-            self.grid.rpc.call("scheduler", "kill", agent_id=info["id"], grace=2.0).addErrback(lambda f: None)
+            self.launcher.scheduler.kill(info.id, grace=2.0).addErrback(lambda f: None)
 
     def error(self, text: str) -> None:
         self.err.write(text.encode("utf-8", "replace") + b"\n")

@@ -3,14 +3,15 @@
 Consecutive program stages of a pipeline are one *launch*
 (:meth:`ProgramLauncher.run`), in four steps:
 
-1. **spawn**: each stage becomes an agent through the scheduler (RPC
-   ``scheduler.spawn``), on the runtime the scheduler picks or the one its
+1. **spawn**: each stage becomes an agent through the scheduler
+   (:class:`~oneos.scheduler.client.SchedulerClient`, ``spawn``), on the runtime the scheduler picks or the one its
    ``@RUNTIME`` / ``@tag:T`` names; OneOS scripts are resolved to the path
    the runtime fetches (:meth:`ProgramLauncher.resolve`).  ``< FILE`` and
    ``> FILE`` are done by the program's runtime, after the shell checked
    them as the session's user;
 2. **connect**: consecutive programs are joined runtime to runtime
-   (``agent_stdin`` + ``agent_pipe_out``), never through the shell;
+   (:class:`~oneos.agents.client.AgentsClient`: ``agent_stdin`` +
+   ``agent_pipe_out``), never through the shell;
 3. **input**: the first program's stdin is streamed to its runtime
    (``agent_stdin`` + :func:`oneos.transfer.send`): the previous built-in's
    pipe, the session's input, or nothing;
@@ -37,16 +38,19 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from oneos import transfer
-from oneos.agents.info import exit_status
+from oneos.agents.client import AgentsClient
+from oneos.agents.info import EXITED, KILLED, AgentInfo, OutputTarget, exit_status
 from oneos.agents.program import interpreter_for
 from oneos.agents.watch import watch_agent
 from oneos.errors import describe
 from oneos.fs import paths
 from oneos.fs.client import BytesSource
+from oneos.scheduler.client import SchedulerClient
 from oneos.shell.errors import ShellError
 from oneos.shell.session import Grid, Job, Session
 from oneos.shell.stage import PIPE, TERMINAL_OUT, FileDest, RunState, Stage, TerminalDest
 from oneos.shell.streams import PipeSink, StreamPipe, Writer, WriterSink
+from oneos.transfer import StreamAddress
 
 log = Logger()
 
@@ -71,6 +75,9 @@ class ProgramLauncher:
         self.session = session
         self.terminal = terminal
         self.error = error
+        #: the scheduler (spawn, kill) and the runtimes' agent methods (streams), over the grid's RPC
+        self.scheduler = SchedulerClient(grid.rpc)
+        self.agents = AgentsClient(grid.rpc)
 
     async def run(self, stages: list[Stage], job: Job, stdin: Any, pipe: StreamPipe | None, state: RunState) -> int:
         """Start *stages* as agents, wire them, stream their input and output; the last one's status.
@@ -105,41 +112,39 @@ class ProgramLauncher:
                 return path, args
         return program, args
 
-    async def watch(self, info: dict[str, Any]) -> tuple[defer.Deferred, Any]:
-        """A Deferred firing with the agent's final status, and the subscription to cancel after."""
-        done, subscribed = watch_agent(self.grid.client, info["runtime"], info["id"])
+    async def watch(self, info: AgentInfo) -> tuple[defer.Deferred, Any]:
+        """A Deferred firing with the agent's final status (a record), and the subscription to cancel after."""
+        done, subscribed = watch_agent(self.grid.client, info.runtime, info.id)
         sub = await subscribed
         return done, sub
 
     async def attach(
-        self, info: dict[str, Any], stream: str, sink: Any, label: str = ""
-    ) -> tuple[str, dict[str, Any], defer.Deferred]:
+        self, info: AgentInfo, stream: str, sink: Any, label: str = ""
+    ) -> tuple[str, StreamAddress | None, defer.Deferred]:
         """Receive an agent's stdout or stderr into *sink*: (what, where, Deferred of the transfer)."""
         try:
-            where = await self.grid.rpc.call(info["runtime"], "agent_attach", agent_id=info["id"], stream=stream)
+            where = await self.agents.attach(info.runtime, info.id, stream)
         except BaseException:
             sink.abort()  # (a PipeSink holds its pipe open until then)
             raise
-        done = transfer.receive(
-            self.grid.reactor, where["host"], where["port"], where["token"], sink, **transfer.tls_of(where)
-        )
+        done = transfer.receive(self.grid.reactor, where.host, where.port, where.token, sink, **where.options())
 
         def failed(failure: Any) -> Any:
             sink.abort()  # a stream that never connected has not told its sink
             return failure
 
         done.addErrback(failed)
-        return f"{'output' if stream == 'stdout' else 'errors'} of {label or info['id']}", where, done
+        return f"{'output' if stream == 'stdout' else 'errors'} of {label or info.id}", where, done
 
-    def stream_failed(self, what: str, where: dict[str, Any], error: BaseException, job: Job, state: RunState) -> None:
+    def stream_failed(
+        self, what: str, where: StreamAddress | None, error: BaseException, job: Job, state: RunState
+    ) -> None:
         """Say which stream failed and where it was going (host:port), and fail the pipeline."""
         if job.stopped:  # Ctrl-C broke it on purpose
             return
         text = describe(error)
-        if where.get("host") is not None:
-            address = f"{where['host']}:{where.get('port')}"
-            if address not in text:
-                text += f" (stream address {address})"
+        if where is not None and where.address not in text:
+            text += f" (stream address {where.address})"
         log.info("shell stream failed: {what}: {error}", what=what, error=text)
         self.error(f"oneos: {what}: {text}")
         state.failed = True
@@ -165,7 +170,7 @@ class _Launch:
         self.pipe = pipe
         self.state = state
         #: the agents started, in stage order (what spawn answered)
-        self.infos: list[dict[str, Any]] = []
+        self.infos: list[AgentInfo] = []
         #: per agent: (fires with its final status, the subscription to cancel after)
         self.waits: list[tuple[defer.Deferred, Any]] = []
         #: the output streams received here (and the merged '> FILE 2>&1' writes), each reporting its own failure
@@ -199,8 +204,12 @@ class _Launch:
         fs = self.grid.fs
         program, args = await self.launcher.resolve(stage.argv)
         merged = _merged(stage)
-        stdout_mode = _file_mode(stage.stdout) if isinstance(stage.stdout, FileDest) and not merged else "attach"
-        stderr_mode = _file_mode(stage.stderr) if isinstance(stage.stderr, FileDest) and not merged else "attach"
+        stdout_to = OutputTarget.attach()
+        if isinstance(stage.stdout, FileDest) and not merged:
+            stdout_to = _file_target(stage.stdout)
+        stderr_to = OutputTarget.attach()
+        if isinstance(stage.stderr, FileDest) and not merged:
+            stderr_to = _file_target(stage.stderr)
         # The program's runtime reads '< FILE' and writes '> FILE' for it (as the kernel): check
         # them as this session's user first, and create the outputs as the user's, as a shell
         # opens them before it starts a program.
@@ -210,20 +219,18 @@ class _Launch:
             for dest in stage.file_dests():
                 await fs.write(dest.path, b"", dest.mode)
         session = self.launcher.session
-        info = await self.grid.rpc.call(
-            "scheduler",
-            "spawn",
-            timeout=20.0,
-            program=program,
-            args=args,
+        info = await self.launcher.scheduler.spawn(
+            program,
+            args,
             runtime=stage.runtime,
-            tags=list(stage.tags),
+            tags=stage.tags,
             env=session.agent_env(stage.assignments),
-            stdout=stdout_mode,
+            stdout=stdout_to,
             stdin=True,
-            stderr=stderr_mode,
+            stderr=stderr_to,
             stdin_file=stage.stdin_file,
             user=session.user,
+            timeout=20.0,
         )
         self.infos.append(info)
         self.job.agents.append(info)
@@ -231,28 +238,24 @@ class _Launch:
 
     # -- 2. runtime-to-runtime pipes between consecutive programs ----------------------------
     async def _connect_programs(self) -> None:
-        rpc = self.grid.rpc
+        agents = self.launcher.agents
         for left, right in zip(self.infos, self.infos[1:], strict=False):
-            where = await rpc.call(
-                right["runtime"], "agent_stdin", agent_id=right["id"], source=f"{left['name']}@{left['runtime']}"
-            )
-            await rpc.call(
-                left["runtime"], "agent_pipe_out", agent_id=left["id"], to=f"{right['id']}@{right['runtime']}", **where
-            )
+            where = await agents.stdin(right.runtime, right.id, source=f"{left.name}@{left.runtime}")
+            await agents.pipe_out(left.runtime, left.id, where, to=f"{right.id}@{right.runtime}")
 
     # -- 3. the first program's input ---------------------------------------------------------
     async def _send_input(self) -> None:
         if self.stages[0].stdin_file:
             return  # its runtime reads the file
         first = self.infos[0]
-        where = await self.grid.rpc.call(first["runtime"], "agent_stdin", agent_id=first["id"])
+        where = await self.launcher.agents.stdin(first.runtime, first.id)
         source = self.stdin if self.stdin is not None else BytesSource(b"")
         self.stdin_sent = transfer.send(
-            self.grid.reactor, where["host"], where["port"], where["token"], source, **transfer.tls_of(where)
+            self.grid.reactor, where.host, where.port, where.token, source, **where.options()
         )
         self.stdin_sent.addErrback(self._input_failed, f"input of {_label(self.stages[0], first)}", where, first)
 
-    def _input_failed(self, failure: Any, what: str, where: dict[str, Any], info: dict[str, Any]) -> None:
+    def _input_failed(self, failure: Any, what: str, where: StreamAddress, info: AgentInfo) -> None:
         """A program's input stream ended early.
 
         The program no longer reading (EPIPE) is normal, as a Unix pipe whose
@@ -272,7 +275,7 @@ class _Launch:
         self._stop_for_streams(info)
 
     # -- 4. outputs received here ---------------------------------------------------------------
-    async def _receive_outputs(self, i: int, stage: Stage, info: dict[str, Any]) -> None:
+    async def _receive_outputs(self, i: int, stage: Stage, info: AgentInfo) -> None:
         label = _label(stage, info)
         attach = self.launcher.attach
         if _merged(stage):
@@ -288,7 +291,7 @@ class _Launch:
                 return failure
 
             written.addErrback(unread)
-            self.streams.append(self._watched((f"{both.name} (from {label})", {}, written), info))
+            self.streams.append(self._watched((f"{both.name} (from {label})", None, written), info))
             for name, sink in zip(("stdout", "stderr"), sinks, strict=True):
                 self.streams.append(self._watched(await attach(info, name, sink, label), info))
             return
@@ -314,7 +317,7 @@ class _Launch:
         if err_sink is not None:
             self.streams.append(self._watched(await attach(info, "stderr", err_sink, label), info))
 
-    def _watched(self, stream: tuple[str, dict[str, Any], defer.Deferred], info: dict[str, Any]) -> defer.Deferred:
+    def _watched(self, stream: tuple[str, StreamAddress | None, defer.Deferred], info: AgentInfo) -> defer.Deferred:
         """Report a stream's failure when it happens, and stop its program: its output has nowhere
         to go (it would block, or run on for nothing)."""
         what, where, done = stream
@@ -326,17 +329,17 @@ class _Launch:
         return done.addErrback(failed)
 
     # -- stopping programs ------------------------------------------------------------------------
-    def _kill(self, info: dict[str, Any]) -> None:
-        self.grid.rpc.call("scheduler", "kill", agent_id=info["id"], grace=1.0).addErrback(lambda f: None)
+    def _kill(self, info: AgentInfo) -> None:
+        self.launcher.scheduler.kill(info.id, grace=1.0).addErrback(lambda f: None)
 
-    def _stop_for_streams(self, info: dict[str, Any]) -> None:
+    def _stop_for_streams(self, info: AgentInfo) -> None:
         """A stream of the program failed (already reported): stop it."""
-        self.stopped_for_streams.add(info["id"])
+        self.stopped_for_streams.add(info.id)
         self._kill(info)
 
-    def _reader_gone(self, info: dict[str, Any]) -> None:
+    def _reader_gone(self, info: AgentInfo) -> None:
         """The built-in reading the program stopped reading: stop it, quietly (SIGPIPE)."""
-        self.sigpiped.add(info["id"])
+        self.sigpiped.add(info.id)
         self._kill(info)
 
     def _abandon(self) -> None:
@@ -352,10 +355,10 @@ class _Launch:
     async def _finish(self) -> int:
         """Wait for every stream and agent; report the agents that failed; the last one's status."""
         await defer.DeferredList(self.streams, consumeErrors=True)  # (failures are reported as they happen)
-        finals = []
+        finals: list[AgentInfo] = []
         for ended, sub in self.waits:
             try:
-                finals.append(await ended)
+                finals.append(AgentInfo.decode(await ended))
             finally:
                 _cancel(sub)
         if self.stdin_sent is not None:
@@ -365,16 +368,14 @@ class _Launch:
                 self.stdin.close()
             await self.job.wait(self.stdin_sent.addTimeout(STDIN_GRACE, self.grid.reactor))
         for i, final in enumerate(finals):
-            if final.get("id") in self.stopped_for_streams | self.sigpiped or (
-                i < len(finals) - 1 and _sigpiped(final)
-            ):
+            if final.id in self.stopped_for_streams | self.sigpiped or (i < len(finals) - 1 and _sigpiped(final)):
                 continue  # stopped by the shell as SIGPIPE would, or for a failure already reported
-            if final.get("state") not in ("exited", "killed") or final.get("reason"):
+            if final.state not in (EXITED, KILLED) or final.reason:
                 self.launcher.error(
-                    f"oneos: {final.get('name', '?')} on {final.get('runtime', '?')} {final.get('state')}"
-                    + (f": {final['reason']}" if final.get("reason") else "")
+                    f"oneos: {final.name or '?'} on {final.runtime} {final.state}"
+                    + (f": {final.reason}" if final.reason else "")
                 )
-        if finals[-1].get("id") in self.stopped_for_streams and finals[-1].get("state") == "killed":
+        if finals[-1].id in self.stopped_for_streams and finals[-1].state == KILLED:
             return 1  # stopped by the shell because its stream failed (already reported)
         return exit_status(finals[-1])
 
@@ -384,23 +385,23 @@ def _merged(stage: Stage) -> bool:
     return isinstance(stage.stdout, FileDest) and stage.stderr is stage.stdout
 
 
-def _sigpiped(final: dict[str, Any]) -> bool:
+def _sigpiped(final: AgentInfo) -> bool:
     """An agent its runtime stopped because the next program stopped reading (the runtimes' SIGPIPE).
 
     Recognised by the reason the agent host gives (``pipe to HOST:PORT broke:
     the program closed its input``); bash reports nothing for such a stage.
     """
-    reason = str(final.get("reason") or "")
+    reason = final.reason
     return (
-        final.get("state") == "killed"
+        final.state == KILLED
         and reason.startswith("pipe to ")
         and ("closed its input" in reason or "no longer reads its input" in reason)
     )
 
 
-def _label(stage: Stage, info: dict[str, Any]) -> str:
+def _label(stage: Stage, info: AgentInfo) -> str:
     """How messages name a program: ``sha256sum (a-1f2e on rt-2)``."""
-    return f"{stage.argv[0] if stage.argv else '?'} ({info.get('id', '?')} on {info.get('runtime', '?')})"
+    return f"{stage.argv[0] if stage.argv else '?'} ({info.id} on {info.runtime})"
 
 
 def _cancel(sub: Any) -> None:
@@ -410,5 +411,5 @@ def _cancel(sub: Any) -> None:
         pass
 
 
-def _file_mode(dest: FileDest) -> str:
-    return ("append:" if dest.append else "file:") + dest.path
+def _file_target(dest: FileDest) -> OutputTarget:
+    return OutputTarget.file(dest.path, append=dest.append)

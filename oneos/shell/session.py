@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from oneos.agents.info import AgentInfo
 from oneos.fs import paths
 from oneos.shell.streams import StreamPipe
 
@@ -91,7 +92,8 @@ class Job:
 
     number: int
     text: str
-    agents: list[dict[str, Any]] = field(default_factory=list)
+    #: the agents it started (their records as spawn answered)
+    agents: list[AgentInfo] = field(default_factory=list)
     done: defer.Deferred | None = None
     status: int | None = None
     #: started with '&': never reads the session's input

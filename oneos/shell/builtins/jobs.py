@@ -9,6 +9,8 @@ agents job N started.
 from __future__ import annotations
 
 from oneos.errors import OneOSError, describe
+from oneos.runtime.client import KernelClient
+from oneos.scheduler.client import SchedulerClient
 from oneos.scheduler.table import format_pipes, format_ps
 from oneos.shell.builtins.context import Builtin, Context
 from oneos.shell.builtins.options import split_options
@@ -18,7 +20,7 @@ from oneos.shell.session import Job
 
 async def ps(ctx: Context, args: list[str]) -> int:
     opts, _ = split_options(args, "a")
-    rows = await ctx.grid.rpc.call("scheduler", "ps", timeout=10.0, all=bool(opts.get("a")))
+    rows = await SchedulerClient(ctx.grid.rpc, timeout=10.0).ps(all=bool(opts.get("a")))
     ctx.line(format_ps(rows))
     return 0
 
@@ -31,13 +33,14 @@ def _control(method: str) -> Builtin:
         for agent_id in args:
             if agent_id.startswith("%"):  # a job: every agent it started
                 job = _job(ctx, agent_id)
-                ids = [a["id"] for a in job.agents]
+                ids = [a.id for a in job.agents]
             else:
                 ids = [agent_id]
             for i in ids:
                 try:
-                    info = await ctx.grid.rpc.call("scheduler", method, timeout=10.0, agent_id=i, user=ctx.session.user)
-                    ctx.line(f"{info['id']} on {info['runtime']}: {info['state']}")
+                    scheduler = SchedulerClient(ctx.grid.rpc, timeout=10.0)
+                    info = await getattr(scheduler, method)(i, user=ctx.session.user)
+                    ctx.line(f"{info.id} on {info.runtime}: {info.state}")
                 except OneOSError as e:
                     ctx.error(describe(e))
                     status = 1
@@ -52,20 +55,20 @@ resume = _control("resume")
 
 
 async def runtimes(ctx: Context, args: list[str]) -> int:
-    rows = await ctx.grid.rpc.call("kernel", "runtimes", timeout=10.0)
+    rows = await KernelClient(ctx.grid.rpc, timeout=10.0).runtimes()
     header = ("ID", "STATE", "LEADER", "ADDRESS", "CPU%", "MEM MB", "AGENTS", "TAGS")
     table = [header]
-    for r in sorted(rows, key=lambda r: r["id"]):
+    for r in sorted(rows, key=lambda r: r.id):
         table.append(
             (
-                r["id"],
-                r.get("state", ""),
-                "*" if r.get("leader") else "",
-                str(r.get("address", "")),
-                f"{float(r.get('cpu_percent', 0) or 0):.0f}",
-                f"{float(r.get('memory_used_mb', r.get('memory_mb', 0)) or 0):.0f}",
-                str(r.get("agents", 0)),
-                ",".join(r.get("tags", []) or []),
+                r.id,
+                r.state,
+                "*" if r.leader else "",
+                r.address,
+                f"{r.cpu_percent:.0f}",
+                f"{r.memory_used_mb:.0f}",
+                str(r.agents),
+                ",".join(r.tags),
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -74,7 +77,7 @@ async def runtimes(ctx: Context, args: list[str]) -> int:
 
 
 async def pipes(ctx: Context, args: list[str]) -> int:
-    rows = await ctx.grid.rpc.call("scheduler", "pipes", timeout=10.0)
+    rows = await SchedulerClient(ctx.grid.rpc, timeout=10.0).pipes()
     ctx.line(format_pipes(rows))
     return 0
 
@@ -97,7 +100,7 @@ def _job(ctx: Context, spec: str | None) -> Job:
 async def jobs(ctx: Context, args: list[str]) -> int:
     for n, job in sorted(ctx.session.jobs.items()):
         state = "running" if job.status is None else f"done ({job.status})"
-        agents = " ".join(a["id"] for a in job.agents)
+        agents = " ".join(a.id for a in job.agents)
         ctx.line(f"[{n}] {state:<10} {job.text}" + (f"   agents: {agents}" if agents else ""))
     for n in [n for n, j in ctx.session.jobs.items() if j.status is not None]:
         ctx.session.jobs.pop(n, None)
