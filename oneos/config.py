@@ -109,7 +109,7 @@ class Config:
     run_as: str = "auto"
     listen: dict[str, str] = field(default_factory=default_listen)
     #: I/O devices this machine exposes (:class:`Device`); not served yet
-    devices: tuple = ()
+    devices: tuple[Device, ...] = ()
     #: True when no config file existed: the one-machine embedded default.
     embedded: bool = False
     #: True when the id was generated because none was configured.

@@ -537,7 +537,7 @@ class BrokerService(service.Service):
     the websocket listener, if any, becomes wss://); None: plain TCP.
     """
 
-    name = "broker"
+    name = "broker"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ import copy
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -140,7 +140,7 @@ def apply_preset(config: Config, preset: dict[str, Any], problems: dict[str, lis
 
 
 def ask_setting(
-    config: Config, field: str, question: str, current: str, ask: Ask, say: Say, why: list[str] = ()
+    config: Config, field: str, question: str, current: str, ask: Ask, say: Say, why: Sequence[str] = ()
 ) -> Config:
     """Ask one setting until the answer validates; Enter keeps *current*, '-' means blank."""
     for problem in why:
@@ -169,9 +169,13 @@ def default_address(config: Config, detected: str) -> str:
     return detected
 
 
-def ask_address(config: Config, ask: Ask, say: Say, detect: Callable[[str], str] | None, why: list[str] = ()) -> Config:
+def ask_address(
+    config: Config, ask: Ask, say: Say, detect: Callable[[str], str] | None, why: Sequence[str] = ()
+) -> Config:
     if detect is None:
-        from oneos.runtime.host import guess_address as detect
+        from oneos.runtime.host import guess_address
+
+        detect = guess_address
     detected = detect(parse_broker_url(config.pubsub).host)
     default = default_address(config, detected)
     blank = "'-'" if default else "blank"
@@ -191,7 +195,7 @@ def ask_yes_no(question: str, default: bool, ask: Ask, say: Say) -> bool:
         say(f"  expected yes or no, got {answer!r}; try again")
 
 
-def ask_devices(config: Config, ask: Ask, say: Say, why: list[str] = ()) -> Config:
+def ask_devices(config: Config, ask: Ask, say: Say, why: Sequence[str] = ()) -> Config:
     """Whether to expose I/O devices, then the devices one per line until a blank one."""
     for problem in why:
         say(f"  (a device in config.json was invalid: {problem})")
@@ -372,7 +376,7 @@ def run(
     return 0
 
 
-def ask_join(ask: Ask, say: Say) -> tuple[Any, dict | None]:
+def ask_join(ask: Ask, say: Say) -> tuple[Any, dict[str, Any] | None]:
     """On a machine with no credentials: (credentials, TLS bundle) from an 'oneos invite' token, or (None, None)."""
     while True:
         answer = ask(

@@ -238,5 +238,5 @@ def run(argv: list[str]) -> int:
 
     reactor.callWhenRunning(lambda: grid.start().addErrback(failed))
     reactor.addSystemEventTrigger("before", "shutdown", grid.stop)
-    reactor.run(installSignalHandlers=True)
+    reactor.run()  # with signal handlers (the default): Ctrl-C and SIGTERM stop it
     return status["code"]

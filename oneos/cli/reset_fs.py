@@ -74,7 +74,7 @@ def _run_reactor(job: Any) -> Any:
         d.addBoth(done)
 
     reactor.callWhenRunning(start)
-    reactor.run(installSignalHandlers=True)
+    reactor.run()  # with signal handlers (the default): Ctrl-C and SIGTERM stop it
     result = outcome[0] if outcome else None
     if isinstance(result, Failure):
         result.raiseException()

@@ -216,7 +216,7 @@ class _WriterSink:
 class FileSystemService(service.Service):
     """Serves the store at *url* over RPC and the transfer server."""
 
-    name = "fs"
+    name = "fs"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,
@@ -314,7 +314,7 @@ class FileSystemService(service.Service):
             self.last_error = (
                 error
                 if isinstance(error, StoreUnavailable)
-                else StoreUnavailable(f"file store {self.url}", describe(error))
+                else StoreUnavailable(f"file store {redact(self.url)}", describe(error))
             )
             log.warn(
                 "file store unreachable: {error}; retrying in {delay:.1f}s",
@@ -399,13 +399,14 @@ class FileSystemService(service.Service):
     #
     # Every method takes ``user``: None is the kernel or a trusted caller (no checks), anyone else is
     # checked by the rules of oneos.fs.permissions before the store is touched (see _Access).
+    # (``user is not None`` ahead of ``privileged(user)``, which covers None too, narrows the type to str.)
 
     @_rpc
     async def stat(self, path: str, system: bool = False, user: str | None = None) -> Any:
         path = paths.normalise(path)
         guard(system, path, itself=True)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             await _Access(store, user).entry(path)
         return (await store.stat(path)).to_dict()
 
@@ -415,7 +416,7 @@ class FileSystemService(service.Service):
         path = paths.normalise(path)
         guard(system, path, itself=True)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             try:
                 await _Access(store, user).parent(path)
             except (PermissionDenied, NotFound, NotADirectory):
@@ -427,7 +428,7 @@ class FileSystemService(service.Service):
         path = paths.normalise(path)
         guard(system, path)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             access = _Access(store, user)
             st = await access.entry(path)
             if st.is_dir:
@@ -450,7 +451,7 @@ class FileSystemService(service.Service):
         guard(system, path)
         check_perm(path, perm)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             await _Access(store, user).making(path, parents)
         st = await store.mkdir(path, parents=parents, exist_ok=exist_ok, owner=owner_for(user, owner), perm=perm)
         return st.to_dict()
@@ -460,7 +461,7 @@ class FileSystemService(service.Service):
         path = paths.normalise(path)
         guard(system, path, holding=True)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             await _Access(store, user).removing(path, recursive)
         await store.remove(path, recursive=recursive)
 
@@ -470,7 +471,7 @@ class FileSystemService(service.Service):
         guard(system, src, holding=True)
         guard(system, dst, holding=True)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             await _Access(store, user).moving(src, dst)
         return (await store.rename(src, dst)).to_dict()
 
@@ -483,7 +484,7 @@ class FileSystemService(service.Service):
         guard(system, src, holding=recursive)
         guard(system, dst)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             await _Access(store, user).copying(src, dst, recursive)
         return (await store.copy(src, dst, recursive=recursive, owner=user)).to_dict()
 
@@ -494,7 +495,7 @@ class FileSystemService(service.Service):
         guard(system, path)
         check_perm(path, perm)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             st = await _Access(store, user).entry(path)
             if not may_chmod(user, st.owner):
                 raise OperationNotPermitted(path, f"only its owner or {ADMIN} may change its mode")
@@ -522,7 +523,7 @@ class FileSystemService(service.Service):
         if not mode or any(c not in "rwx" for c in mode):
             raise InvalidArgument(path, f"access mode is made of r, w and x, not {mode!r}")
         store = self._store()
-        if privileged(user):
+        if user is None or privileged(user):
             if mode != "w":
                 await store.stat(path)
             return None
@@ -539,7 +540,7 @@ class FileSystemService(service.Service):
         """Matching paths; a user sees only entries of directories it may list (and reach)."""
         store = self._store()
         found = visible(system, await store.glob(pattern, cwd))
-        if privileged(user):
+        if user is None or privileged(user):
             return found
         access = _Access(store, user)
         return [path for path in found if await access.listable(path)]
@@ -556,11 +557,15 @@ class FileSystemService(service.Service):
         path = paths.normalise(path)
         guard(system, path)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             await _Access(store, user).reading(path)
         reader = await store.read_chunks(path, offset, length)
         token, done = self.transfer.offer(source=_ReaderSource(reader))
-        done.addBoth(lambda r: (reader.close(), None)[1])
+
+        def closed(_: Any) -> None:
+            reader.close()
+
+        done.addBoth(closed)
         return {**self.transfer.where(), "token": token, "size": reader.length, "stat": reader.stat.to_dict()}
 
     @_rpc
@@ -574,7 +579,7 @@ class FileSystemService(service.Service):
         path = paths.normalise(path)
         guard(system, path)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             await _Access(store, user).writing(path)
         writer = await store.open_write(path, mode, owner=owner_for(user, owner))  # type: ignore[arg-type]
         sink = _WriterSink(writer, self.reactor, self.upload_timeout, self.writers.discard)
@@ -589,7 +594,7 @@ class FileSystemService(service.Service):
         path = paths.normalise(path)
         guard(system, path)
         store = self._store()
-        if not privileged(user):
+        if user is not None and not privileged(user):
             await _Access(store, user).reading(path)
         st = await store.stat(path)
         if st.size > SMALL_LIMIT:
@@ -612,7 +617,7 @@ class FileSystemService(service.Service):
         # another exclusive write here: the lock makes it atomic within this service.
         await self._exclusive.acquire()
         try:
-            if not privileged(user):
+            if user is not None and not privileged(user):
                 await _Access(store, user).writing(path)
             if exclusive and (await store.exists(path)):
                 raise AlreadyExists(path)
@@ -624,9 +629,9 @@ class FileSystemService(service.Service):
 
 def owner_for(user: str | None, owner: str | None) -> str:
     """Who owns what a request creates: the user itself; the kernel and the admin may name someone else."""
-    if privileged(user):
+    if user is None or privileged(user):
         return owner or user or DEFAULT_OWNER
-    return user  # type: ignore[return-value]
+    return user
 
 
 class _Access:

@@ -181,8 +181,11 @@ class SQLiteStore(BaseStore):
             store._stop_pool()
             return failure
 
-        d = store._run(store._open_sync, chunk_size, store._now())
-        d.addCallback(lambda size: setattr(store, "chunk_size", size) or store)
+        def opened(size: int) -> SQLiteStore:
+            store.chunk_size = size
+            return store
+
+        d = store._run(store._open_sync, chunk_size, store._now()).addCallback(opened)
         d.addErrback(failed)
         return d
 
@@ -466,6 +469,7 @@ class SQLiteStore(BaseStore):
                     )
                     self._touch_dir(c, row["id"], now)
                     child = self._child(c, row["id"], name)
+                    assert child is not None  # inserted just above, in this transaction
                 elif child["kind"] != "dir":
                     raise (AlreadyExists(path) if last else NotADirectory(path))
                 elif last and not (exist_ok or parents):

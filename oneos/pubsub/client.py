@@ -16,13 +16,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -69,6 +69,10 @@ class Subscription:
         return self.client._remove_subscription(self)
 
 
+def _handler_failed(failure: Failure, topic: str) -> None:
+    log.failure("handler for {topic} failed", failure, topic=topic)
+
+
 class _Connection(Protocol):
     """One TCP connection to the broker, speaking MQTT 3.1.1."""
 
@@ -89,18 +93,27 @@ class _Connection(Protocol):
         self.connect_sent = 0.0
         self._closing = False
 
+    def _transport(self) -> ITCPTransport:
+        """The transport, there from ``makeConnection`` on.
+
+        Twisted types ``Protocol.transport`` as ``ITransport | None``; ours is
+        TCP or TLS over TCP, and both provide ITCPTransport.
+        """
+        assert self.transport is not None, "not connected yet"
+        return cast(ITCPTransport, self.transport)  # Twisted's typing: ITransport, too general here
+
     def close(self, abort: bool = False) -> None:
         """Drop the connection; packets already received are not handled."""
         self._closing = True
         if abort:
-            self.transport.abortConnection()
+            self._transport().abortConnection()
         else:
-            self.transport.loseConnection()
+            self._transport().loseConnection()
 
     # -- plumbing ---------------------------------------------------------
     def send(self, data: bytes) -> None:
         self._last_sent = self.client.reactor.seconds()
-        self.transport.write(data)
+        self._transport().write(data)
 
     def _arm(self, delay: float, fn: Callable[[], None]) -> None:
         if self._timer is not None and self._timer.active():
@@ -111,7 +124,7 @@ class _Connection(Protocol):
         c = self.client
         # Requests and replies are small packets: without NODELAY, Nagle's
         # algorithm meets delayed ACKs and every RPC waits ~40 ms per hop.
-        self.transport.setTcpNoDelay(True)
+        self._transport().setTcpNoDelay(True)
         self.connect_sent = c.reactor.seconds()
         self.send(
             mqtt.encode_connect(
@@ -217,7 +230,7 @@ class _Connection(Protocol):
         else:
             log.debug("ignoring MQTT packet type {type}", type=p.type)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.client._on_lost(self, reason)
@@ -394,7 +407,11 @@ class PubSubClient(service.Service):
             holder.append(sub)
             return self.publish(topic, marker, qos=1)
 
-        self.subscribe(topic, seen).addCallback(subscribed).addErrback(lambda f: done.called or done.errback(f))
+        def failed(failure: Failure) -> None:
+            if not done.called:
+                done.errback(failure)
+
+        self.subscribe(topic, seen).addCallback(subscribed).addErrback(failed)
         return done
 
     # -- service ----------------------------------------------------------
@@ -423,11 +440,11 @@ class PubSubClient(service.Service):
         conn = self._conn
         if conn is None:
             return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._stopped_waiters.append(d)
+        stopped: defer.Deferred = defer.Deferred()
+        self._stopped_waiters.append(stopped)
         conn.send(mqtt.encode_simple(mqtt.DISCONNECT))
         conn.close()
-        return d
+        return stopped
 
     # -- connection management --------------------------------------------
     def _tls_creator(self) -> Any:
@@ -633,6 +650,6 @@ class PubSubClient(service.Service):
             try:
                 result = sub.callback(message)
                 if isinstance(result, defer.Deferred):
-                    result.addErrback(lambda f, t=message.topic: log.failure("handler for {topic} failed", f, topic=t))
+                    result.addErrback(_handler_failed, message.topic)
             except Exception:
                 log.failure("handler for {topic} failed", topic=message.topic)

@@ -291,7 +291,8 @@ class _Skipped:
     def _head_size(self) -> int:
         if len(self.head) < 2:
             return min(2, self.length)
-        return min(self.length, 2 + struct.unpack_from("!H", self.head)[0] + (2 if self.qos else 0))
+        topic_length: int = struct.unpack_from("!H", self.head)[0]
+        return min(self.length, 2 + topic_length + (2 if self.qos else 0))
 
     @property
     def done(self) -> bool:
@@ -346,7 +347,8 @@ def _read_string(body: bytes, pos: int) -> tuple[str, int]:
 def _packet_id(body: bytes, pos: int = 0) -> int:
     if pos + 2 > len(body):
         raise MalformedPacket("missing packet id")
-    return struct.unpack_from("!H", body, pos)[0]
+    packet_id: int = struct.unpack_from("!H", body, pos)[0]
+    return packet_id
 
 
 def _decode(ptype: int, flags: int, body: bytes) -> Packet:

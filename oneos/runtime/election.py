@@ -42,7 +42,7 @@ log = Logger()
 class Election(service.Service):
     """Decides whether this runtime hosts the kernel, and acts on it."""
 
-    name = "election"
+    name = "election"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,

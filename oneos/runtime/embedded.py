@@ -32,7 +32,7 @@ log = Logger()
 class EmbeddedBroker(service.MultiService):
     """Starts an in-process broker on *host*:*port* unless one answers there."""
 
-    name = "embedded-broker"
+    name = "embedded-broker"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(self, host: str, port: int, reactor: Any, home: Path | None = None, name: str = "") -> None:
         super().__init__()
@@ -72,6 +72,7 @@ class EmbeddedBroker(service.MultiService):
         d = endpoint.connect(factory)
 
         def answered(protocol: Protocol) -> bool:
+            assert protocol.transport is not None  # connect() fires once the protocol is connected
             protocol.transport.loseConnection()
             return True
 

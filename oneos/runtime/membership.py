@@ -33,7 +33,7 @@ Listener = Callable[[], Any]
 class Membership(service.Service):
     """Publishes this runtime's status and keeps a view of everyone's."""
 
-    name = "membership"
+    name = "membership"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from oneos.errors import OneOSError
@@ -198,7 +199,7 @@ def machine_id() -> str:
 NETWORK_FILE = "network.json"
 
 
-def _read_network(home: Path) -> dict:
+def _read_network(home: Path) -> dict[str, Any]:
     try:
         body = json.loads((Path(home) / NETWORK_FILE).read_text())
     except (OSError, ValueError):

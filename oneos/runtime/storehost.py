@@ -31,7 +31,7 @@ log = Logger()
 class StoreHost(service.Service):
     """Agrees on the network's store and drives the ``fs`` role."""
 
-    name = "store"
+    name = "store"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,

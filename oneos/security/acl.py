@@ -63,7 +63,10 @@ def rules_for(name: str | None) -> Rules:
     if kind is None or name is None:
         return Rules((), ())
     extra = RUNTIME if kind == "runtime" else CLIENT
-    fill = lambda patterns: tuple(p.replace("%u", name) for p in patterns)  # noqa: E731
+
+    def fill(patterns: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(p.replace("%u", name) for p in patterns)
+
     return Rules(fill(COMMON.read + extra.read), fill(COMMON.write + extra.write))
 
 

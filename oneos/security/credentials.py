@@ -35,6 +35,7 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from oneos.errors import OneOSError
@@ -77,7 +78,7 @@ class Credentials:
             f"secret={'***' if self.secret else ''!r})"
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = {"v": FORMAT_VERSION, "broker": self.broker, "username": self.username, "password": self.password}
         if self.secret:
             data["secret"] = self.secret
@@ -252,7 +253,7 @@ def create(home: Path, username: str, broker: str = "") -> tuple[Credentials, bo
 # join tokens
 
 
-def token(creds: Credentials, broker_url: str, tls: dict | None = None) -> str:
+def token(creds: Credentials, broker_url: str, tls: dict[str, Any] | None = None) -> str:
     """A join token: ``oneos1.`` + base64url(JSON of the credentials and the broker URL).
 
     *tls*: a TLS bundle (oneos/security/tls.py ``bundle``) for a network with
@@ -270,7 +271,7 @@ def parse_token(text: str) -> Credentials:
     return read_token(text)[0]
 
 
-def read_token(text: str) -> tuple[Credentials, dict | None]:
+def read_token(text: str) -> tuple[Credentials, dict[str, Any] | None]:
     """The credentials, broker URL and TLS bundle (None: none) in a join token; a malformed token is a clear error."""
     text = (text or "").strip()
     if not text.startswith(TOKEN_PREFIX):

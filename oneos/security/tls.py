@@ -548,8 +548,9 @@ def server_options(home: Path | str) -> Any:
             f"the TLS certificate {cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d}: "
             "run 'oneos tls init' again (on the CA's machine) or install a new one"
         )
-    # cryptography objects, which pyOpenSSL takes directly (its own X509/PKey types are deprecated)
-    return ssl.CertificateOptions(privateKey=key, certificate=cert)
+    # cryptography objects, which pyOpenSSL takes directly (its own X509/PKey types are deprecated);
+    # Twisted's annotation still names only pyOpenSSL's X509
+    return ssl.CertificateOptions(privateKey=key, certificate=cert)  # type: ignore[arg-type]
 
 
 @dataclass

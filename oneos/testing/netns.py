@@ -195,7 +195,9 @@ def _kill_all(
         for p in tracked():
             if p.poll() is None:  # poll() also reaps the zombies of those already killed
                 p.kill()
-                alive.append(f"{p.pid} ({p.args[4] if len(p.args) > 4 else p.args})")
+                argv = p.args  # Host.command's list: ip netns exec NAME program ...
+                program = argv[4] if isinstance(argv, list) and len(argv) > 4 else argv
+                alive.append(f"{p.pid} ({program!s})")
         if not alive:
             return None
         if time.monotonic() > end:
