@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from oneos.pubsub import topics
 from oneos.pubsub.rpc import RPCServer
+from oneos.runtime.client import KernelPing
 
 log = Logger()
 
@@ -39,6 +40,9 @@ class RoleHost(service.MultiService):
         self.factories = dict(factories)
         self.on_change = on_change
         self.holding = False
+        #: bumped by every take_over and step_down: a take-over that waited for its target finds
+        #: out whether the role was given up (or taken again) meanwhile
+        self._term = 0
 
     @defer.inlineCallbacks
     def take_over(self) -> Any:
@@ -46,7 +50,14 @@ class RoleHost(service.MultiService):
         if self.holding:
             return
         self.holding = True
+        self._term += 1
+        term = self._term
         yield self._before_start()
+        if term != self._term:
+            # given up while the target was being subscribed (a lease lapsing right after the claim):
+            # no service of the role may run here, and the later step_down already stopped the target
+            log.info("{role} given up before its services started; none started", role=self.name)
+            return
         for name, factory in self.factories.items():
             try:
                 child = factory()
@@ -64,6 +75,7 @@ class RoleHost(service.MultiService):
         if not self.holding:
             return
         self.holding = False
+        self._term += 1
         for child in list(self):
             yield defer.maybeDeferred(child.disownServiceParent)
         yield self._after_stop()
@@ -83,7 +95,10 @@ class RoleHost(service.MultiService):
 
 
 class KernelHost(RoleHost):
-    """The kernel leader's services, plus the ``kernel`` RPC target callers use to find the leader."""
+    """The kernel leader's services, plus the ``kernel`` RPC target callers use to find the leader.
+
+    Its client is :class:`oneos.runtime.client.KernelClient`.
+    """
 
     def __init__(self, client: Any, membership: Any, factories: dict[str, Factory], guard: Any = None) -> None:
         super().__init__("kernel", factories)
@@ -99,7 +114,7 @@ class KernelHost(RoleHost):
             self.client,
             topics.KERNEL,
             {
-                "ping": lambda: {"leader": membership.id, "instance": membership.instance, "epoch": membership.epoch},
+                "ping": lambda: KernelPing(membership.id, membership.instance, membership.epoch).encode(),
                 "runtimes": lambda: [asdict(s) for s in membership.statuses()],
             },
             guard=self.guard,
