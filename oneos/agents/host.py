@@ -49,7 +49,7 @@ class _Discard:
 class AgentHost(service.Service):
     """The runtime's agents: RPC handlers, status publishing, program fetching."""
 
-    name = "agents"
+    name = "agents"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,

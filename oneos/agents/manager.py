@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 from twisted.application import service
 from twisted.internet import defer, error, protocol, task
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -319,6 +319,11 @@ class AgentProcess(protocol.ProcessProtocol):
         self._kill_timer: IDelayedCall | None = None
         self._psutil: psutil.Process | None = None
 
+    def _process(self) -> IProcessTransport:
+        """The child's transport, there from ``spawnProcess`` on (Twisted types it as Optional)."""
+        assert self.transport is not None, "not spawned yet"
+        return self.transport
+
     # -- reading flow control ---------------------------------------------
     def _reader(self, fd: int) -> Any:
         pipes = getattr(self.transport, "pipes", {})
@@ -336,7 +341,7 @@ class AgentProcess(protocol.ProcessProtocol):
 
     # -- ProcessProtocol ----------------------------------------------------
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
+        self.pid = self._process().pid
         for fd in (0, 1, 2):
             pipe = self._reader(fd)
             if pipe is None:
@@ -352,7 +357,7 @@ class AgentProcess(protocol.ProcessProtocol):
         if writer is not None:
             writer.registerProducer(self.stdin, True)
         if not self.spec.stdin:
-            self.transport.closeStdin()
+            self._process().closeStdin()
 
     def outReceived(self, data: bytes) -> None:
         self.stdout.feed(data)
@@ -411,7 +416,7 @@ class AgentProcess(protocol.ProcessProtocol):
             except (ProcessLookupError, PermissionError):
                 pass
         try:
-            self.transport.signalProcess(number)
+            self._process().signalProcess(number)
         except error.ProcessExitedAlready:
             pass
 
@@ -458,7 +463,7 @@ EventListener = Callable[[dict[str, Any]], Any]
 class AgentManager(service.Service):
     """Spawns, tracks, signals and reaps this runtime's agents."""
 
-    name = "agents"
+    name = "agents"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,
@@ -512,9 +517,14 @@ class AgentManager(service.Service):
         for agent in live:
             self.kill(agent.id)
         done = defer.DeferredList([a.ended for a in live])
+
         # SIGKILL follows after kill_grace; never let a stuck child hold the
         # runtime's shutdown hostage beyond that.
-        timer = self.clock.callLater(self.kill_grace + 5.0, lambda: done.called or done.callback([]))
+        def give_up() -> None:
+            if not done.called:
+                done.callback([])
+
+        timer = self.clock.callLater(self.kill_grace + 5.0, give_up)
         return done.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
 
     # -- lifecycle -----------------------------------------------------------
@@ -590,9 +600,12 @@ class AgentManager(service.Service):
         agent.send_signal("TERM")
         grace = self.kill_grace if grace is None else grace
         if agent._kill_timer is None:
-            agent._kill_timer = self.clock.callLater(
-                grace, lambda: agent.state not in ENDED and agent.send_signal("KILL")
-            )
+
+            def kill_late() -> None:
+                if agent.state not in ENDED:
+                    agent.send_signal("KILL")
+
+            agent._kill_timer = self.clock.callLater(grace, kill_late)
         return agent
 
     def _switch(self, agent_id: str, want: str, signal_name: str, becomes: str, event: str) -> AgentProcess:

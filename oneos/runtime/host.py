@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+from typing import TypedDict
 
 import psutil
 
@@ -33,6 +34,15 @@ def guess_address(broker_host: str) -> str:
         return "127.0.0.1"
 
 
+class HostSample(TypedDict):
+    """One reading of :class:`HostStats`: the RuntimeStatus fields of the same names."""
+
+    cpu_percent: float
+    memory_used_mb: float
+    memory_total_mb: float
+    rss_mb: float
+
+
 class HostStats:
     """CPU and memory figures from psutil, cheap enough to take every tick."""
 
@@ -40,7 +50,7 @@ class HostStats:
         self.process = psutil.Process()
         psutil.cpu_percent(interval=None)  # prime: the first reading is meaningless
 
-    def sample(self) -> dict[str, float]:
+    def sample(self) -> HostSample:
         vm = psutil.virtual_memory()
         return {
             "cpu_percent": psutil.cpu_percent(interval=None),

@@ -25,7 +25,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Never
 
 from twisted.application import service
 from twisted.internet import defer
@@ -43,7 +43,7 @@ from oneos.fs.service import FileSystemService
 from oneos.pubsub.client import PubSubClient
 from oneos.pubsub.rpc import RPCClient, RPCServer, Unanswered
 from oneos.runtime.election import Election
-from oneos.runtime.host import HostStats, find_interpreters, guess_address
+from oneos.runtime.host import HostSample, HostStats, find_interpreters, guess_address
 from oneos.runtime.kernel import KernelHost, RoleHost
 from oneos.runtime.membership import Membership
 from oneos.runtime.netstore import machine_id, recall_epoch, remember_epoch, route_check
@@ -70,7 +70,7 @@ def _default_fatal(error: BaseException) -> None:
 class RPCService(service.Service):
     """This runtime's own RPC target (ping, status, members, the agents' methods) as a named service."""
 
-    name = "rpc"
+    name = "rpc"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(self, server: RPCServer) -> None:
         self.server = server
@@ -87,7 +87,10 @@ class RPCService(service.Service):
 class RuntimeService(service.MultiService):
     """A OneOS runtime."""
 
-    name = "runtime"
+    name = "runtime"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
+
+    #: made in __init__ after the kernel, whose scheduler guard calls it
+    election: Election
 
     def __init__(
         self,
@@ -222,7 +225,8 @@ class RuntimeService(service.MultiService):
 
     def describe(self) -> RuntimeStatus:
         """This runtime's status as of now (stats sampled on every call)."""
-        stats = self._stats.sample() if self._stats is not None else {}
+        # no sampler before startService: RuntimeStatus's defaults stand
+        stats: HostSample | dict[str, Never] = self._stats.sample() if self._stats is not None else {}
         store = self.store.status_fields() if self.store is not None else {}
         return RuntimeStatus(
             id=self.config.id,

@@ -28,7 +28,7 @@ class Stage:
 
 
 def parse_stage(words: list[str], index: int) -> Stage:
-    placement = []
+    placement: list[str] = []
     while words and words[-1].startswith("@"):
         placement.insert(0, words.pop())
     if not words:

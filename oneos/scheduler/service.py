@@ -54,7 +54,7 @@ LIVE_STATES = ("running", "paused")
 class SchedulerService(service.Service):
     """Placement, the process table and restarts, for the whole network."""
 
-    name = "scheduler"
+    name = "scheduler"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,

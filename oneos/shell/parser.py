@@ -523,8 +523,9 @@ class _Parser:
         rest: list[tuple[str, Pipeline]] = []
         while self.is_op("&&", "||"):
             op = self.advance()
+            assert isinstance(op, _OpToken)  # is_op said so
             self.skip_newlines()
-            rest.append((op.op, self.pipeline(after=op)))  # type: ignore[union-attr]
+            rest.append((op.op, self.pipeline(after=op)))
         return AndOr(first, tuple(rest), self.terminator())
 
     def terminator(self) -> bool:
@@ -544,8 +545,9 @@ class _Parser:
         stages = [self.command(after)]
         while self.is_op("|"):
             op = self.advance()
+            assert isinstance(op, _OpToken)  # is_op said so
             self.skip_newlines()
-            stages.append(self.command(op))  # type: ignore[arg-type]
+            stages.append(self.command(op))
         return Pipeline(tuple(stages))
 
     def command(self, after: _OpToken | None) -> Command:

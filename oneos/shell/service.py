@@ -19,6 +19,7 @@ runtime they reach.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from oneos.errors import describe
 from oneos.fs import paths
@@ -60,7 +61,9 @@ class ShellRealm:
     def __init__(self, shell: ShellService) -> None:
         self.shell = shell
 
-    def requestAvatar(self, avatar_id: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
+    def requestAvatar(
+        self, avatar_id: bytes | tuple[()], mind: object, *interfaces: type[Interface]
+    ) -> tuple[type[Interface], object, Callable[[], None]]:
         user = avatar_id.decode("utf-8") if isinstance(avatar_id, bytes) else str(avatar_id)
         if IConchUser in interfaces:
             a = ShellAvatar(user, self.shell)
@@ -81,7 +84,7 @@ class ShellService(service.Service):
     why in the log, and opens as soon as it can.
     """
 
-    name = "shell"
+    name = "shell"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
     def __init__(
         self,
@@ -187,11 +190,16 @@ class ShellService(service.Service):
     async def _prepare_and_listen(self) -> None:
         for line in await migrate_home(self.system_fs, self.home):
             log.info("moved shell users into the tree: {what}", what=line)
-        key = await network_host_key(self.system_fs, self.home) if self.ssh_endpoint else None
+        key: keys.Key | None = await network_host_key(self.system_fs, self.home) if self.ssh_endpoint else None
         if not self.running:
             return
+
+        def ssh() -> factory.SSHFactory:
+            assert key is not None  # read above: there is an SSH endpoint
+            return self.ssh_factory(key)
+
         for name, endpoint, make in (
-            ("ssh", self.ssh_endpoint, lambda: self.ssh_factory(key)),
+            ("ssh", self.ssh_endpoint, ssh),
             ("telnet", self.telnet_endpoint, self.telnet_factory),
         ):
             if not endpoint:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.conch import avatar, recvline
 from twisted.conch.insults import insults
@@ -39,6 +39,8 @@ from twisted.conch.ssh import connection, factory, keys, session, transport, use
 from twisted.cred import error
 from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python import components
 from twisted.python.failure import Failure
@@ -110,6 +112,17 @@ def network_host_key(fs: Any, home: Path) -> Any:
 # -- the connection: transport, authentication ------------------------------------------------
 
 
+def _tcp(proto: Protocol) -> ITCPTransport:
+    """*proto*'s transport, there from ``makeConnection`` on.
+
+    Twisted types ``Protocol.transport`` as ``ITransport | None``; an SSH
+    connection's is TCP, which provides ITCPTransport (``setTcpNoDelay``,
+    ``abortConnection``).
+    """
+    assert proto.transport is not None, "not connected yet"
+    return cast(ITCPTransport, proto.transport)  # Twisted's typing: ITransport, too general here
+
+
 class SSHTransport(transport.SSHServerTransport):
     """SSH transport with TCP_NODELAY: each command's short reply goes out at once.
 
@@ -128,18 +141,18 @@ class SSHTransport(transport.SSHServerTransport):
     grace: LoginGrace | None = None
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
+        _tcp(self).setTcpNoDelay(True)
         clock = getattr(self.factory, "clock", None)
         if clock is None:
             from twisted.internet import reactor as clock
         self.grace = LoginGrace(clock, getattr(self.factory, "login_grace", LOGIN_GRACE), self._grace_expired)
         throttle: LoginThrottle | None = getattr(self.factory, "throttle", None)
-        self.source = getattr(self.transport.getPeer(), "host", "?")
+        self.source = getattr(_tcp(self).getPeer(), "host", "?")
         self.pending = throttle is not None and throttle.opened(self.source)
         if throttle is not None and not self.pending:
             # Too many connections from here (or overall) are still logging in: like OpenSSH's MaxStartups.
             log.info("ssh: refusing a connection from {peer}: too many unauthenticated connections", peer=self.source)
-            self.transport.abortConnection()
+            _tcp(self).abortConnection()
             return
         super().connectionMade()
 
@@ -147,7 +160,8 @@ class SSHTransport(transport.SSHServerTransport):
         """This connection no longer counts as one still logging in."""
         if self.pending:
             self.pending = False
-            self.factory.throttle.settled(self.source)
+            # ssh_factory sets the throttle on the factory; conch's SSHFactory does not declare it
+            self.factory.throttle.settled(self.source)  # type: ignore[attr-defined]
 
     def _grace_expired(self) -> None:
         assert self.grace is not None
@@ -177,15 +191,20 @@ class SSHTransport(transport.SSHServerTransport):
 class ThrottledUserAuth(userauth.SSHUserAuthServer):
     """Failed logins from one address are answered later and later (the factory's LoginThrottle)."""
 
+    def _ssh(self) -> transport.SSHTransportBase:
+        """The SSH transport, set by conch before the service starts (Twisted types it as Optional)."""
+        assert self.transport is not None, "not started yet"
+        return self.transport
+
     def _ebBadAuth(self, reason: Any) -> Any:
-        throttle: LoginThrottle | None = getattr(self.transport.factory, "throttle", None)
+        throttle: LoginThrottle | None = getattr(self._ssh().factory, "throttle", None)
         if throttle is None or not reason.check(error.UnauthorizedLogin) or self.method == b"none":
             return super()._ebBadAuth(reason)
         if self.method == b"publickey" and not getattr(self, "_signed", False):
             return super()._ebBadAuth(reason)  # "would this key do?" is not a guess
         delay = throttle.failed(getattr(self.transport, "source", "?"))
         d: defer.Deferred = defer.Deferred()
-        self.transport.factory.clock.callLater(delay, d.callback, None)
+        self._ssh().factory.clock.callLater(delay, d.callback, None)
         return d.addCallback(lambda _: super(ThrottledUserAuth, self)._ebBadAuth(reason))
 
     def auth_publickey(self, packet: bytes) -> Any:
@@ -193,7 +212,7 @@ class ThrottledUserAuth(userauth.SSHUserAuthServer):
         return super().auth_publickey(packet)
 
     def _cbFinishedAuth(self, result: Any) -> None:
-        throttle: LoginThrottle | None = getattr(self.transport.factory, "throttle", None)
+        throttle: LoginThrottle | None = getattr(self._ssh().factory, "throttle", None)
         if throttle is not None:
             throttle.succeeded(getattr(self.transport, "source", "?"))
         super()._cbFinishedAuth(result)
@@ -209,7 +228,7 @@ def ssh_factory(
     f.clock = clock  # type: ignore[attr-defined]
     f.throttle = throttle  # type: ignore[attr-defined]
     f.services = {**f.services, b"ssh-userauth": ThrottledUserAuth}
-    f.portal = portal
+    f.portal = portal  # type: ignore[attr-defined]  # conch's SSHFactory reads it at runtime but does not declare it
     f.publicKeys = {key.sshType(): key.public()}
     f.privateKeys = {key.sshType(): key}
     return f
@@ -397,7 +416,9 @@ class ShellSession:
         proto.makeConnection(_Glue(server.dataReceived, lambda: proto.session.conn.sendClose(proto.session)))
         server.makeConnection(_Glue(proto.write, proto.loseConnection))
         self._end = lambda status: proto.processEnded(_end_status(status))
-        server.terminalProtocol.terminalSize(width, height)
+        # made and connected by server.makeConnection; Twisted declares ServerProtocol.terminalProtocol = None
+        terminal = cast(ShellTerminal, server.terminalProtocol)
+        terminal.terminalSize(width, height)
 
     def eofReceived(self) -> None:
         if self.script is not None:

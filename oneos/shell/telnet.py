@@ -9,7 +9,7 @@ included: keep it on a loopback or otherwise trusted endpoint.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.conch.telnet import (
     BRK,
@@ -36,6 +36,17 @@ if TYPE_CHECKING:
     from oneos.shell.service import ShellService
 
 log = Logger()
+
+
+def _telnet(proto: protocol.Protocol) -> TelnetTransport:
+    """*proto*'s transport, there from ``makeConnection`` on.
+
+    Twisted types ``Protocol.transport`` as ``ITransport | None``; the login
+    and the shell both run on conch's TelnetTransport (``will``, ``wont``,
+    ``getOptionState``), which connects the shell to itself on a login.
+    """
+    assert proto.transport is not None, "not connected yet"
+    return cast(TelnetTransport, proto.transport)  # Twisted's typing: ITransport, too general here
 
 
 class TelnetLogin(AuthenticatingTelnetProtocol):
@@ -72,8 +83,8 @@ class TelnetLogin(AuthenticatingTelnetProtocol):
             peer=peer_address(tcp),
             t=self.login_grace,
         )
-        self.transport.write(b"\nLogin timed out\n")
-        self.transport.loseConnection()
+        _telnet(self).write(b"\nLogin timed out\n")
+        _telnet(self).loseConnection()
         if self.grace is not None:
             cut_later(self.grace.clock, tcp)
 
@@ -84,22 +95,22 @@ class TelnetLogin(AuthenticatingTelnetProtocol):
 
     def telnet_User(self, line: bytes) -> str:
         self.username = line.strip()
-        self.transport.will(ECHO).addErrback(lambda f: None)
-        self.transport.write(b"Password: ")
+        _telnet(self).will(ECHO).addErrback(lambda f: None)
+        _telnet(self).write(b"Password: ")
         return "Password"
 
     def telnet_Password(self, line: bytes) -> None:
         username, password = self.username, line.rstrip(b"\r")
         del self.username
-        echo = self.transport.getOptionState(ECHO).us
+        echo = _telnet(self).getOptionState(ECHO).us
         if echo.negotiating:  # the client never answered WILL ECHO: stop waiting, we do not echo
             pending, echo.onResult = echo.onResult, None
             echo.negotiating, echo.state = False, "no"
             if pending is not None:
                 pending.errback(Failure(OptionRefused(ECHO)))
         elif echo.state == "yes":  # it let us echo (hiding the password): give echo back
-            self.transport.wont(ECHO).addErrback(lambda f: None)
-        self.transport.write(b"\n")
+            _telnet(self).wont(ECHO).addErrback(lambda f: None)
+        _telnet(self).write(b"\n")
         self.state = "Discard"  # before logging in: a successful login (maybe at once) moves on to "Command"
         d = self.portal.login(credentials.UsernamePassword(username, password), None, ITelnetProtocol)
         d.addCallbacks(self._cbLogin, self._ebLogin)
@@ -114,12 +125,13 @@ class TelnetLogin(AuthenticatingTelnetProtocol):
         early, self.early = self.early, []
         rest = self.clearLineBuffer()
         if early or rest:
-            self.protocol.dataReceived(b"".join(line + b"\n" for line in early) + rest)
+            shell: ITelnetProtocol = ial[1]  # the avatar super()._cbLogin made self.protocol
+            shell.dataReceived(b"".join(line + b"\n" for line in early) + rest)
 
     def _ebLogin(self, failure: Failure) -> None:
         self.early = []
-        self.transport.write(b"\nLogin refused\n")
-        self.transport.write(b"Username: ")
+        _telnet(self).write(b"\nLogin refused\n")
+        _telnet(self).write(b"Username: ")
         self.state = "User"
 
 
@@ -143,7 +155,7 @@ class TelnetShell(TelnetProtocol):
         self.started = False
 
     def connectionMade(self) -> None:
-        out = SafeWriter(self.transport.write)  # TelnetTransport turns \n into \r\n itself
+        out = SafeWriter(_telnet(self).write)  # TelnetTransport turns \n into \r\n itself
         self.interp = self.shell.new_interpreter(self.user, out, out)
         self.interp.input = SessionInput()
         out.write(BANNER.encode())
@@ -151,8 +163,9 @@ class TelnetShell(TelnetProtocol):
 
     def _prompt(self) -> None:
         self.running, self.started = False, True
+        assert self.interp.input is not None  # set in connectionMade
         self.interp.input.discard()
-        self.transport.write(self.interp.session.prompt().encode("utf-8", "replace"))
+        _telnet(self).write(self.interp.session.prompt().encode("utf-8", "replace"))
         self._drain()
 
     def unhandledCommand(self, command: bytes, argument: Any) -> None:
@@ -170,11 +183,11 @@ class TelnetShell(TelnetProtocol):
         self._interrupt(b"\n")
 
     def _interrupt(self, echo: bytes) -> None:
-        self.transport.write(echo)
+        _telnet(self).write(echo)
         if self.running:
             self.interp.interrupt()
         else:
-            self.transport.write(self.interp.session.prompt().encode("utf-8", "replace"))
+            _telnet(self).write(self.interp.session.prompt().encode("utf-8", "replace"))
 
     def dataReceived(self, data: bytes) -> None:
         running = self.running
@@ -182,7 +195,7 @@ class TelnetShell(TelnetProtocol):
             if isinstance(event, Interrupt):
                 self._interrupt(b"^C\n")
             elif isinstance(event, EndOfInput) and not running:  # Ctrl-D on an empty line logs out
-                self.transport.loseConnection()
+                _telnet(self).loseConnection()
                 return
             elif isinstance(event, TooLong):
                 self.interp.error(f"oneos: line too long (the limit is {MAX_LINE} characters)")
@@ -202,7 +215,7 @@ class TelnetShell(TelnetProtocol):
 
     def _done(self, _: Any) -> None:
         if self.interp.exit_status is not None:
-            self.transport.loseConnection()
+            _telnet(self).loseConnection()
             return
         self._prompt()
 

@@ -79,7 +79,7 @@ class LoginThrottle:
     def failed(self, source: str) -> float:
         """A login from *source* failed: seconds to wait before saying so."""
         entry = self._get(source)
-        delay = min(self.cap, self.base * 2**entry.failures)
+        delay: float = min(self.cap, self.base * 2**entry.failures)  # int ** int is Any to mypy
         entry.failures += 1
         entry.last = self.clock.seconds()
         return delay
