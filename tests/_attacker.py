@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from oneos.pubsub import mqtt
+from oneos.pubsub import messages, mqtt
 
 DEADLINE = 15.0
 
@@ -134,18 +134,8 @@ class MQTTPeer:
 
 
 def rpc_request(corr: str, method: str, reply_to: str, **args: Any) -> bytes:
-    """A request body as oneos/pubsub/rpc.py encodes it."""
-    return json.dumps(
-        {
-            "v": 1,
-            "type": "rpc.request",
-            "id": corr,
-            "method": method,
-            "args": args,
-            "reply_to": reply_to,
-            "meta": {"timeout": 5.0},
-        }
-    ).encode()
+    """A request body as oneos/pubsub/rpc.py encodes it (the wire format, not OneOS's client)."""
+    return messages.encode("rpc.request", id=corr, method=method, args=args, reply_to=reply_to, meta={"timeout": 5.0})
 
 
 def publish_as(url: str, creds: Any, topic: str, payload: bytes) -> None:

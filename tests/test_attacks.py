@@ -20,10 +20,8 @@ import pytest
 from _attacker import MQTTPeer
 from _brokers import mosquitto_binary, start_mosquitto, start_oneospsd
 from _runtimes import oneos, wait_for
-from oneos.pubsub import mqtt
+from oneos.pubsub import mqtt, topics
 from oneos.security import credentials
-
-STATUS = "oneos/v1/runtimes/{}/status"
 
 
 class Bus:
@@ -88,18 +86,18 @@ def test_forged_status_leader_claim_and_dead_message_are_not_delivered(bus):
     try:
         assert watcher.subscribe("oneos/v1/runtimes/+/status") in (0, 1)
         forged_leader = json.dumps({"v": 1, "type": "runtime.status", "id": "rt-v", "leader": True}).encode()
-        mallory.publish(STATUS.format("rt-v"), forged_leader, retain=True)
-        rogue.publish(STATUS.format("rt-v"), b'{"state": "dead"}', retain=True)
+        mallory.publish(topics.status("rt-v"), forged_leader, retain=True)
+        rogue.publish(topics.status("rt-v"), b'{"state": "dead"}', retain=True)
         # a last will on the victim's status: refused at CONNECT, or never published
         will = bus.peer(
-            "mallory@x", will=mqtt.Will(STATUS.format("rt-v"), b'{"state": "dead"}', 1, True), client_id="mallory-will"
+            "mallory@x", will=mqtt.Will(topics.status("rt-v"), b'{"state": "dead"}', 1, True), client_id="mallory-will"
         )
         if will.connected:
             will.sock.close()  # no DISCONNECT: the broker would publish the will now
         else:
             assert will.return_code == 5
         victim = bus.peer("rt-v")
-        victim.publish(STATUS.format("rt-v"), b"genuine")  # the control: the real owner's status arrives
+        victim.publish(topics.status("rt-v"), b"genuine")  # the control: the real owner's status arrives
         victim.close()
         seen = watcher.wait_for("the genuine status", lambda p: p.payload == b"genuine")
         got = [p.payload for p in watcher.barrier("oneos/v1/barrier/rt-w/" + watcher.client_id)]
@@ -164,7 +162,7 @@ def test_a_client_takes_no_session_of_another_identity(bus):
         thief = bus.peer("mallory@x", client_id="rt-v-session")
         assert thief.return_code == 5
         thief.close()
-        assert victim.publish(STATUS.format("rt-v"), b"still here")  # the victim's connection is untouched
+        assert victim.publish(topics.status("rt-v"), b"still here")  # the victim's connection is untouched
     finally:
         victim.close()
 

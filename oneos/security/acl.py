@@ -24,6 +24,7 @@ broker), subscriptions get the failure return code.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from oneos import TOPIC_ROOT
@@ -57,8 +58,13 @@ RUNTIME = Rules(
 CLIENT = Rules(read=(), write=())
 
 
+@functools.lru_cache(maxsize=4096)
 def rules_for(name: str | None) -> Rules:
-    """The rules of identity *name*, ``%u`` filled in; an invalid name may do nothing."""
+    """The rules of identity *name*, ``%u`` filled in; an invalid name may do nothing.
+
+    Cached: the broker asks for every publish and every delivery, and a
+    network has few identities.
+    """
     kind = role(name)
     if kind is None or name is None:
         return Rules((), ())

@@ -190,19 +190,28 @@ def load(home: Path) -> Credentials | None:
     return _from_json(data, str(p))
 
 
-def save(home: Path, creds: Credentials) -> Path:
-    """Write *creds* to ``home/credentials.json`` atomically, readable by the owner only."""
-    home = Path(home)
+def _write_private(home: Path, creds: Credentials) -> str:
+    """*creds* in a fresh fsynced file in *home*, mode 0600 (mkstemp's); its path, for the caller to place."""
     home.mkdir(parents=True, exist_ok=True)
-    target = path(home)
-    fd, tmp = tempfile.mkstemp(prefix=".credentials.", suffix=".tmp", dir=home)  # created 0600
+    fd, tmp = tempfile.mkstemp(prefix=".credentials.", suffix=".tmp", dir=home)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(creds.to_json(), f, indent=2)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def save(home: Path, creds: Credentials) -> Path:
+    """Write *creds* to ``home/credentials.json`` atomically, readable by the owner only."""
+    home = Path(home)
+    target = path(home)
+    tmp = _write_private(home, creds)
+    try:
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -228,15 +237,9 @@ def create(home: Path, username: str, broker: str = "") -> tuple[Credentials, bo
         return existing, False
     fresh = generate(username, broker=broker)
     home = Path(home)
-    home.mkdir(parents=True, exist_ok=True)
     # link() refuses to replace: whoever links first wins, the other reads the winner's file
-    fd, tmp = tempfile.mkstemp(prefix=".credentials.", suffix=".tmp", dir=home)
+    tmp = _write_private(home, fresh)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(fresh.to_json(), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path(home))
         except FileExistsError:
