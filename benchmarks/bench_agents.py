@@ -25,10 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from _brokers import start_oneospsd  # noqa: E402
+from oneos.testing.brokers import start_oneospsd  # noqa: E402
 from oneos.twistd import twistd_command  # noqa: E402
 
 

@@ -4,7 +4,7 @@
 Three network namespaces (root only, else it says why and exits 0): a
 broker on h1, runtimes rt-a on h1, rt-b on h2, rt-c on h3, each with its own
 ``ONEOS_HOME``, ``--stats-interval 0.5`` and ``--disconnect-grace GRACE``.
-A watcher on h1 (the standalone script of ``tests/test_faults.py``)
+A watcher on h1 (the standalone script of ``tests/integration/test_faults.py``)
 publishes a ``kernel`` ``ping`` every ``--interval`` (50 ms) and records
 every reply, so each figure below is "from the fault to the first ping
 answered by a new leader", with that interval as its granularity.  A fresh
@@ -50,8 +50,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from oneos.testing.netns import Network, available  # noqa: E402
 
@@ -96,7 +94,7 @@ class Bench:
     """One network: broker, three runtimes, a kernel watcher on h3."""
 
     def __init__(self, net: Network, root: Path, grace: float, interval: float) -> None:
-        from _netns import BROKER_PORT, start_broker_in, start_runtime_in
+        from oneos.testing.hosts import BROKER_PORT, start_broker_in, start_runtime_in
         from test_faults import Watcher
 
         self.net, self.root = net, root
@@ -113,7 +111,7 @@ class Bench:
         self.watch = Watcher(net.hosts[0], self.url, root / "watch", what="kernel,agents", interval=interval)
 
     def oneos(self, *args: str, timeout: float = 60) -> Any:
-        from _netns import oneos_in
+        from oneos.testing.hosts import oneos_in
 
         return oneos_in(
             self.net.hosts[0], args[0], "--pubsub", self.url, *args[1:], home=self.root / "cli", timeout=timeout

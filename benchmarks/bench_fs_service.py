@@ -27,13 +27,11 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import bench_fs_store as raw  # noqa: E402
-from _mongo import mongo_server_from_env_or_start  # noqa: E402
-from _runtimes import EmbeddedRuntime, wait_for  # noqa: E402
+from oneos.testing.mongo import mongo_server_from_env_or_start  # noqa: E402
+from oneos.testing.runtimes import EmbeddedRuntime, wait_for  # noqa: E402
 
 CHUNK = 256 * 1024
 SMALL = b"x" * 100

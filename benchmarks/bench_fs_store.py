@@ -33,8 +33,6 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from oneos.reactor import install_asyncio_reactor  # noqa: E402
 
@@ -313,7 +311,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="oneos-bench-fs-") as tmp:
         workdir = Path(tmp)
         if "mongo" in args.backends:
-            from _mongo import mongo_server_from_env_or_start
+            from oneos.testing.mongo import mongo_server_from_env_or_start
 
             server = mongo_server_from_env_or_start(workdir / "mongo")
             mongo_base = server.base_url

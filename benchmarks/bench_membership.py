@@ -28,8 +28,6 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from oneos.twistd import twistd_command  # noqa: E402
 
 

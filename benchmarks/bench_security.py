@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 MODES = ("open", "auth", "tls")
@@ -40,9 +38,9 @@ def pct(values: list[float], p: float) -> float:
 
 def setup(mode: str, root: Path) -> tuple[str, Path, list[subprocess.Popen], object]:
     """Start the broker and runtimes for *mode*: (broker URL, the admin's ONEOS_HOME, runtimes, broker)."""
-    from _brokers import start_oneospsd
     from oneos.security import credentials, tls
     from oneos.security.credentials import ADMIN_IDENTITY
+    from oneos.testing.brokers import start_oneospsd
     from oneos.twistd import twistd_command
 
     admin = root / "admin"

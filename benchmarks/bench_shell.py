@@ -44,8 +44,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from oneos.cli.shell import local_identity  # noqa: E402
 from oneos.twistd import twistd_command  # noqa: E402
 

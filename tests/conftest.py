@@ -2,7 +2,9 @@
 
 OneOS runs on Twisted's asyncio reactor (amqtt is asyncio-based), so the test
 process installs that reactor before anything imports the default one.
-Fixture modules live beside this file, one per real component they start.
+The tiers live in unit/ (pure code, fake reactors), cluster/ (in-process runtimes on
+an in-memory broker) and integration/ (real processes; its conftest.py holds the
+fixtures that start them, built on :mod:`oneos.testing`).
 """
 
 from twisted.internet import asyncioreactor
@@ -17,8 +19,6 @@ import shutil
 import tempfile
 
 import pytest
-
-pytest_plugins = ["_brokers", "_mongo", "_runtimes", "_netns"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,7 +8,7 @@ plain line, never a traceback.  The work itself is
 :func:`oneos.fs.reset.reset_fs`; this is the command around it, kept with
 the other commands because choosing the default store reads the runtime's
 record of the network (:mod:`oneos.runtime.netstore`), which the file-system
-layer must not import (``tests/test_layers.py``).
+layer must not import (``tests/unit/test_layers.py``).
 """
 
 from __future__ import annotations

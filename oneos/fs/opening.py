@@ -55,7 +55,7 @@ def open_store(
         reactor = default_reactor
     clock = clock or reactor
     # The backends are imported here, when one is needed (late binding on purpose: see the module docstring).
-    # (The casts: Deferred is invariant in its result; both backends are FileStores, see tests/test_fs_contract.py.)
+    # (The casts: Deferred is invariant in its result; both backends are FileStores, see tests/integration/test_fs_contract.py.)
     if parsed.scheme == "sqlite":
         from oneos.fs.sqlite_store import SQLiteStore
 

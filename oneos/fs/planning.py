@@ -7,7 +7,7 @@ pieces a read needs (:func:`plan_read`, :func:`batch_pieces`), what an append
 copies so segment lists stay short (:func:`plan_append`), and which segment
 list a commit installs (:class:`CommitPlan`, :func:`commit_segments`).
 The store (:mod:`oneos.fs.store`) and the backends act on these answers;
-``tests/test_fs_planning.py`` checks them against byte models.
+``tests/unit/test_fs_planning.py`` checks them against byte models.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
     Only ``credentials.json`` is read here; the embedded broker creates it on a
     first start.
 
-    docs/architecture.md draws the tree this returns (tests/test_service_tree.py checks it).
+    docs/architecture.md draws the tree this returns (tests/unit/test_service_tree.py checks it).
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor

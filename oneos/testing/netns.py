@@ -39,7 +39,7 @@ namespace (which affect only that namespace) for partitions
 (:meth:`Host.drop_from`, :meth:`Host.cut`).
 
 There is no pytest dependency here, so benchmarks can use it too; the pytest
-fixture lives in ``tests/_netns.py``.  Everything needs root.
+fixture lives in ``tests/integration/conftest.py``.  Everything needs root.
 """
 
 from __future__ import annotations

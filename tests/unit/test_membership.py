@@ -1,0 +1,415 @@
+"""Membership (oneos/runtime/membership.py) alone: an in-memory bus, a task.Clock, no sockets, no sleeps.
+
+``FakeBus`` here is an in-memory broker and client in one (retained
+messages, wildcard subscriptions, connect/disconnect listeners, ``barrier``);
+the other tests in tests/unit import it to run RPC targets and status
+publishing without a broker.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from oneos.errors import DuplicateRuntimeId, RPCTimeout
+from oneos.pubsub import messages, mqtt, topics
+from oneos.pubsub.client import Message
+from oneos.runtime.membership import Membership
+from oneos.runtime.status import ALIVE, DEAD, LEFT, RuntimeStatus
+
+# -- the shared fakes --------------------------------------------------------------------------
+
+
+class MemoryBroker:
+    """What several FakeBus clients share: subscriptions and retained messages."""
+
+    def __init__(self) -> None:
+        self.subs: list[FakeSubscription] = []
+        self.retained: dict[str, bytes] = {}
+
+    def route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if retain:
+            if payload:
+                self.retained[topic] = payload
+            else:
+                self.retained.pop(topic, None)
+        for sub in list(self.subs):
+            if sub.active and sub.bus.connected and mqtt.topic_matches(sub.topic_filter, topic):
+                sub.callback(Message(topic, payload, False, qos))
+
+
+class FakeSubscription:
+    def __init__(self, bus: FakeBus, topic_filter: str, callback: Any) -> None:
+        self.bus, self.topic_filter, self.callback, self.active = bus, topic_filter, callback, True
+
+    def cancel(self) -> defer.Deferred:
+        self.active = False
+        if self in self.bus.broker.subs:
+            self.bus.broker.subs.remove(self)
+        return defer.succeed(None)
+
+
+class FakeBus:
+    """Just what the runtime's services ask of a PubSubClient, in memory and synchronous.
+
+    *username* None is a network without identities (every caller trusted by
+    an RPCServer); a name turns identity checks on.
+    """
+
+    def __init__(
+        self, reactor: Any, identity: str = "rt-a", *, broker: MemoryBroker | None = None, username: str | None = None
+    ) -> None:
+        self.reactor = reactor
+        self.broker = broker or MemoryBroker()
+        self.identity = self.client_id = identity
+        self.address = SimpleNamespace(username=username)
+        self.will: mqtt.Will | None = None
+        self.connected = True
+        self.connected_since = reactor.seconds()
+        self.last_heard = reactor.seconds()
+        #: every publish made through this client: (topic, payload, qos, retain)
+        self.published: list[tuple[str, bytes, int, bool]] = []
+        self._listeners: list[tuple[Any, Any]] = []
+
+    def subscribe(self, topic_filter: str, callback: Any, qos: int = 1) -> defer.Deferred:
+        sub = FakeSubscription(self, topic_filter, callback)
+        self.broker.subs.append(sub)
+        for topic, payload in sorted(self.broker.retained.items()):
+            if mqtt.topic_matches(topic_filter, topic):
+                callback(Message(topic, payload, True, 1))
+        return defer.succeed(sub)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, **kw: Any) -> defer.Deferred:
+        self.published.append((topic, payload, qos, retain))
+        if self.connected:
+            self.broker.route(topic, payload, qos, retain)
+        return defer.succeed(None)
+
+    def barrier(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+    def add_listener(self, on_connect: Any = None, on_disconnect: Any = None) -> None:
+        self._listeners.append((on_connect, on_disconnect))
+
+    # -- the test's side ---------------------------------------------------------
+    def inject(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Another client publishes *payload* on *topic*."""
+        self.broker.route(topic, payload, 1, retain)
+
+    def disconnect(self) -> None:
+        self.connected = False
+        self.connected_since = float("-inf")
+        for _, on_disconnect in list(self._listeners):
+            if on_disconnect is not None:
+                on_disconnect()
+
+    def reconnect(self) -> None:
+        self.connected = True
+        self.connected_since = self.last_heard = self.reactor.seconds()
+        for on_connect, _ in list(self._listeners):
+            if on_connect is not None:
+                on_connect()
+
+    def last(self, topic: str) -> bytes | None:
+        """The last payload this client published on *topic*."""
+        found = [p for t, p, _, _ in self.published if t == topic]
+        return found[-1] if found else None
+
+
+def request(bus: FakeBus, target: str, method: str, *, caller: str = "rt-z", meta: Any = None, **args: Any):
+    """Send one RPC request on *bus* as *caller*; the reply body, or None if nobody answered."""
+    reply_to = topics.reply(caller, "c1")
+    before = len(bus.published)
+    body: dict[str, Any] = {"id": "r1", "method": method, "args": args, "reply_to": reply_to}
+    if meta is not None:
+        body["meta"] = meta
+    bus.inject(topics.rpc(target, caller), messages.encode("rpc.request", **body))
+    replies = [p for t, p, _, _ in bus.published[before:] if t == reply_to]
+    return messages.decode(replies[-1], "rpc.reply") if replies else None
+
+
+# -- helpers for this file -------------------------------------------------------------------------
+
+
+class PingRPC:
+    """The RPC client the duplicate-id check uses: answers a ping with *answer*, or times out."""
+
+    def __init__(self, answer: Any = None) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, str]] = []
+
+    def call(self, target: str, method: str, timeout: float | None = None, **args: Any) -> defer.Deferred:
+        self.calls.append((target, method))
+        if self.answer is None:
+            return defer.fail(RPCTimeout(target, method, timeout or 1.0))
+        return defer.succeed(self.answer)
+
+
+ME = RuntimeStatus(id="rt-a", instance="inst-a", kernel=True, started_at=100.0)
+
+
+def other(rid: str, **kw: Any) -> bytes:
+    fields: dict[str, Any] = {"instance": f"inst-{rid}", "kernel": True, "started_at": 50.0, **kw}
+    return RuntimeStatus(id=rid, **fields).encode()
+
+
+def make(clock: Clock, bus: FakeBus | None = None, rpc: Any = None, me: RuntimeStatus = ME) -> Membership:
+    bus = bus or FakeBus(clock)
+    return Membership(bus, rpc or PingRPC(), clock, lambda: me, interval=2.0)
+
+
+def joined(clock: Clock, *retained: tuple[str, bytes], rpc: Any = None) -> tuple[Membership, FakeBus]:
+    bus = FakeBus(clock)
+    for rid, payload in retained:
+        bus.broker.retained[topics.status(rid)] = payload
+    m = make(clock, bus, rpc)
+    m.join()
+    return m, bus
+
+
+def ids(statuses: list[RuntimeStatus]) -> list[str]:
+    return [s.id for s in statuses]
+
+
+def published_status(bus: FakeBus, rid: str = "rt-a") -> RuntimeStatus:
+    payload = bus.last(topics.status(rid))
+    assert payload is not None
+    return RuntimeStatus.decode(payload)
+
+
+# -- joining and statuses arriving --------------------------------------------------------------------------
+
+
+def test_the_will_is_our_status_marked_dead_before_any_connection():
+    clock = Clock()
+    bus = FakeBus(clock)
+    make(clock, bus)
+    assert bus.will is not None and bus.will.topic == topics.status("rt-a") and bus.will.retain
+    will = RuntimeStatus.decode(bus.will.payload)
+    assert (will.id, will.instance, will.state, will.leader) == ("rt-a", "inst-a", DEAD, False)
+
+
+def test_join_learns_the_retained_statuses_then_announces_itself():
+    clock = Clock()
+    m, bus = joined(clock, ("rt-b", other("rt-b")), ("rt-c", other("rt-c", kernel=False)))
+    assert m.joined and m.synced
+    assert ids(m.live()) == ["rt-a", "rt-b", "rt-c"]
+    mine = published_status(bus)
+    assert mine.state == ALIVE and not mine.leader and bus.broker.retained[topics.status("rt-a")]
+    bus.inject(topics.status("rt-d"), other("rt-d"), retain=True)
+    assert "rt-d" in ids(m.live())
+
+
+def test_a_status_published_on_another_runtimes_topic_is_dropped():
+    clock = Clock()
+    m, bus = joined(clock)
+    bus.inject(topics.status("rt-b"), other("rt-x"))  # rt-x's status on rt-b's topic
+    bus.inject(topics.status("rt-c"), b"\xffnot json")
+    bus.inject(topics.status("rt-d"), messages.encode("runtime.status", id="rt-d", instance="i", state="zombie"))
+    assert ids(m.statuses()) == ["rt-a"]
+
+
+def test_dead_and_left_runtimes_are_out_of_the_live_set_and_a_cleared_status_is_forgotten():
+    clock = Clock()
+    m, bus = joined(clock, ("rt-b", other("rt-b")), ("rt-c", other("rt-c")), ("rt-d", other("rt-d")))
+    bus.inject(topics.status("rt-b"), other("rt-b", state=DEAD), retain=True)  # its will
+    bus.inject(topics.status("rt-c"), other("rt-c", state=LEFT), retain=True)  # a clean stop
+    bus.inject(topics.status("rt-d"), b"", retain=True)  # retained status cleared
+    assert ids(m.live()) == ["rt-a"]
+    assert {s.id: s.state for s in m.statuses()} == {"rt-a": ALIVE, "rt-b": DEAD, "rt-c": LEFT}
+
+
+def test_an_older_incarnations_will_does_not_kill_its_successor():
+    clock = Clock()
+    m, bus = joined(clock, ("rt-b", other("rt-b", instance="new", started_at=20.0)))
+    bus.inject(topics.status("rt-b"), other("rt-b", instance="old", started_at=10.0, state=DEAD))
+    assert "rt-b" in ids(m.live())
+    # the successor's own will does count
+    bus.inject(topics.status("rt-b"), other("rt-b", instance="new", started_at=20.0, state=DEAD))
+    assert "rt-b" not in ids(m.live())
+
+
+def test_our_own_will_is_corrected_at_once():
+    clock = Clock()
+    m, bus = joined(clock)
+    bus.inject(topics.status("rt-a"), ME.with_(state=DEAD).encode(), retain=True)  # the broker fired our will
+    assert RuntimeStatus.decode(bus.broker.retained[topics.status("rt-a")]).state == ALIVE
+    assert "rt-a" in ids(m.live())
+
+
+def test_a_clean_stop_publishes_left_and_stops_refreshing():
+    clock = Clock()
+    m, bus = joined(clock)
+    m.set_leader(True)
+    m.stopService()
+    left = published_status(bus)
+    assert left.state == LEFT and not left.leader
+    n = len(bus.published)
+    clock.advance(10)
+    assert len(bus.published) == n
+
+
+# -- staleness ------------------------------------------------------------------------------------------
+
+
+def test_a_status_not_refreshed_for_three_intervals_counts_as_dead():
+    clock = Clock()
+    m, bus = joined(clock, ("rt-b", other("rt-b")), ("rt-c", other("rt-c")))
+    assert m.dead_after == 6.0
+    clock.advance(4)
+    bus.inject(topics.status("rt-c"), other("rt-c"))  # rt-c refreshes, rt-b does not
+    clock.advance(2)
+    assert ids(m.live()) == ["rt-a", "rt-b", "rt-c"], "exactly 3 intervals is not yet stale"
+    clock.advance(0.1)
+    assert ids(m.live()) == ["rt-a", "rt-c"]
+    assert {s.id: s.state for s in m.statuses()}["rt-b"] == DEAD
+    clock.advance(20)
+    assert ids(m.live()) == ["rt-a"], "our own status is never stale: the loop refreshes it"
+    assert published_status(bus).updated_at > 24.0, "it was refreshed in the last interval"
+
+
+def test_no_runtime_is_judged_stale_while_we_are_cut_off_or_just_back():
+    clock = Clock()
+    m, bus = joined(clock, ("rt-b", other("rt-b")))
+    clock.advance(3)
+    bus.disconnect()
+    assert not m.synced
+    clock.advance(10)
+    assert "rt-b" in ids(m.live()), "we heard nothing because of our own trouble"
+    bus.reconnect()  # at 13: rt-b's retained status is 13 s old, but we have only just come back
+    assert m.synced
+    clock.advance(6)
+    assert "rt-b" in ids(m.live())
+    clock.advance(0.1)
+    assert "rt-b" not in ids(m.live())
+
+
+# -- on_change ----------------------------------------------------------------------------------------------
+
+
+def test_on_change_fires_when_the_live_set_or_a_claim_changes_and_not_on_a_plain_refresh():
+    clock = Clock()
+    m, bus = joined(clock, ("rt-b", other("rt-b")))
+    calls: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("a listener that fails")
+
+    m.on_change(broken)
+    m.on_change(lambda: calls.append(1))
+    bus.inject(topics.status("rt-b"), other("rt-b", cpu_percent=50.0))  # a refresh
+    assert calls == []
+    bus.inject(topics.status("rt-c"), other("rt-c"))
+    assert calls == [1], "a failing listener does not keep the others from hearing"
+    bus.inject(topics.status("rt-b"), other("rt-b", leader=True, epoch=1))
+    assert len(calls) == 2
+    bus.inject(topics.status("rt-b"), other("rt-b", leader=True, epoch=2))  # a new term
+    assert len(calls) == 3
+    bus.inject(topics.status("rt-c"), other("rt-c", state=DEAD))
+    assert len(calls) == 4
+    bus.disconnect()  # losing the view always tells
+    assert len(calls) == 5
+
+
+def test_on_change_hears_a_runtime_going_stale_on_the_next_tick():
+    clock = Clock()
+    m, _ = joined(clock, ("rt-b", other("rt-b")))
+    calls: list[list[str]] = []
+    m.on_change(lambda: calls.append(ids(m.live())))
+    clock.advance(6)
+    assert calls == []
+    clock.advance(2)  # the tick at 8 sees rt-b stale
+    assert calls == [["rt-a"]]
+
+
+# -- epochs and claims --------------------------------------------------------------------------------------
+
+
+def test_note_epoch_keeps_the_highest_term_and_tells_the_listeners():
+    clock = Clock()
+    m = make(clock)
+    seen: list[int] = []
+    m.on_epoch(seen.append)
+    assert m.note_epoch(3) and not m.note_epoch(3) and not m.note_epoch(2)
+    assert m.note_epoch(5)
+    assert (m.max_epoch, seen) == (5, [3, 5])
+
+
+def test_a_live_leaders_term_is_noted_and_a_dead_ones_is_not():
+    clock = Clock()
+    m, bus = joined(clock)
+    bus.inject(topics.status("rt-b"), other("rt-b", leader=True, epoch=9, state=DEAD))
+    assert m.max_epoch == 0
+    bus.inject(topics.status("rt-c"), other("rt-c", leader=True, epoch=4))
+    assert m.max_epoch == 4
+    bus.inject(topics.status("rt-d"), other("rt-d", leader=False, epoch=7))  # a term heard of, not led
+    assert m.max_epoch == 4
+
+
+def test_a_claim_carries_our_own_term_and_a_leader_on_its_way_down_claims_nothing():
+    clock = Clock()
+    m, bus = joined(clock)
+    m.note_epoch(6)
+    m.epoch = 7
+    m.set_leader(True)
+    claim = published_status(bus)
+    assert (claim.leader, claim.epoch) == (True, 7)
+    m.epoch = 0  # stepping down: the election zeroes the term first
+    m.publish()
+    down = published_status(bus)
+    assert (down.leader, down.epoch) == (False, 7), "never a claim, only the highest term heard of"
+    m.set_leader(False)
+    assert (published_status(bus).leader, published_status(bus).epoch) == (False, 7)
+
+
+# -- duplicate ids --------------------------------------------------------------------------------------------
+
+
+def test_join_refuses_an_id_a_live_runtime_answers_for():
+    clock = Clock()
+    rpc = PingRPC({"instance": "someone-else"})
+    taken = ME.with_(instance="someone-else", address="10.0.0.9").encode()
+    bus = FakeBus(clock)
+    bus.broker.retained[topics.status("rt-a")] = taken
+    m = make(clock, bus, rpc)
+    failures: list = []
+    m.join().addErrback(failures.append)
+    assert failures and failures[0].check(DuplicateRuntimeId) and "10.0.0.9" in str(failures[0].value)
+    assert rpc.calls == [("rt-a", "ping")] and not m.joined
+    assert bus.last(topics.status("rt-a")) is None, "a refused runtime never announces itself"
+
+
+def test_join_takes_over_a_stale_alive_status_nobody_answers_for():
+    clock = Clock()
+    bus = FakeBus(clock)
+    bus.broker.retained[topics.status("rt-a")] = ME.with_(instance="crashed").encode()
+    m = make(clock, bus, PingRPC(None))
+    m.join()
+    assert m.joined and published_status(bus).instance == "inst-a"
+
+
+def test_of_two_runtimes_started_with_one_id_the_later_stops_and_the_earlier_reclaims():
+    clock = Clock()
+    m, bus = joined(clock)
+    conflicts: list = []
+    m.on_conflict(conflicts.append)
+    n = len(bus.published)
+    bus.inject(topics.status("rt-a"), ME.with_(instance="later", started_at=200.0).encode())
+    assert conflicts == [] and len(bus.published) > n, "we started first: we publish ours again"
+    assert published_status(bus).instance == "inst-a"
+    bus.inject(topics.status("rt-a"), ME.with_(instance="earlier", started_at=1.0).encode())
+    assert len(conflicts) == 1 and isinstance(conflicts[0], DuplicateRuntimeId)
+
+
+@pytest.mark.parametrize("state", [DEAD, LEFT])
+def test_a_dead_namesake_is_no_conflict(state):
+    clock = Clock()
+    m, bus = joined(clock)
+    conflicts: list = []
+    m.on_conflict(conflicts.append)
+    bus.inject(topics.status("rt-a"), ME.with_(instance="earlier", started_at=1.0, state=state).encode())
+    assert conflicts == []
