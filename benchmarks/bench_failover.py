@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oneos.testing.ssh import ssh_options  # noqa: E402
 from oneos.twistd import twistd_command  # noqa: E402
 
 PY = sys.executable
@@ -508,25 +509,6 @@ def print_summary(rounds: list[Round], shell_name: str, cat_bound: str, cat_extr
 
 # -- 1. oneos grid on loopback -------------------------------------------------------------------
 
-SSH_OPTS = [
-    "-F",
-    "/dev/null",
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "IdentitiesOnly=yes",
-    "-o",
-    "IdentityAgent=none",
-    "-o",
-    "ConnectTimeout=10",
-]
-
 
 class Grid:
     """``python -m oneos.cli.main grid --runtimes 3`` in its own session, output to a log file."""
@@ -631,7 +613,8 @@ def grid_round(root: Path, rep: int, key: Path, deadline: float, big: int | None
 
         def ssh(line: str, timeout: float = ATTEMPT_TIMEOUT) -> subprocess.CompletedProcess[str]:
             return run(
-                ["ssh", "-p", door_port, *SSH_OPTS, "-i", str(key), "alice@127.0.0.1", "--", line], timeout=timeout
+                ["ssh", "-p", door_port, *ssh_options(key, connect_timeout=10), "alice@127.0.0.1", "--", line],
+                timeout=timeout,
             )
 
         def shell_probe() -> tuple[bool, str]:

@@ -22,6 +22,7 @@ from oneos.security import credentials
 from oneos.testing.attacker import MQTTPeer
 from oneos.testing.brokers import mosquitto_binary, start_mosquitto, start_oneospsd
 from oneos.testing.runtimes import oneos, wait_for
+from oneos.testing.ssh import ssh_options
 
 
 class Bus:
@@ -285,16 +286,7 @@ def test_scp_into_the_shell_does_not_touch_the_host_disk(solo, tmp_path, public_
             "-O",
             "-P",
             port,
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-i",
-            str(key),
+            *ssh_options(key),
             str(payload),
             f"alice@127.0.0.1:{target}",
         ],

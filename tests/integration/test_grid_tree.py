@@ -17,6 +17,7 @@ import pytest
 
 from oneos.testing.brokers import free_port
 from oneos.testing.runtimes import oneos, statuses, wait_for
+from oneos.testing.ssh import ssh_argv
 
 needs_ssh = pytest.mark.skipif(
     shutil.which("ssh") is None or shutil.which("ssh-keygen") is None, reason="needs the OpenSSH client"
@@ -97,26 +98,7 @@ def test_grid_keeps_one_tree_and_its_shells_across_a_leader_kill(grid, tmp_path)
             continue
         port = status["ssh"].rsplit(":", 1)[1]
         r = subprocess.run(
-            [
-                "ssh",
-                "-p",
-                port,
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-i",
-                str(key),
-                "alice@127.0.0.1",
-                "--",
-                "cat /tmp/f",
-            ],
+            [*ssh_argv(port, "alice", key=key), "--", "cat /tmp/f"],
             capture_output=True,
             text=True,
             timeout=60,

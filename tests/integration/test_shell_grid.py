@@ -16,6 +16,7 @@ import pytest
 
 from oneos.testing.brokers import start_oneospsd
 from oneos.testing.runtimes import RuntimeProcess, free_port, leaders, live, statuses, wait_for
+from oneos.testing.ssh import ssh_argv
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh") is None or shutil.which("ssh-keygen") is None, reason="needs the OpenSSH client"
@@ -44,24 +45,7 @@ class ShellGrid:
         return "\n".join(f"== {p.id}\n{p.log()[-3000:]}" for p in self.procs.values())
 
     def ssh_argv(self) -> list[str]:
-        return [
-            "ssh",
-            "-p",
-            str(self.ports[self.leader]),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-i",
-            str(self.key),
-            "alice@127.0.0.1",
-        ]
+        return ssh_argv(self.ports[self.leader], "alice", key=self.key)
 
     def ssh(self, line: str, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(

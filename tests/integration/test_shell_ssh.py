@@ -24,6 +24,7 @@ import pytest
 
 from oneos.fs.store import MiB
 from oneos.testing.runtimes import free_port, oneos, wait_for
+from oneos.testing.ssh import ssh_argv, ssh_options
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh") is None or shutil.which("ssh-keygen") is None, reason="needs the OpenSSH client"
@@ -83,25 +84,7 @@ class ShellRuntime:
         return self.log_path.read_text(errors="replace")
 
     def ssh_argv(self, user: str = "alice", key: Path | None = None, *extra: str) -> list[str]:
-        return [
-            "ssh",
-            "-p",
-            str(self.ssh_port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-i",
-            str(key or self.key),
-            *extra,
-            f"{user}@127.0.0.1",
-        ]
+        return ssh_argv(self.ssh_port, user, key=key or self.key, extra=extra)
 
     def ssh(
         self, line: str, user: str = "alice", key: Path | None = None, timeout: float = 60, input: str | None = None
@@ -226,22 +209,7 @@ def test_password_login(shell, tmp_path):
         askpass.write_text(f"#!/bin/sh\necho '{password}'\n")
         askpass.chmod(0o755)
         argv = [
-            "ssh",
-            "-p",
-            str(shell.ssh_port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            "PreferredAuthentications=password",
-            "-o",
-            "NumberOfPasswordPrompts=1",
-            "bob@127.0.0.1",
+            *ssh_argv(shell.ssh_port, "bob", password=True),
             "whoami",
         ]
         return subprocess.run(
@@ -647,25 +615,7 @@ def test_parallel_password_guessing_is_throttled(shell, tmp_path):
     askpass = tmp_path / "guess.sh"
     askpass.write_text("#!/bin/sh\necho 'not-the-password'\n")
     askpass.chmod(0o755)
-    argv = [
-        "ssh",
-        "-p",
-        str(shell.ssh_port),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-        "-o",
-        "ConnectTimeout=20",
-    ]
+    argv = ["ssh", "-p", str(shell.ssh_port), *ssh_options(password=True, connect_timeout=20)]
     env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
     before = shell.log().count("password login refused")
     started = time.monotonic()
