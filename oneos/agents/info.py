@@ -1,6 +1,6 @@
 """What an agent is, as it crosses the wire: its info record and where its output goes.
 
-Pure: no I/O, no Twisted.  Two frozen types, each with ``encode()`` (to the
+Pure: no I/O, no Twisted.  Frozen types, each with ``encode()`` (to the
 JSON value the wire carries today) and ``decode()`` (from it):
 
 * :class:`AgentInfo`: the ``agent.status`` body a runtime keeps retained for
@@ -14,6 +14,8 @@ JSON value the wire carries today) and ``decode()`` (from it):
   mini-language of ``spawn``'s ``stdout``/``stderr`` and of ``stdout_to``:
   ``attach``, ``discard``, ``file:PATH``, ``append:PATH``, ``pipe:AGENT@RUNTIME``
   (or ``pipe:HOST:PORT``).
+* :class:`PipeInfo`: a row of the scheduler's ``pipes`` (who feeds whom,
+  bytes carried, rate).
 
 A malformed value is a :class:`MalformedAgentInfo` (wire kind ``EINVAL``),
 never a KeyError or a TypeError.  The module also holds the agents' states
@@ -293,3 +295,45 @@ def exit_status(info: AgentInfo | Mapping[str, Any]) -> int:
     if state == KILLED and signal:
         return 128 + int(signal)
     return 1
+
+
+@dataclass(frozen=True)
+class PipeInfo:
+    """One pipe between two agents as ``pipes`` reports it: who feeds whom, and what it carried."""
+
+    #: the writing agent, ``ID@RUNTIME``
+    source: str
+    #: the reading agent, ``ID@RUNTIME``
+    target: str
+    #: the writing agent's state (running, exited ...)
+    state: str
+    #: bytes carried so far
+    bytes: int
+    #: average rate over the writer's life
+    mb_per_s: float
+
+    def encode(self) -> dict[str, Any]:
+        # "from"/"to" on the wire: what `oneos pipes --json` has always printed
+        return {
+            "from": self.source,
+            "to": self.target,
+            "state": self.state,
+            "bytes": self.bytes,
+            "mb_per_s": self.mb_per_s,
+        }
+
+    @classmethod
+    def decode(cls, body: object) -> PipeInfo:
+        """Read a row of ``pipes``; :class:`MalformedAgentInfo` if it is not one."""
+        if not isinstance(body, dict):
+            raise MalformedAgentInfo(f"a pipe row is an object, not {type(body).__name__}")
+        try:
+            return cls(
+                source=str(body["from"]),
+                target=str(body["to"]),
+                state=str(body["state"]),
+                bytes=int(body["bytes"]),
+                mb_per_s=float(body["mb_per_s"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise MalformedAgentInfo(f"malformed pipe row ({e!r})") from None

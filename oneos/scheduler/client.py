@@ -3,8 +3,8 @@
 One method per handler of :class:`oneos.scheduler.service.SchedulerService`,
 with typed parameters, each returning a Deferred of a typed result: an
 agent's record is an :class:`~oneos.agents.info.AgentInfo`, a pipeline's
-stages are :class:`StageSpec`.  ``ps`` and ``pipes`` answer the rows of
-their tables (:mod:`oneos.scheduler.table` prints them).
+stages are :class:`StageSpec`, a pipe between agents a :class:`PipeInfo`
+(:mod:`oneos.scheduler.table` prints the tables of both).
 
 Inside a runtime the RPC client fails at once when no kernel leader is
 known ("no kernel leader right now ..."), the CLI likewise from its
@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from oneos.agents.info import AgentInfo, MalformedAgentInfo, OutputTarget
+from oneos.agents.info import AgentInfo, MalformedAgentInfo, OutputTarget, PipeInfo
 from oneos.scheduler.placement import NoFittingRuntime  # noqa: F401  (registers the scheduler's wire kind)
 
 TARGET = "scheduler"
@@ -159,8 +159,8 @@ class SchedulerClient:
         return self._call("ps", timeout, all=all).addCallback(lambda rows: [AgentInfo.decode(r) for r in rows])
 
     def pipes(self, timeout: float | None = None) -> defer.Deferred:
-        """Every pipe between agents: rows of from, to, state, bytes, mb_per_s."""
-        return self._call("pipes", timeout)
+        """Every pipe between agents: a list of :class:`PipeInfo`."""
+        return self._call("pipes", timeout).addCallback(lambda rows: [PipeInfo.decode(r) for r in rows])
 
     def kill(
         self, agent_id: str, grace: float | None = None, user: str | None = None, timeout: float | None = None

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 
 from oneos.agents.client import AgentsClient
 from oneos.agents.host import KEEP_ENDED
-from oneos.agents.info import ENDED, LOST, PIPE, AgentError, AgentInfo, MalformedAgentInfo, OutputTarget
+from oneos.agents.info import ENDED, LOST, PIPE, AgentError, AgentInfo, MalformedAgentInfo, OutputTarget, PipeInfo
 from oneos.agents.program import interpreter_for
 from oneos.pubsub import messages, topics
 from oneos.pubsub.rpc import RPCServer
@@ -247,15 +247,15 @@ class SchedulerService(service.Service):
             uptime = max(float(row.get("uptime", 0)), 1e-3)
             sent = int(row.get("stdout_bytes", 0))
             out.append(
-                {
-                    "from": f"{row['id']}@{row['runtime']}",
-                    "to": target.where,
-                    "state": row["state"],
-                    "bytes": sent,
-                    "mb_per_s": round(sent / uptime / 1e6, 2),
-                }
+                PipeInfo(
+                    source=f"{row['id']}@{row['runtime']}",
+                    target=target.where,
+                    state=row["state"],
+                    bytes=sent,
+                    mb_per_s=round(sent / uptime / 1e6, 2),
+                )
             )
-        return sorted(out, key=lambda p: p["from"])
+        return [p.encode() for p in sorted(out, key=lambda p: p.source)]
 
     def locate(self, agent_id: str) -> dict[str, Any]:
         row = self.table.get(agent_id)

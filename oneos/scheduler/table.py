@@ -7,9 +7,8 @@ Pure functions of the rows the scheduler's RPC methods return, shared by
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from oneos.agents.info import AgentInfo
+from oneos.agents.info import AgentInfo, PipeInfo
 
 
 def format_ps(rows: Sequence[AgentInfo]) -> str:
@@ -38,10 +37,10 @@ def format_ps(rows: Sequence[AgentInfo]) -> str:
     return _columns(table)
 
 
-def format_pipes(rows: list[dict[str, Any]]) -> str:
+def format_pipes(rows: Sequence[PipeInfo]) -> str:
     """The pipes between agents as text: from, to, state, bytes carried, average rate."""
     header = ("FROM", "TO", "STATE", "BYTES", "MB/s")
-    table = [header] + [(r["from"], r["to"], r["state"], str(r["bytes"]), f"{r['mb_per_s']:.1f}") for r in rows]
+    table = [header] + [(r.source, r.target, r.state, str(r.bytes), f"{r.mb_per_s:.1f}") for r in rows]
     return _columns(table)
 
 

@@ -29,6 +29,7 @@ from oneos.agents.info import (
     BadOutputTarget,
     MalformedAgentInfo,
     OutputTarget,
+    PipeInfo,
     exit_status,
 )
 from oneos.config import load_config
@@ -40,6 +41,7 @@ from oneos.runtime.client import KernelClient, KernelPing
 from oneos.runtime.kernel import KernelHost
 from oneos.scheduler.client import SchedulerClient, StageSpec
 from oneos.scheduler.service import SchedulerService
+from oneos.scheduler.table import format_pipes
 from oneos.transfer import StreamAddress, TransferError
 
 WHERE = StreamAddress("10.0.0.1", 7000, "tok")
@@ -363,3 +365,16 @@ def test_a_kind_is_registered_once():
     with pytest.raises(ValueError, match="already registered"):
         register_error("ENOENT", lambda message: RPCError(message))
     register_error("ESRCH", WIRE_ERRORS["ESRCH"])  # the same factory again is harmless
+
+
+def test_pipe_rows_round_trip_with_the_keys_oneos_pipes_json_prints():
+    pipe = PipeInfo("a1@rt-1", "a2@rt-2", "running", 2048, 1.5)
+    assert pipe.encode() == {"from": "a1@rt-1", "to": "a2@rt-2", "state": "running", "bytes": 2048, "mb_per_s": 1.5}
+    assert PipeInfo.decode(pipe.encode()) == pipe
+    assert "a1@rt-1" in format_pipes([pipe]) and "2048" in format_pipes([pipe])
+
+
+@pytest.mark.parametrize("bad", [None, [], {"from": "a@b"}, {**PipeInfo("a", "b", "s", 1, 0.0).encode(), "bytes": "x"}])
+def test_a_malformed_pipe_row_is_a_typed_error(bad):
+    with pytest.raises(MalformedAgentInfo):
+        PipeInfo.decode(bad)
