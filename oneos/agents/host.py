@@ -58,11 +58,10 @@ class AgentHost(service.Service):
         client: Any,
         transfer: Any,
         fs: Callable[[str | None], Any],
+        manager: AgentManager,
         *,
         home: Path,
-        memory_mb: int,
         interval: float,
-        account: Any = None,
     ) -> None:
         self.runtime_id = runtime_id
         self.reactor = reactor
@@ -72,13 +71,14 @@ class AgentHost(service.Service):
         #: a program's files are read and written with its owner's rights, never the runtime's)
         self._fs = fs
         self.interval = interval
-        self.manager = AgentManager(reactor, runtime_id, memory_limit_mb=memory_mb, account=account)
+        #: starts, watches and stops the processes (built by the runtime, which decides their account and limits)
+        self.manager = manager
         self.manager.on_event(self._on_event)
         # Programs fetched from the tree are cached outside $ONEOS_HOME (which holds the runtime's keys),
         # readable by the account programs run as.
         self.cache = (
             Path(tempfile.gettempdir()) / f"oneos-programs-{runtime_id}"
-            if account is not None
+            if manager.account is not None
             else Path(home) / "cache"
         )
         self._loop: task.LoopingCall | None = None

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from oneos import __version__, transfer
 from oneos.agents.client import CLIENT_METHODS as AGENT_CLIENT_METHODS
 from oneos.agents.host import AgentHost
-from oneos.agents.manager import agent_account
+from oneos.agents.manager import AgentManager, agent_account
 from oneos.config import Config, resolve_listen
 from oneos.errors import OneOSError, StaleEpoch, describe
 from oneos.fs.client import FSClient
@@ -131,10 +131,9 @@ class RuntimeService(service.MultiService):
             self.client,
             self.transfer,
             lambda user: fs if user is None else FSClient(self.rpc, reactor, user=user),
+            AgentManager(reactor, rid, memory_limit_mb=config.memory_mb, account=agent_account(config.run_as)),
             home=config.home,
-            memory_mb=config.memory_mb,
             interval=config.stats_interval,
-            account=agent_account(config.run_as),
         )
         self.rpc_service = RPCService(
             RPCServer(

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from oneos.agents.host import KEEP_ENDED, AgentHost
-from oneos.agents.manager import AgentError, AgentSpec
+from oneos.agents.manager import AgentError, AgentManager, AgentSpec
 from oneos.agents.program import ProgramError
 from oneos.fs.errors import NotFound
 from oneos.fs.store import Stat
@@ -134,8 +134,9 @@ def agent_host(tmp_path: Path, files: dict[str, bytes] | None = None, username: 
         fs_users.append(user)
         return tree
 
-    host = AgentHost("rt-a", reactor, bus, FakeTransfer(), fs, home=tmp_path, memory_mb=0, interval=2.0)
-    real_manager = host.manager
+    real_manager = AgentManager(reactor, "rt-a", memory_limit_mb=0)
+    host = AgentHost("rt-a", reactor, bus, FakeTransfer(), fs, real_manager, home=tmp_path, interval=2.0)
+    # commands go to a fake that records them; events come from the real manager the host listens to
     host.manager = FakeManager()
     host.manager.add("b1", user="bob")
     host.manager.add("n1", user="")
