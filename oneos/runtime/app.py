@@ -13,7 +13,7 @@ from oneos.config import Config
 from oneos.errors import describe
 from oneos.pubsub.address import parse_broker_url
 from oneos.security import credentials
-from oneos.security.credentials import redact_url
+from oneos.security.credentials import Credentials, redact_url
 
 log = Logger()
 
@@ -62,14 +62,41 @@ def _use_credentials(runtime: Any, creds: Any) -> None:
         )
 
 
-def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
+def installed_credentials(config: Config) -> Credentials | None:
+    """The credentials in the runtime's home (``credentials.json``), if its broker URL names none.
+
+    Read once, by the plugin's Options, so that building the tree reads no file.
+    """
+    if parse_broker_url(config.pubsub).username is not None:
+        return None
+    return credentials.load(config.home)
+
+
+def with_installed_identity(config: Config, found: Credentials | None) -> Config:
+    """*config* with the id of the identity ``oneos join`` installed, when none was configured.
+
+    A runtime's id is its identity's name (docs/security.md); a client
+    identity (``USER@TAG``) cannot run a runtime.
+    """
+    if found is None or found.secret or not config.generated_id:
+        return config
+    if credentials.role(found.username) != "runtime":
+        raise credentials.CredentialsError(
+            f"{credentials.path(config.home)} holds the client identity {found.username!r}, which cannot run a "
+            "runtime: ask for a runtime invitation ('oneos invite' without --user)"
+        )
+    return dataclasses.replace(config, id=found.username, generated_id=False)
+
+
+def build_runtime(config: Config, reactor: Any = None, found: Credentials | None = None) -> service.MultiService:
     """The runtime tree: ``oneosd`` holding the optional embedded broker, then the runtime.
 
     The runtime connects as the identity named like its id (docs/security.md):
     derived from the network secret on the machine that holds it, else the one
-    ``oneos join`` installed, whose name becomes the id when none is configured.
-    Only ``credentials.json`` is read here; the embedded broker creates it on a
-    first start.
+    ``oneos join`` installed.  *found* is this home's credentials
+    (:func:`installed_credentials`, with *config* from
+    :func:`with_installed_identity`); the embedded broker creates them on a
+    first start.  Nothing is read or opened here.
 
     docs/architecture.md draws the tree this returns (tests/unit/test_service_tree.py checks it).
     """
@@ -81,14 +108,8 @@ def build_runtime(config: Config, reactor: Any = None) -> service.MultiService:
     from oneos.runtime.service import RuntimeService
 
     address = parse_broker_url(config.pubsub)
-    found = credentials.load(config.home) if address.username is None else None
-    if found is not None and not found.secret and config.generated_id:
-        if credentials.role(found.username) != "runtime":
-            raise credentials.CredentialsError(
-                f"{credentials.path(config.home)} holds the client identity {found.username!r}, which cannot run a "
-                "runtime: ask for a runtime invitation ('oneos invite' without --user)"
-            )
-        config = dataclasses.replace(config, id=found.username, generated_id=False)
+    if address.username is not None:
+        found = None  # the URL's own credentials win
     top = service.MultiService()
     top.setName("oneosd")
     runtime = RuntimeService(config, reactor, on_fatal=_exit_on_fatal(reactor))

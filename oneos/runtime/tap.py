@@ -3,8 +3,9 @@
 ``twisted/plugins/oneosd.py`` only names this module (a
 :class:`twisted.application.service.ServiceMaker`); twistd imports it when
 the ``oneosd`` subcommand is used.  :class:`Options` parses the flags and, in
-``postOptions``, loads and validates the configuration they override, so a bad
-flag or ``config.json`` is a usage error before anything is built.
+``postOptions``, loads and validates the configuration they override and
+reads the home's ``credentials.json``, so a bad flag, ``config.json`` or
+credentials file is a usage error before anything is built.
 :func:`makeService` only builds the service tree from that configuration
 (``oneos.runtime.app.build_runtime``); the services do their work when
 twistd starts them.
@@ -21,6 +22,8 @@ from twisted.python import usage
 from oneos.config import Config, load_config
 from oneos.errors import OneOSError, describe
 from oneos.reactor import install_asyncio_reactor
+from oneos.runtime.app import installed_credentials, with_installed_identity
+from oneos.security.credentials import Credentials
 
 
 class Flags(usage.Options):
@@ -102,13 +105,17 @@ class Options(Flags):
     """
 
     config: Config | None = None
+    #: the home's credentials.json, read here so that makeService reads nothing
+    credentials: Credentials | None = None
     #: set when the configuration (not the flags' syntax) was refused: the usage text would bury the one line
     _config_refused = False
 
     def postOptions(self) -> None:
         super().postOptions()
         try:
-            self.config = load_config(self.home(), self.overrides())
+            config = load_config(self.home(), self.overrides())
+            self.credentials = installed_credentials(config)
+            self.config = with_installed_identity(config, self.credentials)
         except OneOSError as e:
             self._config_refused = True
             raise usage.UsageError(describe(e)) from None
@@ -127,13 +134,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     Installs the asyncio reactor first (the choice must be made before anything
     imports the reactor) and opens no socket.  *reactor*: for tests; twistd
     passes none, and the global reactor is used.  A OneOS error here (another
-    reactor already installed, unusable credentials) exits with one plain line.
+    reactor already installed) exits with one plain line.
     """
     assert options.config is not None, "makeService needs parsed Options"
     try:
         install_asyncio_reactor()
         from oneos.runtime.app import build_runtime
 
-        return build_runtime(options.config, reactor)
+        return build_runtime(options.config, reactor, options.credentials)
     except OneOSError as e:
         raise SystemExit(f"oneosd: {describe(e)}") from None

@@ -234,12 +234,25 @@ def test_runtime_make_service_without_an_embedded_broker(home):
     assert top.getServiceNamed("runtime").config.id == "rt-x"
 
 
-def test_runtime_make_service_refuses_a_client_identity_in_one_plain_line(home):
+def test_runtime_options_refuse_a_client_identity_in_one_plain_line(home):
     network = credentials.generate("admin")
     credentials.save(home, credentials.issue(network, "alice@laptop"))
-    with pytest.raises(SystemExit) as e:
-        runtime_tap.makeService(parsed(runtime_tap.Options), reactor=MemoryReactorClock())
-    assert str(e.value.code).startswith("oneosd: ") and "holds the client identity 'alice@laptop'" in str(e.value.code)
+    options = runtime_tap.Options()
+    with pytest.raises(usage.UsageError, match=r"holds the client identity 'alice@laptop'"):
+        options.parseOptions([])
+    assert "\n" not in options.getUsage(), "the one line is not buried under the option list"
+
+
+def test_runtime_options_read_the_installed_identity_and_make_service_reads_nothing(home, monkeypatch):
+    network = credentials.generate("admin")
+    credentials.save(home, credentials.issue(network, "rt-joined"))
+    options = parsed(runtime_tap.Options, "--broker", "external")
+    assert options.config.id == "rt-joined" and options.credentials.username == "rt-joined"
+    credentials.path(home).unlink()  # building the tree must not need the file again
+    monkeypatch.setattr(credentials, "load", lambda home: pytest.fail("makeService read credentials.json"))
+    top = runtime_tap.makeService(options, reactor=MemoryReactorClock())
+    runtime = top.getServiceNamed("runtime")
+    assert runtime.config.id == "rt-joined" and runtime.client.address.username == "rt-joined"
 
 
 # --------------------------------------------------------------------------
