@@ -6,7 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from oneos.agents.info import PipeInfo
 from oneos.cli.common import default_pubsub_url, network_rpc, run_with_client
 from oneos.scheduler.client import SchedulerClient
 from oneos.scheduler.table import format_pipes, format_ps
@@ -51,7 +50,7 @@ def pipes(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = scheduler_call(args.pubsub or default_pubsub_url(), "pipes")
-    print(json.dumps(rows, indent=2) if args.json else format_pipes([PipeInfo.decode(r) for r in rows]))
+    print(json.dumps([r.encode() for r in rows], indent=2) if args.json else format_pipes(rows))
     return 0
 
 
