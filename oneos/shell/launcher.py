@@ -3,15 +3,19 @@
 Consecutive program stages of a pipeline are one *launch*
 (:meth:`ProgramLauncher.run`), in four steps:
 
-1. **spawn**: each stage becomes an agent through the scheduler
-   (:class:`~oneos.scheduler.client.SchedulerClient`, ``spawn``), on the runtime the scheduler picks or the one its
-   ``@RUNTIME`` / ``@tag:T`` names; OneOS scripts are resolved to the path
-   the runtime fetches (:meth:`ProgramLauncher.resolve`).  ``< FILE`` and
-   ``> FILE`` are done by the program's runtime, after the shell checked
-   them as the session's user;
-2. **connect**: consecutive programs are joined runtime to runtime
-   (:class:`~oneos.agents.client.AgentsClient`: ``agent_stdin`` +
-   ``agent_pipe_out``), never through the shell;
+1. **check**: each stage is resolved (OneOS scripts become the path the
+   runtime fetches, :meth:`ProgramLauncher.resolve`) and its ``< FILE`` and
+   ``> FILE`` are checked as the session's user (outputs created as the
+   user's), before anything starts;
+2. **start**: one call to the scheduler's ``pipeline``
+   (:class:`~oneos.scheduler.client.SchedulerClient`, a
+   :class:`~oneos.scheduler.client.StageSpec` per stage) starts every
+   stage as an agent, on the runtime the scheduler picks or the one its
+   ``@RUNTIME`` / ``@tag:T`` names, and joins consecutive programs runtime
+   to runtime (never through the shell).  The wiring lives there only: if
+   any stage cannot start or be joined, the scheduler stops what it started
+   and the call fails.  ``< FILE`` and ``> FILE`` are done by the program's
+   runtime;
 3. **input**: the first program's stdin is streamed to its runtime
    (``agent_stdin`` + :func:`oneos.transfer.send`): the previous built-in's
    pipe, the session's input, or nothing;
@@ -26,7 +30,9 @@ and the stream address), its program is stopped, and the pipeline's status
 is made non-zero (:class:`~oneos.shell.stage.RunState`).  A program stopped
 because the built-in reading it went away (the shell's SIGPIPE) is not
 reported, nor one its runtime stopped because the next program stopped
-reading.
+reading.  A job stopped (Ctrl-C, the client gone) while the scheduler is
+still starting its programs stops waiting at once; the programs are stopped
+when the scheduler's answer arrives.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from oneos import transfer
 from oneos.agents.client import AgentsClient
@@ -45,7 +52,7 @@ from oneos.agents.watch import watch_agent
 from oneos.errors import describe
 from oneos.fs import paths
 from oneos.fs.client import BytesSource
-from oneos.scheduler.client import SchedulerClient
+from oneos.scheduler.client import SchedulerClient, StageSpec
 from oneos.shell.errors import ShellError
 from oneos.shell.session import Grid, Job, Session
 from oneos.shell.stage import PIPE, TERMINAL_OUT, FileDest, RunState, Stage, TerminalDest
@@ -56,6 +63,10 @@ log = Logger()
 
 #: Seconds a program's input stream may take to end once the program has (a peer gone silent).
 STDIN_GRACE = 10.0
+#: Seconds per program the scheduler may take to start and join a pipeline.  It waits for each
+#: runtime's answer for its RPC client's default (5 s), so it answers, or stops what it started,
+#: well before: its work is never cut off by this caller's deadline with programs it cannot stop.
+START_TIMEOUT = 20.0
 #: Interpreters whose first argument may name a OneOS script (``python3 /home/app.py``).
 SCRIPT_RUNNERS = {"python3": ".py", "python": ".py", "node": ".js", "sh": ".sh"}
 
@@ -75,12 +86,12 @@ class ProgramLauncher:
         self.session = session
         self.terminal = terminal
         self.error = error
-        #: the scheduler (spawn, kill) and the runtimes' agent methods (streams), over the grid's RPC
+        #: the scheduler (pipeline, kill) and the runtimes' agent methods (streams), over the grid's RPC
         self.scheduler = SchedulerClient(grid.rpc)
         self.agents = AgentsClient(grid.rpc)
 
     async def run(self, stages: list[Stage], job: Job, stdin: Any, pipe: StreamPipe | None, state: RunState) -> int:
-        """Start *stages* as agents, wire them, stream their input and output; the last one's status.
+        """Start *stages* as agents joined by the scheduler, stream their input and output; the last one's status.
 
         The first program's stdin is *stdin* (a built-in's output pipe, or the
         session's input), else empty.  The last program's PIPE output goes
@@ -113,7 +124,13 @@ class ProgramLauncher:
         return program, args
 
     async def watch(self, info: AgentInfo) -> tuple[defer.Deferred, Any]:
-        """A Deferred firing with the agent's final status (a record), and the subscription to cancel after."""
+        """A Deferred firing with the agent's final status (a record), and the subscription to cancel after.
+
+        The agent's runtime keeps its status *retained* (an ended agent's for
+        ``KEEP_ENDED``, 5 minutes), so subscribing after the agent started,
+        even after it ended, still receives its current state first: a quick
+        program's exit cannot be missed.
+        """
         done, subscribed = watch_agent(self.grid.client, info.runtime, info.id)
         sub = await subscribed
         return done, sub
@@ -169,7 +186,7 @@ class _Launch:
         self.stdin = stdin
         self.pipe = pipe
         self.state = state
-        #: the agents started, in stage order (what spawn answered)
+        #: the agents started, in stage order (what the scheduler's pipeline answered)
         self.infos: list[AgentInfo] = []
         #: per agent: (fires with its final status, the subscription to cancel after)
         self.waits: list[tuple[defer.Deferred, Any]] = []
@@ -184,9 +201,13 @@ class _Launch:
 
     async def run(self) -> int:
         try:
+            specs = []
             for i, stage in enumerate(self.stages):
-                await self._spawn(i, stage)
-            await self._connect_programs()
+                specs.append(await self._check(i, stage))
+            self.infos = await self._start(specs)
+            self.job.agents.extend(self.infos)
+            for info in self.infos:
+                self.waits.append(await self.launcher.watch(info))
             await self._send_input()
             for i, (stage, info) in enumerate(zip(self.stages, self.infos, strict=True)):
                 await self._receive_outputs(i, stage, info)
@@ -195,8 +216,9 @@ class _Launch:
             raise
         return await self._finish()
 
-    # -- 1. spawn ----------------------------------------------------------------------------
-    async def _spawn(self, i: int, stage: Stage) -> None:
+    # -- 1. checks before anything starts ----------------------------------------------------
+    async def _check(self, i: int, stage: Stage) -> StageSpec:
+        """What the scheduler is asked to start for *stage*, once its program and files are checked."""
         if i > 0 and stage.stdin_file:
             raise ShellError("only the first program of a pipeline can read a file with '<'")
         if stage.stdout is PIPE and stage.stderr is PIPE and i < len(self.stages) - 1:
@@ -219,29 +241,50 @@ class _Launch:
             for dest in stage.file_dests():
                 await fs.write(dest.path, b"", dest.mode)
         session = self.launcher.session
-        info = await self.launcher.scheduler.spawn(
+        return StageSpec(
             program,
-            args,
+            tuple(args),
             runtime=stage.runtime,
-            tags=stage.tags,
+            tags=tuple(stage.tags),
+            user=session.user,
             env=session.agent_env(stage.assignments),
             stdout=stdout_to,
-            stdin=True,
             stderr=stderr_to,
             stdin_file=stage.stdin_file,
-            user=session.user,
-            timeout=20.0,
         )
-        self.infos.append(info)
-        self.job.agents.append(info)
-        self.waits.append(await self.launcher.watch(info))
 
-    # -- 2. runtime-to-runtime pipes between consecutive programs ----------------------------
-    async def _connect_programs(self) -> None:
-        agents = self.launcher.agents
-        for left, right in zip(self.infos, self.infos[1:], strict=False):
-            where = await agents.stdin(right.runtime, right.id, source=f"{left.name}@{left.runtime}")
-            await agents.pipe_out(left.runtime, left.id, where, to=f"{right.id}@{right.runtime}")
+    # -- 2. the scheduler starts and joins them -------------------------------------------------
+    async def _start(self, specs: list[StageSpec]) -> list[AgentInfo]:
+        """Every stage started and joined runtime to runtime by the scheduler (one ``pipeline`` call).
+
+        A failed call has started nothing that still runs: the scheduler stops
+        what it started before it answers.  If the job is stopped while the
+        call is under way, the shell stops waiting at once (CancelledError)
+        and stops the programs when the answer arrives.
+        """
+        if self.job.stopped:
+            raise defer.CancelledError()
+        answer: defer.Deferred = defer.Deferred()
+
+        def arrived(result: Any) -> None:
+            if answer.called:  # the job was stopped meanwhile: nothing waits for these programs
+                if isinstance(result, list):
+                    for info in result:
+                        self._kill(info)
+                return
+            if isinstance(result, Failure):
+                answer.errback(result)
+            else:
+                answer.callback(result)
+
+        timeout = START_TIMEOUT * len(specs)
+        self.launcher.scheduler.pipeline(specs, timeout=timeout).addBoth(arrived)
+        infos: list[AgentInfo] = await self.job.wait(answer)
+        if len(infos) != len(specs):
+            for info in infos:
+                self._kill(info)
+            raise ShellError(f"the scheduler started {len(infos)} programs for a pipeline of {len(specs)}")
+        return infos
 
     # -- 3. the first program's input ---------------------------------------------------------
     async def _send_input(self) -> None:

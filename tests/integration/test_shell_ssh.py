@@ -654,15 +654,33 @@ def test_users_kill_only_their_own_programs_which_do_not_run_as_root(shell):
         timeout=30,
     )
     assert r.returncode == 0, r.stderr
-    started = shell.ssh("sleep 300 &")
-    assert started.returncode == 0, started.stderr
-    rows = [line.split() for line in shell.ssh("ps").stdout.splitlines()[1:]]
-    mine = [row for row in rows if row[2] == "sleep" and row[1] == "alice"]
-    assert mine, rows
-    agent = mine[0][0]
-    refused = shell.ssh(f"kill {agent}", user="carol", key=shell.other_key)
-    assert refused.returncode != 0 and "belongs to alice" in refused.stderr, refused
-    assert shell.ssh(f"kill {agent}").returncode == 0
+    # alice's program runs while her session is open (a session that ends stops its programs, '&' ones too)
+    holder = subprocess.Popen(
+        [*shell.ssh_argv(), "--", "sleep 300"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        mine = wait_for(
+            "alice's sleep to be listed",
+            lambda: [
+                row
+                for row in (line.split() for line in shell.ssh("ps").stdout.splitlines()[1:])
+                if row[2] == "sleep" and row[1] == "alice"
+            ],
+            deadline=30,
+            logs=shell.log,
+        )
+        agent = mine[0][0]
+        refused = shell.ssh(f"kill {agent}", user="carol", key=shell.other_key)
+        assert refused.returncode != 0 and "belongs to alice" in refused.stderr, refused
+        assert shell.ssh(f"kill {agent}").returncode == 0
+        assert holder.wait(timeout=30) == 143  # (128 + SIGTERM)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
     if os.geteuid() == 0:
         assert shell.ssh("id -u").stdout.strip() != "0"
 

@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
+from collections import Counter
 from typing import Any
 
 import pytest
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
+from oneos.agents.info import OutputTarget
+from oneos.errors import RPCTimeout
 from oneos.fs import errors, paths
 from oneos.fs.store import Stat
+from oneos.runtime.status import RuntimeStatus
+from oneos.scheduler.service import SchedulerService
 from oneos.shell.builtins import context as builtin_context
 from oneos.shell.builtins.context import Input
 from oneos.shell.errors import BrokenPipe, ShellError
@@ -114,6 +119,9 @@ class StreamFS:
 
     def exists(self, path: str) -> defer.Deferred:
         return defer.succeed(path in self.files)
+
+    def access(self, path: str, mode: str) -> defer.Deferred:
+        return defer.maybeDeferred(self._stat, path)
 
     def glob(self, pattern: str, cwd: str = "/") -> defer.Deferred:
         return defer.succeed([])
@@ -320,9 +328,28 @@ class _StdinSink:
         self.agent.stdin.close()
 
 
+class _OneRuntime:
+    """The membership the fake scheduler places on: one live runtime, rt-1."""
+
+    epoch = 1
+    interval = 2.0
+    synced = True
+
+    def live(self) -> list[RuntimeStatus]:
+        return [RuntimeStatus(id="rt-1", instance="rt-1", memory_limit_mb=4096, interpreters=("sh", "python3"))]
+
+
 class FakeGrid:
     """The scheduler, the runtimes' agent RPCs and the transfer servers, in memory.
 
+    The scheduler's ``pipeline`` is the real one (:class:`SchedulerService`
+    over this grid as its RPC client): it spawns each stage with
+    ``agent_spawn`` and joins them with ``agent_stdin`` + ``agent_pipe_out``,
+    and stops what it started when a step fails.  ``calls`` counts every
+    (caller, target, method) asked, the caller being "scheduler" for
+    requests carrying its epoch, else "shell"; ``spawned``: the arguments of
+    every ``agent_spawn``; ``fail``: method -> error raised when it is called; ``hold``: a Deferred the scheduler's answer to ``pipeline``
+    waits for (once its agents are started and joined).
     ``unreachable``: stream kinds ("stdin", "stdout", "stderr") whose address cannot be connected to;
     ``vanish``: kinds whose sender disappears after the first chunk.
     """
@@ -336,7 +363,15 @@ class FakeGrid:
         self.unreachable: set[str] = set()
         self.vanish: set[str] = set()
         self.killed: list[str] = []
+        self.calls: Counter[tuple[str, str, str]] = Counter()
+        self.spawned: list[dict[str, Any]] = []
+        self.fail: dict[str, Exception] = {}
+        self.hold: defer.Deferred | None = None
+        #: the file system the runtimes read '< FILE' from and write '> FILE' into
+        self.fs: StreamFS | None = None
         self._n = 0
+        self.scheduler = SchedulerService(None, self, _OneRuntime(), clock)
+        self.scheduler.running = True
 
     def _token(self, kind: str, target: Any) -> dict[str, Any]:
         self._n += 1
@@ -344,28 +379,55 @@ class FakeGrid:
         self.tokens[token] = (kind, target)
         return {"host": self.HOST, "port": self.PORT + self._n, "token": token}
 
-    def call(self, target: str, method: str, timeout: float = 0, **kw: Any) -> defer.Deferred:
+    def call(self, target: str, method: str, timeout: Any = 0, meta: Any = None, **kw: Any) -> defer.Deferred:
         """Answered a clock tick later, as over the network (never while the caller is still running)."""
+        self.calls["scheduler" if meta else "shell", target, method] += 1
         return task.deferLater(self.clock, TICK, self._call, target, method, **kw)
 
+    def running(self) -> list[str]:
+        """The agents that have not ended."""
+        return [a.id for a in self.agents.values() if not a.ended.called]
+
+    async def _pipeline(self, **kw: Any) -> Any:
+        infos = await self.scheduler.pipeline(**kw)
+        if self.hold is not None:
+            await self.hold
+        return infos
+
     def _call(self, target: str, method: str, **kw: Any) -> Any:
-        if (target, method) == ("scheduler", "spawn"):
-            if kw["program"] not in PROGRAMS:
-                raise ShellError(f"{kw['program']}: command not found")
-            agent = FakeAgent(self, f"a-{len(self.agents) + 1}", kw["program"], kw["args"])
-            self.agents[agent.id] = agent
-            return agent.info()
+        if method in self.fail:
+            raise self.fail[method]
+        if (target, method) == ("scheduler", "pipeline"):
+            return defer.Deferred.fromCoroutine(self._pipeline(**kw))
         if (target, method) == ("scheduler", "kill"):
             self.killed.append(kw["agent_id"])
             self.agents[kw["agent_id"]].kill()
             return self.agents[kw["agent_id"]].info()
+        if method == "agent_spawn":  # (the scheduler placed it on rt-1)
+            if kw["program"] not in PROGRAMS:
+                raise ShellError(f"{kw['program']}: command not found")
+            self.spawned.append(kw)
+            agent = FakeAgent(self, f"a-{len(self.agents) + 1}", kw["program"], kw["args"])
+            self.agents[agent.id] = agent
+            if kw.get("stdin_file"):  # the runtime reads '< FILE' for it
+                agent.stdin.write(self.fs.files[kw["stdin_file"]])
+                agent.stdin.close()
+            out = OutputTarget.decode(kw["stdout"])
+            if out.is_file:  # ... and writes '> FILE'
+                self.fs.write_from(out.where, agent.stdout, "append" if out.kind == "append" else "truncate")
+            return agent.info()
         agent = self.agents[kw["agent_id"]]
+        if method == "agent_kill":  # (the scheduler stopping what it started)
+            self.killed.append(agent.id)
+            agent.kill()
+            return agent.info()
         if method == "agent_stdin":
             return self._token("stdin", _StdinSink(agent))
         if method == "agent_attach":
             return self._token(kw["stream"], getattr(agent, kw["stream"]))
         if method == "agent_pipe_out":  # runtime to runtime: the left agent's stdout into the right one's stdin
-            self.send(None, kw["host"], kw["port"], kw["token"], agent.stdout)
+            sent = self.send(None, kw["host"], kw["port"], kw["token"], agent.stdout)
+            sent.addErrback(lambda f: agent.kill())  # a broken pipe stops the sender (its runtime's SIGPIPE)
             return {"ok": True}
         raise AssertionError(f"unexpected call {target}.{method}")
 
@@ -422,6 +484,7 @@ class Harness:
         self.clock = task.Clock() if clock else None
         self.fs = StreamFS(self.clock)
         self.grid = FakeGrid(self.clock)
+        self.grid.fs = self.fs
         monkeypatch.setattr("oneos.transfer.send", self.grid.send)
         monkeypatch.setattr("oneos.transfer.receive", self.grid.receive)
         self.out, self.err = Out(), Out()
@@ -760,6 +823,63 @@ def test_program_output_into_a_file_with_stderr(h):
     assert h.fs.files["/tmp/both"] == b"fail3: bad input\n"
     assert h.run("echo abc | fail3 2>&1 | cat") == 0
     assert h.out.text == "fail3: bad input\n"
+
+
+def test_consecutive_programs_are_started_and_joined_by_one_scheduler_call(h):
+    h.fs.files["/in"] = b"abc\n"
+    h.interp.session.env["KEEP"] = "1"
+    h.interp.session.exported.add("KEEP")
+    assert h.run("X=2 xcat < /in | upper | xcat > /tmp/o") == 0
+    assert h.fs.files["/tmp/o"] == b"ABC\n"
+    shell = {(t, m): n for (who, t, m), n in h.grid.calls.items() if who == "shell"}
+    assert shell[("scheduler", "pipeline")] == 1
+    assert ("scheduler", "spawn") not in shell and ("rt-1", "agent_pipe_out") not in shell
+    assert ("rt-1", "agent_stdin") not in shell  # (the first reads '< /in' on its runtime)
+    wired = {m: n for (who, _, m), n in h.grid.calls.items() if who == "scheduler"}
+    assert wired == {"agent_spawn": 3, "agent_stdin": 2, "agent_pipe_out": 2}
+    first, middle, last = h.grid.spawned
+    assert [s["program"] for s in h.grid.spawned] == ["xcat", "upper", "xcat"]
+    assert all(s["user"] == "ann" and s["stdin"] is True for s in h.grid.spawned)
+    assert first["env"] == {"KEEP": "1", "X": "2", "ONEOS_CWD": "/home", "ONEOS_USER": "ann"}
+    assert first["stdin_file"] == "/in" and middle["stdin_file"] is None
+    assert last["stdout"] == OutputTarget.file("/tmp/o").encode() and middle["stdout"] == "attach"
+    assert h.grid.running() == [] and h.err.text == ""
+
+
+def test_a_job_stopped_while_the_scheduler_starts_it_has_its_programs_stopped_when_the_answer_comes(h):
+    h.grid.hold = defer.Deferred()
+    result = h.start("seq | xcat")
+    while len(h.grid.agents) < 2 or not h.grid.calls["scheduler", "rt-1", "agent_pipe_out"]:
+        h.clock.advance(TICK)  # both started and joined; the answer is held
+    h.interp.interrupt()  # Ctrl-C
+    h.clock.advance(TICK)
+    assert result == [130]  # the shell stopped waiting at once
+    assert sorted(h.grid.running()) == ["a-1", "a-2"] and h.grid.killed == []
+    h.grid.hold.callback(None)  # the scheduler's answer arrives late
+    for _ in range(10):
+        h.clock.advance(TICK)
+    assert sorted(h.grid.killed) == ["a-1", "a-2"] and h.grid.running() == []
+    assert h.err.text == ""
+
+
+@pytest.mark.parametrize(
+    "line, failing, status, message",
+    [
+        ("echo x | xcat | upper", "pipeline", 1, "oneos: no answer from 'scheduler' to 'pipeline' within"),
+        ("echo x | xcat | upper", "agent_pipe_out", 1, "oneos: no answer from 'rt-1' to 'agent_pipe_out' within"),
+        ("echo x | xcat | nosuch | upper", None, 127, "oneos: nosuch: command not found"),
+    ],
+)
+def test_a_failed_scheduler_pipeline_is_reported_and_leaves_nothing_running(h, line, failing, status, message):
+    if failing is not None:
+        h.grid.fail[failing] = RPCTimeout("scheduler" if failing == "pipeline" else "rt-1", failing, 40)
+    assert h.run(line) == status
+    assert h.err.text.startswith(message) and h.err.text.count("\n") == 1, h.err.text
+    while h.clock.getDelayedCalls():
+        h.clock.advance(TICK)
+    started = sorted(h.grid.agents)
+    assert started == ([] if failing == "pipeline" else ["a-1"] if failing is None else ["a-1", "a-2"])
+    assert sorted(h.grid.killed) == started and h.grid.running() == []  # the scheduler stopped what it started
 
 
 # -- a real runtime --------------------------------------------------------------------------------
