@@ -139,13 +139,18 @@ def fs_server(statuses: list[RuntimeStatus]) -> str | None:
     """The runtime that serves the tree now, from the live statuses (everyone computes the same).
 
     The leader when it can open the store (always so for a shared store),
-    else the best-ranked live runtime that can.
+    else the best-ranked live runtime that can.  Of two leader claims the
+    newer term wins, as in :func:`~oneos.runtime.status.elect`: an old
+    leader's stale claim (resent by its client after a partition heals)
+    must not move the file system away from the leader for a moment.
     """
     eligible = [s for s in statuses if s.alive and s.fs_eligible]
     if not eligible:
         return None
     leaders = [s for s in eligible if s.leader]
-    return min(leaders or eligible, key=RuntimeStatus.rank).id
+    if leaders:
+        return min(leaders, key=lambda s: (-s.epoch, *s.rank())).id
+    return min(eligible, key=RuntimeStatus.rank).id
 
 
 def unavailable_reason(record: StoreRecord | None, statuses: list[RuntimeStatus]) -> str:

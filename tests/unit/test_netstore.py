@@ -114,6 +114,13 @@ def test_the_leader_serves_when_it_can_open_the_store():
     )
 
 
+def test_of_two_leader_claims_the_newer_term_serves():
+    """An old leader's stale claim (better ranked, older epoch) must not take the tree from the new leader."""
+    old = RuntimeStatus(id="rt-a", instance="a", leader=True, kernel=True, fs_eligible=True, started_at=1, epoch=1)
+    new = RuntimeStatus(id="rt-b", instance="b", leader=True, kernel=True, fs_eligible=True, started_at=2, epoch=2)
+    assert fs_server([old, new]) == "rt-b" and fs_server([new, old]) == "rt-b"
+
+
 def test_the_store_host_serves_whoever_leads():
     view = [status("rt-a", eligible=True, started=1), status("rt-b", leader=True, started=2)]
     assert fs_server(view) == "rt-a"
