@@ -13,6 +13,17 @@ socket while the other end is busy (Twisted producer/consumer), so a slow
 reader slows the writer and memory stays bounded; a connection that closes
 before ``E`` is an error on both sides, never a hang.
 
+A receiver that fails (its sink refuses the data: a full disk, a program
+that closed its input) answers with ``X`` while the sender is still
+sending.  It must not simply close then: the kernel answers data that
+arrives for (or sits unread in) a closed socket with a RST, and a RST can
+destroy the ``X`` frame before the sender reads it, which would then only
+see "the receiver went away".  So the receiver closes *lingering*: it
+stops its side of the connection (a TCP half-close; TLS's close_notify),
+reads and drops whatever still arrives until the sender closes, and aborts
+if that takes longer than ``error_linger`` seconds.  A sender that reads
+``X`` stops sending and closes at once, which ends the linger.
+
 TLS: a server given this machine's certificate (a runtime whose home has
 ``tls/cert.pem``, see oneos/security/tls.py) listens with TLS only and says
 so in :meth:`TransferServer.where` (``"tls": true``); a client told so
@@ -37,11 +48,12 @@ from typing import Protocol as TypingProtocol
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from oneos.errors import OneOSError
 
@@ -56,6 +68,9 @@ TOKEN_BYTES = 16
 READ_SIZE = 256 * 1024
 #: Seconds a connection to the server may take to send its token line before it is closed.
 TOKEN_LINE_TIMEOUT = 10.0
+#: Seconds a server connection that sent an ERROR frame waits (reading and dropping what still
+#: arrives) for its peer to close before aborting; a peer of this module closes on reading the frame.
+ERROR_LINGER = 5.0
 
 
 class TransferError(OneOSError):
@@ -257,6 +272,12 @@ class _Pump:
         self.transport.unregisterProducer()
         self.on_done(failure)
 
+    def stop(self) -> None:
+        """Send nothing more and report nothing: the far side has already said how the stream ended."""
+        if not self.finished:
+            self.finished = True
+            self.transport.unregisterProducer()
+
     def pauseProducing(self) -> None:
         self.paused = True
 
@@ -328,12 +349,17 @@ class Offer:
     result: defer.Deferred | None = None
 
 
+@implementer(IHalfCloseableProtocol)
 class _ServerConnection(Protocol):
     """Server side: read the token line, then send or receive.
 
     A connection that sends no token line within the server's
     ``token_line_timeout`` (a port scan, a peer that died after connecting)
     is closed rather than held open forever.
+
+    Half-closeable (plain TCP): after an ERROR frame it closes lingering
+    (see the module's docstring), so it must hear of the peer's half of the
+    close (``readConnectionLost``) rather than have it end everything.
     """
 
     def __init__(self, server: TransferServer) -> None:
@@ -343,8 +369,15 @@ class _ServerConnection(Protocol):
         self.receiver: _Receiver | None = None
         self.offer: Offer | None = None
         self._line_timer: IDelayedCall | None = None
+        #: our last frame is written and we are closing: what still arrives is dropped
+        self.closing = False
+        #: aborts a closing connection whose peer does not close in time
+        self._close_timer: IDelayedCall | None = None
+        self._gone = False
+        self._waiting: list[defer.Deferred] = []
 
     def connectionMade(self) -> None:
+        self.server._connections.add(self)
         tcp = _tcp(self.transport)
         tcp.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
         tcp.bufferSize = READ_SIZE
@@ -368,6 +401,8 @@ class _ServerConnection(Protocol):
         self._line_timer = None
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return  # the stream is over for us; we only wait for the peer to close
         if self.offer is None:
             self.buffer += data
             if b"\n" not in self.buffer:
@@ -380,10 +415,8 @@ class _ServerConnection(Protocol):
             self.buffer = b""
             self.offer = self.server._claim(line.decode("ascii", "replace").strip())
             if self.offer is None:
-                _transport(self).write(
-                    frame(ERROR, error_payload(TransferError("unknown or expired transfer token", "EACCES")))
-                )
-                _transport(self).loseConnection()
+                # a sender streams right after its token line: the refusal must survive that too
+                self._fail_and_linger(TransferError("unknown or expired transfer token", "EACCES"))
                 return
             if self.offer.source is not None:
                 _Pump(self.transport, self.offer.source, self._sent)
@@ -399,7 +432,9 @@ class _ServerConnection(Protocol):
                 self.receiver._fail(Failure(e))
 
     def _sent(self, failure: Failure | None) -> None:
+        # The peer only receives (it sent nothing after its token line), so a plain close loses nothing.
         assert self.offer is not None and self.offer.result is not None
+        self.closing = True
         if failure is None:
             _transport(self).write(frame(END, b"{}"))
             self.offer.result.callback(None)
@@ -410,24 +445,108 @@ class _ServerConnection(Protocol):
         _transport(self).loseConnection()
 
     def _received(self, status: Any) -> None:
+        # The peer sent END and nothing after it, so a plain close loses nothing.
+        self.closing = True
         _transport(self).write(frame(END, json.dumps(status).encode()))
         _transport(self).loseConnection()
         assert self.offer is not None and self.offer.result is not None
         self.offer.result.callback(status)
 
     def _receive_failed(self, failure: Failure) -> None:
-        # tcp.Connection and the TLS protocol both have ``connected``; no interface declares it
-        if getattr(_transport(self), "connected", False):
-            _transport(self).write(frame(ERROR, error_payload(failure.value)))
-            _transport(self).loseConnection()
+        # tcp.Connection and the TLS protocol both have ``connected``; no interface declares it.
+        # (Not when the connection's loss is what failed the receiver: nobody is left to tell.)
+        if not self._gone and getattr(_transport(self), "connected", False):
+            self._fail_and_linger(failure.value)
         assert self.offer is not None and self.offer.result is not None
         if not self.offer.result.called:
             self.offer.result.errback(failure)
 
+    def _fail_and_linger(self, error: BaseException) -> None:
+        """Send *error* as our last frame and close without letting a RST destroy it.
+
+        The peer may still be sending: it learns of the failure only from this
+        frame.  Closing the socket now, with its data unread or still arriving,
+        would make the kernel answer with a RST, which can destroy the frame
+        before the peer reads it.  So: end our side after the frame (TCP
+        half-close; over TLS, close_notify: TLSMemoryBIOProtocol has no
+        half-close, but after its loseConnection it keeps reading until the peer
+        closes), read again if the receiver had paused reading, drop whatever
+        arrives, and wait for the peer to close -- it does on reading the frame
+        -- or abort after the server's ``error_linger`` seconds.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        transport: Any = _transport(self)
+        transport.write(frame(ERROR, error_payload(error)))
+        transport.resumeProducing()  # paused while the sink was busy: unread data would mean a RST
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            transport.loseConnection()
+        else:
+            transport.loseWriteConnection()
+        self._close_within(self.server.error_linger)
+
+    def _close_within(self, seconds: float) -> None:
+        """Abort the connection if it is still open in *seconds*."""
+        if self._close_timer is None and not self._gone:
+            self._close_timer = self.server.clock.callLater(seconds, self._close_timed_out, seconds)
+
+    def _close_timed_out(self, seconds: float) -> None:
+        self._close_timer = None
+        peer = _transport(self).getPeer()
+        log.info(
+            "aborting a stream connection from {peer}: it did not close within {t:g}s of the stream's end",
+            peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
+            t=seconds,
+        )
+        _transport(self).abortConnection()
+
+    def readConnectionLost(self) -> None:
+        """The peer closed its side (plain TCP; over TLS the TLS layer turns this into connectionLost)."""
+        if self.closing:
+            _transport(self).loseConnection()  # it has our last frame: the close is complete
+        else:
+            # it left before the stream's end; nothing more can come, and what we would send
+            # is no use: close at once, as before half-closes were heard (connectionLost says why)
+            _transport(self).abortConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our side ended after the ERROR frame; the peer's close, or the close timer, ends the rest."""
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self._gone = True
         self._stop_line_timer()
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+        self.server._connections.discard(self)
         if self.receiver is not None:
             self.receiver.lost()
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def closed(self) -> defer.Deferred:
+        """A Deferred firing (None) once the connection is gone."""
+        if self._gone:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def stop(self) -> defer.Deferred:
+        """End the connection for a stopping server; fires once it is gone.
+
+        One still at work (waiting for its token, mid-stream) is aborted; one
+        closing after its last frame gets until its close timer (armed now if
+        it had none), so its peer can still read that frame.
+        """
+        if not self._gone:
+            if self.closing:
+                self._close_within(self.server.error_linger)
+            else:
+                _transport(self).abortConnection()
+        return self.closed()
 
 
 class StreamFactory(Factory):
@@ -453,6 +572,7 @@ class TransferServer(service.Service):
         clock: Any = None,
         token_line_timeout: float | None = TOKEN_LINE_TIMEOUT,
         tls: Any = None,
+        error_linger: float = ERROR_LINGER,
     ) -> None:
         self.reactor = reactor
         #: this machine's TLS (``oneos.security.tls.MachineTLS``: its ``server`` context factory is used);
@@ -463,6 +583,9 @@ class TransferServer(service.Service):
         self.token_ttl = token_ttl
         #: seconds a connection may take to send its token line (None: no limit)
         self.token_line_timeout = token_line_timeout
+        #: seconds a connection that ended with an error waits for its peer to close (see the module docstring)
+        self.error_linger = error_linger
+        self._connections: set[_ServerConnection] = set()
         self.port: Any = None
         #: the host peers are told to connect to when we listen on every interface
         self.advertise = "127.0.0.1"
@@ -503,11 +626,23 @@ class TransferServer(service.Service):
         return self.address
 
     def stopService(self) -> defer.Deferred:
+        """Stop listening, expire unclaimed offers and end every stream connection; fires once all are gone.
+
+        A stopped server keeps no socket and no timer (see :meth:`_ServerConnection.stop`).
+        """
         super().stopService()
         for token in list(self._offers):
             self._expire(token)
         port, self.port = self.port, None
-        return defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
+        gone = defer.DeferredList([connection.stop() for connection in list(self._connections)])
+        stopped = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
+        return stopped.addCallback(lambda _: gone).addCallback(lambda _: None)
+
+    def connections_closed(self) -> defer.Deferred:
+        """Fires (None) once every stream connection open now has closed (by itself: nothing is closed here)."""
+        return defer.DeferredList([connection.closed() for connection in list(self._connections)]).addCallback(
+            lambda _: None
+        )
 
     def offer(self, source: Source | None = None, sink: Sink | None = None) -> tuple[str, defer.Deferred]:
         """Register a stream; returns (token, Deferred firing when it completed)."""
@@ -560,6 +695,7 @@ class _ClientConnection(Protocol):
         self.parser = FrameParser()
         self.result: defer.Deferred = defer.Deferred()
         self.receiver: _Receiver | None = None
+        self.pump: _Pump | None = None
         self.sent_all = False
 
     def connectionMade(self) -> None:
@@ -568,7 +704,7 @@ class _ClientConnection(Protocol):
         tcp.bufferSize = READ_SIZE
         _transport(self).write(self.token.encode() + b"\n")
         if self.source is not None:
-            _Pump(self.transport, self.source, self._sent)
+            self.pump = _Pump(self.transport, self.source, self._sent)
         else:
             assert self.sink is not None
             self.receiver = _Receiver(self.transport, self.sink)
@@ -595,15 +731,26 @@ class _ClientConnection(Protocol):
         if self.receiver is not None:
             self.receiver.frames(frames)
             return
-        for kind, payload in frames:  # a sender only hears the final status
-            if kind == END:
-                try:
-                    self._finish(json.loads(payload or b"{}"))
-                except ValueError:
-                    self._finish({})
-            elif kind == ERROR:
-                self._fail(Failure(error_from_payload(payload)))
+        if not frames or self.result.called:
+            return
+        # A sender hears one frame, the receiver's verdict, and then has nothing more to send.
+        kind, payload = frames[0]
+        if self.pump is not None:
+            self.pump.stop()
+        if kind == END:
+            try:
+                self._finish(json.loads(payload or b"{}"))
+            except ValueError:
+                self._finish({})
             _transport(self).loseConnection()
+            return
+        if kind == ERROR:
+            self._fail(Failure(error_from_payload(payload)))
+        else:
+            self._fail(Failure(TransferError("the receiver sent data to a sender", "EPROTO")))
+        # The receiver failed and is only waiting, dropping what it reads, for us to close:
+        # close at once (its linger ends with it), and drop what is still queued rather than send it.
+        _transport(self).abortConnection()
 
     def _finish(self, status: Any) -> None:
         if not self.result.called:
