@@ -87,6 +87,40 @@ def _is_ip_literal(text: str) -> bool:
     return True
 
 
+#: Largest upload the desktop accepts by default, in MiB.
+DEFAULT_MAX_UPLOAD_MB = 1024
+
+
+@dataclass(frozen=True)
+class DesktopSettings:
+    """The ``desktop`` object of ``config.json`` (the listener itself is ``listen.desktop``)."""
+
+    #: uploads larger than this (MiB) are refused with 413 as they arrive, before anything is written
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
+
+    @property
+    def max_upload(self) -> int:
+        """The upload limit in bytes."""
+        return self.max_upload_mb * 1024 * 1024
+
+
+def validate_desktop(value: Any) -> DesktopSettings:
+    """The ``desktop`` setting: an object with ``max_upload_mb`` (1..65536); errors name ``desktop.FIELD``."""
+    if isinstance(value, DesktopSettings):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError("desktop", f'expected an object like {{"max_upload_mb": 1024}}, got {value!r}')
+    known = tuple(DesktopSettings.__dataclass_fields__)
+    for key in value:
+        if key not in known:
+            raise ConfigError(f"desktop.{key}", f"unknown setting (known: {', '.join(known)})")
+    return DesktopSettings(
+        max_upload_mb=_as_number(
+            "desktop.max_upload_mb", value.get("max_upload_mb", DEFAULT_MAX_UPLOAD_MB), int, 1, 65536
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """A validated runtime configuration."""
@@ -110,6 +144,8 @@ class Config:
     listen: dict[str, str] = field(default_factory=default_listen)
     #: I/O devices this machine exposes (:class:`Device`); not served yet
     devices: tuple[Device, ...] = ()
+    #: the web desktop's settings (its listener is ``listen.desktop``)
+    desktop: DesktopSettings = field(default_factory=DesktopSettings)
     #: True when no config file existed: the one-machine embedded default.
     embedded: bool = False
     #: True when the id was generated because none was configured.
@@ -258,6 +294,7 @@ def _validate(raw: dict[str, Any], home: Path, embedded: bool) -> Config:
         run_as=_validate_account(raw.get("run_as", "auto")),
         listen=listen,
         devices=validate_devices(raw.get("devices", ())),
+        desktop=validate_desktop(raw.get("desktop", {})),
         embedded=embedded,
         generated_id=generated,
     )

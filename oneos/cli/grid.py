@@ -88,6 +88,7 @@ class Grid:
         out: Any,
         store: str | None = None,
         ssh_port: int = 2222,
+        desktop_port: int = 3000,
     ) -> None:
         self.reactor = reactor
         self.directory = directory
@@ -98,6 +99,7 @@ class Grid:
         #: one tree for the whole grid: every runtime opens the same store, so it survives a leader's death
         self.store = store or f"sqlite:///{directory / 'fs.sqlite3'}"
         self.ssh_port = ssh_port
+        self.desktop_port = desktop_port
         self.children: dict[str, tuple[Child, Any]] = {}
         self.width = max(4, len(f"rt-{runtimes}"))
         self.stopping = False
@@ -131,6 +133,7 @@ class Grid:
             name = f"rt-{i}"
             kernel = "--kernel" if i <= self.kernels else "--no-kernel"
             ssh = f"tcp:{self.ssh_port + i - 1}:interface=127.0.0.1" if self.ssh_port else ""
+            desktop = f"tcp:{self.desktop_port + i - 1}:interface=127.0.0.1" if self.desktop_port else ""
             self.spawn(
                 name,
                 twistd_command(
@@ -146,6 +149,8 @@ class Grid:
                     self.store,
                     "--ssh",
                     ssh,
+                    "--desktop",
+                    desktop,
                 ),
                 home=self.directory / name,
             )
@@ -155,6 +160,11 @@ class Grid:
                 "shells: "
                 + ", ".join(f"rt-{i} on port {self.ssh_port + i - 1}" for i in range(1, self.runtimes + 1))
                 + f" (oneos user add NAME --pubsub {url}, then oneos shell --host 127.0.0.1 --port PORT -u NAME)"
+            )
+        if self.desktop_port:
+            self.note(
+                f"desktops: http://127.0.0.1:{self.desktop_port}/ (rt-1) to port {self.desktop_port + self.runtimes - 1} "
+                "(log in as a user of 'oneos user add')"
             )
         self.note(f"grid running; try 'oneos status --pubsub {url}'; Ctrl-C stops it")
 
@@ -207,6 +217,13 @@ def run(argv: list[str]) -> int:
         metavar="BASE",
         help="rt-N's SSH shell listens on BASE+N-1 on 127.0.0.1 (default 2222; 0 = no shells)",
     )
+    parser.add_argument(
+        "--desktop-port",
+        type=int,
+        default=3000,
+        metavar="BASE",
+        help="rt-N's web desktop listens on BASE+N-1 on 127.0.0.1 (default 3000; 0 = no desktops)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.runtimes <= 500:
         parser.error("--runtimes must be between 1 and 500")
@@ -224,7 +241,15 @@ def run(argv: list[str]) -> int:
 
         validate_store(args.store)
     grid = Grid(
-        reactor, directory, args.runtimes, kernels, args.port, sys.stdout, store=args.store, ssh_port=args.ssh_port
+        reactor,
+        directory,
+        args.runtimes,
+        kernels,
+        args.port,
+        sys.stdout,
+        store=args.store,
+        ssh_port=args.ssh_port,
+        desktop_port=args.desktop_port,
     )
     status = {"code": 0}
 

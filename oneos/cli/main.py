@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "ps": "control:ps",
     "pipes": "control:pipes",
     "shell": "shell",
+    "desktop": "desktop",
     "user": "user",
     "passwd": "user:passwd",
     "kill": "control:kill",

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oneos.config import DEFAULT_MAX_UPLOAD_MB
 from oneos.desktop.sessions import SessionStore
 
-#: Largest upload the desktop accepts by default (bytes); larger ones are refused as they arrive.
-MAX_UPLOAD = 1024 * 1024 * 1024
+#: Largest upload the desktop accepts by default (bytes); larger ones are refused as they arrive
+#: (the runtime passes its setting ``desktop.max_upload_mb``).
+MAX_UPLOAD = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
 
 
 @dataclass

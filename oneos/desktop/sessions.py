@@ -3,24 +3,34 @@
 A browser that logged in holds only a random session id in an HttpOnly
 cookie; everything else (whose it is, its CSRF token, when it expires)
 stays here, on the runtime that served the login, so logout revokes it at
-once and a stolen cookie dies with its idle or absolute expiry.  Nothing
-here does I/O: the clock is a ``seconds()`` callable (the reactor's, or a
-``task.Clock`` in tests) and the random source can be replaced.
+once and a stolen cookie dies with its idle or absolute expiry.  The
+session store does no I/O: the clock is a ``seconds()`` callable (the
+reactor's, or a ``task.Clock`` in tests) and the random source can be
+replaced.
 
 One-time tokens are how ``oneos desktop`` hands a browser a login without
 a password (as Jupyter and Nomad do): the command, run by whoever owns this
-runtime's ``$ONEOS_HOME``, writes a token file there; the runtime serving
-that home takes it once, within its lifetime, for the user it names
-(:func:`read_token_file` parses what the command wrote).
+runtime's ``$ONEOS_HOME``, writes a token file there
+(:func:`write_token_file`); the runtime serving that home takes it once,
+within its lifetime, for the user it names (:func:`take_token_file`, which
+deletes the file before it answers).  These two and
+:func:`sweep_token_files` are the only functions here that touch files; the
+directory is always an argument, and the expiry is checked against the wall
+clock the caller passes (the command and the runtime are two processes).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import hmac
 import json
+import os
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 #: Name of the cookie that carries the session id.
 COOKIE = "oneos_session"
@@ -121,6 +131,13 @@ class SessionStore:
             self._end(session)
         return len(ended)
 
+    def revoke_all(self) -> int:
+        """End every session (the desktop stops: its browsers are logged out); how many ended."""
+        ended = list(self._sessions.values())
+        for session in ended:
+            self._end(session)
+        return len(ended)
+
     def __len__(self) -> int:
         return len(self._sessions)
 
@@ -178,6 +195,81 @@ def read_token_file(text: str) -> LoginToken:
 
 def token_file_name(token: str) -> str:
     """The file a token lives in: named by a digest, so the name alone never logs anyone in."""
-    import hashlib
-
     return hashlib.sha256(token.encode()).hexdigest()[:32] + ".json"
+
+
+#: Longest token :func:`take_token_file` considers (``secrets.token_urlsafe(32)`` gives 43 characters).
+MAX_TOKEN_CHARS = 256
+
+
+def token_dir(home: Path) -> Path:
+    return Path(home) / TOKEN_DIR
+
+
+def write_token_file(home: Path, token: LoginToken) -> Path:
+    """Leave *token* for the runtime of *home* (``oneos desktop``): a new file, mode 0600, in a 0700 directory."""
+    directory = token_dir(home)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / token_file_name(token.token)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token.encode())
+    return path
+
+
+def take_token_file(home: Path, presented: str, now: float) -> LoginToken:
+    """The login *presented* stands for, taken once: its file is deleted before this returns.
+
+    :class:`BadToken` (saying why, for the log; the browser is told nothing
+    more than "not valid") when there is no such file (unknown, or already
+    used), when it expired by the wall clock *now*, or when the file is not
+    a private regular file of this process's user (someone else wrote it).
+    """
+    if not presented or len(presented) > MAX_TOKEN_CHARS or not presented.isascii():
+        raise BadToken("no such token")
+    path = token_dir(home) / token_file_name(presented)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ELOOP):
+            raise BadToken("no such token (unknown, or already used)") from None
+        raise BadToken(f"cannot read the token file: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        # delete first: whatever follows, this token never logs anyone in again
+        path.unlink(missing_ok=True)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise BadToken("the token file is not a private file of this runtime's user")
+        data = os.read(fd, 64 * 1024)
+    finally:
+        os.close(fd)
+    token = read_token_file(data.decode("utf-8", "replace"))
+    if not hmac.compare_digest(token.token.encode(), presented.encode()):
+        raise BadToken("no such token")
+    if now >= token.expires:
+        raise BadToken("the token expired")
+    return token
+
+
+def sweep_token_files(home: Path, now: float) -> int:
+    """Delete the expired (or unreadable) token files left in *home*; how many went."""
+    removed = 0
+    try:
+        entries = list(token_dir(home).iterdir())
+    except OSError:
+        return 0
+    for path in entries:
+        if not path.name.endswith(".json"):
+            continue
+        try:
+            token = read_token_file(path.read_text()[: 64 * 1024])
+            if now < token.expires:
+                continue
+        except (OSError, UnicodeDecodeError, BadToken):
+            pass
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed

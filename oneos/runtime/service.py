@@ -5,7 +5,8 @@ grouped by where they run:
 
 * on every runtime: ``transfer`` (streams), ``pubsub``, ``membership``,
   ``agents``, ``rpc`` (this runtime's own RPC target), ``election``,
-  ``store`` (agrees on the network's store) and the front door ``shell``;
+  ``store`` (agrees on the network's store) and the front doors ``shell``
+  and ``desktop``;
 * only on the kernel leader: the children of ``kernel`` (``scheduler``);
 * only on the runtime that serves the network's store: the children of
   ``fs`` (the file-system service).
@@ -37,6 +38,9 @@ from oneos.agents.client import CLIENT_METHODS as AGENT_CLIENT_METHODS
 from oneos.agents.host import AgentHost
 from oneos.agents.manager import AgentManager, agent_account
 from oneos.config import Config, resolve_listen
+from oneos.desktop.context import DesktopContext
+from oneos.desktop.service import DesktopService
+from oneos.desktop.sessions import SessionStore
 from oneos.errors import OneOSError, StaleEpoch, describe
 from oneos.fs.client import FSClient
 from oneos.fs.service import FileSystemService
@@ -200,6 +204,20 @@ class RuntimeService(service.MultiService):
         self.shell = ShellService(
             grid, FSClient(self.rpc, reactor, system=True), "", config.listen.get("telnet", ""), config.home, reactor
         )
+        # the web desktop: the shell's users and checker, the same grid; its endpoint is set at start
+        self.desktop = DesktopService(
+            DesktopContext(
+                reactor=reactor,
+                runtime_id=rid,
+                home=config.home,
+                sessions=SessionStore(reactor.seconds),
+                shell=self.shell,
+                grid=grid,
+                membership=self.membership,
+                max_upload=config.desktop.max_upload,
+            ),
+            "",
+        )
 
         self.membership.max_epoch = recall_epoch(config.home)
         self.membership.on_epoch(lambda epoch: remember_epoch(config.home, epoch))
@@ -214,6 +232,7 @@ class RuntimeService(service.MultiService):
             self.election,
             self.store,
             self.shell,
+            self.desktop,
         ):
             child.setServiceParent(self)
 
@@ -243,6 +262,7 @@ class RuntimeService(service.MultiService):
             stream=self.transfer.stream_address,
             stream_tls=self.transfer.tls is not None,
             ssh=self.shell.ssh_address if self.shell is not None else "",
+            desktop=self.desktop.url if hasattr(self, "desktop") else "",
             pid=os.getpid(),
             **store,
             **stats,
@@ -314,6 +334,8 @@ class RuntimeService(service.MultiService):
         self.transfer.advertise = self.address
         assert self.shell is not None
         self.shell.ssh_endpoint = listen.get("ssh", "")
+        self.desktop.endpoint = listen.get("desktop", "")
+        self.desktop.advertise = self.address
         self._boot().addErrback(self._fatal)
 
     @defer.inlineCallbacks
@@ -340,6 +362,7 @@ class RuntimeService(service.MultiService):
         self.election.startService()
         self.store.startService()
         self.shell.startService()
+        self.desktop.startService()
         log.info(
             "runtime {id} joined the network at {url} ({n} live runtime(s)); streams at {stream}",
             id=self.id,
@@ -348,7 +371,7 @@ class RuntimeService(service.MultiService):
             stream=self.transfer.stream_address,
         )
         self.ready.callback(self)
-        self.shell.opened.addCallback(lambda _: self._opened())
+        defer.gatherResults([self.shell.opened, self.desktop.opened]).addCallback(lambda _: self._opened())
 
     def _use_tls(self) -> None:
         """A home with a machine certificate (tls/cert.pem) is a member of a TLS network: streams use TLS."""
@@ -364,7 +387,7 @@ class RuntimeService(service.MultiService):
             )
 
     def _opened(self) -> None:
-        """The front door listens: tell the network, and the ``oneos`` command on this machine."""
+        """The front doors listen: tell the network, and the ``oneos`` command on this machine."""
         if self.membership.joined:
             self.membership.publish()
         # never a password from the URL: commands log in with credentials.json
@@ -374,6 +397,8 @@ class RuntimeService(service.MultiService):
             "pubsub": strip_userinfo(self.config.pubsub),
             "stream": self.transfer.stream_address,
             "ssh": self.shell.ssh_address if self.shell is not None else "",
+            # the desktop's URL ('' when off): 'oneos desktop' prints a one-time login on it
+            "desktop": self.desktop.url,
         }
         path = self.config.home / RUNTIME_FILE
         try:

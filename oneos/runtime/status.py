@@ -49,6 +49,8 @@ class RuntimeStatus:
     stream_tls: bool = False
     #: host:port of this runtime's SSH front door ('' when off)
     ssh: str = ""
+    #: this runtime's web desktop, a URL such as ``http://127.0.0.1:3000/`` ('' when off)
+    desktop: str = ""
     pid: int = 0
     #: this runtime can open the network's store, so it may serve the file tree
     fs_eligible: bool = False
@@ -113,6 +115,7 @@ class RuntimeStatus:
                 stream=str(body.get("stream", "")),
                 stream_tls=bool(body.get("stream_tls", False)),
                 ssh=str(body.get("ssh", "")),
+                desktop=str(body.get("desktop", "")),
                 pid=int(body.get("pid", 0) or 0),
                 fs_eligible=bool(body.get("fs_eligible", False)),
                 fs_serving=bool(body.get("fs_serving", False)),

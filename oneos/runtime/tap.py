@@ -61,6 +61,7 @@ class Flags(usage.Options):
         ["ssh", None, None, "SSH front door endpoint, e.g. tcp:2222:interface=10.0.0.5 ('' = off; default auto)"],
         ["telnet", None, None, "telnet front door endpoint (default off)"],
         ["pipe", None, None, "stream listener endpoint (default auto: loopback on a one-machine network)"],
+        ["desktop", None, None, "web desktop endpoint, e.g. tcp:3000:interface=10.0.0.5 ('' = off; default auto)"],
     ]
 
     def parseArgs(self, runtime_id: str | None = None) -> None:
@@ -92,7 +93,7 @@ class Flags(usage.Options):
             "stats_interval": self["stats-interval"],
             "disconnect_grace": self["disconnect-grace"],
             "run_as": self["run-as"],
-            "listen": {k: self[k] for k in ("ssh", "telnet", "pipe") if self[k] is not None} or None,
+            "listen": {k: self[k] for k in ("ssh", "telnet", "pipe", "desktop") if self[k] is not None} or None,
         }
 
 

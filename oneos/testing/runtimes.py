@@ -39,7 +39,9 @@ class RuntimeProcess:
         env = dict(os.environ, ONEOS_HOME=str(self.home), PYTHONUNBUFFERED="1")
         # Many runtimes share this machine in tests: each front door on an ephemeral port unless the test says.
         configured = "ssh" in (config or {}).get("listen", {})
-        door = () if configured or "--ssh" in extra else ("--ssh", "tcp:0:interface=127.0.0.1")
+        door: tuple[str, ...] = () if configured or "--ssh" in extra else ("--ssh", "tcp:0:interface=127.0.0.1")
+        if "desktop" not in (config or {}).get("listen", {}) and "--desktop" not in extra:
+            door += ("--desktop", "tcp:0:interface=127.0.0.1")
         args = [
             "oneosd",
             "--id",
@@ -136,8 +138,10 @@ class EmbeddedRuntime:
         self.log_path = self.home / "runtime.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, ONEOS_HOME=str(self.home), PYTHONUNBUFFERED="1")
+        # the desktop on an ephemeral port: its default (3000) may be taken by another test's runtime
+        desktop = () if "--desktop" in extra else ("--desktop", "tcp:0:interface=127.0.0.1")
         self.process = subprocess.Popen(
-            twistd("oneosd", "--id", "solo", "--pubsub", self.url, *extra),
+            twistd("oneosd", "--id", "solo", "--pubsub", self.url, *desktop, *extra),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
