@@ -29,7 +29,19 @@ def judged_state(status: RuntimeStatus, now: float) -> str:
 
 def format_table(statuses: list[RuntimeStatus], now: float) -> str:
     """Render the runtime table (pure, for tests)."""
-    header = ("ID", "ADDRESS", "STREAMS", "SSH", "PID", "ROLE", "STATE", "CPU%", "MEMORY (used/limit MB)", "AGENTS")
+    header = (
+        "ID",
+        "ADDRESS",
+        "STREAMS",
+        "SSH",
+        "DESKTOP",
+        "PID",
+        "ROLE",
+        "STATE",
+        "CPU%",
+        "MEMORY (used/limit MB)",
+        "AGENTS",
+    )
     rows = [header]
     for s in sorted(statuses, key=lambda s: (judged_state(s, now) != ALIVE, s.id)):
         state = judged_state(s, now)
@@ -44,6 +56,7 @@ def format_table(statuses: list[RuntimeStatus], now: float) -> str:
                 s.address or "-",
                 s.stream or "-",
                 s.ssh or "-",
+                s.desktop or "-",
                 str(s.pid or "-"),
                 role,
                 state,

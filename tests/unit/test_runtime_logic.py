@@ -145,7 +145,14 @@ def test_configure_without_answers_writes_nothing(tmp_path):
 def test_status_table_marks_stale_and_leader():
     now = 1000.0
     fresh = RuntimeStatus(
-        id="rt-1", instance="a", leader=True, kernel=True, updated_at=999, address="10.0.0.1", memory_limit_mb=512
+        id="rt-1",
+        instance="a",
+        leader=True,
+        kernel=True,
+        updated_at=999,
+        address="10.0.0.1",
+        memory_limit_mb=512,
+        desktop="http://10.0.0.1:3000/",
     )
     stale = RuntimeStatus(id="rt-2", instance="b", kernel=True, updated_at=900)
     dead = RuntimeStatus(id="rt-3", instance="c", state=DEAD, updated_at=999)
@@ -153,4 +160,5 @@ def test_status_table_marks_stale_and_leader():
     table = format_table([stale, fresh, dead], now)
     first = table.splitlines()[1]
     assert first.startswith("rt-1") and "leader" in first and "alive" in first
+    assert "DESKTOP" in table.splitlines()[0] and "http://10.0.0.1:3000/" in first
     assert "1 live runtime(s); kernel leader: rt-1" in table
