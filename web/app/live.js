@@ -146,6 +146,11 @@ class Agents extends LiveChannel {
     put(info, quiet = true) {
         if (!info || !info.id) return;
         const old = this.byId.get(info.id);
+        // An operation's answer (proc.kill's record, taken just after SIGTERM) can arrive after the
+        // channel's event that the agent ended: it must not bring the agent back to life.  Only a
+        // newer incarnation (a restart) may.
+        if (old && ENDED.includes(old.state) && !ENDED.includes(info.state)
+            && (info.incarnation ?? 0) <= (old.incarnation ?? 0)) return;
         this.byId.set(info.id, old ? { ...old, ...info } : info);
         let h = this.history.get(info.id);
         if (!h) {

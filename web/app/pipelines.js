@@ -4,7 +4,7 @@ import { html, useState, useEffect, useErrors, ErrorBar, formatBytes, basename }
 import { agents, pipes, useLive, ENDED } from './live.js';
 import { openWindow } from './wm.js';
 
-const NODE_W = 170;
+const NODE_W = 210;
 const NODE_H = 48;
 const COL_GAP = 110;
 const ROW_GAP = 22;
