@@ -138,8 +138,11 @@ class EmbeddedRuntime:
         self.log_path = self.home / "runtime.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, ONEOS_HOME=str(self.home), PYTHONUNBUFFERED="1")
-        # the desktop on an ephemeral port: its default (3000) may be taken by another test's runtime
-        desktop = () if "--desktop" in extra else ("--desktop", "tcp:0:interface=127.0.0.1")
+        # the front doors on ephemeral ports: their defaults (ssh 2222, desktop 3000) may be taken by
+        # another runtime on this machine; `oneos` finds them through runtime.json
+        desktop: tuple[str, ...] = () if "--desktop" in extra else ("--desktop", "tcp:0:interface=127.0.0.1")
+        if "--ssh" not in extra:
+            desktop += ("--ssh", "tcp:0:interface=127.0.0.1")
         self.process = subprocess.Popen(
             twistd("oneosd", "--id", "solo", "--pubsub", self.url, *desktop, *extra),
             stdout=self._log,
