@@ -142,7 +142,7 @@ class Config:
     #: the OS account programs run as: auto (nobody when the runtime is root, else the runtime's user), or a name
     run_as: str = "auto"
     listen: dict[str, str] = field(default_factory=default_listen)
-    #: I/O devices this machine exposes (:class:`Device`); not served yet
+    #: I/O devices this machine exposes (:class:`Device`), served by the runtime's ``devices`` service
     devices: tuple[Device, ...] = ()
     #: the web desktop's settings (its listener is ``listen.desktop``)
     desktop: DesktopSettings = field(default_factory=DesktopSettings)
@@ -329,6 +329,8 @@ def load_config(home: Path | None = None, overrides: dict[str, Any] | None = Non
             continue
         if key == "listen":
             merged["listen"] = {**merged.get("listen", {}), **value}
+        elif key == "devices":
+            merged["devices"] = merge_devices(merged.get("devices", []), value)
         else:
             merged[key] = value
     return _validate(merged, home, embedded)
@@ -357,6 +359,9 @@ def with_changes(config: Config, **changes: Any) -> Config:
 # --- I/O devices ----------------------------------------------------------
 
 DEVICE_DIRECTIONS = ("in", "out")
+#: the drivers of oneos/devices/drivers (its DRIVERS table; tests/unit/test_devices_service.py checks they agree).
+#: A driver not listed is a configuration error naming the field; a device whose driver cannot work on this
+#: machine (no ffmpeg, no GPIO, a bad option) is only marked failed, and the runtime runs without it.
 DEVICE_DRIVERS = ("video", "gpio", "command", "random", "dump")
 DEVICE_SPEC_FORM = "NAME:in|out:DRIVER[:KEY=VALUE,...]"
 OPTION_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -448,3 +453,26 @@ def validate_devices(value: Any) -> tuple[Device, ...]:
             raise ConfigError(f"devices[{index}].name", f"{device.name!r} is already the name of another device")
         devices.append(device)
     return tuple(devices)
+
+
+def _raw_device_name(item: Any) -> Any:
+    """The name of a device as config.json or a flag gives it (None if it gives none)."""
+    if isinstance(item, Device):
+        return item.name
+    if isinstance(item, dict):
+        return item.get("name")
+    if isinstance(item, str):
+        return item.split(":", 1)[0].strip()
+    return None
+
+
+def merge_devices(configured: Any, flags: Any) -> Any:
+    """config.json's devices with the ``--device`` flags': a flag's device replaces the configured one of its name.
+
+    Anything malformed is passed on as it is, for :func:`validate_devices`
+    to refuse with the field's name.
+    """
+    if not isinstance(configured, (list, tuple)) or not isinstance(flags, (list, tuple)):
+        return flags if isinstance(configured, (list, tuple)) else configured
+    given = {_raw_device_name(item) for item in flags}
+    return [item for item in configured if _raw_device_name(item) not in given] + list(flags)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "pipes": "control:pipes",
     "shell": "shell",
     "desktop": "desktop",
+    "devices": "devices",
     "user": "user",
     "passwd": "user:passwd",
     "kill": "control:kill",

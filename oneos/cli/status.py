@@ -14,7 +14,7 @@ from oneos.pubsub.client import Message
 from oneos.pubsub.messages import MalformedMessage
 from oneos.runtime.status import ALIVE, DEAD, RuntimeStatus
 
-SUMMARY = "show the runtimes in the network: id, address, leader, live/dead, CPU, memory, agents"
+SUMMARY = "show the runtimes in the network: id, address, leader, live/dead, CPU, memory, agents, devices"
 
 #: A status not refreshed for this many intervals is shown dead.
 STALE_INTERVALS = 3
@@ -25,6 +25,12 @@ def judged_state(status: RuntimeStatus, now: float) -> str:
     if status.state == ALIVE and now - status.updated_at > max(STALE_INTERVALS * status.interval, 3.0):
         return DEAD
     return status.state
+
+
+def devices_cell(status: RuntimeStatus) -> str:
+    """How many devices a runtime serves, and how many failed ('oneos devices' lists them)."""
+    failed = sum(1 for d in status.devices if d.state != "ok")
+    return f"{len(status.devices)} ({failed} failed)" if failed else str(len(status.devices))
 
 
 def format_table(statuses: list[RuntimeStatus], now: float) -> str:
@@ -41,6 +47,7 @@ def format_table(statuses: list[RuntimeStatus], now: float) -> str:
         "CPU%",
         "MEMORY (used/limit MB)",
         "AGENTS",
+        "DEVICES",
     )
     rows = [header]
     for s in sorted(statuses, key=lambda s: (judged_state(s, now) != ALIVE, s.id)):
@@ -63,6 +70,7 @@ def format_table(statuses: list[RuntimeStatus], now: float) -> str:
                 f"{s.cpu_percent:.0f}" if alive else "-",
                 memory,
                 str(s.agents) if alive else "-",
+                devices_cell(s) if alive else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

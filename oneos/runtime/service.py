@@ -4,7 +4,8 @@ Its children are declared in one place, :meth:`RuntimeService.__init__`,
 grouped by where they run:
 
 * on every runtime: ``transfer`` (streams), ``pubsub``, ``membership``,
-  ``agents``, ``rpc`` (this runtime's own RPC target), ``election``,
+  ``agents``, ``devices`` (this machine's I/O devices), ``rpc`` (this
+  runtime's own RPC target), ``election``,
   ``store`` (agrees on the network's store) and the front doors ``shell``
   and ``desktop``;
 * only on the kernel leader: the children of ``kernel`` (``scheduler``);
@@ -41,6 +42,8 @@ from oneos.config import Config, resolve_listen
 from oneos.desktop.context import DesktopContext
 from oneos.desktop.service import DesktopService
 from oneos.desktop.sessions import SessionStore
+from oneos.devices.client import CLIENT_METHODS as DEVICE_CLIENT_METHODS
+from oneos.devices.service import DeviceService
 from oneos.errors import OneOSError, StaleEpoch, describe
 from oneos.fs.client import FSClient
 from oneos.fs.service import FileSystemService
@@ -51,7 +54,7 @@ from oneos.runtime.host import HostSample, HostStats, find_interpreters, guess_a
 from oneos.runtime.kernel import KernelHost, RoleHost
 from oneos.runtime.membership import Membership
 from oneos.runtime.netstore import machine_id, recall_epoch, remember_epoch, route_check
-from oneos.runtime.status import RuntimeStatus
+from oneos.runtime.status import DeviceStatus, RuntimeStatus
 from oneos.runtime.storehost import StoreHost
 from oneos.scheduler.restarts import RestartPolicy
 from oneos.scheduler.service import SchedulerService
@@ -72,7 +75,7 @@ def _default_fatal(error: BaseException) -> None:
 
 
 class RPCService(service.Service):
-    """This runtime's own RPC target (ping, status, members, the agents' methods) as a named service."""
+    """This runtime's own RPC target (ping, status, members, the agents' and devices' methods) as a named service."""
 
     name = "rpc"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
@@ -139,14 +142,23 @@ class RuntimeService(service.MultiService):
             home=config.home,
             interval=config.stats_interval,
         )
+        # the I/O devices this machine exposes (config.devices); a device's state change is published at once
+        self.devices = DeviceService(rid, reactor, self.transfer, config.devices, on_change=self._devices_changed)
         self.rpc_service = RPCService(
             RPCServer(
                 self.client,
                 rid,
-                {"ping": self._ping, "status": self._status, "members": self._members, **self.agents.handlers()},
+                {
+                    "ping": self._ping,
+                    "status": self._status,
+                    "members": self._members,
+                    **self.agents.handlers(),
+                    **self.devices.handlers(),
+                },
                 guard=self._fence,
-                # a client identity may read its own programs' output and feed their input, nothing else here
-                clients=("ping", "status", *AGENT_CLIENT_METHODS),
+                # a client identity may read its own programs' output and feed their input, and use the
+                # devices (a user's machine reads a camera, sets a pin); nothing else here
+                clients=("ping", "status", *AGENT_CLIENT_METHODS, *DEVICE_CLIENT_METHODS),
             )
         )
 
@@ -226,6 +238,7 @@ class RuntimeService(service.MultiService):
             self.client,
             self.membership,
             self.agents,
+            self.devices,
             self.rpc_service,
             self.kernel,
             self.fs_role,
@@ -264,9 +277,15 @@ class RuntimeService(service.MultiService):
             ssh=self.shell.ssh_address if self.shell is not None else "",
             desktop=self.desktop.url if hasattr(self, "desktop") else "",
             pid=os.getpid(),
+            devices=tuple(DeviceStatus(**entry) for entry in self.devices.status()) if hasattr(self, "devices") else (),
             **store,
             **stats,
         )
+
+    def _devices_changed(self) -> None:
+        """A device failed or recovered: tell the network now rather than at the next interval."""
+        if self.membership.joined and self.membership.running:
+            self.membership.publish()
 
     def _store_url(self) -> str:
         assert self.store is not None and self.store.record is not None
@@ -355,6 +374,7 @@ class RuntimeService(service.MultiService):
         yield self.membership.join()
         self.membership.on_conflict(self._fatal)
         self.agents.startService()
+        self.devices.startService()
         self.rpc_service.startService()
         yield self.rpc_service.started
         self.kernel.startService()

@@ -19,6 +19,31 @@ STATES = (ALIVE, DEAD, LEFT)
 
 
 @dataclass(frozen=True)
+class DeviceStatus:
+    """One device of a runtime as its status tells it (the full record: ``device_list``, oneos.devices.info)."""
+
+    name: str
+    direction: str
+    driver: str
+    #: ok or failed
+    state: str = "ok"
+    #: why it failed ('' when ok)
+    reason: str = ""
+
+    @classmethod
+    def from_dict(cls, body: Any) -> DeviceStatus:
+        if not isinstance(body, dict):
+            raise messages.MalformedMessage(f"a device entry is an object, not {type(body).__name__}")
+        return cls(
+            name=messages.require(body, "name", str),
+            direction=str(body.get("direction", "")),
+            driver=str(body.get("driver", "")),
+            state=str(body.get("state", "ok")),
+            reason=str(body.get("reason", "")),
+        )
+
+
+@dataclass(frozen=True)
 class RuntimeStatus:
     """One runtime as the network sees it."""
 
@@ -58,6 +83,8 @@ class RuntimeStatus:
     fs_serving: bool = False
     #: the leadership term this runtime leads (or last saw): strictly increasing across the network's life
     epoch: int = 0
+    #: the I/O devices this runtime serves (name, direction, driver, state, reason)
+    devices: tuple[DeviceStatus, ...] = ()
 
     @property
     def alive(self) -> bool:
@@ -120,6 +147,7 @@ class RuntimeStatus:
                 fs_eligible=bool(body.get("fs_eligible", False)),
                 fs_serving=bool(body.get("fs_serving", False)),
                 epoch=int(body.get("epoch", 0) or 0),
+                devices=tuple(DeviceStatus.from_dict(d) for d in body.get("devices") or ()),
             )
         except (TypeError, ValueError) as e:
             raise messages.MalformedMessage(f"bad runtime status field: {e}") from None

@@ -64,6 +64,22 @@ class Flags(usage.Options):
         ["desktop", None, None, "web desktop endpoint, e.g. tcp:3000:interface=10.0.0.5 ('' = off; default auto)"],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: ``--device`` specs, in the order given
+        self.devices: list[str] = []
+
+    def opt_device(self, spec: str) -> None:
+        """an I/O device to serve, NAME:in|out:DRIVER[:KEY=VALUE,...], e.g. rnd:in:random (repeatable; docs/devices.md)"""
+        from oneos.config import parse_device_spec
+        from oneos.errors import ConfigError
+
+        try:
+            parse_device_spec(spec, len(self.devices))  # a bad spec is named by its flag here
+        except ConfigError as e:
+            raise usage.UsageError(f"--device {spec}: {e.problem}") from None
+        self.devices.append(spec)
+
     def parseArgs(self, runtime_id: str | None = None) -> None:
         if runtime_id is not None and self["id"] is not None and runtime_id != self["id"]:
             raise usage.UsageError("give the runtime id either as --id or positionally, not both")
@@ -78,8 +94,9 @@ class Flags(usage.Options):
         return Path(self["home"]).expanduser() if self["home"] else None
 
     def overrides(self) -> dict[str, Any]:
-        """The flags given, as config settings (None for 'not given')."""
+        """The flags given, as config settings (None for 'not given'; ``devices`` only when ``--device`` was)."""
         kernel = True if self["kernel"] else False if self["no-kernel"] else None
+        devices = {"devices": list(self.devices)} if self.devices else {}
         return {
             "id": self["id"],
             "pubsub": self["pubsub"],
@@ -94,6 +111,7 @@ class Flags(usage.Options):
             "disconnect_grace": self["disconnect-grace"],
             "run_as": self["run-as"],
             "listen": {k: self[k] for k in ("ssh", "telnet", "pipe", "desktop") if self[k] is not None} or None,
+            **devices,
         }
 
 

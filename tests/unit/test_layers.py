@@ -32,7 +32,15 @@ PACKAGE = ROOT / "oneos"
 
 #: The lower layers and what they must never import.
 LOWER = ("oneos.pubsub", "oneos.fs", "oneos.security", "oneos.transfer", "oneos.config", "oneos.errors")
-UPPER = ("oneos.runtime", "oneos.shell", "oneos.scheduler", "oneos.agents", "oneos.desktop", "oneos.cli")
+UPPER = (
+    "oneos.runtime",
+    "oneos.shell",
+    "oneos.scheduler",
+    "oneos.agents",
+    "oneos.desktop",
+    "oneos.devices",
+    "oneos.cli",
+)
 #: Only the CLI may import the CLI.
 CLI = "oneos.cli"
 

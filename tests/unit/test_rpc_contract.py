@@ -1,13 +1,13 @@
 """Each RPC target's client and its server agree, and what crosses the wire is typed.
 
-For every target (``fs``, ``scheduler``, a runtime's agent methods,
-``kernel``) the server is built without I/O and its handler table read;
+For every target (``fs``, ``scheduler``, a runtime's agent and device
+methods, ``kernel``) the server is built without I/O and its handler table read;
 every method of the client is called against a recorder that never
 answers, and each request it makes must name a handler that exists with
 arguments the handler's signature accepts.  Every method a server opens to
 client identities (``clients=``) must exist.  The wire types
 (:class:`AgentInfo`, :class:`OutputTarget`, :class:`StageSpec`,
-:class:`StreamAddress`) round-trip, and a malformed value is a typed error.
+:class:`StreamAddress`; DeviceInfo in test_devices_config.py) round-trip, and a malformed value is a typed error.
 Each wire error kind is registered once and rebuilds an error of its kind.
 """
 
@@ -33,6 +33,8 @@ from oneos.agents.info import (
     exit_status,
 )
 from oneos.config import load_config
+from oneos.devices.client import CLIENT_METHODS as DEVICE_CLIENT_METHODS
+from oneos.devices.client import DevicesClient
 from oneos.errors import WIRE_ERRORS, RPCError, error_kind, rebuild_error, register_error
 from oneos.fs.client import FSClient
 from oneos.fs.service import FileSystemService
@@ -93,7 +95,13 @@ def _servers(tmp_path: Any) -> dict[str, Any]:
     scheduler = SchedulerService(QuietClient(), Recorder(), Membership(), reactor)
     kernel = KernelHost(QuietClient(), Membership(), {})
     kernel._before_start()
-    return {"fs": fs.server, "scheduler": scheduler.server, "runtime": runtime.rpc_service.server, "kernel": kernel.rpc}
+    return {
+        "fs": fs.server,
+        "scheduler": scheduler.server,
+        "runtime": runtime.rpc_service.server,
+        "devices": runtime.rpc_service.server,  # a runtime's own target serves the device methods too
+        "kernel": kernel.rpc,
+    }
 
 
 #: per client: how to make one, and one call of each of its methods (name -> call)
@@ -180,6 +188,13 @@ AGENTS_CALLS: Calls = {
     "pipe_out": lambda c: c.pipe_out("rt-1", "a1", StreamAddress("h", 1, "t", tls=True), to="a2@rt-2"),
 }
 
+DEVICES_CALLS: Calls = {
+    "list_devices": lambda c: c.list_devices("rt-1"),
+    "read": lambda c: c.read("rt-1", "cam0", units=3),
+    "write": lambda c: c.write("rt-1", "led"),
+    "pipe_out": lambda c: c.pipe_out("rt-1", "cam0", StreamAddress("h", 1, "t", tls=True), units=1, to="a2@rt-2"),
+}
+
 KERNEL_CALLS: Calls = {
     "ping": lambda c: c.ping(),
     "runtimes": lambda c: c.runtimes(timeout=2),
@@ -190,6 +205,7 @@ CLIENTS = {
     "fs": (FSClient, lambda rpc: FSClient(rpc, MemoryReactorClock(), system=True, user="ann"), FS_CALLS, "fs"),
     "scheduler": (SchedulerClient, lambda rpc: SchedulerClient(rpc), SCHEDULER_CALLS, "scheduler"),
     "runtime": (AgentsClient, lambda rpc: AgentsClient(rpc, meta=lambda: {"epoch": 1}), AGENTS_CALLS, "rt-1"),
+    "devices": (DevicesClient, lambda rpc: DevicesClient(rpc, timeout=3), DEVICES_CALLS, "rt-1"),
     "kernel": (KernelClient, lambda rpc: KernelClient(rpc), KERNEL_CALLS, "kernel"),
 }
 
@@ -235,6 +251,7 @@ def test_methods_open_to_clients_exist(server_name, tmp_path):
 def test_the_runtime_opens_the_agents_stream_methods_to_clients(tmp_path):
     server = _servers(tmp_path)["runtime"]
     assert set(AGENT_CLIENT_METHODS) <= server.clients
+    assert set(DEVICE_CLIENT_METHODS) <= server.clients
     assert {"agent_spawn", "agent_kill", "agent_list"}.isdisjoint(server.clients)
 
 
@@ -352,6 +369,7 @@ def test_each_wire_kind_rebuilds_an_error_of_its_kind():
         "NotPermitted",
         "StaleEpoch",
         "KernelUnavailable",
+        "ENODEV",
     } <= set(WIRE_ERRORS)
     for kind, factory in WIRE_ERRORS.items():
         error = factory("the message")
