@@ -43,6 +43,8 @@ class StageSpec:
     stderr: OutputTarget | None = None
     #: a OneOS file to feed the first stage (its runtime reads it)
     stdin_file: str | None = None
+    #: devices its runtime must have, each in state ok (``@dev:NAME``)
+    near: tuple[str, ...] = ()
 
     def encode(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -60,6 +62,8 @@ class StageSpec:
             out["stderr"] = self.stderr.encode()
         if self.stdin_file is not None:
             out["stdin_file"] = self.stdin_file
+        if self.near:
+            out["near"] = list(self.near)
         return out
 
     @classmethod
@@ -70,8 +74,8 @@ class StageSpec:
         program = body.get("program")
         if not isinstance(program, str) or not program:
             raise MalformedAgentInfo("a pipeline stage needs 'program' (a non-empty string)")
-        args, tags = body.get("args") or [], body.get("tags") or []
-        for key, value in (("args", args), ("tags", tags)):
+        args, tags, near = body.get("args") or [], body.get("tags") or [], body.get("near") or []
+        for key, value in (("args", args), ("tags", tags), ("near", near)):
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise MalformedAgentInfo(f"pipeline stage field {key!r} must be a list of strings")
         env = body.get("env")
@@ -92,6 +96,7 @@ class StageSpec:
             stdout=None if body.get("stdout") is None else OutputTarget.decode(body["stdout"]),
             stderr=None if body.get("stderr") is None else OutputTarget.decode(body["stderr"]),
             stdin_file=body.get("stdin_file") or None,
+            near=tuple(near),
         )
 
 
@@ -121,10 +126,16 @@ class SchedulerClient:
         stderr: OutputTarget | None = None,
         stdin_file: str | None = None,
         user: str | None = None,
+        near: Sequence[str] = (),
         timeout: float | None = None,
     ) -> defer.Deferred:
-        """Place and start one program; fires with its :class:`AgentInfo` (``extra["placement"]`` says why there)."""
+        """Place and start one program; fires with its :class:`AgentInfo` (``extra["placement"]`` says why there).
+
+        *near*: devices its runtime must have, each in state ok.
+        """
         extra: dict[str, Any] = {}
+        if near:
+            extra["near"] = list(near)
         for key, value in (("memory_mb", memory_mb), ("restart", restart), ("stdin_file", stdin_file), ("user", user)):
             if value is not None:
                 extra[key] = value
@@ -149,10 +160,14 @@ class SchedulerClient:
         runtime: str | None = None,
         tags: Sequence[str] = (),
         memory_mb: int = 0,
+        near: Sequence[str] = (),
         timeout: float | None = None,
     ) -> defer.Deferred:
         """How the scheduler ranks the runtimes for *program* (text)."""
-        return self._call("explain", timeout, program=program, runtime=runtime, tags=list(tags), memory_mb=memory_mb)
+        extra: dict[str, Any] = {"near": list(near)} if near else {}
+        return self._call(
+            "explain", timeout, program=program, runtime=runtime, tags=list(tags), memory_mb=memory_mb, **extra
+        )
 
     def ps(self, all: bool = False, timeout: float | None = None) -> defer.Deferred:
         """The process table: a list of :class:`AgentInfo` (the states as users see them: lost, restarting ...)."""

@@ -3,8 +3,9 @@
     python3 gen.py 100 @rt-1 | grep 7 @tag:fast | wc -l
 
 Stages are separated by ``|``; words are shell-quoted (``shlex``); a trailing
-``@RUNTIME`` pins a stage to a runtime, ``@tag:T`` requires a tag (several
-may be given).
+``@RUNTIME`` pins a stage to a runtime, ``@tag:T`` requires a tag and
+``@dev:NAME`` a device NAME in state ok on its runtime (several of each may
+be given).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Stage:
     args: tuple[str, ...] = ()
     runtime: str | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+    near: tuple[str, ...] = field(default_factory=tuple)
 
 
 def parse_stage(words: list[str], index: int) -> Stage:
@@ -35,16 +37,19 @@ def parse_stage(words: list[str], index: int) -> Stage:
         raise PipelineSyntaxError(f"stage {index + 1} has no program")
     runtime = None
     tags: list[str] = []
+    near: list[str] = []
     for p in placement:
         if p.startswith("@tag:") and len(p) > 5:
             tags.append(p[5:])
-        elif len(p) > 1 and not p.startswith("@tag:"):
+        elif p.startswith("@dev:") and len(p) > 5:
+            near.append(p[5:])
+        elif len(p) > 1 and not p.startswith(("@tag:", "@dev:")):
             if runtime is not None:
                 raise PipelineSyntaxError(f"stage {index + 1} names two runtimes ({runtime}, {p[1:]})")
             runtime = p[1:]
         else:
-            raise PipelineSyntaxError(f"stage {index + 1}: bad placement {p!r} (use @RUNTIME or @tag:TAG)")
-    return Stage(words[0], tuple(words[1:]), runtime, tuple(tags))
+            raise PipelineSyntaxError(f"stage {index + 1}: bad placement {p!r} (use @RUNTIME, @tag:TAG or @dev:DEVICE)")
+    return Stage(words[0], tuple(words[1:]), runtime, tuple(tags), tuple(near))
 
 
 def parse_pipeline(text: str) -> list[Stage]:

@@ -32,6 +32,7 @@ class Needs:
     tags: tuple[str, ...] = ()  # every tag must be present ("@tag:gpu")
     exclude: tuple[str, ...] = ()  # runtimes not to use (e.g. the one that just died)
     memory_mb: int = 0
+    near: tuple[str, ...] = ()  # devices the runtime must have, each in state ok ("@dev:cam0")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ def judge(status: RuntimeStatus, needs: Needs) -> Verdict:
     missing = [t for t in needs.tags if t not in status.tags]
     if missing:
         return Verdict(rid, False, reasons=(f"lacks tag {', '.join(missing)}",))
+    near = _near(status, needs.near)
+    if near:
+        return Verdict(rid, False, reasons=near)
     if needs.interpreter and needs.interpreter not in status.interpreters:
         return Verdict(rid, False, reasons=(f"has no {needs.interpreter}",))
     free_mb = max(0.0, status.memory_limit_mb - status.agents_memory_mb)
@@ -72,8 +76,25 @@ def judge(status: RuntimeStatus, needs: Needs) -> Verdict:
         memory = 0.5
     agents = 1.0 / (1.0 + status.agents)
     score = WEIGHTS["cpu"] * cpu + WEIGHTS["memory"] * memory + WEIGHTS["agents"] * agents
-    reasons = (f"cpu idle {cpu * 100:.0f}%", f"memory free {memory * 100:.0f}%", f"{status.agents} agents")
+    reasons = tuple(f"has device {name}" for name in needs.near) + (
+        f"cpu idle {cpu * 100:.0f}%",
+        f"memory free {memory * 100:.0f}%",
+        f"{status.agents} agents",
+    )
     return Verdict(rid, True, round(score, 4), reasons)
+
+
+def _near(status: RuntimeStatus, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Why *status* lacks the devices *names* (each must be there and ok); () when it has them all."""
+    devices = {d.name: d for d in status.devices}
+    why = []
+    for name in names:
+        device = devices.get(name)
+        if device is None:
+            why.append(f"no device {name}")
+        elif device.state != "ok":
+            why.append(f"device {name} {device.state}" + (f": {device.reason}" if device.reason else ""))
+    return tuple(why)
 
 
 def rank(statuses: list[RuntimeStatus], needs: Needs) -> list[Verdict]:
@@ -90,6 +111,8 @@ def place(statuses: list[RuntimeStatus], needs: Needs) -> Verdict:
     if not ranked:
         raise NoFittingRuntime("no live runtime in the network")
     why = "; ".join(f"{v.runtime}: {', '.join(v.reasons)}" for v in ranked)
+    if needs.near and not any(s.alive and not _near(s, needs.near) for s in statuses):
+        raise NoFittingRuntime(f"no live runtime has device {', '.join(needs.near)} ready ({why})")
     raise NoFittingRuntime(f"no runtime fits ({why})")
 
 

@@ -46,6 +46,16 @@ from oneos.scheduler.restarts import USER_KILL_REASON, RestartPolicy, decide, ou
 
 log = Logger()
 
+
+def _names(near: Any) -> list[str]:
+    """The device names of a ``near`` argument as the wire carries it; :class:`AgentError` if malformed."""
+    if near is None:
+        return []
+    if not isinstance(near, (list, tuple)) or not all(isinstance(n, str) and n for n in near):
+        raise AgentError("'near' must be a list of device names", "EINVAL")
+    return list(near)
+
+
 #: the OneOS user who may control every program
 ADMIN = "root"
 LIVE_STATES = ("running", "paused")
@@ -314,7 +324,12 @@ class SchedulerService(service.Service):
     # -- placement ----------------------------------------------------------------
     @staticmethod
     def _needs(
-        program: str, runtime: str | None, tags: list[str] | None, exclude: list[str] | None, memory_mb: int
+        program: str,
+        runtime: str | None,
+        tags: list[str] | None,
+        exclude: list[str] | None,
+        memory_mb: int,
+        near: list[str] | None = None,
     ) -> Needs:
         return Needs(
             interpreter=interpreter_for(program),
@@ -322,6 +337,7 @@ class SchedulerService(service.Service):
             tags=tuple(tags or ()),
             exclude=tuple(exclude or ()),
             memory_mb=int(memory_mb or 0),
+            near=tuple(near or ()),
         )
 
     def _view(self) -> list[Any]:
@@ -345,9 +361,14 @@ class SchedulerService(service.Service):
         return entry
 
     def explain(
-        self, program: str, runtime: str | None = None, tags: list[str] | None = None, memory_mb: int = 0
+        self,
+        program: str,
+        runtime: str | None = None,
+        tags: list[str] | None = None,
+        memory_mb: int = 0,
+        near: list[str] | None = None,
     ) -> str:
-        return explain(self._view(), self._needs(program, runtime, tags, None, memory_mb))
+        return explain(self._view(), self._needs(program, runtime, tags, None, memory_mb, _names(near)))
 
     @defer.inlineCallbacks
     def spawn(
@@ -370,10 +391,15 @@ class SchedulerService(service.Service):
         incarnation: int = 0,
         history: dict[str, Any] | None = None,
         user: str = "",
+        near: list[str] | None = None,
     ) -> Any:
-        """Place and start one agent; fires with its info (incl. the runtime chosen)."""
+        """Place and start one agent; fires with its info (incl. the runtime chosen).
+
+        *near*: devices its runtime must have, each in state ok (``oneos run --near``, ``@dev:NAME``).
+        """
         out, err = OutputTarget.decode(stdout), OutputTarget.decode(stderr)  # malformed: refused before placing
-        verdict = place(self._view(), self._needs(program, runtime, tags, exclude, memory_mb))
+        near = _names(near)
+        verdict = place(self._view(), self._needs(program, runtime, tags, exclude, memory_mb, near))
         held = self._reserve(verdict.runtime, memory_mb)
         try:
             started = yield self.agents.spawn(
@@ -405,6 +431,7 @@ class SchedulerService(service.Service):
                 "program": program,
                 "args": list(args or []),
                 "tags": tags,
+                "near": near,
                 "memory_mb": memory_mb,
                 "restart": restart,
                 "cwd": cwd,
@@ -441,6 +468,7 @@ class SchedulerService(service.Service):
                     stdout=(spec.stdout or OutputTarget.attach()).encode(),
                     stderr=(spec.stderr or OutputTarget.attach()).encode(),
                     stdin_file=spec.stdin_file,
+                    near=list(spec.near),
                 )
                 infos.append(info)
             for left, right in zip(infos, infos[1:], strict=False):

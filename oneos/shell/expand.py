@@ -123,7 +123,7 @@ def _render_redirect(redirect: Redirect) -> str:
 
 def _render_placement(placement: Placement) -> list[str]:
     runtime = [f"@{placement.runtime}"] if placement.runtime is not None else []
-    return runtime + [f"@tag:{tag}" for tag in placement.tags]
+    return runtime + [f"@tag:{tag}" for tag in placement.tags] + [f"@dev:{name}" for name in placement.near]
 
 
 def _render_command(command: Command) -> str:

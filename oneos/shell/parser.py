@@ -9,7 +9,7 @@ The grammar, POSIX-shell-like but deliberately small::
     pipeline  := command ('|' '\\n'* command)*
     command   := (word | redirect)+    -- leading NAME=value words are
                                           assignments, trailing unquoted
-                                          @RUNTIME / @tag:T words placement
+                                          @RUNTIME / @tag:T / @dev:D  placement
     redirect  := [digit] ('<' | '>' | '>>') word  |  [digit] '>&' digit
 
 Words are made of parts: literal text (remembering whether it was quoted,
@@ -46,6 +46,8 @@ MAX_FD = 9
 # sync); copied so that parsing does not import the pub/sub stack.
 RUNTIME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# Same rule as a device name (oneos.devices.info).
+DEVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
@@ -140,10 +142,11 @@ class Redirect:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a stage must run: a runtime id and/or tags the runtime must have."""
+    """Where a stage must run: a runtime id, tags and devices (``@dev:NAME``, in state ok) the runtime must have."""
 
     runtime: str | None = None
     tags: tuple[str, ...] = ()
+    near: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -637,20 +640,24 @@ def _placement(parser: _Parser, tokens: list[_WordToken]) -> Placement:
         return _NOWHERE
     runtime: str | None = None
     tags: list[str] = []
+    near: list[str] = []
     for token in tokens:
         if token.plain is None:
             raise parser.error(
                 token.position,
-                "a placement must be plain text like @RUNTIME or @tag:TAG (quote it if it is an argument)",
+                "a placement must be plain text like @RUNTIME, @tag:TAG or @dev:DEVICE (quote it if it is an argument)",
             )
         if token.plain.startswith("@tag:"):
             tags.append(_placement_name(parser, token, token.plain[5:], TAG_PATTERN, "a tag"))
+            continue
+        if token.plain.startswith("@dev:"):
+            near.append(_placement_name(parser, token, token.plain[5:], DEVICE_PATTERN, "a device name"))
             continue
         name = _placement_name(parser, token, token.plain[1:], RUNTIME_PATTERN, "a runtime id")
         if runtime is not None:
             raise parser.error(token.position, f"a stage can run on one runtime only (already placed on {runtime!r})")
         runtime = name
-    return Placement(runtime, tuple(tags))
+    return Placement(runtime, tuple(tags), tuple(near))
 
 
 def _placement_name(parser: _Parser, token: _WordToken, name: str, pattern: re.Pattern[str], what: str) -> str:
@@ -658,7 +665,7 @@ def _placement_name(parser: _Parser, token: _WordToken, name: str, pattern: re.P
         shown = token.plain if len(token.plain or "") <= 40 else (token.plain or "")[:40] + "..."
         raise parser.error(
             token.position,
-            f"expected {what} after '@' in {shown!r} (write @RUNTIME or @tag:TAG; quote it if it is an argument)",
+            f"expected {what} after '@' in {shown!r} (write @RUNTIME, @tag:TAG or @dev:DEVICE; quote it if it is an argument)",
         )
     return name
 

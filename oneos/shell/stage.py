@@ -64,6 +64,8 @@ class Stage:
     runtime: str | None = None
     tags: tuple[str, ...] = ()
     builtin: Callable[..., Any] | None = None
+    #: devices its runtime must have (``@dev:NAME``)
+    near: tuple[str, ...] = ()
 
     def file_dests(self) -> list[FileDest]:
         """The files its stdout and stderr go to, each once (``> F 2>&1`` is one file)."""
@@ -130,11 +132,10 @@ async def expand(
                 stderr = dest
             else:
                 raise ShellError(f"{r.fd}>: only standard output (1) and error (2) can be redirected")
-    placed = command.placement.runtime is not None or bool(command.placement.tags)
+    where = command.placement
+    placed = where.runtime is not None or bool(where.tags) or bool(where.near)
     builtin = builtins.get(argv[0]) if argv and not placed else None
-    return Stage(
-        argv, assignments, stdin_file, stdout, stderr, command.placement.runtime, command.placement.tags, builtin
-    )
+    return Stage(argv, assignments, stdin_file, stdout, stderr, where.runtime, where.tags, builtin, where.near)
 
 
 def _display(match: str, pattern: str, cwd: str) -> str:

@@ -141,17 +141,27 @@ SCHEDULER_CALLS: Calls = {
         stdin=False,
         stdin_file="/i",
         user="ann",
+        near=["cam0"],
         timeout=3,
     ),
     "pipeline": lambda c: c.pipeline(
         [
             StageSpec(
-                "a", ("1",), "rt-1", ("t",), "ann", {"A": "1"}, OutputTarget.attach(), OutputTarget.attach(), "/i"
+                "a",
+                ("1",),
+                "rt-1",
+                ("t",),
+                "ann",
+                {"A": "1"},
+                OutputTarget.attach(),
+                OutputTarget.attach(),
+                "/i",
+                ("cam0",),
             ),
             StageSpec("b"),
         ]
     ),
-    "explain": lambda c: c.explain("a.py", runtime="rt-1", tags=["t"], memory_mb=5),
+    "explain": lambda c: c.explain("a.py", runtime="rt-1", tags=["t"], memory_mb=5, near=["cam0"]),
     "ps": lambda c: c.ps(all=True),
     "pipes": lambda c: c.pipes(),
     "kill": lambda c: c.kill("a1", grace=1.0, user="ann"),
@@ -343,11 +353,14 @@ def test_a_bad_output_target_is_a_typed_error(text):
 
 
 def test_stage_specs_and_stream_addresses_round_trip():
-    stage = StageSpec("a", ("1",), "rt-1", ("t",), "ann", {"A": "1"}, OutputTarget.file("/o"), None, "/i")
+    stage = StageSpec("a", ("1",), "rt-1", ("t",), "ann", {"A": "1"}, OutputTarget.file("/o"), None, "/i", ("cam0",))
     assert StageSpec.decode(stage.encode()) == stage
+    assert stage.encode()["near"] == ["cam0"]
     assert StageSpec("b").encode() == {"program": "b", "args": [], "runtime": None, "tags": [], "user": ""}
     with pytest.raises(MalformedAgentInfo):
         StageSpec.decode({"args": []})
+    with pytest.raises(MalformedAgentInfo, match="'near'"):
+        StageSpec.decode({"program": "a", "near": "cam0"})
     assert StreamAddress.decode(WHERE.encode()) == WHERE and "tls" not in WHERE.encode()
     assert StreamAddress.decode({"host": "h", "port": 1, "token": "t", "tls": True}).options() == {"tls": True}
     with pytest.raises(TransferError):

@@ -33,7 +33,7 @@ from oneos.shell import (
     parse,
     unparse,
 )
-from oneos.shell.parser import RUNTIME_PATTERN, TAG_PATTERN, canonical_parts
+from oneos.shell.parser import DEVICE_PATTERN, RUNTIME_PATTERN, TAG_PATTERN, canonical_parts
 
 #: Enough examples to find the parser's usual mistakes within the unit tier's budget (under 20 s in all);
 #: hypothesis keeps the failing examples it found in .hypothesis/ and tries them first next time.
@@ -250,6 +250,10 @@ PLACEMENTS = [
     ("cmd @rt arg", ("cmd", "@rt", "arg"), Placement()),
     ("@rt cmd", ("@rt", "cmd"), Placement()),
     ("cmd a@rt", ("cmd", "a@rt"), Placement()),
+    ("cmd @dev:cam0", ("cmd",), Placement(near=("cam0",))),
+    ("cmd a @dev:cam0 @rt-2 @dev:mic.1 @tag:x", ("cmd", "a"), Placement("rt-2", ("x",), ("cam0", "mic.1"))),
+    ("cmd '@dev:cam0'", ("cmd", Q("@dev:cam0")), Placement()),
+    ("cmd @dev:cam0 > out", ("cmd",), Placement(near=("cam0",))),
 ]
 
 
@@ -273,6 +277,18 @@ def test_placement_names_follow_config_rules() -> None:
 
     assert ID_PATTERN.pattern == "^" + RUNTIME_PATTERN.pattern + "$"
     assert CONFIG_TAG_PATTERN.pattern == "^" + TAG_PATTERN.pattern + "$"
+
+
+def test_device_placement_names_follow_the_device_name_rule() -> None:
+    from oneos.devices.info import _NAME
+
+    assert _NAME.pattern == "^" + DEVICE_PATTERN.pattern + "$"
+
+
+def test_device_placement_makes_a_builtin_name_a_program() -> None:
+    """``echo x @dev:cam0`` must run on a runtime, so it is placed (as with @RUNTIME)."""
+    stages = parse("gen @dev:rnd | wc @dev:a @dev:b").items[0].first.stages
+    assert [s.placement.near for s in stages] == [("rnd",), ("a", "b")]
 
 
 # --- syntax errors ---------------------------------------------------------------
@@ -310,6 +326,10 @@ ERRORS = [
     ("a @bad/name", 2, "expected a runtime id"),
     ("a @$X", 2, "placement must be plain text"),
     ('a @"rt"', 2, "placement must be plain text"),
+    ("a @dev:", 2, "expected a device name after '@'"),
+    ("a @dev:rt-2/cam0", 2, "expected a device name after '@' in '@dev:rt-2/cam0' (write @RUNTIME, @tag:TAG or @dev:"),
+    ("a @dev:-x", 2, "expected a device name"),
+    ("@dev:cam0", 0, "expected a command before the placement '@dev:cam0'"),
     ("echo $(ls)", 5, "command substitution '$(' is not supported"),
     ("echo `ls`", 5, "command substitution with '`'"),
     ('echo "`"', 6, "command substitution with '`'"),
@@ -515,7 +535,7 @@ def command_lines(draw: st.DrawFn) -> str:
     args = draw(st.lists(ARG, max_size=4))
     redirects = draw(st.lists(REDIRECT_TEXT, max_size=2))
     runtime = draw(st.lists(st.sampled_from(["@rt-1", "@r.2"]), max_size=1))
-    tags = draw(st.lists(st.sampled_from(["@tag:gpu", "@tag:fast"]), max_size=2))
+    tags = draw(st.lists(st.sampled_from(["@tag:gpu", "@tag:fast", "@dev:cam0"]), max_size=2))
     return " ".join(assignments + ["cmd"] + args + runtime + tags + redirects)
 
 
@@ -579,6 +599,7 @@ PLACEMENT = st.builds(
     Placement,
     st.none() | RUNTIME_NAME,
     st.lists(TAG_NAME, max_size=2).map(tuple),
+    st.lists(RUNTIME_NAME, max_size=2).map(tuple),  # device names follow the runtime id rule
 )
 
 
