@@ -1,7 +1,9 @@
 """``oneos run``: run a program somewhere in the network as if it were local.
 
 Standard output and error stream back here as the program writes them;
-standard input is forwarded when it is not a terminal; the command exits with
+standard input is forwarded when it is not a terminal (``--stdin /dev/RT/NAME``:
+a device's stream instead, sent by the device's runtime straight into the
+program's stdin); the command exits with
 the program's status (128+N when killed by signal N, 1 when it failed or was
 lost) once all its output has arrived.
 """
@@ -19,7 +21,10 @@ from oneos.agents.client import AgentsClient
 from oneos.agents.info import EXITED, KILLED, AgentInfo, OutputTarget, exit_status
 from oneos.agents.watch import watch_agent
 from oneos.cli.common import OutputSink, ReaderGone, default_pubsub_url, network_rpc, run_with_client
-from oneos.errors import OneOSError
+from oneos.devices.client import DevicesClient
+from oneos.devices.errors import FAILED, DeviceError
+from oneos.devices.info import parse_device_address
+from oneos.errors import OneOSError, describe
 from oneos.scheduler.client import SchedulerClient, StageSpec
 
 SUMMARY = "run a program on a runtime chosen by the scheduler (or a pipeline across runtimes)"
@@ -98,6 +103,22 @@ def attach(
     return final
 
 
+@defer.inlineCallbacks
+def pipe_device(rpc: Any, device: tuple[str, str], info: AgentInfo) -> Any:
+    """Have the device's runtime send its stream into the program's stdin (bytes never pass here).
+
+    A device that cannot be read (unknown, an output, failed, its runtime
+    gone) stops the program and fails with one line naming the device.
+    """
+    runtime, name = device
+    where = yield AgentsClient(rpc).stdin(info.runtime, info.id, source=f"{name}@{runtime}")
+    try:
+        yield DevicesClient(rpc).pipe_out(runtime, name, into=where, to=f"{info.name}@{info.runtime}")
+    except Exception as e:
+        yield SchedulerClient(rpc).kill(info.id, grace=1.0).addErrback(lambda f: None)
+        raise DeviceError(f"/dev/{runtime}/{name}: {describe(e)}", getattr(e, "kind", FAILED)) from None
+
+
 class StreamLost(OneOSError):
     """A stream between this command and the program broke (unreachable address, peer gone)."""
 
@@ -112,11 +133,18 @@ def run(argv: list[str]) -> int:
         prog="oneos run",
         description=SUMMARY,
         epilog="pipeline: oneos run --pipe 'python3 gen.py @rt-1 | wc -c @rt-2' "
-        "(@RUNTIME pins a stage, @tag:T needs a tag)",
+        "(@RUNTIME pins a stage, @tag:T needs a tag, @dev:NAME a device)",
     )
     parser.add_argument("--pubsub", help="broker URL (default: from $ONEOS_HOME/config.json)")
     parser.add_argument("--on", dest="runtime", help="run on this runtime")
     parser.add_argument("--tag", action="append", default=[], help="run on a runtime with this tag (repeatable)")
+    parser.add_argument(
+        "--near",
+        action="append",
+        default=[],
+        metavar="DEVICE",
+        help="run on a runtime with this device, ok (repeatable)",
+    )
     parser.add_argument("--memory", type=int, default=0, help="memory limit for the program, MB")
     parser.add_argument(
         "--restart",
@@ -132,17 +160,34 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--stdout-file", metavar="PATH", help="write the program's output to this OneOS file")
     parser.add_argument("--append", action="store_true", help="with --stdout-file: append instead of replacing")
     parser.add_argument("--stdin-file", metavar="PATH", help="feed the program this OneOS file as input")
+    parser.add_argument(
+        "--stdin",
+        dest="stdin_device",
+        metavar="DEVICE",
+        help="feed the program a device's stream (/dev/RUNTIME/NAME or RUNTIME/NAME), sent device to program",
+    )
     parser.add_argument("program", nargs="?")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if not args.pipe and not args.program:
         parser.error("give a PROGRAM or --pipe PIPELINE")
+    device: tuple[str, str] | None = None
+    if args.stdin_device:
+        if args.stdin_file:
+            parser.error("--stdin and --stdin-file: one input only")
+        try:
+            device = parse_device_address(args.stdin_device)
+        except OneOSError as e:
+            parser.error(str(e))
     stages: list[StageSpec] = []
     if args.pipe:
         from oneos.scheduler.pipeline import parse_pipeline
 
-        stages = [StageSpec(s.program, s.args, s.runtime, s.tags, getpass.getuser()) for s in parse_pipeline(args.pipe)]
-    forward_stdin = not sys.stdin.isatty() and not args.stdin_file
+        stages = [
+            StageSpec(s.program, s.args, s.runtime, s.tags, getpass.getuser(), near=s.near)
+            for s in parse_pipeline(args.pipe)
+        ]
+    forward_stdin = not sys.stdin.isatty() and not args.stdin_file and device is None
     detached = args.detach or args.restart != "no"
 
     @defer.inlineCallbacks
@@ -151,7 +196,11 @@ def run(argv: list[str]) -> int:
         scheduler = SchedulerClient(rpc)
         if args.explain:
             text = yield scheduler.explain(
-                args.program or stages[0].program, runtime=args.runtime, tags=args.tag, memory_mb=args.memory
+                args.program or stages[0].program,
+                runtime=args.runtime,
+                tags=args.tag,
+                memory_mb=args.memory,
+                near=args.near,
             )
             return ("text", text)
         if stages:
@@ -169,14 +218,23 @@ def run(argv: list[str]) -> int:
                 restart=args.restart,
                 stdout=stdout,
                 user=getpass.getuser(),
-                stdin=not detached,
+                stdin=not detached or device is not None,
                 stdin_file=args.stdin_file,
+                near=args.near,
             )
             infos = [info]
+        if device is not None:
+            yield pipe_device(rpc, device, infos[0])
         if detached:
             return ("text", "\n".join(f"{i.id} on {i.runtime}" for i in infos))
         final = yield attach(
-            reactor, client, rpc, infos, forward_stdin, stdout=not args.stdout_file, stdin=not args.stdin_file
+            reactor,
+            client,
+            rpc,
+            infos,
+            forward_stdin,
+            stdout=not args.stdout_file,
+            stdin=not args.stdin_file and device is None,
         )
         return ("status", final)
 

@@ -42,6 +42,7 @@ from oneos.errors import OneOSError, describe
 from oneos.fs.errors import IsADirectory
 from oneos.shell.builtins import BUILTINS, HELP
 from oneos.shell.builtins.context import Context
+from oneos.shell.devices import DeviceInput, DeviceOutput, is_device_path
 from oneos.shell.errors import STATUS_BROKEN_PIPE, STATUS_INTERRUPTED, STATUS_SYNTAX, BrokenPipe, UsageError, status_for
 from oneos.shell.expand import unparse
 from oneos.shell.launcher import ProgramLauncher
@@ -295,7 +296,8 @@ class Interpreter:
         """``NAME=value`` (sets shell variables) or ``> FILE`` (creates/truncates it)."""
         self.session.env.update(stage.assignments)
         for dest in stage.file_dests():
-            await self.grid.fs.write(dest.path, b"", dest.mode)
+            if not is_device_path(dest.path):  # '> /dev/RT/NAME' alone writes nothing to the device
+                await self.grid.fs.write(dest.path, b"", dest.mode)
         return 0
 
     async def _expand(self, command: Command, piped_in: bool, piped_out: bool) -> Stage:
@@ -319,7 +321,7 @@ class Interpreter:
         *pipe*: where PIPE output goes.  ``> FILE`` outputs stream into the
         file while the built-in runs and are complete when it returns.
         """
-        files: dict[int, FileOutput] = {}
+        files: dict[int, FileOutput | DeviceOutput] = {}
 
         def writer(dest: Any) -> Writer:
             if dest is TERMINAL_OUT:
@@ -330,12 +332,16 @@ class Interpreter:
                 assert pipe is not None
                 return pipe
             assert isinstance(dest, FileDest)
+            if id(dest) not in files and is_device_path(dest.path):  # '> /dev/RT/NAME': the device
+                files[id(dest)] = DeviceOutput(self.grid, dest.path, job)
             if id(dest) not in files:  # one stream per redirection, so 2>&1 shares it
                 files[id(dest)] = FileOutput(self.grid.fs, dest.path, dest.append)
             return files[id(dest)]
 
         source = stdin
-        if stage.stdin_file is not None:
+        if stage.stdin_file is not None and is_device_path(stage.stdin_file):
+            source = DeviceInput(self.grid, stage.stdin_file, job)
+        elif stage.stdin_file is not None:
             st = await self.grid.fs.stat(stage.stdin_file)  # a missing file is an error even if it is never read
             if st.is_dir:
                 raise IsADirectory(stage.stdin_file)

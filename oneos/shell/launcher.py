@@ -53,6 +53,7 @@ from oneos.errors import describe
 from oneos.fs import paths
 from oneos.fs.client import BytesSource
 from oneos.scheduler.client import SchedulerClient, StageSpec
+from oneos.shell.devices import is_device_path
 from oneos.shell.errors import ShellError
 from oneos.shell.session import Grid, Job, Session
 from oneos.shell.stage import PIPE, TERMINAL_OUT, FileDest, RunState, Stage, TerminalDest
@@ -223,6 +224,11 @@ class _Launch:
             raise ShellError("only the first program of a pipeline can read a file with '<'")
         if stage.stdout is PIPE and stage.stderr is PIPE and i < len(self.stages) - 1:
             raise ShellError("2>&1 into a pipe is supported for built-ins and the last program before one only")
+        if any(is_device_path(p) for p in [stage.stdin_file or "", *(d.path for d in stage.file_dests())]):
+            raise ShellError(
+                "a program reads or writes a device through a pipe: cat /dev/RT/NAME | PROGRAM, "
+                "PROGRAM | cat > /dev/RT/NAME"
+            )
         fs = self.grid.fs
         program, args = await self.launcher.resolve(stage.argv)
         merged = _merged(stage)
@@ -251,6 +257,7 @@ class _Launch:
             stdout=stdout_to,
             stderr=stderr_to,
             stdin_file=stage.stdin_file,
+            near=tuple(stage.near),
         )
 
     # -- 2. the scheduler starts and joins them -------------------------------------------------

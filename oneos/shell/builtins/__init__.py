@@ -29,7 +29,7 @@ TABLE: tuple[tuple[tuple[str, ...], Builtin, str], ...] = (
         files.ls,
         "ls [-l] [-a] [PATH...]   list directories (-l: mode, owner, size, mtime, name; -a: dot files too)",
     ),
-    (("cat",), files.cat, "cat [FILE...]   print files (or standard input), streamed"),
+    (("cat",), files.cat, "cat [FILE...]   print files (or standard input; or devices, /dev/RUNTIME/NAME), streamed"),
     (("cp",), files.cp, "cp [-r] SRC... DEST   copy (-r: directories)"),
     (("mv",), files.mv, "mv SRC... DEST   move or rename"),
     (("rm",), files.rm, "rm [-r] [-f] PATH...   remove files (-r: directories and their content)"),
@@ -46,7 +46,7 @@ TABLE: tuple[tuple[tuple[str, ...], Builtin, str], ...] = (
     # -- text streams (text.py)
     (("echo",), text.echo, "echo [-n] WORDS...   print words"),
     (("yes",), text.yes, "yes [STRING...]   print STRING (default: y) over and over, until the reader stops or Ctrl-C"),
-    (("head",), text.head, "head [-n N] [FILE...]   first N lines (default 10)"),
+    (("head",), text.head, "head [-n N] [-c N] [FILE...]   first N lines (default 10); -c: first N bytes"),
     (
         ("tail",),
         text.tail,

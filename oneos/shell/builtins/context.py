@@ -239,7 +239,11 @@ class Context:
         self.stdin.close()
 
     def open_input(self, path: str) -> Input:
-        """A OneOS file as a stream (opened at the first read; a missing file fails that read)."""
+        """A OneOS file (or a device under /dev) as a stream, opened at the first read (a missing one fails that read)."""
+        from oneos.shell.devices import DeviceInput, is_device_path
+
+        if is_device_path(path):
+            return Input(DeviceInput(self.grid, path, self.job), self.job, path)
         return Input(FileInput(self.fs, path), self.job, path)
 
     # -- output -----------------------------------------------------------------

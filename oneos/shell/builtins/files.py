@@ -11,13 +11,14 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from oneos.errors import describe
+from oneos.errors import OneOSError, describe
 from oneos.fs import paths
 from oneos.fs.errors import FSError
 from oneos.fs.permissions import mode_string, parse_mode
+from oneos.shell import devices
 from oneos.shell.builtins.context import Context
 from oneos.shell.builtins.options import split_options
-from oneos.shell.errors import UsageError
+from oneos.shell.errors import BrokenPipe, UsageError
 
 
 def _long(st: Any, name: str) -> str:
@@ -31,7 +32,11 @@ async def ls(ctx: Context, args: list[str]) -> int:
     targets = targets or ["."]
     files: list[tuple[str, Any]] = []
     dirs: list[tuple[str, Any]] = []
+    devs: list[str] = []
     for t in targets:
+        if devices.is_device_path(ctx.path(t)):
+            devs.append(t)
+            continue
         try:
             st = await ctx.fs.stat(ctx.path(t))
         except FSError as e:
@@ -50,6 +55,17 @@ async def ls(ctx: Context, args: list[str]) -> int:
                 continue
             shown = entry.name + ("/" if entry.is_dir and not opts.get("l") else "")
             ctx.line(_long(entry, entry.name) if opts.get("l") else shown)
+    for n, t in enumerate(devs):  # /dev: the live runtimes' devices, not the file store
+        try:
+            lines = await devices.list_dev(ctx.grid, ctx.job, ctx.path(t), bool(opts.get("l")), t)
+        except OneOSError as e:
+            ctx.error(describe(e))
+            status = 1
+            continue
+        if len(targets) > 1 and devices.is_device_dir(ctx.path(t)):
+            ctx.line(("\n" if n or files or dirs else "") + f"{t}:")
+        for line in lines:
+            ctx.line(line)
     return status
 
 
@@ -60,12 +76,31 @@ async def cat(ctx: Context, args: list[str]) -> int:
             async for chunk in ctx.chunks():
                 await ctx.send(chunk)
             continue
+        if devices.is_device_path(ctx.path(name)):
+            status = max(status, await _cat_device(ctx, ctx.path(name)))
+            continue
         try:
             await ctx.copy_file(ctx.path(name))
         except FSError as e:
             ctx.error(describe(e))
             status = 1
     return status
+
+
+async def _cat_device(ctx: Context, path: str) -> int:
+    """A device's stream to the output at the reader's pace; a reader that stops ends it (BrokenPipe)."""
+    stream = ctx.open_input(path)
+    try:
+        async for chunk in stream.chunks():
+            await ctx.send(chunk)
+    except OneOSError as e:
+        if isinstance(e, BrokenPipe):
+            raise
+        ctx.error(describe(e))
+        return 1
+    finally:
+        stream.close()
+    return 0
 
 
 async def mkdir(ctx: Context, args: list[str]) -> int:

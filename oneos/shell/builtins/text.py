@@ -12,10 +12,11 @@ from typing import Any
 
 from twisted.internet import defer
 
-from oneos.errors import describe
+from oneos.errors import OneOSError, describe
 from oneos.fs.errors import FSError, IsADirectory
 from oneos.shell.builtins.context import MAX_INPUT, Context, Input
 from oneos.shell.builtins.options import count, split_options
+from oneos.shell.devices import is_device_path
 from oneos.shell.errors import BrokenPipe, ShellError, UsageError
 
 
@@ -100,19 +101,38 @@ async def _head_file(ctx: Context, path: str, n: int) -> None:
         pos, block = pos + len(piece), min(block * 2, HEAD_BLOCK_MAX)
 
 
+async def _head_bytes(ctx: Context, source: Input, n: int) -> None:
+    """Copy the first *n* bytes of *source*, then stop reading it (its writer gets BrokenPipe)."""
+    left = n
+    while left > 0:
+        chunk = await source.read()
+        if not chunk:
+            break
+        await ctx.send(chunk[:left])
+        left -= len(chunk)
+    source.close()
+
+
 async def head(ctx: Context, args: list[str]) -> int:
-    opts, files = split_options(args, "", "n")
+    opts, files = split_options(args, "", "nc")
     n = count(opts.get("n"), 10)
+    size = None if opts.get("c") is None else count(opts.get("c"), 0)
     status = 0
     for i, name in enumerate(files or ["-"]):
         if len(files) > 1:
             ctx.line(("\n" if i else "") + f"==> {name} <==")
         try:
-            if name == "-":
+            if size is not None:  # -c N: bytes, streamed (a device under /dev too)
+                await _head_bytes(ctx, ctx.stdin if name == "-" else ctx.open_input(ctx.path(name)), size)
+            elif name == "-":
                 await _head(ctx, ctx.stdin, n)
+            elif is_device_path(ctx.path(name)):
+                await _head(ctx, ctx.open_input(ctx.path(name)), n)
             else:
                 await _head_file(ctx, ctx.path(name), n)
-        except FSError as e:
+        except BrokenPipe:
+            raise
+        except OneOSError as e:
             ctx.error(describe(e))
             status = 1
     return status
