@@ -344,7 +344,12 @@ export function Taskbar({ conn, session, onLogout }) {
     const list = useStore(windows);
     const top = focusedWindow();
     const [state, setState] = useState([conn.state, conn.detail]);
-    useEffect(() => conn.onState((s, d) => setState([s, d])), [conn]);
+    useEffect(() => {
+        const off = conn.onState((s, d) => setState([s, d]));
+        // the socket may have opened between the first render and this effect: show where it is now
+        setState([conn.state, conn.detail]);
+        return off;
+    }, [conn]);
     const launchers = [...kinds.entries()].filter(([, spec]) => spec.launch);
     const taskClick = (w) => {
         if (top && top.id === w.id && !w.min) minimiseWindow(w.id);
