@@ -11,21 +11,18 @@ deadline".
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
-import socket
-import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from oneos.testing.desktop import DesktopSocket, terminal_bytes
 from oneos.testing.runtimes import EmbeddedRuntime, free_port, wait_for
 
 PASSWORD = "desk-top-pw-1"
@@ -92,132 +89,20 @@ def cookie(desktop: Desktop) -> str:
     return desktop.login("ann")
 
 
-# -- a websocket client in a few lines --------------------------------------------------------------------
+# -- the websocket client (oneos.testing.desktop, which the benchmark uses too) ----------------------------
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-class Socket:
-    """A websocket as a browser opens it: the upgrade with Origin and Cookie, then frames."""
-
-    def __init__(self, desktop: Desktop, cookie: str | None, origin: str | None = None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", desktop.port), timeout=30)
-        lines = [
-            "GET /ws HTTP/1.1",
-            f"Host: 127.0.0.1:{desktop.port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            "Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode(),
-            "Sec-WebSocket-Version: 13",
-            f"Origin: {origin or desktop.origin}",
-        ]
-        if cookie:
-            lines.append(f"Cookie: {cookie}")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            piece = self.sock.recv(65536)
-            if not piece:
-                break
-            data += piece
-        head, _, self.buffer = data.partition(b"\r\n\r\n")
-        self.response = head.decode("latin-1")
-        self.status = int(self.response.split(" ")[1]) if self.response else 0
-        self.next_id = 0
-        self.pending: list[Any] = []
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send_text(self, payload: bytes) -> None:
-        self.sock.sendall(frame(1, payload))
-
-    def send_binary(self, payload: bytes) -> None:
-        self.sock.sendall(frame(2, payload))
-
-    def _fill(self, need: int, deadline: float) -> None:
-        while len(self.buffer) < need:
-            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
-            piece = self.sock.recv(65536)
-            if not piece:
-                raise ConnectionError("the server closed the connection")
-            self.buffer += piece
-
-    def receive(self, timeout: float = 30) -> Any:
-        """The next frame: JSON for text, (term, bytes) for binary, ("close", code) for a close."""
-        deadline = time.monotonic() + timeout
-        self._fill(2, deadline)
-        opcode, n, pos = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F, 2
-        if n == 126:
-            self._fill(4, deadline)
-            n, pos = struct.unpack("!H", self.buffer[2:4])[0], 4
-        elif n == 127:
-            self._fill(10, deadline)
-            n, pos = struct.unpack("!Q", self.buffer[2:10])[0], 10
-        self._fill(pos + n, deadline)
-        payload, self.buffer = self.buffer[pos : pos + n], self.buffer[pos + n :]
-        if opcode == 1:
-            return json.loads(payload)
-        if opcode == 2:
-            return payload[0], payload[1:]
-        if opcode == 8:
-            return "close", struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-        if opcode == 9:  # ping: answer it
-            self.sock.sendall(frame(10, payload))
-        return self.receive(max(0.1, deadline - time.monotonic()))
-
-    def request(self, op: str, timeout: float = 30, **args: Any) -> dict[str, Any]:
-        self.next_id += 1
-        self.send_text(json.dumps({"id": self.next_id, "op": op, "args": args}).encode())
-        return self.answer(self.next_id, timeout)
-
-    def answer(self, request_id: int | None, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.receive(max(0.1, deadline - time.monotonic()))
-            if isinstance(got, dict) and "ok" in got and got.get("id") == request_id:
-                return got
-            self.pending.append(got)
-
-    def ok(self, op: str, **args: Any) -> Any:
-        answer = self.request(op, **args)
-        assert answer["ok"], answer
-        return answer["result"]
-
-    def until(self, what: str, condition: Any, timeout: float = 30) -> list[Any]:
-        """Frames (the pending ones first) until *condition(frames)* holds."""
-        deadline = time.monotonic() + timeout
-        frames, self.pending = self.pending, []
-        while not condition(frames):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; got {frames!r}"[:2000])
-            try:
-                frames.append(self.receive(max(0.1, deadline - time.monotonic())))
-            except TimeoutError:
-                pass
-        return frames
+def Socket(desktop: Desktop, cookie: str | None, origin: str | None = None) -> DesktopSocket:
+    """A websocket as a browser opens it: the upgrade with Origin and Cookie (none: no Cookie header)."""
+    return DesktopSocket("127.0.0.1", desktop.port, origin or desktop.origin, cookie or "")
 
 
 @pytest.fixture
-def ws(desktop: Desktop, cookie: str) -> Iterator[Socket]:
+def ws(desktop: Desktop, cookie: str) -> Iterator[DesktopSocket]:
     sock = Socket(desktop, cookie)
     assert sock.status == 101, sock.response
     yield sock
     sock.close()
-
-
-def terminal_text(frames: list[Any], term: int) -> bytes:
-    return b"".join(f[1] for f in frames if isinstance(f, tuple) and f[0] == term)
 
 
 # -- the tests --------------------------------------------------------------------------------------------
@@ -271,13 +156,13 @@ def test_a_file_saved_and_read_back_and_a_stale_save_refused(ws):
 def test_a_terminal_shows_the_listing_of_ls(ws):
     opened = ws.ok("term.open", cols=100, rows=30, resume=None)
     term = opened["term"]
-    frames = ws.until("the prompt", lambda fs: terminal_text(fs, term).rstrip().endswith(b"$"))
-    assert b"OneOS shell" in terminal_text(frames, term)
+    frames = ws.until("the prompt", lambda fs: terminal_bytes(fs, term).rstrip().endswith(b"$"))
+    assert b"OneOS shell" in terminal_bytes(frames, term)
     ws.send_binary(bytes([term]) + b"ls /\r")
     frames = ws.until(
-        "the listing", lambda fs: b"tmp" in terminal_text(fs, term) and b"home" in terminal_text(fs, term)
+        "the listing", lambda fs: b"tmp" in terminal_bytes(fs, term) and b"home" in terminal_bytes(fs, term)
     )
-    assert b"ls /" in terminal_text(frames, term)
+    assert b"ls /" in terminal_bytes(frames, term)
     assert ws.ok("term.close", term=term) == {}
 
 
