@@ -32,7 +32,7 @@ from oneos.devices.info import DEV_ROOT, INPUT, OUTPUT
 from oneos.errors import describe
 from oneos.runtime.client import KernelClient
 from oneos.shell.errors import BrokenPipe
-from oneos.shell.streams import StreamPipe
+from oneos.shell.streams import PipedOutput, StreamPipe
 
 #: Bytes of a device's stream held for a slow built-in before the device's transfer waits.
 DEVICE_PIPE_LIMIT = 64 * 1024
@@ -165,7 +165,7 @@ class DeviceInput:
         self.pipe.close_reader()
 
 
-class DeviceOutput:
+class DeviceOutput(PipedOutput):
     """A built-in's output streamed into device *path* (``echo 1 > /dev/RT/led``), like FileOutput.
 
     If the device cannot be written (unknown, an input, failed) later
@@ -175,32 +175,19 @@ class DeviceOutput:
 
     def __init__(self, grid: Any, path: str, job: Any = None) -> None:
         self.path = path
-        self.label = f"> {path}"
-        self.pipe = StreamPipe(self.label, limit=DEVICE_PIPE_LIMIT)
-        self.error: BaseException | None = None
-        self.done: defer.Deferred = defer.Deferred.fromCoroutine(self._run(grid, job))
-        self.done.addErrback(self._failed)
+        super().__init__(
+            f"> {path}",
+            lambda pipe: defer.Deferred.fromCoroutine(self._run(grid, job, pipe)),
+            limit=DEVICE_PIPE_LIMIT,
+        )
 
-    async def _run(self, grid: Any, job: Any) -> None:
+    async def _run(self, grid: Any, job: Any, pipe: StreamPipe) -> None:
         rt, device = await locate(grid, job, self.path, OUTPUT)
         where = await DevicesClient(grid.rpc, timeout=RPC_TIMEOUT).write(rt, device.name)
-        await send(grid.reactor, where.host, where.port, where.token, self.pipe, **where.options())
+        await send(grid.reactor, where.host, where.port, where.token, pipe, **where.options())
 
-    def _failed(self, failure: Any) -> None:
-        self.error = _named(self.path, failure.value)
-        self.pipe.close_reader()
-
-    def write(self, data: bytes) -> None:
-        self.pipe.write(data)
-
-    def drain(self) -> defer.Deferred:
-        return self.pipe.drain()
-
-    async def finish(self) -> BaseException | None:
-        """End the stream and wait for the device to take it; the error if writing it failed."""
-        self.pipe.close()
-        await self.done
-        return self.error
+    def _describe(self, error: BaseException) -> BaseException:
+        return _named(self.path, error)
 
 
 def _mode(direction: str) -> str:

@@ -309,7 +309,42 @@ class FileInput:
         self.pipe.close_reader()
 
 
-class FileOutput:
+class PipedOutput:
+    """A built-in's output streamed through a bounded pipe to whatever *consume* starts reading it.
+
+    If the consumer fails early, later writes raise BrokenPipe (the reader
+    end is closed), so the built-in stops, and :meth:`finish` returns the
+    error.  Subclasses say what reads the pipe and how an error is named.
+    """
+
+    def __init__(self, label: str, consume: Callable[[StreamPipe], defer.Deferred], limit: int = PIPE_LIMIT) -> None:
+        self.label = label
+        self.pipe = StreamPipe(label, limit=limit)
+        self.error: BaseException | None = None
+        self.done: defer.Deferred = consume(self.pipe)
+        self.done.addErrback(self._failed)
+
+    def _describe(self, error: BaseException) -> BaseException:
+        return error
+
+    def _failed(self, failure: Any) -> None:
+        self.error = self._describe(failure.value)
+        self.pipe.close_reader()
+
+    def write(self, data: bytes) -> None:
+        self.pipe.write(data)
+
+    def drain(self) -> defer.Deferred:
+        return self.pipe.drain()
+
+    async def finish(self) -> BaseException | None:
+        """End the stream and wait for the consumer to take it; the error if that failed."""
+        self.pipe.close()
+        await self.done
+        return self.error
+
+
+class FileOutput(PipedOutput):
     """A built-in's output streamed into a OneOS file through ``fs.write_from``.
 
     Nothing is held whole: the file service reads the pipe as the built-in
@@ -320,27 +355,8 @@ class FileOutput:
 
     def __init__(self, fs: Any, path: str, append: bool) -> None:
         self.path = path
-        self.label = f"{'>>' if append else '>'} {path}"
-        self.pipe = StreamPipe(self.label)
-        self.error: BaseException | None = None
-        self.done: defer.Deferred = fs.write_from(path, self.pipe, "append" if append else "truncate")
-        self.done.addErrback(self._failed)
-
-    def _failed(self, failure: Any) -> None:
-        self.error = failure.value
-        self.pipe.close_reader()
-
-    def write(self, data: bytes) -> None:
-        self.pipe.write(data)
-
-    def drain(self) -> defer.Deferred:
-        return self.pipe.drain()
-
-    async def finish(self) -> BaseException | None:
-        """End the stream and wait for the file; the error if writing it failed."""
-        self.pipe.close()
-        await self.done
-        return self.error
+        mode = "append" if append else "truncate"
+        super().__init__(f"{'>>' if append else '>'} {path}", lambda pipe: fs.write_from(path, pipe, mode))
 
 
 class WriterSink:
