@@ -365,17 +365,73 @@ DEVICE_DIRECTIONS = ("in", "out")
 DEVICE_DRIVERS = ("video", "gpio", "command", "random", "dump")
 DEVICE_SPEC_FORM = "NAME:in|out:DRIVER[:KEY=VALUE,...]"
 OPTION_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+#: options every device has whatever its driver: who may use it (docs/devices.md "Who may use a device").
+#: The runtime's devices service reads them; they never reach the driver.
+DEVICE_ACCESS_OPTIONS = ("owner", "mode")
+#: a device's mode when none is configured: its owner may use it, nobody else (the admin and the kernel always may)
+DEFAULT_DEVICE_MODE = 0o600
+#: the highest device mode: the rwx triplets only (setuid, setgid and sticky would mean nothing for a device)
+MAX_DEVICE_MODE = 0o777
+#: a OneOS user name; the same rule as oneos.shell.users.NAME_PATTERN, which this layer may not import
+#: (tests/unit/test_devices_config.py checks that they agree)
+USER_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_OCTAL_MODE = re.compile(r"^(0o)?[0-7]{1,4}$")
+
+
+def parse_device_mode(text: str) -> int:
+    """A device's ``mode=`` option as permission bits: octal like ``600``, ``0644``, ``0o660``.
+
+    Raises ValueError with the reason.  Octal only, as ``chmod`` takes it:
+    a device's mode is set by the machine's owner in its configuration, and
+    one spelling is easier to audit than two.
+    """
+    value = text.strip().lower()
+    if not _OCTAL_MODE.match(value):
+        raise ValueError(f"mode={text}: not an octal mode like 0600 or 0644")
+    mode = int(value.removeprefix("0o"), 8)
+    if mode > MAX_DEVICE_MODE:
+        raise ValueError(f"mode={text}: a device's mode is rwx bits only, 0000 to 0777")
+    return mode
+
+
+def check_device_owner(text: str) -> str:
+    """A device's ``owner=`` option: a OneOS user name; raises ValueError with the reason."""
+    if not USER_NAME_PATTERN.match(text):
+        raise ValueError(
+            f"owner={text}: not a OneOS user name (lower-case letters, digits, '_', '.', '-'; up to 32, not a digit first)"
+        )
+    return text
 
 
 @dataclass(frozen=True)
 class Device:
     """An I/O device this machine exposes: ``config.json`` holds it as
-    ``{"name", "direction", "driver", "options"}``."""
+    ``{"name", "direction", "driver", "options"}``.  Two options are every
+    device's, not its driver's: ``owner`` and ``mode``, who may use it."""
 
     name: str
     direction: str
     driver: str
     options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def owner(self) -> str:
+        """The configured ``owner`` option ('': none given, the runtime's own account owns it)."""
+        return self.options.get("owner", "")
+
+    @property
+    def mode(self) -> int:
+        """The ``mode`` option's permission bits (:data:`DEFAULT_DEVICE_MODE` when none is given).
+
+        Raises ValueError for a malformed one; a Device from :func:`validate_devices` never has one.
+        """
+        text = self.options.get("mode")
+        return DEFAULT_DEVICE_MODE if text is None else parse_device_mode(text)
+
+    @property
+    def driver_options(self) -> dict[str, str]:
+        """The options the driver reads: all but :data:`DEVICE_ACCESS_OPTIONS`."""
+        return {k: v for k, v in self.options.items() if k not in DEVICE_ACCESS_OPTIONS}
 
     @property
     def spec(self) -> str:
@@ -439,6 +495,12 @@ def _device(value: Any, index: int) -> Device:
         if isinstance(option, bool) or not isinstance(option, (str, int, float)):
             raise ConfigError(f"{where}.options.{key}", f"expected a string, got {option!r}")
         options[key] = str(option)
+    for key, check in (("owner", check_device_owner), ("mode", parse_device_mode)):
+        if key in options:
+            try:
+                check(options[key])
+            except ValueError as e:
+                raise ConfigError(f"{where}.options.{key}", str(e)) from None
     return Device(name=name, direction=direction, driver=driver, options=options)
 
 

@@ -1,8 +1,9 @@
 """``oneos devices``: the I/O devices of the grid, and reading or writing one from here.
 
 * ``oneos devices [--json] [--detail]``: a table of every live runtime's
-  devices (runtime, name, direction, driver, state, reason), from their
-  retained statuses; ``--detail`` asks each runtime (``device_list``) for
+  devices (runtime, name, direction, driver, owner, mode, state, reason),
+  from their retained statuses (every device is listed to everyone; who may
+  read or write it is its owner and mode, docs/devices.md); ``--detail`` asks each runtime (``device_list``) for
   readers, writers, units, drops and a pin's value too;
 * ``oneos devices cat RUNTIME/NAME [--units N] [--bytes N]``: the device's
   stream to standard output (``--units``, alias ``--frames``/``--lines``:
@@ -29,7 +30,7 @@ from twisted.python.failure import Failure
 
 from oneos.cli.common import OutputSink, ReaderGone, default_pubsub_url, network_rpc, run_with_client
 from oneos.devices.client import DevicesClient
-from oneos.devices.info import parse_device_address
+from oneos.devices.info import format_mode, parse_device_address
 from oneos.errors import OneOSError
 from oneos.runtime.status import ALIVE, RuntimeStatus
 
@@ -38,8 +39,21 @@ SUMMARY = "list the grid's I/O devices; 'devices cat RUNTIME/NAME' reads one, 'd
 #: exit status when our reader stopped early (128 + SIGPIPE)
 SIGPIPE_STATUS = 141
 
-COLUMNS = ("RUNTIME", "NAME", "DIRECTION", "DRIVER", "STATE", "REASON")
-DETAIL_COLUMNS = ("RUNTIME", "NAME", "DIRECTION", "DRIVER", "STATE", "READERS", "WRITERS", "UNITS", "DROPPED", "VALUE")
+COLUMNS = ("RUNTIME", "NAME", "DIRECTION", "DRIVER", "OWNER", "MODE", "STATE", "REASON")
+DETAIL_COLUMNS = (
+    "RUNTIME",
+    "NAME",
+    "DIRECTION",
+    "DRIVER",
+    "OWNER",
+    "MODE",
+    "STATE",
+    "READERS",
+    "WRITERS",
+    "UNITS",
+    "DROPPED",
+    "VALUE",
+)
 
 
 class DeviceStreamFailed(OneOSError):
@@ -67,6 +81,8 @@ def rows_from_statuses(statuses: list[RuntimeStatus], now: float) -> list[dict[s
                     "driver": d.driver,
                     "state": d.state,
                     "reason": d.reason,
+                    "owner": d.owner,
+                    "mode": d.mode,
                 }
             )
     return rows
@@ -79,6 +95,7 @@ def format_devices(rows: list[dict[str, Any]], detail: bool = False) -> str:
     header = DETAIL_COLUMNS if detail else COLUMNS
     table = [header]
     for row in rows:
+        owner, mode = row.get("owner") or "?", format_mode(row.get("mode"))
         if detail:
             value = row.get("value")
             table.append(
@@ -87,6 +104,8 @@ def format_devices(rows: list[dict[str, Any]], detail: bool = False) -> str:
                     row["name"],
                     row["direction"],
                     row["driver"],
+                    owner,
+                    mode,
                     row["state"],
                     str(row.get("readers", "-")),
                     str(row.get("writers", "-")),
@@ -97,7 +116,16 @@ def format_devices(rows: list[dict[str, Any]], detail: bool = False) -> str:
             )
         else:
             table.append(
-                (row["runtime"], row["name"], row["direction"], row["driver"], row["state"], row["reason"] or "-")
+                (
+                    row["runtime"],
+                    row["name"],
+                    row["direction"],
+                    row["driver"],
+                    owner,
+                    mode,
+                    row["state"],
+                    row["reason"] or "-",
+                )
             )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in table]

@@ -15,8 +15,15 @@ the stream into a stream another runtime offered (a program's stdin from
 caller.  A program's output goes into a device with
 ``AgentsClient.pipe_out(runtime, agent, into=DevicesClient.write(...))``.
 
+*user*: every call is made for this OneOS user, and the device's runtime
+checks the device's owner and mode against it (``EACCES`` when refused;
+docs/devices.md "Who may use a device").  None is the runtime acting for
+itself, never refused; a runtime serving a user (the shell, the desktop, a
+program's device gateway) must name that user.  A client identity's calls
+are made as its own user whatever it sends.
+
 Errors: ``ENOENT`` (no such device), ``EACCES`` (reading an output,
-writing an input), ``ENODEV`` (the device failed; the message says why):
+writing an input, or a user the device's mode does not let), ``ENODEV`` (the device failed; the message says why):
 test ``error.kind``.
 """
 
@@ -37,12 +44,20 @@ CLIENT_METHODS = ("device_list", "device_read", "device_write", "device_pipe_out
 class DevicesClient:
     """Typed calls to the device methods of any runtime."""
 
-    def __init__(self, rpc: Any, timeout: float | None = None) -> None:
+    def __init__(self, rpc: Any, timeout: float | None = None, *, user: str | None = None) -> None:
         self.rpc = rpc
         #: seconds to wait for an answer (None: the RPC client's default)
         self.timeout = timeout
+        #: the OneOS user every call is made for (None: the runtime itself, see the module docstring)
+        self.user = user
+
+    def as_user(self, user: str | None) -> DevicesClient:
+        """The same connection, acting for *user* (a shell session's or a program owner's client)."""
+        return DevicesClient(self.rpc, self.timeout, user=user)
 
     def _call(self, runtime: str, method: str, **args: Any) -> defer.Deferred:
+        if self.user is not None:
+            args["user"] = self.user
         return self.rpc.call(runtime, method, timeout=self.timeout, **args)
 
     def list_devices(self, runtime: str) -> defer.Deferred:

@@ -3,7 +3,10 @@
 Pure: no I/O, no Twisted.  ``device_list`` answers with a list of
 :meth:`DeviceInfo.encode` objects; the runtime's retained status carries
 the short form (:meth:`DeviceInfo.status_entry`: name, direction, driver,
-state, reason).  A device is named ``RUNTIME/NAME`` on the command line and
+state, reason, owner, mode).  ``owner`` and ``mode`` say who may use the
+device (docs/devices.md "Who may use a device"); a record from a runtime
+older than them has neither, and decodes with owner '' and mode None
+(:func:`mode_string` shows ``c?????????``).  A device is named ``RUNTIME/NAME`` on the command line and
 ``/dev/RUNTIME/NAME`` in the file tree (:func:`parse_device_address`
 reads both).
 """
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oneos.devices.errors import INVALID, DeviceError
+from oneos.fs import permissions
 
 OK = "ok"
 FAILED = "failed"
@@ -47,6 +51,8 @@ _KEYS = (
     "units",
     "dropped",
     "value",
+    "owner",
+    "mode",
 )
 
 
@@ -78,6 +84,10 @@ class DeviceInfo:
     dropped: int = 0
     #: a GPIO pin's value now ("0"/"1"), None when the driver has no value
     value: str | None = None
+    #: the OneOS user the device belongs to ('' from a runtime that predates device permissions)
+    owner: str = ""
+    #: its rwx permission bits (owner and other, as files'; None from a runtime that predates them)
+    mode: int | None = None
     #: keys of a newer peer, kept and encoded again
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,7 +105,12 @@ class DeviceInfo:
     def ok(self) -> bool:
         return self.state == OK
 
-    def status_entry(self) -> dict[str, str]:
+    @property
+    def mode_text(self) -> str:
+        """The mode as octal (``0600``), ``?`` when the runtime did not say."""
+        return format_mode(self.mode)
+
+    def status_entry(self) -> dict[str, Any]:
         """The short form in the runtime's retained status."""
         return {
             "name": self.name,
@@ -103,6 +118,8 @@ class DeviceInfo:
             "driver": self.driver,
             "state": self.state,
             "reason": self.reason,
+            "owner": self.owner,
+            "mode": self.mode,
         }
 
     def encode(self) -> dict[str, Any]:
@@ -123,6 +140,8 @@ class DeviceInfo:
             "units": self.units,
             "dropped": self.dropped,
             "value": self.value,
+            "owner": self.owner,
+            "mode": self.mode,
         }
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
@@ -143,6 +162,12 @@ class DeviceInfo:
         if not isinstance(options, dict):
             raise DeviceError(f"device options are an object, not {type(options).__name__}", INVALID)
         value = body.get("value")
+        owner = body.get("owner", "")
+        if not isinstance(owner, str):
+            raise DeviceError(f"a device's owner is a user name, not {owner!r}", INVALID)
+        mode = body.get("mode")
+        if mode is not None and not _is_mode(mode):
+            raise DeviceError(f"a device's mode is permission bits (0 to 0o777), not {mode!r}", INVALID)
         try:
             counters = {k: _count(body, k) for k in ("readers", "writers", "bytes", "units", "dropped")}
         except (TypeError, ValueError) as e:
@@ -159,9 +184,30 @@ class DeviceInfo:
             unit=str(body.get("unit") or "chunk"),
             running=bool(body.get("running", False)),
             value=None if value is None else str(value),
+            owner=owner,
+            mode=mode,
             extra={k: v for k, v in body.items() if k not in _KEYS},
             **counters,
         )
+
+
+def _is_mode(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777
+
+
+def format_mode(mode: int | None) -> str:
+    """A device's mode as octal, ``0600``; ``?`` for None (a runtime that did not say)."""
+    return "?" if mode is None else f"{mode:04o}"
+
+
+def mode_string(mode: int | None) -> str:
+    """``ls -l``'s ten characters for a device: ``c`` (a character device, as in UNIX's /dev), then rwx.
+
+    ``crw-------`` for the default 0600; ``c?????????`` for None.
+    """
+    if mode is None:
+        return "c?????????"
+    return "c" + permissions.mode_string("file", mode)[1:]
 
 
 def _count(body: dict[str, Any], key: str) -> int:

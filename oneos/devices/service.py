@@ -25,12 +25,27 @@ driver that fails later marks its device failed and ends its readers with
 the reason; a new reader or writer of such a device tries again (check,
 then start), so a camera plugged back in works without a restart.
 
+Who may use a device: each has an ``owner`` (a OneOS user) and a ``mode``
+(rwx bits, owner and other, judged by :func:`oneos.fs.permissions.permitted`
+as files are; no groups), from its options ``owner=`` and ``mode=``; by
+default the OS account the runtime runs as owns it, with mode 0600, so a
+device a machine's owner plugs in is theirs alone until they open it up.
+Every handler takes ``user``, the OneOS user the call is made for (pinned by
+the RPC server for a client identity; named by a runtime acting for a user;
+None for a runtime acting for itself, which like the admin ``root`` is never
+refused).  Reading needs ``r``, writing ``w``; the check comes before any
+reader or writer is made, so a refused user never starts a driver.
+``device_list`` shows every device to everyone, with its owner and mode,
+as ``ls`` shows entries one may not read.
+
 Errors: an unknown device is ``ENOENT``, reading an output or writing an
-input ``EACCES``, a failed device ``ENODEV`` (oneos.devices.errors).
+input ``EACCES``, a user the mode does not let ``EACCES``, a failed device
+``ENODEV`` (oneos.devices.errors).
 """
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,20 +54,35 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from oneos.config import Device
+from oneos.config import DEFAULT_DEVICE_MODE, Device
 from oneos.devices.base import LINE, InputDriver, LineSplitter, OutputDriver
 from oneos.devices.drivers import DRIVERS
 from oneos.devices.errors import DENIED, FAILED, NOT_FOUND, DeviceError
 from oneos.devices.fanout import Hub, Reader
-from oneos.devices.info import BLOCK, DROP, INPUT, OK, OUTPUT, DeviceInfo
+from oneos.devices.info import BLOCK, DROP, INPUT, OK, OUTPUT, DeviceInfo, format_mode
 from oneos.devices.info import FAILED as FAILED_STATE
 from oneos.devices.options import Options
+from oneos.fs.permissions import ADMIN, READ, WRITE, permitted
 from oneos.transfer import send
 
 log = Logger()
 
 #: seconds an on-demand input keeps running after its last reader left (a quick next reader reuses it)
 DEFAULT_LINGER = 2.0
+
+
+def default_device_owner() -> str:
+    """Who owns a device configured without ``owner=``: the OS account this runtime runs as.
+
+    That is the name a local ``oneos`` shell logs in as by default, so the
+    machine's owner can use their own devices on a first start without
+    configuring anything, and nobody else can.  If the account has no name
+    (no passwd entry, no LOGNAME), the admin owns it: still nobody else.
+    """
+    try:
+        return getpass.getuser() or ADMIN
+    except (OSError, KeyError, ImportError):
+        return ADMIN
 
 
 class Writer:
@@ -77,7 +107,15 @@ class Writer:
 class ServedDevice:
     """One device of this runtime (see the module docstring)."""
 
-    def __init__(self, runtime_id: str, reactor: Any, config: Device, on_change: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        runtime_id: str,
+        reactor: Any,
+        config: Device,
+        on_change: Callable[[], Any],
+        *,
+        default_owner: str | None = None,
+    ) -> None:
         self.runtime_id = runtime_id
         self.reactor = reactor
         self.config = config
@@ -106,7 +144,11 @@ class ServedDevice:
         self._run: _Run | None = None
         #: writers waiting while the output driver opens
         self._starting: list[defer.Deferred] | None = None
+        #: who may use it (module docstring): the configured owner, else the runtime's account
+        self.owner = config.owner or default_owner or default_device_owner()
+        self.mode = DEFAULT_DEVICE_MODE
         try:
+            self._access()
             self._build()
         except DeviceError as e:
             self.permanent = True
@@ -120,6 +162,24 @@ class ServedDevice:
     def unit(self) -> str:
         return self.driver.unit if self.driver is not None else "chunk"
 
+    def _access(self) -> None:
+        """Read ``mode=`` (a Device built without the configuration's checks may hold a bad one)."""
+        try:
+            self.mode = self.config.mode
+        except ValueError as e:
+            raise DeviceError(f"option {e}", "EINVAL") from None
+
+    def check_access(self, user: str | None, want: int) -> None:
+        """EACCES naming the device and the user unless *user* may do *want* (READ or WRITE) to it."""
+        if permitted(user, self.owner, self.mode, want):
+            return
+        verb = "read" if want == READ else "write"
+        raise DeviceError(
+            f"{self.label}: permission denied: user {user} may not {verb} it"
+            f" (owner {self.owner}, mode {format_mode(self.mode)})",
+            DENIED,
+        )
+
     def _build(self) -> None:
         kinds = DRIVERS.get(self.config.driver)
         if kinds is None:
@@ -129,7 +189,7 @@ class ServedDevice:
         if cls is None:
             has = " and ".join("an input" if d == INPUT else "an output" for d in kinds)
             raise DeviceError(f"the {self.config.driver} driver has no {self.direction!r} side (it is {has})", FAILED)
-        options = Options(self.config.options)
+        options = Options(self.config.driver_options)
         if self.direction == INPUT:
             assert issubclass(cls, InputDriver)
             self.slow = options.choice("slow", cls.slow, (DROP, BLOCK))
@@ -183,6 +243,8 @@ class ServedDevice:
             units=hub.units if hub is not None else self.units,
             dropped=hub.dropped if hub is not None else 0,
             value=value,
+            owner=self.owner,
+            mode=self.mode,
         )
 
     def _usable(self) -> None:
@@ -234,10 +296,11 @@ class ServedDevice:
         return d.addErrback(lambda f: log.info("{label}: stopping: {why}", label=self.label, why=f.getErrorMessage()))
 
     # -- input ---------------------------------------------------------------------
-    def reader(self, units: int = 0) -> Reader:
-        """A new reader (the Source of one stream); EACCES for an output, ENODEV when failed."""
+    def reader(self, units: int = 0, *, user: str | None) -> Reader:
+        """A new reader (the Source of one stream) for *user*; EACCES for an output or without r, ENODEV when failed."""
         if self.direction != INPUT:
             raise DeviceError(f"{self.label} is an output device: it can be written, not read", DENIED)
+        self.check_access(user, READ)
         if isinstance(units, bool) or not isinstance(units, int) or units < 0:
             raise DeviceError(f"units must be a count (0: no limit), not {units!r}", "EINVAL")
         self._usable()
@@ -321,10 +384,11 @@ class ServedDevice:
             self.hub.end(error)
 
     # -- output --------------------------------------------------------------------
-    def writer(self) -> Writer:
-        """A new writer (the Sink of one stream); EACCES for an input, ENODEV when failed."""
+    def writer(self, *, user: str | None) -> Writer:
+        """A new writer (the Sink of one stream) for *user*; EACCES for an input or without w, ENODEV when failed."""
         if self.direction != OUTPUT:
             raise DeviceError(f"{self.label} is an input device: it can be read, not written", DENIED)
+        self.check_access(user, WRITE)
         self._usable()
         writer = Writer(self)
         self.writers.add(writer)
@@ -441,14 +505,17 @@ class DeviceService(service.Service):
         devices: Sequence[Device],
         *,
         on_change: Callable[[], Any] | None = None,
+        owner: str | None = None,
     ) -> None:
         self.runtime_id = runtime_id
         self.reactor = reactor
         self.transfer = transfer
         #: called when a device's state changes (the runtime publishes its status at once)
         self.on_change = on_change
+        #: who owns a device configured without ``owner=`` (None: this runtime's OS account, read now)
+        default_owner = owner or default_device_owner()
         self.devices: dict[str, ServedDevice] = {
-            d.name: ServedDevice(runtime_id, reactor, d, self._changed) for d in devices
+            d.name: ServedDevice(runtime_id, reactor, d, self._changed, default_owner=default_owner) for d in devices
         }
 
     def _changed(self) -> None:
@@ -471,8 +538,8 @@ class DeviceService(service.Service):
         return defer.DeferredList([d.close() for d in self.devices.values()]).addCallback(lambda _: None)
 
     # -- what the runtime's status says ------------------------------------------------
-    def status(self) -> list[dict[str, str]]:
-        """Each device's short form (name, direction, driver, state, reason) for the retained status."""
+    def status(self) -> list[dict[str, Any]]:
+        """Each device's short form (name, direction, driver, state, reason, owner, mode) for the retained status."""
         return [d.info().status_entry() for d in self.devices.values()]
 
     # -- RPC -------------------------------------------------------------------------
@@ -492,21 +559,21 @@ class DeviceService(service.Service):
         return device
 
     def list_devices(self, user: str | None = None) -> list[dict[str, Any]]:
-        """Every device of this runtime (*user*: the calling client's user; every user sees every device)."""
+        """Every device of this runtime, with its owner and mode (*user*: the caller's; everyone sees every device)."""
         return [d.info().encode() for d in self.devices.values()]
 
     def read(self, name: str, units: int = 0, user: str | None = None) -> dict[str, Any]:
-        """A stream of the device's data: where to connect (host, port, token)."""
+        """A stream of the device's data for *user* (who needs r): where to connect (host, port, token)."""
         device = self._get(name)
-        reader = device.reader(units)
+        reader = device.reader(units, user=user)
         token, done = self.transfer.offer(source=reader)
         done.addBoth(lambda result: self._ended(device, reader, result))
         return {**self.transfer.where(), "token": token}
 
     def write(self, name: str, user: str | None = None) -> dict[str, Any]:
-        """A stream into the device: where to connect (host, port, token)."""
+        """A stream into the device for *user* (who needs w): where to connect (host, port, token)."""
         device = self._get(name)
-        writer = device.writer()
+        writer = device.writer(user=user)
         token, done = self.transfer.offer(sink=writer)
         done.addErrback(
             lambda f: log.info("{label}: a writer's stream ended: {why}", label=device.label, why=f.getErrorMessage())
@@ -524,9 +591,9 @@ class DeviceService(service.Service):
         tls: bool = False,
         user: str | None = None,
     ) -> dict[str, Any]:
-        """Send the device's data into a stream offered elsewhere (a program's stdin; *to* names it)."""
+        """Send the device's data into a stream offered elsewhere (a program's stdin; *to* names it); *user* needs r."""
         device = self._get(name)
-        reader = device.reader(units)
+        reader = device.reader(units, user=user)
         d = send(self.reactor, host, port, token, reader, tls=bool(tls) or None)
         d.addBoth(lambda result: self._ended(device, reader, result, to or f"{host}:{port}"))
         return {"ok": True}

@@ -29,17 +29,24 @@ class DeviceStatus:
     state: str = "ok"
     #: why it failed ('' when ok)
     reason: str = ""
+    #: the OneOS user it belongs to ('' from a runtime older than device permissions)
+    owner: str = ""
+    #: its rwx bits (None from a runtime older than device permissions)
+    mode: int | None = None
 
     @classmethod
     def from_dict(cls, body: Any) -> DeviceStatus:
         if not isinstance(body, dict):
             raise messages.MalformedMessage(f"a device entry is an object, not {type(body).__name__}")
+        mode = body.get("mode")
         return cls(
             name=messages.require(body, "name", str),
             direction=str(body.get("direction", "")),
             driver=str(body.get("driver", "")),
             state=str(body.get("state", "ok")),
             reason=str(body.get("reason", "")),
+            owner=str(body.get("owner") or ""),
+            mode=mode if isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode <= 0o777 else None,
         )
 
 
@@ -83,7 +90,7 @@ class RuntimeStatus:
     fs_serving: bool = False
     #: the leadership term this runtime leads (or last saw): strictly increasing across the network's life
     epoch: int = 0
-    #: the I/O devices this runtime serves (name, direction, driver, state, reason)
+    #: the I/O devices this runtime serves (name, direction, driver, state, reason, owner, mode)
     devices: tuple[DeviceStatus, ...] = ()
 
     @property

@@ -12,7 +12,13 @@ dead runtime's devices disappear with it.  Bytes go through the devices RPC
   so the device's runtime sees the reader leave;
 * :class:`DeviceOutput`: a built-in's ``> /dev/RT/NAME``: ``DevicesClient.write``
   then ``transfer.send`` from a pipe the built-in writes;
-* :func:`list_dev`: ``ls /dev``, ``ls [-l] /dev/RT``.
+* :func:`dev_entry`, :func:`enter_dir`: ``/dev`` in ``ls /``, ``cd /dev[/RT]``;
+* :func:`list_dev`: ``ls /dev``, ``ls [-l] /dev/RT`` (``-l``: the mode as
+  a character device's, ``crw-------``, and the owner, from the statuses).
+
+Every device call is made as the session's user (:func:`devices_client`):
+the device's runtime checks its owner and mode (docs/devices.md "Who may
+use a device") and refuses with ``EACCES`` naming device and user.
 
 Errors are one line naming the path: ``ENOENT`` (no such runtime or
 device), ``EACCES`` (reading an output device, writing an input one),
@@ -21,6 +27,7 @@ device), ``EACCES`` (reading an output device, writing an input one),
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet import defer
@@ -28,8 +35,9 @@ from twisted.internet import defer
 from oneos import transfer
 from oneos.devices.client import DevicesClient
 from oneos.devices.errors import DENIED, FAILED, INVALID, NOT_FOUND, DeviceError
-from oneos.devices.info import DEV_ROOT, INPUT, OUTPUT
+from oneos.devices.info import DEV_ROOT, INPUT, OUTPUT, mode_string
 from oneos.errors import describe
+from oneos.fs.store import Stat
 from oneos.runtime.client import KernelClient
 from oneos.shell.errors import BrokenPipe
 from oneos.shell.streams import PipedOutput, StreamPipe
@@ -52,6 +60,35 @@ def is_device_path(path: str) -> bool:
 def is_device_dir(path: str) -> bool:
     """``/dev`` or ``/dev/RUNTIME`` (listed as folders)."""
     return is_device_path(path) and len(_parts(path)) < 2
+
+
+def dev_entry() -> Stat:
+    """``/dev`` as an entry of ``ls /``: a folder that is not in the store (it is the live runtimes' devices)."""
+    now = time.time()
+    return Stat(DEV_ROOT, "dir", 0, 0o555, "root", now, now)
+
+
+async def enter_dir(grid: Any, job: Any, path: str) -> None:
+    """Check ``cd PATH`` for *path* under /dev: ``/dev`` always, ``/dev/RT`` while RT is alive with devices.
+
+    ENOENT (no such runtime, or one without devices, as ``ls`` says) or
+    ENOTDIR (a device) otherwise, as one line naming the path.
+    """
+    parts = _parts(path)
+    if not parts:
+        return
+    live = await live_runtimes(grid, job)
+    status = next((r for r in live if r.id == parts[0]), None)
+    if len(parts) == 1 and status is not None and status.devices:
+        return
+    if len(parts) == 2 and status is not None and any(d.name == parts[1] for d in status.devices):
+        raise DeviceError(f"{path}: not a directory", "ENOTDIR")
+    raise DeviceError(f"{path}: no such file or directory", NOT_FOUND)
+
+
+def devices_client(grid: Any) -> DevicesClient:
+    """The devices RPC acting for the session's user (the one its file client acts for; None: the runtime)."""
+    return DevicesClient(grid.rpc, timeout=RPC_TIMEOUT, user=getattr(grid.fs, "user", None))
 
 
 def _parts(path: str) -> list[str]:
@@ -151,7 +188,7 @@ class DeviceInput:
         rt, device = await locate(self.grid, self.job, self.path, INPUT)
         if self.pipe.reader_closed:
             return
-        where = await DevicesClient(self.grid.rpc, timeout=RPC_TIMEOUT).read(rt, device.name)
+        where = await devices_client(self.grid).read(rt, device.name)
         if self.pipe.reader_closed:
             return
         await receive(self.grid.reactor, where.host, where.port, where.token, _PipeSink(self.pipe), **where.options())
@@ -183,22 +220,20 @@ class DeviceOutput(PipedOutput):
 
     async def _run(self, grid: Any, job: Any, pipe: StreamPipe) -> None:
         rt, device = await locate(grid, job, self.path, OUTPUT)
-        where = await DevicesClient(grid.rpc, timeout=RPC_TIMEOUT).write(rt, device.name)
+        where = await devices_client(grid).write(rt, device.name)
         await send(grid.reactor, where.host, where.port, where.token, pipe, **where.options())
 
     def _describe(self, error: BaseException) -> BaseException:
         return _named(self.path, error)
 
 
-def _mode(direction: str) -> str:
-    return "cr--r--r--" if direction == INPUT else "c-w--w--w-" if direction == OUTPUT else "c---------"
-
-
 def _device_line(device: Any, name: str, long: bool) -> str:
+    """``MODE OWNER DIRECTION DRIVER STATE NAME  (reason)``: who may use it first, as ``ls -l`` puts it."""
     if not long:
         return name
     reason = f"  ({device.reason})" if device.reason else ""
-    return f"{_mode(device.direction)} {device.direction:<3} {device.driver:<8} {device.state:<6} {name}{reason}"
+    owner = device.owner or "?"
+    return f"{mode_string(device.mode)} {owner:<8} {device.direction:<3} {device.driver:<8} {device.state:<6} {name}{reason}"
 
 
 async def list_dev(grid: Any, job: Any, path: str, long: bool, shown: str) -> list[str]:

@@ -127,7 +127,7 @@ def test_oneos_devices_lists_every_device_with_its_state_and_failed_ones_say_why
         "rt-2/badopt",
         "rt-2/wrongway",
     }
-    assert set(found["rt-1/led"]) == {"runtime", "name", "direction", "driver", "state", "reason"}
+    assert set(found["rt-1/led"]) == {"runtime", "name", "direction", "driver", "state", "reason", "owner", "mode"}
     assert (found["rt-1/led"]["direction"], found["rt-1/led"]["driver"]) == ("out", "gpio")
     for name in ("rt-2/rnd", "rt-2/count", "rt-2/log", "rt-1/sink"):
         assert (found[name]["state"], found[name]["reason"]) == ("ok", ""), found[name]
@@ -139,7 +139,8 @@ def test_oneos_devices_lists_every_device_with_its_state_and_failed_ones_say_why
     assert statuses(grid.url)["rt-2"]["state"] == "alive"
     assert [d for d in statuses(grid.url)["rt-2"]["devices"] if d["name"] == "rnd"][0]["state"] == "ok"
     table = oneos(grid, "devices").stdout.decode()
-    assert table.splitlines()[0].split() == ["RUNTIME", "NAME", "DIRECTION", "DRIVER", "STATE", "REASON"]
+    header = ["RUNTIME", "NAME", "DIRECTION", "DRIVER", "OWNER", "MODE", "STATE", "REASON"]
+    assert table.splitlines()[0].split() == header
     assert "ffmpeg /nonexistent/ffmpeg not found" in table
     failed = sum(1 for key, d in found.items() if key.startswith("rt-2/") and d["state"] == "failed")
     status = oneos(grid, "status").stdout.decode()

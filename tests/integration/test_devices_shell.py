@@ -31,9 +31,10 @@ pytestmark = [
 DEVICES = {
     "rt-1": (),
     "rt-2": (
-        *("--device", "rnd:in:random"),
-        *("--device", "led:out:gpio:pin=17,mock=1,mock_wire=27"),
-        *("--device", "button:in:gpio:pin=27,mock=1"),
+        # alice's (the shell's user here); by default a device is the runtime's account's alone
+        *("--device", "rnd:in:random:owner=alice"),
+        *("--device", "led:out:gpio:pin=17,mock=1,mock_wire=27,owner=alice"),
+        *("--device", "button:in:gpio:pin=27,mock=1,owner=alice"),
         *("--device", "wrongway:out:random"),
     ),
 }
@@ -88,10 +89,10 @@ def test_ls_dev(grid):
     r = sh(grid, "ls /dev/rt-2")
     assert r.stdout.split() == ["button", "led", "rnd", "wrongway"], r.stderr
     r = sh(grid, "ls -l /dev/rt-2")
-    rows = {line.split()[4]: line.split() for line in r.stdout.splitlines()}
-    assert rows["rnd"][:4] == ["cr--r--r--", "in", "random", "ok"]
-    assert rows["led"][:4] == ["c-w--w--w-", "out", "gpio", "ok"]
-    assert rows["wrongway"][3] == "failed" and "(" in " ".join(rows["wrongway"][5:])
+    rows = {line.split()[5]: line.split() for line in r.stdout.splitlines()}
+    assert rows["rnd"][:5] == ["crw-------", "alice", "in", "random", "ok"]
+    assert rows["led"][:5] == ["crw-------", "alice", "out", "gpio", "ok"]
+    assert rows["wrongway"][4] == "failed" and "(" in " ".join(rows["wrongway"][6:])
     r = sh(grid, "ls /dev/rt-1")
     assert r.returncode == 1 and "no such file or directory" in r.stderr
 

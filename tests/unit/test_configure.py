@@ -227,9 +227,9 @@ class TestDevicesSetting:
         assert load_config(tmp_path / "none").devices == ()
 
     def test_spec_line(self):
-        d = parse_device_spec(" run : out : command : cmd = nc host:80 , mode=line ", 3)
-        assert d == Device("run", "out", "command", {"cmd": "nc host:80", "mode": "line"})
-        assert d.spec == "run:out:command:cmd=nc host:80,mode=line"
+        d = parse_device_spec(" run : out : command : cmd = nc host:80 , unit=line ", 3)
+        assert d == Device("run", "out", "command", {"cmd": "nc host:80", "unit": "line"})
+        assert d.spec == "run:out:command:cmd=nc host:80,unit=line"
         with pytest.raises(ConfigError) as e:
             parse_device_spec("run:out:command:cmd", 3)
         assert e.value.field == "devices[3].options"

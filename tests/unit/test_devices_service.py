@@ -38,6 +38,10 @@ class FakeTransfer:
         return {"host": "127.0.0.1", "port": 7000}
 
 
+#: the OS account the tests' runtime "runs as" (owner of devices configured without owner=)
+RUNTIME_ACCOUNT = "op"
+
+
 def service(*specs: Device, clock: Any = None, changes: list | None = None) -> tuple[DeviceService, FakeTransfer]:
     transfer = FakeTransfer()
     svc = DeviceService(
@@ -46,6 +50,7 @@ def service(*specs: Device, clock: Any = None, changes: list | None = None) -> t
         transfer,
         specs,
         on_change=(lambda: changes.append(1)) if changes is not None else None,
+        owner=RUNTIME_ACCOUNT,
     )
     svc.startService()
     return svc, transfer
@@ -87,7 +92,15 @@ def test_a_device_that_cannot_work_is_failed_with_the_reason_and_the_rest_work(d
     svc, _ = service(device, Device("rnd", "in", "random"))
     entry = status_of(svc, "x")
     assert entry["state"] == "failed" and reason in entry["reason"], entry
-    assert status_of(svc, "rnd") == {"name": "rnd", "direction": "in", "driver": "random", "state": "ok", "reason": ""}
+    assert status_of(svc, "rnd") == {
+        "name": "rnd",
+        "direction": "in",
+        "driver": "random",
+        "state": "ok",
+        "reason": "",
+        "owner": RUNTIME_ACCOUNT,
+        "mode": 0o600,
+    }
     use = svc.read if device.direction == "in" else svc.write
     with pytest.raises(DeviceError) as e:
         use("x")
@@ -233,3 +246,145 @@ def test_nothing_starts_again_once_the_runtime_is_stopping():
     assert failure and "runtime is stopping" in failure[0].getErrorMessage()
     with pytest.raises(DeviceError, match="runtime is stopping"):
         svc.read("rnd")
+
+
+# -- who may use a device ------------------------------------------------------------
+
+
+def test_a_device_belongs_to_the_runtimes_account_with_mode_0600_unless_configured(monkeypatch):
+    import getpass
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "pi")
+    svc = DeviceService(
+        "rt-1",
+        task.Clock(),
+        FakeTransfer(),
+        [Device("rnd", "in", "random"), Device("open", "in", "random", {"owner": "alice", "mode": "0644"})],
+    )
+    assert (svc.devices["rnd"].owner, svc.devices["rnd"].mode) == ("pi", 0o600)
+    assert (svc.devices["open"].owner, svc.devices["open"].mode) == ("alice", 0o644)
+    assert svc.devices["open"].state == "ok"  # owner and mode are the service's options, not the driver's
+
+    def nameless() -> str:
+        raise OSError("no user name")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    assert service_owner() == "root"  # an account without a name: the admin's alone, still nobody else's
+
+
+def service_owner() -> str:
+    return DeviceService("rt-1", task.Clock(), FakeTransfer(), [Device("rnd", "in", "random")]).devices["rnd"].owner
+
+
+def test_reading_needs_r_and_writing_needs_w_the_admin_and_the_runtime_need_nothing():
+    svc, transfer = service(
+        Device("rnd", "in", "random"),  # op's, 0600
+        Device("shared", "in", "random", {"owner": "alice", "mode": "644"}),
+        Device("sink", "out", "dump", {"owner": "alice", "mode": "0640"}),
+        Device("board", "out", "dump", {"owner": "alice", "mode": "0o402"}),
+    )
+    allowed = [
+        ("read", "rnd", RUNTIME_ACCOUNT),
+        ("read", "rnd", "root"),
+        ("read", "rnd", None),
+        ("read", "shared", "bob"),
+        ("read", "shared", "alice"),
+        ("write", "sink", "alice"),
+        ("write", "sink", "root"),
+        ("write", "board", "bob"),
+    ]
+    for verb, name, user in allowed:
+        call = svc.read if verb == "read" else svc.write
+        assert call(name, user=user)["token"], (verb, name, user)
+    refused = [
+        (
+            "read",
+            "rnd",
+            "bob",
+            "device rnd on rt-1: permission denied: user bob may not read it (owner op, mode 0600)",
+        ),
+        (
+            "write",
+            "sink",
+            "bob",
+            "device sink on rt-1: permission denied: user bob may not write it (owner alice, mode 0640)",
+        ),
+        ("write", "board", "alice", "user alice may not write it (owner alice, mode 0402)"),  # owner bits, as files
+    ]
+    for verb, name, user, message in refused:
+        call = svc.read if verb == "read" else svc.write
+        offers = len(transfer.offers)
+        with pytest.raises(DeviceError) as e:
+            call(name, user=user)
+        assert error_kind(e.value) == "EACCES" and message in str(e.value)
+        assert len(transfer.offers) == offers  # nothing offered
+        rebuilt = rebuild_error("EACCES", str(e.value))
+        assert error_kind(rebuilt) == "EACCES" and str(rebuilt) == str(e.value)
+    # the wrong direction is said first: it is what the user can fix
+    with pytest.raises(DeviceError, match="is an output device"):
+        svc.read("sink", user="bob")
+
+
+def test_a_refused_user_starts_no_driver_and_no_stream(monkeypatch):
+    import oneos.devices.service as service_module
+
+    sent: list = []
+    monkeypatch.setattr(service_module, "send", lambda *a, **k: sent.append(a) or defer.Deferred())
+    changes: list = []
+    svc, transfer = service(
+        Device("rnd", "in", "random"), Device("cam", "in", "video", {"ffmpeg": "/no/ffmpeg"}), changes=changes
+    )
+    with pytest.raises(DeviceError) as e:
+        svc.pipe_out("rnd", "127.0.0.1", 7001, "tok", user="bob")
+    assert e.value.kind == "EACCES" and "user bob may not read it" in str(e.value)
+    assert sent == [] and not svc.devices["rnd"].running and not svc.devices["rnd"].readers
+    # a failed device is not checked again (no driver probe) for someone who may not use it
+    before = list(changes)
+    with pytest.raises(DeviceError) as e:
+        svc.read("cam", user="bob")
+    assert e.value.kind == "EACCES" and changes == before
+    assert svc.pipe_out("rnd", "127.0.0.1", 7001, "tok", user=RUNTIME_ACCOUNT) == {"ok": True} and len(sent) == 1
+    assert transfer.offers == {}
+
+
+def test_everyone_sees_every_device_with_its_owner_and_mode():
+    svc, _ = service(Device("rnd", "in", "random"), Device("led", "out", "dump", {"owner": "alice", "mode": "0620"}))
+    rows = [DeviceInfo.decode(r) for r in svc.list_devices(user="bob")]
+    assert [(i.name, i.owner, i.mode, i.mode_text) for i in rows] == [
+        ("rnd", RUNTIME_ACCOUNT, 0o600, "0600"),
+        ("led", "alice", 0o620, "0620"),
+    ]
+
+
+def test_a_bad_mode_in_a_device_built_without_the_configuration_fails_it_closed():
+    svc, _ = service(Device("x", "in", "random", {"mode": "rw-r--r--"}))
+    entry = status_of(svc, "x")
+    assert entry["state"] == "failed" and "option mode=rw-r--r--: not an octal mode" in entry["reason"]
+    assert entry["mode"] == 0o600  # the default, never something wider
+    with pytest.raises(DeviceError) as e:
+        svc.read("x", user="bob")
+    assert e.value.kind == "EACCES"
+
+
+def test_the_client_names_the_user_it_acts_for():
+    from oneos.devices.client import DevicesClient
+
+    class RPC:
+        def __init__(self) -> None:
+            self.calls: list = []
+
+        def call(self, target: str, method: str, timeout: Any = None, **args: Any) -> defer.Deferred:
+            self.calls.append((target, method, args))
+            return defer.succeed({"host": "h", "port": 1, "token": "t"} if method != "device_list" else [])
+
+    rpc = RPC()
+    client = DevicesClient(rpc, timeout=3)
+    client.read("rt-2", "rnd")
+    client.as_user("bob").read("rt-2", "rnd", units=2)
+    DevicesClient(rpc, user="alice").write("rt-2", "led")
+    assert rpc.calls == [
+        ("rt-2", "device_read", {"name": "rnd"}),
+        ("rt-2", "device_read", {"name": "rnd", "units": 2, "user": "bob"}),
+        ("rt-2", "device_write", {"name": "led", "user": "alice"}),
+    ]
+    assert client.as_user("bob").timeout == 3

@@ -27,9 +27,9 @@ def _statuses() -> list[RuntimeStatus]:
             "rt-2",
             "i2",
             devices=(
-                DeviceStatus("rnd", "in", "random"),
-                DeviceStatus("led", "out", "gpio"),
-                DeviceStatus("cam0", "in", "video", "failed", "ffmpeg not found"),
+                DeviceStatus("rnd", "in", "random", owner="ann", mode=0o644),
+                DeviceStatus("led", "out", "gpio", owner="root", mode=0o600),
+                DeviceStatus("cam0", "in", "video", "failed", "ffmpeg not found"),  # a runtime before permissions
             ),
         ),
         RuntimeStatus("rt-3", "i3", state="dead", devices=(DeviceStatus("old", "in", "random"),)),
@@ -133,12 +133,12 @@ def test_ls_dev_lists_live_runtimes_with_devices(shell):
     out.data.clear()
     assert run(shell, "ls -l /dev/rt-2") == 0
     lines = out.text.splitlines()
-    assert lines[0].split() == ["cr--r--r--", "in", "video", "failed", "cam0", "(ffmpeg", "not", "found)"]
-    assert lines[1].split() == ["c-w--w--w-", "out", "gpio", "ok", "led"]
-    assert lines[2].split() == ["cr--r--r--", "in", "random", "ok", "rnd"]
+    assert lines[0].split() == ["c?????????", "?", "in", "video", "failed", "cam0", "(ffmpeg", "not", "found)"]
+    assert lines[1].split() == ["crw-------", "root", "out", "gpio", "ok", "led"]
+    assert lines[2].split() == ["crw-r--r--", "ann", "in", "random", "ok", "rnd"]
     out.data.clear()
     assert run(shell, "ls -l /dev/rt-2/rnd; ls /dev") == 0
-    assert out.text.split()[:5] == ["cr--r--r--", "in", "random", "ok", "/dev/rt-2/rnd"]
+    assert out.text.split()[:6] == ["crw-r--r--", "ann", "in", "random", "ok", "/dev/rt-2/rnd"]
     assert run(shell, "ls /dev/rt-3") == 1 and "/dev/rt-3: no such file or directory" in err.text
     assert run(shell, "ls /dev/rt-2/nope") == 1 and "/dev/rt-2/nope: no such file" in err.text
 
@@ -199,11 +199,21 @@ def test_errors_are_one_line(shell):
     assert run(shell, "cat /dev/rt-2") == 1 and "is a directory" in err.text
 
 
-def test_programs_must_use_a_pipe_for_devices(shell):
-    interp, _, err, _, _, _ = shell
-    # The launcher refuses before it starts anything (the check is the stage's first).
-    assert run(shell, "prog < /dev/rt-2/rnd") != 0
-    assert "through a pipe" in err.text
+def test_a_programs_device_redirections_are_checked_before_anything_starts(shell):
+    interp, _, err, rpc, _, _ = shell
+    # '< DEVICE' and '> DEVICE' of a program (tests/integration/test_devices_program.py runs them):
+    # an unknown device, or one of the wrong direction, is refused before the scheduler is asked
+    for line, expected in (
+        ("prog < /dev/rt-2/nope", "/dev/rt-2/nope: no such device"),
+        ("prog < /dev/rt-2/led", "/dev/rt-2/led: permission denied (an output device"),
+        ("prog > /dev/rt-2/rnd", "/dev/rt-2/rnd: permission denied (an input device"),
+        ("prog 2> /dev/rt-9/led", "/dev/rt-9/led: no such device (runtime rt-9 is not running)"),
+        ("prog > /dev/rt-2/led | other", "/dev/rt-2/led: only the last program of a pipeline"),
+    ):
+        err.data.clear()
+        assert run(shell, line) == 1, line
+        assert expected in err.text and len(err.text.splitlines()) == 1, (line, err.text)
+    assert not [c for c in rpc.calls if c[0] == "scheduler" or c[1].startswith("device_")]
 
 
 def test_device_input_close_before_start_reads_nothing(shell):
@@ -216,3 +226,22 @@ def test_device_input_close_before_start_reads_nothing(shell):
     assert not [c for c in rpc.calls if c[1] == "device_read"]
     with pytest.raises(BrokenPipe):
         source.pipe.write(b"late")
+
+
+def test_device_calls_are_made_as_the_sessions_user_and_a_refusal_is_one_line(shell):
+    from oneos.errors import rebuild_error
+
+    interp, out, err, rpc, transfers, _ = shell
+    interp.grid.fs.user = "ann"  # the session's file client acts for ann: so do its device calls
+    assert run(shell, "head -c 10 /dev/rt-2/rnd") == 0 and out.text == "x" * 10
+    assert run(shell, "echo 1 > /dev/rt-2/led") == 0
+    assert ("rt-2", "device_read", {"name": "rnd", "user": "ann"}) in rpc.calls
+    assert ("rt-2", "device_write", {"name": "led", "user": "ann"}) in rpc.calls
+    refusal = "device led on rt-2: permission denied: user ann may not write it (owner root, mode 0600)"
+    rpc.failing["led"] = rebuild_error("EACCES", refusal)  # as the runtime's answer arrives
+    assert run(shell, "echo 1 > /dev/rt-2/led") == 1
+    assert err.text.endswith(f": /dev/rt-2/led: {refusal}\n") and len(err.text.splitlines()) == 1
+    err.data.clear()
+    rpc.failing["rnd"] = rebuild_error("EACCES", "device rnd on rt-2: permission denied: user ann may not read it")
+    assert run(shell, "cat /dev/rt-2/rnd") == 1
+    assert err.text == "cat: /dev/rt-2/rnd: device rnd on rt-2: permission denied: user ann may not read it\n"
