@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -68,6 +69,13 @@ TOKEN_BYTES = 16
 READ_SIZE = 256 * 1024
 #: Seconds a connection to the server may take to send its token line before it is closed.
 TOKEN_LINE_TIMEOUT = 10.0
+#: TCP keepalive on every stream connection: a peer that falls silent without closing (its machine
+#: cut off the network or powered off: no FIN, no RST) fails the stream after about
+#: IDLE + COUNT * INTERVAL seconds (11 s) instead of never.  A live peer's kernel answers the probes
+#: even while its program is paused, so back-pressure never trips it.
+KEEPALIVE_IDLE = 5
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_COUNT = 3
 #: Seconds a server connection that sent an ERROR frame waits (reading and dropping what still
 #: arrives) for its peer to close before aborting; a peer of this module closes on reading the frame.
 ERROR_LINGER = 5.0
@@ -101,6 +109,30 @@ class Sink(TypingProtocol):
 def _tcp(transport: Any) -> Any:
     """The TCP transport under a TLS one (socket options and buffer sizes live there)."""
     return transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
+
+
+def _keep_alive(tcp: Any) -> None:
+    """Turn on TCP keepalive with the short timers above (Linux names them; elsewhere the system's).
+
+    Why: a receiver sends nothing while it waits for the next frame, so TCP
+    alone never notices a sender whose machine vanished, and the stream (a
+    ``oneos devices cat``, a pipe) would wait forever.  Transports without a
+    socket (the test suite's simulated network) are left alone.
+    """
+    set_keep_alive = getattr(tcp, "setTcpKeepAlive", None)
+    if set_keep_alive is None:
+        return
+    set_keep_alive(True)
+    handle = getattr(tcp, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if not isinstance(sock, socket.socket) or not hasattr(socket, "TCP_KEEPIDLE"):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+    except OSError:
+        pass  # the system's timers then: slower to notice a dead peer, never wrong about a live one
 
 
 #: the network CA clients check TLS stream servers against when a caller passes ``tls=True``
@@ -381,6 +413,7 @@ class _ServerConnection(Protocol):
         tcp = _tcp(self.transport)
         tcp.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
         tcp.bufferSize = READ_SIZE
+        _keep_alive(tcp)
         timeout = getattr(self.server, "token_line_timeout", TOKEN_LINE_TIMEOUT)
         if timeout:
             self._line_timer = self.server.clock.callLater(timeout, self._no_token_line, timeout)
@@ -693,15 +726,32 @@ class _ClientConnection(Protocol):
         self.address = ""
         self.trust_source = ""
         self.parser = FrameParser()
-        self.result: defer.Deferred = defer.Deferred()
+        #: cancelling it ends the stream at once (a reader that left): see _cancel
+        self.result: defer.Deferred = defer.Deferred(self._cancel)
         self.receiver: _Receiver | None = None
         self.pump: _Pump | None = None
         self.sent_all = False
+        self.cancelled = False
+        #: the connection attempt, until it succeeds
+        self.connecting: defer.Deferred | None = None
+
+    def _cancel(self, _: defer.Deferred) -> None:
+        """The caller gave up on the stream: close the connection (or stop connecting), so the far side
+        sees its peer leave now rather than at the next write into a sink nobody reads."""
+        self.cancelled = True
+        if self.transport is not None:
+            _transport(self).abortConnection()
+        elif self.connecting is not None:
+            self.connecting.cancel()
 
     def connectionMade(self) -> None:
+        if self.cancelled:
+            _transport(self).abortConnection()
+            return
         tcp = _tcp(self.transport)
         tcp.setTcpNoDelay(True)  # the final status frame is small; do not let it wait
         tcp.bufferSize = READ_SIZE
+        _keep_alive(tcp)
         _transport(self).write(self.token.encode() + b"\n")
         if self.source is not None:
             self.pump = _Pump(self.transport, self.source, self._sent)
@@ -809,7 +859,13 @@ def _connect(reactor: Any, host: str, port: int, proto: _ClientConnection, tls: 
         proto.trust_source = (
             getattr(trust, "source", None) or getattr(getattr(trust, "trust", None), "source", "") or "the network's CA"
         )
-    d = endpoint.connect(Factory.forProtocol(lambda: proto))
+    d = proto.connecting = endpoint.connect(Factory.forProtocol(lambda: proto))
+
+    def attempted(result: Any) -> Any:
+        proto.connecting = None
+        return result
+
+    d.addBoth(attempted)
     d.addErrback(
         lambda f: proto._fail(
             Failure(TransferError(f"cannot connect to stream address {shown}: {f.getErrorMessage()}", "ECONNREFUSED"))
@@ -830,5 +886,8 @@ def send(reactor: Any, host: str, port: int, token: str, source: Source, *, tls:
 
 
 def receive(reactor: Any, host: str, port: int, token: str, sink: Sink, *, tls: Any = None) -> defer.Deferred:
-    """Stream a server's registered source into *sink*; fires with the sink's status (*tls*: as for :func:`send`)."""
+    """Stream a server's registered source into *sink*; fires with the sink's status (*tls*: as for :func:`send`).
+
+    Cancelling the Deferred closes the connection at once: the sender sees its reader leave.
+    """
     return _connect(reactor, host, port, _ClientConnection(token, None, sink), tls)

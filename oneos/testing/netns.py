@@ -45,6 +45,8 @@ fixture lives in ``tests/integration/conftest.py``.  Everything needs root.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import itertools
 import os
 import re
@@ -54,7 +56,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,8 @@ MAX_HOSTS = 254
 KILL_DEADLINE = 15.0
 #: seconds any single ip/iptables invocation may take
 TOOL_TIMEOUT = 30.0
+#: setns(2)'s flag for a network namespace
+CLONE_NEWNET = 0x40000000
 
 NsIdentity = tuple[int, int]  # (st_dev, st_ino) of a namespace file
 
@@ -214,6 +218,14 @@ def _pid_alive(pid: int) -> bool:
         return False
     state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
     return state not in (b"Z", b"X")
+
+
+def _setns(fd: int, what: str) -> None:
+    """setns(2) of the calling thread into the network namespace open at *fd* (the stdlib has no setns before 3.12)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise NetnsError(f"cannot {what}: setns failed: {os.strerror(errno)}")
 
 
 def _list_namespaces() -> list[str]:
@@ -357,6 +369,28 @@ class Host:
     def pids(self) -> list[int]:
         """Pids of every live process in this host, whoever started it."""
         return namespace_pids(self.name)
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """Move the calling thread into this host for the block: the sockets it opens there are this host's.
+
+        So a test's own clients (``http.client``, a websocket) talk to a host's
+        address exactly as a program on this host would, without a helper
+        process.  Only the calling thread moves (a network namespace is per
+        thread), and it moves back at the end; a socket keeps the namespace it
+        was made in, so a connection opened inside can be used after the block.
+        """
+        self.network._check_open()
+        with contextlib.ExitStack() as fds:
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            fds.callback(os.close, home)
+            target = os.open(NETNS_DIR / self.name, os.O_RDONLY | os.O_CLOEXEC)
+            fds.callback(os.close, target)
+            _setns(target, f"enter {self.label}")
+            try:
+                yield
+            finally:
+                _setns(home, f"leave {self.label}")
 
     def _tracked(self) -> list[subprocess.Popen]:
         with self._lock:

@@ -163,6 +163,36 @@ class TransferTests(unittest.TestCase):
         self.assertEqual(e.exception.kind, "EPIPE")
         self.assertTrue(sink.aborted)
 
+    @defer.inlineCallbacks
+    def test_cancelling_a_receive_closes_it_and_the_sender_sees_the_reader_leave(self):
+        """A reader that leaves a quiet stream (a pin that never changes) is gone at once, not at the next write."""
+        first = defer.Deferred()
+
+        class Quiet:
+            def __init__(self) -> None:
+                self.calls = 0
+
+            def next(self) -> defer.Deferred:
+                self.calls += 1
+                return defer.succeed(b"0\n") if self.calls == 1 else defer.Deferred()
+
+        class Sink(HashSink):
+            def write(self, data: bytes) -> defer.Deferred:
+                if not first.called:
+                    first.callback(data)
+                return super().write(data)
+
+        token, done = self.server.offer(source=Quiet())
+        sink = Sink()
+        reading = receive(reactor, self.host, self.port, token, sink)
+        self.assertEqual((yield within(first, "the first line")), b"0\n")
+        reading.cancel()
+        with self.assertRaises(defer.CancelledError):
+            yield reading
+        with self.assertRaises(TransferError) as e:
+            yield within(done, "the sender to see its reader leave")
+        self.assertEqual(e.exception.kind, "EPIPE")
+
 
 def test_unclaimed_token_expires():
     clock = task.Clock()
