@@ -10,9 +10,11 @@ contract; this module is its executable form:
   saying what is wrong and carrying the frame's ``id`` when it had a usable
   one, so the reply can repeat it;
 * :func:`parse_channel` for ``sub.open``/``sub.close`` (``runtimes``,
-  ``agents``, ``pipes``, ``output:AGENT_ID``);
-* the terminal binary frames ``[N][bytes]`` (:func:`parse_term_frame`,
-  :func:`term_frame`);
+  ``agents``, ``pipes``, ``output:AGENT_ID``, ``device:RUNTIME/NAME``);
+* the binary frames: a terminal's ``[N][bytes]`` (:func:`parse_term_frame`,
+  :func:`term_frame`; N is 0..254) and a device's video frame
+  ``[0xFF][n][channel name, n bytes][JPEG]`` (:func:`device_frame`,
+  :func:`parse_device_frame`), told apart by the first byte;
 * the replies and events (:func:`ok`, :func:`fail`, :func:`event`) and the
   ``{kind, message}`` of an error (:func:`error_body`);
 * what the websocket's handshake checks: the session cookie
@@ -40,8 +42,12 @@ MAX_READ = 4 * 1024 * 1024
 MAX_STRING = 4096
 #: Most items in a list argument (a program's arguments, tags).
 MAX_ITEMS = 1024
-#: Terminal numbers on one websocket: 0..MAX_TERM.
-MAX_TERM = 255
+#: Terminal numbers on one websocket: 0..MAX_TERM (the first byte of a binary frame; 255 tags a device frame).
+MAX_TERM = 254
+#: The first byte of a binary frame that carries a device's video frame, not terminal bytes.
+DEVICE_FRAME = 0xFF
+#: Largest text ``device.write`` sends to a device in one request.
+MAX_DEVICE_WRITE = 64 * 1024
 #: Largest terminal, in columns or rows.
 MAX_TERM_SIZE = 1000
 
@@ -193,6 +199,12 @@ OPS: dict[str, tuple[Arg, ...]] = {
         Arg("eof", BOOLEAN, default=False, nullable=True),
     ),
     "pipes.list": (),
+    "devices.list": (),
+    "device.write": (
+        Arg("runtime", STRING, required=True, nonempty=True, limit=64),
+        Arg("name", STRING, required=True, nonempty=True, limit=64),
+        Arg("data", STRING, required=True, limit=MAX_DEVICE_WRITE),
+    ),
     "sub.open": (Arg("channel", STRING, required=True, limit=200),),
     "sub.close": (Arg("channel", STRING, required=True, limit=200),),
     "term.open": (
@@ -281,31 +293,44 @@ def parse_request(payload: bytes | str) -> Request:
 
 # -- channels ---------------------------------------------------------------------------------------------
 
-RUNTIMES, AGENTS, PIPES, OUTPUT = "runtimes", "agents", "pipes", "output"
+RUNTIMES, AGENTS, PIPES, OUTPUT, DEVICE = "runtimes", "agents", "pipes", "output", "device"
 #: an agent id as runtimes make them (and nothing a topic or a path could be confused by)
 AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: a runtime id or a device name, as the configuration allows them
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
 class Channel:
-    """A channel the browser may subscribe to; ``agent`` for ``output:AGENT_ID``."""
+    """A channel the browser may subscribe to; ``agent`` for ``output:AGENT_ID``, ``runtime`` and ``device``
+    for ``device:RUNTIME/NAME``."""
 
     kind: str
     agent: str = ""
+    runtime: str = ""
+    device: str = ""
 
     @property
     def name(self) -> str:
-        return f"{OUTPUT}:{self.agent}" if self.kind == OUTPUT else self.kind
+        if self.kind == OUTPUT:
+            return f"{OUTPUT}:{self.agent}"
+        if self.kind == DEVICE:
+            return f"{DEVICE}:{self.runtime}/{self.device}"
+        return self.kind
 
 
 def parse_channel(name: str) -> Channel:
     """The channel *name* names; :class:`DesktopError` (EINVAL) for one that does not exist."""
     if name in (RUNTIMES, AGENTS, PIPES):
         return Channel(name)
-    head, colon, agent = name.partition(":")
-    if head == OUTPUT and colon and AGENT_ID.fullmatch(agent):
-        return Channel(OUTPUT, agent)
-    raise DesktopError(f"unknown channel {name[:80]!r} (runtimes, agents, pipes, output:AGENT_ID)")
+    head, colon, rest = name.partition(":")
+    if head == OUTPUT and colon and AGENT_ID.fullmatch(rest):
+        return Channel(OUTPUT, rest)
+    if head == DEVICE and colon:
+        runtime, slash, device = rest.partition("/")
+        if slash and NAME.fullmatch(runtime) and NAME.fullmatch(device):
+            return Channel(DEVICE, runtime=runtime, device=device)
+    raise DesktopError(f"unknown channel {name[:80]!r} (runtimes, agents, pipes, output:AGENT_ID, device:RUNTIME/NAME)")
 
 
 # -- terminal frames -----------------------------------------------------------------------------------
@@ -323,6 +348,30 @@ def term_frame(term: int, data: bytes) -> bytes:
     if not 0 <= term <= MAX_TERM:
         raise ValueError(f"terminal number {term} is out of range")
     return bytes((term,)) + data
+
+
+def device_frame(channel: str, frame: bytes) -> bytes:
+    """The binary frame carrying one video *frame* (a whole JPEG) of device channel *channel*.
+
+    ``[0xFF][n][the channel's name, n bytes of UTF-8][the JPEG]``: the page
+    tells it from a terminal's frame by the first byte and hands it to the
+    channel's subscribers as they receive its text events.
+    """
+    name = channel.encode("utf-8")
+    if len(name) > 255:
+        raise ValueError(f"channel name {channel[:80]!r} is too long for a device frame")
+    return bytes((DEVICE_FRAME, len(name))) + name + frame
+
+
+def parse_device_frame(payload: bytes) -> tuple[str, bytes]:
+    """(channel, frame) of a :func:`device_frame`; :class:`DesktopError` if it is not one."""
+    if len(payload) < 2 or payload[0] != DEVICE_FRAME or len(payload) < 2 + payload[1]:
+        raise DesktopError("not a device frame ([0xFF][n][channel][frame])")
+    n = payload[1]
+    try:
+        return payload[2 : 2 + n].decode("utf-8"), payload[2 + n :]
+    except UnicodeDecodeError:
+        raise DesktopError("a device frame's channel name is not UTF-8") from None
 
 
 # -- replies and events --------------------------------------------------------------------------------

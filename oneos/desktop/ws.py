@@ -19,7 +19,13 @@ message to a :class:`Connection`, which does the work:
   broker subscription shared by every websocket of this runtime),
   ``pipes`` (polled every 2 s), ``output:AGENT`` (the program's stdout and
   stderr, one reader per agent shared by every websocket of this runtime,
-  so a reconnecting page joins the same stream);
+  so a reconnecting page joins the same stream), ``device:RT/NAME`` (an
+  input device read as the user, one reader per user and device shared by
+  that user's tabs: a camera's frames as binary frames, anything else as
+  text events);
+* **devices**: ``devices.list`` (every live runtime's ``device_list``, as
+  the user) and ``device.write`` (a few bytes into an output device, as the
+  user); the devices' runtimes decide who may use what;
 * **terminals** (:mod:`oneos.desktop.terminal`): binary frames ``[N][bytes]``.
 
 Nothing blocks and nothing grows without bound: requests in flight,
@@ -29,7 +35,10 @@ pauses its producer), frames wait in a queue that events may fill only up
 to :data:`EVENT_HOLD`; past it an ``output:`` channel's text is dropped and
 counted (a marker says how much once the browser reads again), a state
 channel is marked stale and sent whole again, and terminals keep only
-their scrollback ring.  A connection whose queue still grows past
+their scrollback ring.  A device channel's video frames never wait in
+that queue: while the browser is behind, each subscription keeps only the
+newest frame and sends it when the browser reads again (older ones are
+dropped whole).  A connection whose queue still grows past
 :data:`HARD_LIMIT` (answers it could not drop) is closed.
 """
 
@@ -56,10 +65,15 @@ from oneos.agents.info import ATTACH, DISCARD, AgentError, AgentInfo, exit_statu
 from oneos.agents.watch import watch_agent
 from oneos.desktop import protocol as wire
 from oneos.desktop.context import DesktopContext
-from oneos.desktop.protocol import AGENTS, OUTPUT, PIPES, RUNTIMES, Channel, DesktopError
+from oneos.desktop.protocol import AGENTS, DEVICE, OUTPUT, PIPES, RUNTIMES, Channel, DesktopError
 from oneos.desktop.sessions import COOKIE, WebSession
 from oneos.desktop.terminal import MAX_PER_CONNECTION, TerminalRegistry, WebTerminal
-from oneos.errors import OneOSError
+from oneos.devices.client import DevicesClient
+from oneos.devices.errors import DENIED, NOT_FOUND, DeviceError
+from oneos.devices.info import INPUT
+from oneos.devices.info import OUTPUT as DEVICE_OUTPUT
+from oneos.devices.mjpeg import FrameSplitter, MJPEGError
+from oneos.errors import OneOSError, describe, error_kind
 from oneos.fs.errors import IsADirectory, NotFound
 from oneos.pubsub import messages, topics
 from oneos.scheduler.client import SchedulerClient, StageSpec
@@ -102,6 +116,16 @@ SESSION_CHECK = 30.0
 KEEP_FINISHED = 60.0
 #: Seconds between asking the scheduler whether an agent whose streams ended has ended (its status may be gone).
 END_POLL = 5.0
+#: Device streams this runtime reads for its browsers at once (one per user and device).
+MAX_DEVICE_FEEDS = 64
+#: Seconds to wait for a device's runtime to answer (device_list, device_read, device_write).
+DEVICE_RPC_TIMEOUT = 10.0
+#: Largest video frame relayed (bytes); a stream with a larger one ends with an error.
+MAX_VIDEO_FRAME = 8 * 1024 * 1024
+#: Seconds between two text events of one device (its stream waits meanwhile: the device drops or pauses).
+DEVICE_TEXT_INTERVAL = 0.1
+#: Characters of a device's text in one event (the newest) and kept for a tab that joins.
+DEVICE_TEXT = 4096
 #: Close code sent when the login session ends (logout, expiry).
 CLOSE_SESSION_ENDED = 4001
 #: Close code sent when the browser fell too far behind.
@@ -571,6 +595,215 @@ class OutputFeed:
             self._expiry.cancel()
 
 
+class _DeviceSink:
+    """A device's stream into its feed, as a transfer Sink."""
+
+    def __init__(self, feed: DeviceFeed) -> None:
+        self.feed = feed
+
+    def write(self, data: bytes) -> defer.Deferred:
+        return self.feed.received(data)
+
+    def finish(self) -> defer.Deferred:
+        return defer.succeed({})
+
+    def abort(self) -> None:
+        pass
+
+
+class _OneShot:
+    """A transfer Source giving *data* once, then its end (``device.write``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def next(self) -> defer.Deferred:
+        data, self.data = self.data, b""
+        return defer.succeed(data)
+
+
+class DeviceFeed:
+    """One input device read as one user, for every tab of that user that watches it (``device:RT/NAME``).
+
+    The device's runtime is asked for a stream as the user
+    (``device_read``, which checks the device's owner and mode); the feed
+    connects once it has the address and relays what comes:
+
+    * a camera (driver ``video``): the stream is cut into whole JPEG frames
+      (:class:`~oneos.devices.mjpeg.FrameSplitter`) and each goes to every
+      subscription as one binary frame (:func:`oneos.desktop.protocol.device_frame`).
+      The sink never waits, so the device's own fan-out never holds a frame
+      for us; each subscription drops what its browser cannot take;
+    * anything else (a pin, a line device, a program's output): its text
+      (UTF-8, invalid bytes replaced) as ``{"data", "bytes"}`` events, at
+      most one per :data:`DEVICE_TEXT_INTERVAL`: the sink waits that long
+      between writes, so a fast device (``random``) is paced by its own
+      rules (dropped or paused at its runtime) rather than flooding the tab.
+
+    The newest frame (or the last :data:`DEVICE_TEXT` characters) is kept
+    for a tab that joins later.  The feed ends with ``{"end": true}`` when the
+    device's stream ends, or ``{"error", "kind"}`` when it fails, its runtime
+    dies or the device is refused; then it is forgotten, so the next
+    ``sub.open`` asks again.  When its last subscriber leaves the stream is
+    closed (the transfer is cancelled), so the device's runtime sees its
+    reader leave at once.
+    """
+
+    def __init__(self, hub: DesktopHub, user: str, runtime: str, name: str, driver: str) -> None:
+        self.hub = hub
+        self.user = user
+        self.runtime = runtime
+        self.name = name
+        self.key = (user, runtime, name)
+        self.channel = Channel(DEVICE, runtime=runtime, device=name).name
+        self.video = driver == "video"
+        self.subs: set[_DeviceSub] = set()
+        #: the last event once there is one (end or error); nothing is relayed after it
+        self.final: dict[str, Any] | None = None
+        self.ready = False
+        #: sub.open requests waiting for the device's runtime to answer
+        self._waiters: list[defer.Deferred] = []
+        self._reading: defer.Deferred | None = None
+        self._pace: defer.Deferred | None = None
+        self._splitter = FrameSplitter(MAX_VIDEO_FRAME)
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        #: the newest frame, as the binary frame a joining tab is sent first
+        self.last_frame: bytes | None = None
+        #: the newest text (at most DEVICE_TEXT characters)
+        self.last_text = ""
+        self.frames = 0
+        self.bytes = 0
+
+    # -- opening -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        d = self.hub.devices_for(self.user).read(self.runtime, self.name)
+        d.addCallbacks(self._opened, self._refused)
+
+    def when_ready(self) -> defer.Deferred:
+        """Fires with this feed once the device's runtime gave a stream, or fails with its refusal."""
+        if self.final is not None and "error" in self.final:
+            return defer.fail(DesktopError(self.final["error"], self.final.get("kind", "EIO")))
+        if self.ready:
+            return defer.succeed(self)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _opened(self, where: Any) -> None:
+        if self.final is not None:  # everyone left, or the runtime died, while we waited
+            return
+        self.ready = True
+        self._reading = self.hub.receive(
+            self.hub.ctx.reactor, where.host, where.port, where.token, _DeviceSink(self), **where.options()
+        )
+        self._reading.addCallbacks(lambda _: self.finish({"end": True}), self._broke)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def _refused(self, failure: Failure) -> None:
+        error = failure.value
+        if not isinstance(error, OneOSError):
+            log.failure("desktop: asking for device {rt}/{name} failed", failure, rt=self.runtime, name=self.name)
+        self.finish({"error": describe(error), "kind": error_kind(error)})
+
+    # -- relaying ------------------------------------------------------------------------------------
+    def received(self, data: bytes) -> defer.Deferred:
+        if self.final is not None:
+            return defer.succeed(None)
+        self.bytes += len(data)
+        if self.video:
+            try:
+                frames = self._splitter.feed(data)
+            except MJPEGError as e:
+                return defer.fail(DesktopError(f"device {self.name} on {self.runtime}: {e}", "EPROTO"))
+            for frame in frames:
+                self.frames += 1
+                payload = self.last_frame = wire.device_frame(self.channel, frame)
+                for sub in list(self.subs):
+                    sub.frame(payload)
+            return defer.succeed(None)
+        text = self._decoder.decode(data)
+        if not text:
+            return defer.succeed(None)
+        self.last_text = (self.last_text + text)[-DEVICE_TEXT:]
+        body = {"data": text[-DEVICE_TEXT:], "bytes": self.bytes}
+        if len(text) > DEVICE_TEXT:
+            body["dropped"] = len(text) - DEVICE_TEXT
+        for sub in list(self.subs):
+            sub.push(body)
+        self._pace = task.deferLater(self.hub.ctx.reactor, DEVICE_TEXT_INTERVAL, lambda: None)
+        return self._pace
+
+    def _broke(self, failure: Failure) -> None:
+        if self.final is not None or failure.check(defer.CancelledError):
+            return
+        error = failure.value
+        message = describe(error)
+        if error_kind(error) == "EPIPE" and "vanished" in message:
+            message = f"{message} (did runtime {self.runtime} stop?)"
+        self.finish({"error": f"device {self.name} on {self.runtime}: {message}", "kind": error_kind(error)})
+
+    def membership_changed(self, live: set[str]) -> None:
+        if self.final is None and self.runtime not in live:
+            self.finish(
+                {
+                    "error": f"runtime {self.runtime} is unreachable (it died, or the network is cut): "
+                    f"the stream of device {self.name} ended",
+                    "kind": "EPIPE",
+                }
+            )
+
+    # -- subscribers ----------------------------------------------------------------------------------
+    def join(self, sub: _DeviceSub) -> None:
+        """*sub* gets what comes next, after the newest frame or text (so a second tab sees the picture at once)."""
+        if self.final is not None:
+            sub.end(self.final)
+            return
+        self.subs.add(sub)
+        sub.push({"open": True, "video": self.video})
+        if self.last_frame is not None:
+            sub.frame(self.last_frame)
+        elif self.last_text:
+            sub.push({"data": self.last_text, "bytes": self.bytes})
+
+    def leave(self, sub: _DeviceSub | None) -> None:
+        """*sub* left (None: a request that opened the feed went away before joining it): close when nobody is left."""
+        if sub is not None:
+            self.subs.discard(sub)
+        if not self.subs and not self._waiters and self.final is None:
+            self.close()
+
+    def finish(self, body: dict[str, Any]) -> None:
+        """The stream ended (*body*: ``end`` or ``error``): say so to every subscriber, stop, be forgotten."""
+        if self.final is not None:
+            return
+        self.final = body
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(DesktopError(body.get("error", "the device's stream ended"), body.get("kind", "EIO")))
+        subs, self.subs = list(self.subs), set()
+        for sub in subs:
+            sub.end(body)
+        self._stop()
+
+    def close(self) -> None:
+        """Nobody watches any more (or the desktop stops): close the stream without a word."""
+        if self.final is None:
+            self.final = {"end": True}
+        self.subs.clear()
+        self._stop()
+
+    def _stop(self) -> None:
+        self.hub.forget_device(self)
+        reading, self._reading = self._reading, None
+        if reading is not None and not reading.called:
+            reading.cancel()
+        pace, self._pace = self._pace, None
+        if pace is not None and not pace.called:
+            pace.cancel()
+
+
 class DesktopHub:
     """What every websocket of this runtime shares: the context, the RPC clients, the shared channels,
     the terminals (a reattach may come on any websocket)."""
@@ -581,6 +814,7 @@ class DesktopHub:
         *,
         scheduler: Any = None,
         agents: Any = None,
+        devices: Any = None,
         receive: Callable[..., defer.Deferred] = receive,
         send: Callable[..., defer.Deferred] = send,
         terminals: TerminalRegistry | None = None,
@@ -588,6 +822,8 @@ class DesktopHub:
         self.ctx = ctx
         self.scheduler = scheduler if scheduler is not None else SchedulerClient(ctx.grid.rpc)
         self.agents = agents if agents is not None else AgentsClient(ctx.grid.rpc)
+        #: the devices' client (``as_user(user)`` gives one acting for a user)
+        self.devices = devices if devices is not None else DevicesClient(ctx.grid.rpc, DEVICE_RPC_TIMEOUT)
         #: transfer.receive / transfer.send (replaced in tests)
         self.receive = receive
         self.send = send
@@ -595,6 +831,8 @@ class DesktopHub:
         self.runtimes = RuntimesFeed(self)
         self.agent_statuses = AgentsFeed(self)
         self.outputs: dict[str, OutputFeed] = {}
+        #: (user, runtime, device) -> the feed reading it
+        self.device_feeds: dict[tuple[str, str, str], DeviceFeed] = {}
         self.connections: set[Connection] = set()
         self._watching = False
 
@@ -605,6 +843,46 @@ class DesktopHub:
     def live_ids(self) -> set[str]:
         return {s.id for s in self.ctx.membership.live()}
 
+    def devices_for(self, user: str) -> Any:
+        """A devices client acting for *user*: the device's runtime checks its owner and mode against them."""
+        return self.devices.as_user(user)
+
+    def locate_device(self, runtime: str, name: str, direction: str) -> Any:
+        """Device *name* of live runtime *runtime* as its status tells it (ENOENT, or EACCES for the wrong side).
+
+        Checked here so a mistake is answered at once rather than after an
+        RPC to a runtime that is not there; who may use the device is its
+        runtime's decision.
+        """
+        status = next((s for s in self.ctx.membership.live() if s.id == runtime), None)
+        if status is None:
+            raise DeviceError(f"{runtime}/{name}: no such device (runtime {runtime} is not running)", NOT_FOUND)
+        device = next((d for d in status.devices if d.name == name), None)
+        if device is None:
+            raise DeviceError(f"{runtime}/{name}: no such device", NOT_FOUND)
+        if direction == INPUT and device.direction == DEVICE_OUTPUT:
+            raise DeviceError(f"{runtime}/{name} is an output device: it can be written, not read", DENIED)
+        if direction == DEVICE_OUTPUT and device.direction == INPUT:
+            raise DeviceError(f"{runtime}/{name} is an input device: it can be read, not written", DENIED)
+        return device
+
+    def device_feed(self, user: str, runtime: str, name: str) -> defer.Deferred:
+        """The feed of device *runtime*/*name* read as *user* (started now if nobody of theirs reads it yet);
+        fires once the device's runtime gave the stream, or fails with its refusal."""
+        feed = self.device_feeds.get((user, runtime, name))
+        if feed is None:
+            device = self.locate_device(runtime, name, INPUT)
+            if len(self.device_feeds) >= MAX_DEVICE_FEEDS:
+                raise DesktopError(f"this runtime already reads {MAX_DEVICE_FEEDS} devices for its browsers", "EBUSY")
+            self.watch_membership()
+            feed = self.device_feeds[(user, runtime, name)] = DeviceFeed(self, user, runtime, name, device.driver)
+            feed.start()
+        return feed.when_ready()
+
+    def forget_device(self, feed: DeviceFeed) -> None:
+        if self.device_feeds.get(feed.key) is feed:
+            del self.device_feeds[feed.key]
+
     def watch_membership(self) -> None:
         """Listen to the membership's changes (once: it has no way to stop listening)."""
         if not self._watching:
@@ -614,10 +892,12 @@ class DesktopHub:
     def _membership_changed(self) -> None:
         self.runtimes.changed()
         self.agent_statuses.membership_changed()
-        if self.outputs:
+        if self.outputs or self.device_feeds:
             live = self.live_ids()
             for feed in list(self.outputs.values()):
                 feed.membership_changed(live)
+            for device in list(self.device_feeds.values()):
+                device.membership_changed(live)
 
     def output(self, info: AgentInfo) -> OutputFeed:
         """The feed of *info*'s output, started now if nobody reads it yet."""
@@ -644,6 +924,9 @@ class DesktopHub:
         for feed in list(self.outputs.values()):
             feed.close()
         self.outputs.clear()
+        for device in list(self.device_feeds.values()):
+            device.finish({"error": "the desktop is stopping", "kind": "ESHUTDOWN"})
+        self.device_feeds.clear()
 
 
 # -- one connection's subscriptions -----------------------------------------------------------------------
@@ -668,6 +951,9 @@ class _Sub:
 
     def resync(self) -> None:
         """Events were dropped while the browser did not read: send the whole state again."""
+
+    def flush(self) -> None:
+        """The browser reads again: send what was kept for it (a device's newest frame)."""
 
 
 class _RuntimesSub(_Sub):
@@ -754,6 +1040,50 @@ class _OutputSub(_Sub):
     def stop(self) -> None:
         if self.feed is not None:
             self.feed.subs.discard(self)
+
+
+class _DeviceSub(_Sub):
+    """One tab's subscription to a device: text events as any channel's; video frames sent at once, or
+    (while the browser is behind) the newest one kept and sent when it reads again."""
+
+    def __init__(self, connection: Connection, channel: Channel, feed: DeviceFeed) -> None:
+        super().__init__(connection, channel)
+        self.feed = feed
+        self.pending: bytes | None = None
+        #: frames dropped because a newer one came while the browser was behind
+        self.dropped = 0
+
+    def start(self) -> None:
+        self.feed.join(self)
+
+    def frame(self, payload: bytes) -> None:
+        connection = self.connection
+        if connection.closed or connection.subs.get(self.name) is not self:
+            return
+        if connection.congested:
+            if self.pending is not None:
+                self.dropped += 1
+            self.pending = payload
+            return
+        connection.send_binary(payload, self.name)
+
+    def flush(self) -> None:
+        if self.pending is not None and not self.connection.congested:
+            payload, self.pending = self.pending, None
+            self.connection.send_binary(payload, self.name)
+
+    def resync(self) -> None:
+        """Text events were dropped: the newest text stands for them."""
+        if not self.feed.video and self.feed.last_text:
+            self.push({"data": self.feed.last_text, "bytes": self.feed.bytes, "resync": True})
+
+    def end(self, body: dict[str, Any]) -> None:
+        self.pending = None
+        self.connection.end_channel(self, body)
+
+    def stop(self) -> None:
+        self.pending = None
+        self.feed.leave(self)
 
 
 # -- one websocket -------------------------------------------------------------------------------------------
@@ -869,9 +1199,20 @@ class Connection:
             text = f"\n[oneos: {count} characters of {stream} dropped: the browser was not reading]\n"
             self._out(wire.event(channel, {"stream": stream, "data": text, "dropped": count}), False, channel)
 
-    def send_binary(self, payload: bytes) -> None:
-        """A terminal frame (terminals only call it while not congested)."""
-        self._out(payload, True)
+    def send_binary(self, payload: bytes, channel: str | None = None) -> None:
+        """A terminal's or a device's frame (both only call it while not congested)."""
+        self._out(payload, True, channel)
+
+    def end_channel(self, sub: _Sub, body: dict[str, Any]) -> None:
+        """*sub*'s channel ended by itself (a device's stream): its last event, never dropped, and no more events.
+
+        The browser need not close it; a later ``sub.open`` of the same name opens it afresh.
+        """
+        if self.closed or self.subs.get(sub.name) is not sub:
+            return
+        del self.subs[sub.name]
+        self._stale.discard(sub.name)
+        self._out(wire.event(sub.name, body), False, sub.name)
 
     def pause(self) -> None:
         """The browser stopped reading (the socket's buffer is full)."""
@@ -893,6 +1234,10 @@ class Connection:
             sub = self.subs.get(name)
             if sub is not None:
                 sub.resync()
+        for sub in list(self.subs.values()):
+            if self.congested:
+                break
+            sub.flush()
         for terminal in list(self.terms.values()):
             if self.congested:
                 break
@@ -1159,6 +1504,35 @@ class Connection:
     def op_pipes_list(self) -> defer.Deferred:
         return self.hub.scheduler.pipes().addCallback(lambda rows: [r.encode() for r in rows])
 
+    # -- operations: devices -----------------------------------------------------------------------------
+    async def op_devices_list(self) -> dict[str, Any]:
+        """Every device of every live runtime that has some, as the user sees them; a runtime that does not
+        answer is named in ``errors`` and the others are listed."""
+        live = [s for s in self.ctx.membership.live() if s.devices]
+        client = self.hub.devices_for(self.user)
+        results = await defer.DeferredList([client.list_devices(s.id) for s in live], consumeErrors=True)
+        devices: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for status, (ok, value) in zip(live, results, strict=True):
+            if ok:
+                devices.extend(d.encode() for d in value)
+            else:
+                errors.append({"runtime": status.id, **wire.error_body(value.value)})
+        return {"devices": devices, "errors": errors}
+
+    async def op_device_write(self, runtime: str, name: str, data: str) -> dict[str, Any]:
+        """*data* (UTF-8) into output device *runtime*/*name*, as the user; the device's answer (bytes taken)."""
+        try:
+            encoded = data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DesktopError("the data is not valid Unicode", wire.EINVAL) from None
+        self.hub.locate_device(runtime, name, DEVICE_OUTPUT)
+        where = await self.hub.devices_for(self.user).write(runtime, name)
+        status = await self.hub.send(
+            self.ctx.reactor, where.host, where.port, where.token, _OneShot(encoded), **where.options()
+        )
+        return status if isinstance(status, dict) else {}
+
     # -- operations: channels ----------------------------------------------------------------------------
     async def op_sub_open(self, channel: str) -> Any:
         parsed = wire.parse_channel(channel)
@@ -1174,6 +1548,14 @@ class Connection:
             sub = _AgentsSub(self, parsed)
         elif parsed.kind == PIPES:
             sub = _PipesSub(self, parsed)
+        elif parsed.kind == DEVICE:
+            feed = await self.hub.device_feed(self.user, parsed.runtime, parsed.device)
+            if name in self.subs or self.closed or len(self.subs) >= MAX_SUBSCRIPTIONS:
+                feed.leave(None)  # nobody of this request joins it: close it if nobody else has
+                if name in self.subs or self.closed:
+                    return {}
+                raise DesktopError(f"at most {MAX_SUBSCRIPTIONS} channels per connection", "EBUSY")
+            sub = _DeviceSub(self, parsed, feed)
         else:
             assert parsed.kind == OUTPUT
             if parsed.agent not in self.hub.outputs and len(self.hub.outputs) >= MAX_OUTPUT_FEEDS:

@@ -105,7 +105,7 @@ def test_nullable_arguments_take_their_default():
         (b'{"id": 8, "op": "fs.remove", "args": {"path": "/", "recursive": 1}}', 8, "true or false"),
         (b'{"id": 9, "op": "proc.run", "args": {"program": "p", "args": ["a", 2]}}', 9, "list of strings"),
         (b'{"id": 9, "op": "proc.run", "args": {"program": "p", "args": "a b"}}', 9, "list of strings"),
-        (b'{"id": 10, "op": "term.resize", "args": {"term": 256, "cols": 80, "rows": 24}}', 10, "from 0 to 255"),
+        (b'{"id": 10, "op": "term.resize", "args": {"term": 255, "cols": 80, "rows": 24}}', 10, "from 0 to 254"),
         (b'{"id": 10, "op": "term.resize", "args": {"term": 1.5, "cols": 80, "rows": 24}}', 10, "an integer"),
         (b'{"id": 10, "op": "term.open", "args": {"cols": 0}}', 10, "from 1 to 1000"),
         (b'{"id": 10, "op": "term.open", "args": {"cols": 1e300}}', 10, "from 1 to 1000"),
@@ -136,6 +136,7 @@ def test_every_operation_of_the_document_is_in_the_table():
         "session.whoami", "runtimes.list", "fs.list", "fs.stat", "fs.read", "fs.write", "fs.mkdir", "fs.rename",
         "fs.remove", "proc.list", "proc.run", "proc.pipeline", "proc.kill", "proc.pause", "proc.resume",
         "proc.stdin", "pipes.list", "sub.open", "sub.close", "term.open", "term.resize", "term.close",
+        "devices.list", "device.write",
     }  # fmt: skip
     assert set(OPS) == documented
 
@@ -221,7 +222,7 @@ def test_channels():
 # -- terminal frames --------------------------------------------------------------------------------
 
 
-@given(st.integers(0, 255), st.binary(max_size=100))
+@given(st.integers(0, 254), st.binary(max_size=100))
 def test_terminal_frames_round_trip(term, data):
     assert parse_term_frame(term_frame(term, data)) == (term, data)
 
@@ -230,7 +231,34 @@ def test_terminal_frames_are_checked():
     with pytest.raises(DesktopError):
         parse_term_frame(b"")
     with pytest.raises(ValueError):
-        term_frame(256, b"x")
+        term_frame(255, b"x")  # 255 tags a device's frame
+
+
+# -- device channels and frames ------------------------------------------------------------------------
+
+
+def test_device_channels():
+    assert parse_channel("device:rt-2/cam0") == Channel(wire.DEVICE, runtime="rt-2", device="cam0")
+    assert parse_channel("device:rt-2/cam0").name == "device:rt-2/cam0"
+    for bad in ("device:", "device:rt-2", "device:rt-2/", "device:/cam0", "device:rt/a/b", "device:rt/../x",
+                "device:rt/" + "x" * 65, "device:rt 2/cam0", "DEVICE:rt/cam0"):  # fmt: skip
+        with pytest.raises(DesktopError) as caught:
+            parse_channel(bad)
+        assert caught.value.kind == "EINVAL"
+
+
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True), st.binary(max_size=200))
+def test_device_frames_round_trip_and_are_not_terminal_frames(name, jpeg):
+    channel = f"device:{name}/{name}"
+    payload = wire.device_frame(channel, jpeg)
+    assert payload[0] == wire.DEVICE_FRAME > wire.MAX_TERM
+    assert wire.parse_device_frame(payload) == (channel, jpeg)
+
+
+def test_malformed_device_frames_are_refused():
+    for bad in (b"", b"\xff", b"\x01\x00", b"\xff\x05abc", b"\xff\x02\xff\xfe"):
+        with pytest.raises(DesktopError):
+            wire.parse_device_frame(bad)
 
 
 # -- replies and events ----------------------------------------------------------------------------------

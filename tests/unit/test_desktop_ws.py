@@ -28,16 +28,20 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from oneos.agents.info import AgentError, AgentInfo, OutputTarget, PipeInfo
+from oneos.desktop import protocol as wire
 from oneos.desktop import ws
 from oneos.desktop.context import DesktopContext
 from oneos.desktop.sessions import SessionStore
 from oneos.desktop.terminal import REATTACH, SCROLLBACK, Scrollback
 from oneos.desktop.ws import DesktopFactory, DesktopHub
+from oneos.devices.errors import DeviceError
+from oneos.devices.info import DeviceInfo
+from oneos.errors import RPCTimeout
 from oneos.fs import errors as fs_errors
 from oneos.fs.store import Stat
 from oneos.pubsub import messages, mqtt, topics
 from oneos.pubsub.client import Message
-from oneos.runtime.status import DEAD, RuntimeStatus
+from oneos.runtime.status import DEAD, DeviceStatus, RuntimeStatus
 from oneos.shell.interpreter import Interpreter
 from oneos.shell.session import Grid, Session
 from oneos.testing.shell import FakeFS
@@ -253,6 +257,46 @@ class FakeAgents:
         return defer.succeed(StreamAddress("127.0.0.1", 9, f"{agent_id}-stdin"))
 
 
+class FakeDevices:
+    """DevicesClient: ``as_user`` views that record who asks; refusals as the devices' runtimes give them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, str, str, str]] = []
+        #: (runtime, name) -> the error device_read / device_write answers
+        self.refuse: dict[tuple[str, str], Exception] = {}
+        #: runtime -> its device_list answer, or the error it fails with
+        self.lists: dict[str, Any] = {}
+        self.user: str | None = None
+        self._reads = 0
+
+    def as_user(self, user: str | None) -> FakeDevices:
+        view = FakeDevices.__new__(FakeDevices)
+        view.__dict__ = self.__dict__.copy()
+        view.user = user
+        view.calls = self.calls
+        view._parent = self  # type: ignore[attr-defined]
+        return view
+
+    def read(self, runtime: str, name: str, units: int = 0) -> defer.Deferred:
+        self.calls.append((self.user, "read", runtime, name))
+        if (runtime, name) in self.refuse:
+            return defer.fail(self.refuse[(runtime, name)])
+        parent = getattr(self, "_parent", self)
+        parent._reads += 1
+        return defer.succeed(StreamAddress("127.0.0.1", 9, f"{runtime}/{name}#{parent._reads}"))
+
+    def write(self, runtime: str, name: str) -> defer.Deferred:
+        self.calls.append((self.user, "write", runtime, name))
+        if (runtime, name) in self.refuse:
+            return defer.fail(self.refuse[(runtime, name)])
+        return defer.succeed(StreamAddress("127.0.0.1", 9, f"{runtime}/{name}<"))
+
+    def list_devices(self, runtime: str) -> defer.Deferred:
+        self.calls.append((self.user, "list", runtime, ""))
+        answer = self.lists.get(runtime, [])
+        return defer.fail(answer) if isinstance(answer, Exception) else defer.succeed(answer)
+
+
 class Streams:
     """transfer.receive and transfer.send: the sinks and sources the desktop hands over, by token."""
 
@@ -272,7 +316,8 @@ class Streams:
         return d
 
     def write(self, token: str, data: bytes) -> None:
-        self.sinks[token].write(data)
+        # a sink that paces its stream may see its wait cancelled when the reader leaves
+        self.sinks[token].write(data).addErrback(lambda f: f.trap(defer.CancelledError))
 
     def end(self, token: str) -> None:
         self.sinks[token].finish()
@@ -481,11 +526,13 @@ class Desk:
         )
         self.scheduler = FakeScheduler()
         self.agents = FakeAgents()
+        self.devices = FakeDevices()
         self.streams = Streams()
         self.hub = DesktopHub(
             self.ctx,
             scheduler=self.scheduler,
             agents=self.agents,
+            devices=self.devices,
             receive=self.streams.receive,
             send=self.streams.send,
         )
@@ -1197,3 +1244,246 @@ def test_the_hub_stops_everything(desk):
     desk.hub.stop()
     assert ("close", ws.CLOSE_STOPPING) in browser.read()
     assert desk.shell.forgotten == desk.shell.interpreters and desk.hub.outputs == {}
+
+
+# -- devices -------------------------------------------------------------------------------------------------
+
+CAM = "device:rt-2/cam0"
+BUTTON = "device:rt-2/button"
+
+
+def jpeg(n: int) -> bytes:
+    """A whole JPEG as the splitter sees one: SOI, an SOS segment, entropy-coded bytes, EOI."""
+    return b"\xff\xd8\xff\xda\x00\x02" + f"frame {n}".encode() + b"\xff\xd9"
+
+
+def with_devices(desk: Desk) -> Desk:
+    desk.membership.set(
+        "rt-2",
+        devices=(
+            DeviceStatus("cam0", "in", "video"),
+            DeviceStatus("button", "in", "gpio"),
+            DeviceStatus("led", "out", "gpio"),
+        ),
+    )
+    return desk
+
+
+def frames_of(browser: Browser, frames: list[Any] | None = None) -> list[tuple[str, bytes]]:
+    """The device frames among what the browser got: (channel, JPEG)."""
+    got = browser.read() if frames is None else frames
+    return [wire.parse_device_frame(bytes([f[0]]) + f[1]) for f in got if isinstance(f, tuple) and f[0] == 255]
+
+
+def reading(desk: Desk) -> list[str]:
+    """The device streams the desktop reads now (their tokens)."""
+    return [t for t, d in desk.streams.done.items() if "/" in t and not d.called]
+
+
+def test_a_camera_s_frames_arrive_whole_as_binary_frames_read_as_the_user(desk):
+    with_devices(desk)
+    browser = desk.browser()
+    assert browser.ok("sub.open", channel=CAM) == {}
+    assert desk.devices.calls == [("ann", "read", "rt-2", "cam0")]
+    assert browser.events(CAM) == [{"open": True, "video": True}]
+    (token,) = reading(desk)
+    whole = jpeg(1) + jpeg(2)
+    desk.streams.write(token, whole[:5])  # a frame cut anywhere arrives whole, once complete
+    assert frames_of(browser) == []
+    desk.streams.write(token, whole[5:])
+    assert frames_of(browser) == [(CAM, jpeg(1)), (CAM, jpeg(2))]
+    # the frames are not terminal output: a terminal open on the same websocket gets none of them
+    term, _, _ = open_terminal(browser)
+    desk.streams.write(token, jpeg(3))
+    got = browser.read()
+    assert frames_of(browser, got) == [(CAM, jpeg(3))]
+    assert not any(isinstance(f, tuple) and f[0] == term for f in got)
+
+
+def test_two_tabs_share_one_reader_and_the_last_to_leave_closes_it(desk):
+    with_devices(desk)
+    one, two = desk.browser(), desk.browser()
+    one.ok("sub.open", channel=CAM)
+    (token,) = reading(desk)
+    desk.streams.write(token, jpeg(1))
+    two.ok("sub.open", channel=CAM)
+    assert len(desk.devices.calls) == 1  # one reader for both tabs
+    assert frames_of(two) == [(CAM, jpeg(1))]  # the newest frame at once, not a black picture until the next
+    desk.streams.write(token, jpeg(2))
+    assert frames_of(one)[-1] == frames_of(two)[-1] == (CAM, jpeg(2))
+    one.disconnect()
+    assert reading(desk) == [token]
+    two.ok("sub.close", channel=CAM)
+    assert reading(desk) == [] and desk.hub.device_feeds == {}
+    assert desk.streams.done[token].called  # cancelled: the device's runtime sees its reader leave at once
+    # the next subscriber asks the device's runtime again
+    two.ok("sub.open", channel=CAM)
+    assert len(desk.devices.calls) == 2 and len(reading(desk)) == 1
+
+
+def test_another_user_gets_a_reader_of_their_own(desk):
+    with_devices(desk)
+    desk.browser().ok("sub.open", channel=CAM)
+    desk.session = desk.sessions.create("bob")
+    desk.browser().ok("sub.open", channel=CAM)
+    assert [c[0] for c in desk.devices.calls] == ["ann", "bob"] and len(reading(desk)) == 2
+
+
+def test_a_browser_that_does_not_read_gets_the_newest_frame_and_never_a_backlog(desk):
+    with_devices(desk)
+    browser = desk.browser()
+    browser.ok("sub.open", channel=CAM)
+    browser.read()
+    (token,) = reading(desk)
+    browser.transport.producer.pauseProducing()  # the socket's buffer is full
+    for n in range(50):
+        desk.streams.write(token, jpeg(n))
+    assert browser.transport.value() == b"" and browser.connection._queued == 0
+    (sub,) = [s for s in browser.connection.subs.values() if isinstance(s, ws._DeviceSub)]
+    assert sub.dropped == 49
+    browser.transport.producer.resumeProducing()
+    assert frames_of(browser) == [(CAM, jpeg(49))]
+    desk.streams.write(token, jpeg(50))
+    assert frames_of(browser) == [(CAM, jpeg(50))]
+
+
+def test_refusals_are_plain_errors_and_the_connection_goes_on(desk):
+    with_devices(desk)
+    desk.devices.refuse[("rt-2", "cam0")] = DeviceError(
+        "device cam0 on rt-2: ann may not read it (mode 0600)", "EACCES"
+    )
+    browser = desk.browser()
+    error = browser.error("sub.open", channel=CAM)
+    assert error == {"kind": "EACCES", "message": "device cam0 on rt-2: ann may not read it (mode 0600)"}
+    assert desk.hub.device_feeds == {}
+    # answered here, without asking anyone: no such device, no such runtime, the wrong side
+    asked = len(desk.devices.calls)
+    assert browser.error("sub.open", channel="device:rt-2/nope")["kind"] == "ENOENT"
+    assert "not running" in browser.error("sub.open", channel="device:rt-9/cam0")["message"]
+    assert browser.error("sub.open", channel="device:rt-2/led")["kind"] == "EACCES"
+    assert browser.error("device.write", runtime="rt-2", name="button", data="1\n")["kind"] == "EACCES"
+    assert len(desk.devices.calls) == asked
+    assert browser.ok("session.whoami")["user"] == "ann"
+    # refused once, asked again next time: the owner may have changed the mode
+    del desk.devices.refuse[("rt-2", "cam0")]
+    assert browser.ok("sub.open", channel=CAM) == {}
+
+
+def test_the_channel_ends_with_the_reason_when_the_device_fails_or_its_runtime_dies(desk):
+    with_devices(desk)
+    browser = desk.browser()
+    browser.ok("sub.open", channel=CAM)
+    browser.ok("sub.open", channel=BUTTON)
+    browser.read()
+    (cam,) = [t for t in reading(desk) if "cam0" in t]
+    failure = TransferError(
+        "device cam0 on rt-2 failed: ffmpeg exited with status 1: /dev/video0: No such device", "ENODEV"
+    )
+    desk.streams.done[cam].errback(failure)
+    (event,) = browser.events(CAM)
+    assert event == {"error": f"device cam0 on rt-2: {failure}", "kind": "ENODEV"}
+    assert CAM not in browser.connection.subs  # ended by itself: a new sub.open asks again
+    desk.membership.set("rt-2", state=DEAD)
+    desk.membership.changed()
+    (event,) = browser.events(BUTTON)
+    assert event["kind"] == "EPIPE" and "rt-2 is unreachable" in event["error"]
+    assert reading(desk) == [] and desk.hub.device_feeds == {}
+    assert browser.error("sub.open", channel=CAM)["kind"] == "ENOENT"  # its devices went with it
+
+
+def test_a_stream_broken_mid_read_names_the_runtime(desk):
+    with_devices(desk)
+    browser = desk.browser()
+    browser.ok("sub.open", channel=CAM)
+    browser.read()
+    (token,) = reading(desk)
+    desk.streams.done[token].errback(TransferError("the sender vanished before the end of the stream", "EPIPE"))
+    (event,) = browser.events(CAM)
+    assert event["kind"] == "EPIPE" and "did runtime rt-2 stop?" in event["error"]
+
+
+def test_the_end_of_a_device_is_never_dropped(desk, monkeypatch):
+    monkeypatch.setattr(ws, "EVENT_HOLD", 10)
+    with_devices(desk)
+    browser = desk.browser()
+    browser.ok("sub.open", channel=BUTTON)
+    browser.read()
+    (token,) = reading(desk)
+    browser.transport.producer.pauseProducing()
+    desk.streams.write(token, b"1\n")  # dropped: the browser is behind
+    desk.streams.end(token)
+    browser.transport.producer.resumeProducing()
+    events = browser.events(BUTTON)
+    assert events[-1] == {"end": True}
+
+
+def test_a_pin_s_value_arrives_as_text_paced_and_a_late_tab_gets_the_current_value(desk):
+    with_devices(desk)
+    browser = desk.browser()
+    browser.ok("sub.open", channel=BUTTON)
+    assert browser.events(BUTTON) == [{"open": True, "video": False}]
+    (token,) = reading(desk)
+    sink = desk.streams.sinks[token]
+    written = sink.write(b"0\n")
+    assert browser.events(BUTTON) == [{"data": "0\n", "bytes": 2}]
+    assert not written.called  # the stream waits: at most one event per interval
+    desk.clock.advance(ws.DEVICE_TEXT_INTERVAL)
+    assert written.called
+    sink.write(b"1\n").addErrback(lambda f: f.trap(defer.CancelledError))
+    late = desk.browser()
+    late.ok("sub.open", channel=BUTTON)
+    assert late.events(BUTTON) == [{"open": True, "video": False}, {"data": "0\n1\n", "bytes": 4}]
+    # a fast device's flood is cut to the newest text
+    desk.clock.advance(ws.DEVICE_TEXT_INTERVAL)
+    paced = sink.write(b"x" * (ws.DEVICE_TEXT + 10))
+    (event,) = late.events(BUTTON)
+    assert len(event["data"]) == ws.DEVICE_TEXT and event["dropped"] == 10
+    # leaving while the stream waits for its pace closes it too
+    browser.ok("sub.close", channel=BUTTON)
+    late.ok("sub.close", channel=BUTTON)
+    assert reading(desk) == []
+    assert paced.called and isinstance(paced.result, Failure) and paced.result.check(defer.CancelledError)
+    paced.addErrback(lambda f: None)
+
+
+def test_device_write_streams_the_data_as_the_user(desk):
+    with_devices(desk)
+    browser = desk.browser()
+    request = browser.send("device.write", runtime="rt-2", name="led", data="1\n")
+    assert desk.devices.calls == [("ann", "write", "rt-2", "led")]
+    assert desk.streams.pull("rt-2/led<") == [b"1\n", b""]
+    desk.streams.done["rt-2/led<"].callback({"bytes": 2, "device": "led"})
+    (answer,) = [f for f in browser.read() if f.get("id") == request]
+    assert answer["result"] == {"bytes": 2, "device": "led"}
+    desk.devices.refuse[("rt-2", "led")] = DeviceError("device led on rt-2: ann may not write it", "EACCES")
+    assert browser.error("device.write", runtime="rt-2", name="led", data="0\n") == {
+        "kind": "EACCES",
+        "message": "device led on rt-2: ann may not write it",
+    }
+    desk.devices.refuse.clear()
+    request = browser.send("device.write", runtime="rt-2", name="led", data="2\n")
+    desk.streams.done["rt-2/led<"].errback(TransferError("device led: '2' is not 0 or 1", "EINVAL"))
+    (answer,) = [f for f in browser.read() if f.get("id") == request]
+    assert answer["error"] == {"kind": "EINVAL", "message": "device led: '2' is not 0 or 1"}
+
+
+def test_devices_list_asks_every_live_runtime_with_devices_as_the_user(desk):
+    with_devices(desk)
+    desk.membership.set("rt-3", devices=(DeviceStatus("rnd", "in", "random"),))
+    desk.membership.set("rt-4", devices=(DeviceStatus("x", "in", "random"),), state=DEAD)
+    cam = DeviceInfo("rt-2", "cam0", "in", "video", readers=2, unit="frame")
+    desk.devices.lists = {"rt-2": [cam], "rt-3": RPCTimeout("rt-3", "device_list", 10)}
+    browser = desk.browser()
+    result = browser.ok("devices.list")
+    assert result["devices"] == [cam.encode()]
+    assert [(e["runtime"], e["kind"]) for e in result["errors"]] == [("rt-3", "RPCTimeout")]
+    assert sorted(c[2] for c in desk.devices.calls) == ["rt-2", "rt-3"]  # rt-1 has none, rt-4 is dead
+    assert {c[0] for c in desk.devices.calls} == {"ann"}
+
+
+def test_the_hub_stops_its_device_readers(desk):
+    with_devices(desk)
+    browser = desk.browser()
+    browser.ok("sub.open", channel=CAM)
+    desk.hub.stop()
+    assert reading(desk) == [] and desk.hub.device_feeds == {}

@@ -9,6 +9,7 @@ import { ProcessesWindow, ProcessWindow } from './processes.js';
 import { TerminalWindow, forgetTerminalKeys } from './terminal.js';
 import { FilesWindow, EditorWindow } from './files.js';
 import { PipelinesWindow } from './pipelines.js';
+import { DevicesWindow } from './devices.js';
 
 /** The least n such that no window of *kind* is titled "PREFIX n". */
 function freeNumber(list, kind, prefix) {
@@ -23,6 +24,7 @@ registerKind('processes', { title: 'Processes', launch: 'Processes', component: 
 registerKind('terminal', { title: (p, list) => `Terminal ${freeNumber(list, 'terminal', 'Terminal')}`, launch: 'Terminal', component: TerminalWindow, size: [720, 440] });
 registerKind('files', { title: 'Files', launch: 'Files', component: FilesWindow, size: [760, 480] });
 registerKind('pipelines', { title: 'Pipelines', launch: 'Pipelines', component: PipelinesWindow, singleton: true, size: [780, 480] });
+registerKind('devices', { title: 'Devices', launch: 'Devices', component: DevicesWindow, singleton: true, size: [860, 560] });
 registerKind('process', { title: (p) => `Process ${p.id || ''}`, component: ProcessWindow, key: (p) => p.id, size: [700, 500] });
 registerKind('editor', { title: (p) => p.path || 'Editor', component: EditorWindow, key: (p) => p.path, size: [700, 500] });
 

@@ -1,6 +1,7 @@
 // The page's one websocket (docs/desktop.md, "Websocket protocol"): requests with ids
-// answered by promises, channel subscriptions, terminals as binary frames [N][bytes],
-// and reconnecting by itself (1, 2, 4 ... 10 s) with its channels and terminals reopened.
+// answered by promises, channel subscriptions (a device's video frames come as binary frames
+// [0xFF][n][channel][JPEG], handed to the channel's callbacks as {frame}), terminals as binary
+// frames [N][bytes] (N < 255), and reconnecting by itself (1, 2, 4 ... 10 s) with its channels and terminals reopened.
 
 /** An operation's typed failure: {kind, message} as the server sent it. */
 export class OpError extends Error {
@@ -11,6 +12,9 @@ export class OpError extends Error {
 }
 
 const MAX_DELAY_MS = 10000;
+/** The first byte of a binary frame carrying a device's video frame (terminals are 0..254). */
+const DEVICE_FRAME = 0xff;
+const utf8 = new TextDecoder();
 const WAIT_FOR_OPEN_MS = 10000;
 const MAX_HELD_FRAMES = 2 * 1024 * 1024;
 
@@ -228,6 +232,10 @@ export class Connection {
     onBinary(bytes) {
         if (!bytes.length) return;
         const n = bytes[0];
+        if (n === DEVICE_FRAME) {
+            this.onDeviceFrame(bytes);
+            return;
+        }
         const data = bytes.subarray(1);
         const t = this.byNumber.get(n);
         if (t) {
@@ -239,6 +247,22 @@ export class Connection {
         if (!this.held.has(n)) this.held.set(n, []);
         this.held.get(n).push(data.slice());
         this.heldBytes += data.length;
+    }
+
+    /** [0xFF][n][channel name, n bytes][JPEG]: the channel's callbacks get {frame: Uint8Array}. */
+    onDeviceFrame(bytes) {
+        if (bytes.length < 2 || bytes.length < 2 + bytes[1]) return;
+        const channel = utf8.decode(bytes.subarray(2, 2 + bytes[1]));
+        const callbacks = this.channels.get(channel);
+        if (!callbacks) return;
+        const frame = bytes.subarray(2 + bytes[1]);
+        for (const cb of [...callbacks]) {
+            try {
+                cb({ frame });
+            } catch (err) {
+                console.error('oneos: channel callback failed', channel, err);
+            }
+        }
     }
 
     sendBinary(n, bytes) {
