@@ -24,7 +24,7 @@ One discipline per kind of client:
   CR NUL and a lone CR end a line; Ctrl-C and Ctrl-D are keys;
 * :func:`cooked_key`: the rules of Ctrl-C, Ctrl-D and Enter for one key with
   a line typed, shared by :class:`CookedLine` and the interactive SSH
-  terminal (whose line editing is twisted.conch's ``recvline``).
+  terminal (whose line editing is :mod:`oneos.shell.editor`).
 
 :class:`ScriptLines` and :class:`TelnetLines` keep the complete lines typed
 ahead of the commands until the front end takes the next one

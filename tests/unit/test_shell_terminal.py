@@ -1,21 +1,26 @@
-"""The interactive SSH terminal (oneos.shell.ssh.ShellTerminal) over insults, on a StringTransport.
+"""The interactive terminal (oneos.shell.terminal.ShellTerminal) over insults, on a StringTransport.
 
 What a user at a terminal types arrives as bytes, escape sequences included;
 these tests send such bytes (and garbage no terminal would send) through
 twisted.conch's insults ServerProtocol into the real ShellTerminal and a real
 interpreter on an in-memory file system, and read what goes back.  No
-sockets, no SSH: the key exchange is tested in tests/integration.
+sockets, no SSH: the key exchange is tested in tests/integration, the
+editing keys one by one in tests/unit/test_shell_editor.py.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from typing import Any
 
+import pytest
 from twisted.conch.insults import insults
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
+from oneos.fs import errors as fs_errors
+from oneos.runtime.status import DeviceStatus, RuntimeStatus
 from oneos.shell.interpreter import Interpreter
 from oneos.shell.parser import MAX_LINE
 from oneos.shell.session import Grid, Session
@@ -23,8 +28,46 @@ from oneos.shell.ssh import ShellTerminal
 from oneos.testing.shell import FakeFS
 
 UP = b"\x1b[A"
+DOWN = b"\x1b[B"
 LEFT = b"\x1b[D"
 BACKSPACE = b"\x7f"
+HISTORY = "/home/.oneos_history"
+
+
+class HomeFS(FakeFS):
+    """FakeFS with the one-message reads and writes the history file uses; *refuse* makes them fail as EACCES."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse = False
+        self.modes: dict[str, int] = {}
+
+    def read_small(self, path: str) -> defer.Deferred:
+        if self.refuse:
+            return defer.fail(fs_errors.PermissionDenied(path))
+        return self.read(path)
+
+    def write_small(self, path: str, data: bytes, exclusive: bool = False) -> defer.Deferred:
+        if self.refuse:
+            return defer.fail(fs_errors.PermissionDenied(path))
+        return self.write(path, data)
+
+    def chmod(self, path: str, perm: int) -> defer.Deferred:
+        self.modes[path] = perm
+        return defer.succeed(self._stat(path))
+
+
+class FakeRPC:
+    """The kernel's ``runtimes``: rt-1 (a camera, tag gpu), rt-2, and a dead one."""
+
+    def call(self, target: str, method: str, timeout: float | None = None, **args: Any) -> defer.Deferred:
+        assert method == "runtimes"
+        rows = [
+            RuntimeStatus("rt-1", "i1", tags=("gpu",), devices=(DeviceStatus("cam0", "in", "v4l2"),)),
+            RuntimeStatus("rt-2", "i2"),
+            RuntimeStatus("rt-3", "i3", state="dead"),
+        ]
+        return defer.succeed([asdict(r) for r in rows])
 
 
 class FakeShell:
@@ -32,9 +75,10 @@ class FakeShell:
 
     def __init__(self, fs: FakeFS) -> None:
         self.fs = fs
+        self.rpc = FakeRPC()
 
     def new_interpreter(self, user: str, out: Any, err: Any) -> Interpreter:
-        return Interpreter(Session(user, home="/home"), Grid(self.fs, None, None, None), out, err)
+        return Interpreter(Session(user, home="/home"), Grid(self.fs, self.rpc, None, None), out, err)
 
     def prepare(self, interp: Any) -> defer.Deferred:
         return defer.succeed(None)
@@ -43,8 +87,8 @@ class FakeShell:
 class FakeChannel:
     """What ShellTerminal asks of its ShellSession: an interpreter, the shell, and how to end."""
 
-    def __init__(self) -> None:
-        self.fs = FakeFS()
+    def __init__(self, fs: FakeFS | None = None) -> None:
+        self.fs = fs if fs is not None else FakeFS()
         self.shell = FakeShell(self.fs)
         self.terminal: ShellTerminal | None = None
         self.interp: Interpreter | None = None
@@ -61,8 +105,8 @@ class FakeChannel:
 class Screen:
     """A terminal session: type bytes, read what the shell wrote back since the last read."""
 
-    def __init__(self) -> None:
-        self.channel = FakeChannel()
+    def __init__(self, fs: FakeFS | None = None) -> None:
+        self.channel = FakeChannel(fs)
         self.transport = StringTransport()
         self.server = insults.ServerProtocol(ShellTerminal, self.channel)
         self.server.makeConnection(self.transport)
@@ -112,15 +156,15 @@ def test_tab_completes_a_builtin_and_a_path():
     screen = Screen()
     screen.channel.fs.files["/home/notes.txt"] = b"x"
     screen.type(b"ech\t")
-    assert b"".join(screen.terminal.lineBuffer) == b"echo "
+    assert screen.terminal.editor.line == "echo "
     screen.type(b"/home/no\t")
-    assert b"".join(screen.terminal.lineBuffer) == b"echo /home/notes.txt "
+    assert screen.terminal.editor.line == "echo /home/notes.txt "
 
 
 def test_a_line_cannot_grow_past_the_parsers_limit():
     screen = Screen()
     screen.type(b"x" * (MAX_LINE + 5000))
-    assert len(screen.terminal.lineBuffer) == MAX_LINE
+    assert len(screen.terminal.editor.text) == MAX_LINE
     screen.type(b"\x03")
     assert b"ok" in screen.type(b"echo ok\r")
 
@@ -176,3 +220,199 @@ def test_a_resize_keeps_what_is_on_the_screen():
     screen.transport.clear()
     screen.terminal.terminalSize(132, 50)
     assert screen.transport.value() == b"" and (screen.terminal.width, screen.terminal.height) == (132, 50)
+
+
+# -- UTF-8 ------------------------------------------------------------------------------------------------
+
+
+def test_typed_utf8_reaches_the_interpreter_exactly_however_it_is_cut():
+    line = 'echo ünï > "日本語 ü.txt"\r'.encode()
+    for cut in (1, 6, 7, 13, 14, len(line) - 1):
+        screen = Screen()
+        screen.type(line[:cut])
+        screen.type(line[cut:])
+        assert screen.channel.fs.files["/home/日本語 ü.txt"] == "ünï\n".encode()
+        assert "日本語 ü.txt".encode() in screen.type(b"ls\r")
+        assert "ünï\r\n".encode() in screen.type('cat "日本語 ü.txt"\r'.encode())
+
+
+def test_a_line_with_bytes_that_are_not_utf8_is_refused_and_kept_to_correct():
+    screen = Screen()
+    out = screen.type(b'echo x > "bad\xff.txt"\r')
+    assert b"\r\noneos: this line holds bytes that are not UTF-8" in out
+    assert out.endswith('ann@oneos:~$ echo x > "bad\ufffd.txt"\x1b[6D'.encode())
+    assert not [p for p in screen.channel.fs.files if "bad" in p]
+    editor = screen.terminal.editor
+    assert editor.cursor == editor.line.index('.txt"') - 1  # at the byte that is not UTF-8
+    screen.type(b"\x04X\r")  # Ctrl-D (or Delete) takes it away, then the right letter
+    assert screen.channel.fs.files["/home/badX.txt"] == b"x\n"
+
+
+def test_wide_characters_are_echoed_and_the_cursor_moves_by_two_cells():
+    screen = Screen()
+    assert screen.type("日本".encode()) == "日本".encode()
+    assert screen.type(LEFT) == b"\x1b[2D"
+    assert screen.type("語".encode()) == "\x1b[J語本\x1b[2D".encode()
+    assert "日語本\r\n".encode() in screen.type(b"\x01echo \r")
+
+
+# -- keys -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "shown"),
+    [
+        (b"cho hello\x01e\x05 there\r", b"hello there\r\n"),  # Ctrl-A, Ctrl-E
+        (b"junk\x15echo ok\r", b"ok\r\n"),  # Ctrl-U
+        (b"echo one two\x17three\r", b"one three\r\n"),  # Ctrl-W
+        (b"ab echo\x1bb\x15\x05 \x19\r", b"ab\r\n"),  # Alt-B, Ctrl-U, Ctrl-E, Ctrl-Y
+        (b"echo a b\x02\x02\x0b\r", b"a\r\n"),  # Ctrl-B, Ctrl-K
+        (b"echo b c\x1bb\x1bba\x1bfX\r", b"abX c\r\n"),  # Alt-B, Alt-F
+        (b"echo xhi\x1b[1;5D\x1b[3~\r", b"hi\r\n"),  # Ctrl-Left, Delete
+        (b"echo xab\x02\x02\x02\x04\r", b"ab\r\n"),  # Ctrl-D under the cursor
+        (b"cho 1\x1b[He\x1b[F2\r", b"12\r\n"),  # Home, End
+        (b"cho 1\x1b[1~e\x1b[4~2\r", b"12\r\n"),
+        (b"cho 1\x1bOHe\x1bOF2\r", b"12\r\n"),  # application-mode Home, End
+        (b"echo 1 2\x1b[1;5D\x1b[1;5D\x1b[1;5C3\r", b"13 2\r\n"),  # Ctrl-Right
+    ],
+)
+def test_emacs_and_terminal_keys(keys, shown):
+    screen = Screen()
+    assert shown in screen.type(keys)
+    assert screen.channel.ended == []
+
+
+def test_ctrl_l_clears_the_screen_and_draws_the_line_again():
+    screen = Screen()
+    screen.type(b"echo hi")
+    assert screen.type(b"\x0c") == b"\x1b[H\x1b[2Jann@oneos:~$ echo hi"
+
+
+def test_ctrl_r_finds_an_earlier_line_and_enter_runs_it():
+    screen = Screen()
+    screen.type(b"echo alpha\r")
+    screen.type(b"echo beta\r")
+    out = screen.type(b"\x12alp")
+    assert out.startswith(b"\r\x1b[J(reverse-i-search)`': ") and out.endswith(b"p': echo alpha\x1b[5D")
+    assert screen.terminal.editor.display("$ ") == ("(reverse-i-search)`alp': echo alpha", 30)
+    assert b"alpha\r\n" in screen.type(b"\r")
+    screen.type(b"\x12bet\x07")  # Ctrl-G: the search is given up, the (empty) line back
+    assert screen.terminal.editor.line == "" and screen.terminal.editor.search is None
+    screen.type(b"\x12bet\x05 again\r")  # another key keeps the line found and edits it
+    assert screen.terminal.interp.session.history[-1] == "echo beta again"
+
+
+# -- completion -------------------------------------------------------------------------------------------------
+
+
+def test_a_second_tab_lists_files_after_a_command_not_builtins():
+    screen = Screen()
+    screen.channel.fs.files.update({"/home/notes.txt": b"", "/home/news.txt": b"", "/home/.hidden": b""})
+    screen.type(b"cat n")
+    assert screen.type(b"\t") == b"\x07"  # nothing to add: the bell
+    out = screen.type(b"\t")
+    assert b"news.txt   notes.txt\r\n" in out and b"echo" not in out and b".hidden" not in out
+    assert out.endswith(b"ann@oneos:~$ cat n")
+    screen.type(b"\x15cat \t")
+    out = screen.type(b"\t")
+    assert b"news.txt" in out and b"echo" not in out
+    out = screen.type(b"\x15e\t\t")
+    assert b"echo" in out and b"exit" in out and b"notes" not in out
+
+
+def test_tab_escapes_spaces_and_marks_directories():
+    screen = Screen()
+    screen.channel.fs.files.update({"/home/my file (1).txt": b"x\n", "/home/docs": None, "/home/docs/a.txt": b""})
+    screen.type(b"cat my\t")
+    assert screen.terminal.editor.line == "cat my\\ file\\ \\(1\\).txt "
+    assert b"x\r\n" in screen.type(b"\r")
+    screen.type(b'cat "my\t')
+    assert screen.terminal.editor.line == 'cat "my file (1).txt" '
+    screen.type(b"\x15cd do\t")
+    assert screen.terminal.editor.line == "cd docs/"
+    screen.type(b"\t")
+    assert screen.terminal.editor.line == "cd docs/a.txt "
+
+
+def test_tab_after_an_at_completes_live_runtimes_devices_and_tags():
+    screen = Screen()
+    screen.type(b"sort @r\t")
+    assert screen.terminal.editor.line == "sort @rt-"
+    out = screen.type(b"\t")
+    assert b"@rt-1  @rt-2" in out and b"rt-3" not in out
+    screen.type(b"\x15sort @dev:\t")
+    assert screen.terminal.editor.line == "sort @dev:cam0 "
+    screen.type(b"\x15sort @tag:\t")
+    assert screen.terminal.editor.line == "sort @tag:gpu "
+    screen.type(b"\x15cat /dev/\t")
+    assert screen.terminal.editor.line == "cat /dev/rt-1/"
+    screen.type(b"\t")
+    assert screen.terminal.editor.line == "cat /dev/rt-1/cam0 "
+
+
+def test_a_completion_that_answers_after_more_typing_is_dropped():
+    screen = Screen()
+    late: defer.Deferred = defer.Deferred()
+    screen.channel.fs.listdir = lambda path: late  # type: ignore[method-assign]
+    screen.type(b"cat no\t")
+    screen.type(b"x")
+    late.callback([])
+    assert screen.terminal.editor.line == "cat nox"
+
+
+# -- history ------------------------------------------------------------------------------------------------------
+
+
+def test_the_history_outlives_the_session_in_the_users_home():
+    fs = HomeFS()
+    first = Screen(fs)
+    first.type(b"echo one\r")
+    first.type(b" echo secret\r")  # a leading space: not saved
+    first.type(b"echo two\r")
+    assert fs.files[HISTORY] == b"echo one\necho two\n" and fs.modes[HISTORY] == 0o600
+    assert first.terminal.editor.history.entries[-2:] == [" echo secret", "echo two"]  # (kept for this session)
+    second = Screen(fs)
+    second.type(UP)
+    assert second.terminal.editor.line == "echo two"
+    second.type(UP)
+    assert second.terminal.editor.line == "echo one"
+    out = second.type(DOWN + DOWN + b"history\r")
+    assert b"echo one" in out and b"secret" not in out
+    assert fs.files[HISTORY] == b"echo one\necho two\nhistory\n"
+
+
+def test_without_a_writable_home_the_history_stays_in_the_session_quietly():
+    fs = HomeFS()
+    fs.refuse = True
+    screen = Screen(fs)
+    out = screen.type(b"echo one\r") + screen.type(b"echo two\r")
+    assert b"denied" not in out.lower() and b"\noneos: " not in out
+    screen.type(UP)
+    assert screen.terminal.editor.line == "echo two"
+    assert HISTORY not in fs.files
+
+
+# -- output and programs ------------------------------------------------------------------------------------------
+
+
+def test_output_while_a_line_is_edited_goes_above_it():
+    screen = Screen()
+    screen.type(b"echo ab\x02")
+    screen.transport.clear()
+    screen.channel.interp.out.write(b"job done\n")
+    out = screen.transport.value()
+    assert out.startswith(b"\r\x1b[Jjob done\r\n")  # the line erased, the output, then the line again
+    assert out.endswith(b"ann@oneos:~$ echo ab\x1b[1D")
+    assert screen.terminal.editor.line == "echo ab"
+
+
+def test_a_line_typed_for_a_running_program_reaches_it_as_typed():
+    screen = Screen()
+    screen.type(b"cat\r")
+    assert screen.terminal.busy
+    out = screen.type("ünï\r".encode())
+    assert out == "ünï\r\nünï\r\n".encode()  # the echo, then cat's output
+    out = screen.type(b"\xff\xfe" + UP + b"\t\r")  # bytes as typed; history and completion are the shell's
+    assert out.endswith(b"\xff\xfe\r\n")
+    out = screen.type(b"\x04")
+    assert out.endswith(b"ann@oneos:~$ ") and not screen.terminal.busy
