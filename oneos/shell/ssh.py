@@ -7,8 +7,8 @@
   final as on a pipe.  With a pty (``ssh -t host LINE``) the client's
   terminal is raw, and its keys are cooked here (:class:`~oneos.shell.lines.CookedLine`);
 * ``shell`` requests with a pty get an interactive terminal
-  (:class:`ShellTerminal`, on twisted.conch insults/recvline: line editing,
-  history with the arrow keys, tab completion of built-ins and paths,
+  (:class:`~oneos.shell.terminal.ShellTerminal`, on twisted.conch insults:
+  line editing, history kept in ``~/.oneos_history``, completion,
   Ctrl-C stops the foreground command, Ctrl-D on an empty line logs out);
   while a command runs, typed lines go to it (echoed and edited here, as a
   tty in cooked mode would) and Ctrl-D ends its input;
@@ -16,8 +16,12 @@
   them in order, like ``sh`` reading a script (:class:`~oneos.shell.lines.ScriptLines`);
   the input is the script, so programs get none.
 
-An ``exec`` of ``scp -t``/``scp -f`` or ``rsync --server`` is refused
-(:func:`host_subsystem`).  The transport disconnects a connection that has
+The ``sftp`` subsystem serves the OneOS tree as the logged-in user
+(:mod:`oneos.shell.sftp`: ``sftp``, and ``scp``, which speaks SFTP since
+OpenSSH 9).  An ``exec`` of ``scp -t``/``scp -f`` (legacy ``scp -O``),
+``rsync --server`` or an SFTP server program is refused with a plain message
+(:func:`host_subsystem`): run, it would be the runtime machine's own program
+on its own disk.  The transport disconnects a connection that has
 not logged in within the login grace time and, with the service's
 :class:`~oneos.shell.throttle.LoginThrottle`, refuses too many connections
 logging in from one address and answers failed logins ever later.  The host
@@ -28,11 +32,10 @@ stopped.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.conch import avatar, recvline
+from twisted.conch import avatar
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import ISession
 from twisted.conch.ssh import connection, factory, keys, session, transport, userauth
@@ -46,13 +49,14 @@ from twisted.python import components
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from oneos.fs import paths
 from oneos.fs.errors import AlreadyExists, NotFound
-from oneos.shell.frontend import BANNER, LOGIN_GRACE, LoginGrace, SafeWriter, cut_later, peer_address, to_program
+from oneos.shell.frontend import LOGIN_GRACE, LoginGrace, SafeWriter, cut_later, peer_address, to_program
 from oneos.shell.interpreter import Interpreter
-from oneos.shell.lines import CTRL_C, CTRL_D, TOO_LONG, CookedLine, Echo, Event, Interrupt, ScriptLines, cooked_key
+from oneos.shell.lines import TOO_LONG, CookedLine, Echo, Event, Interrupt, ScriptLines
 from oneos.shell.parser import MAX_LINE
 from oneos.shell.session import SessionInput
+from oneos.shell.sftp import SFTPSubsystem
+from oneos.shell.terminal import ShellTerminal
 from oneos.shell.throttle import LoginThrottle
 from oneos.shell.users import HOST_KEY_PATH
 
@@ -235,9 +239,16 @@ def ssh_factory(
 
 
 #: exec lines that ask the server machine's own file-transfer programs to serve the session: the
-#: OpenSSH client sends these for ``scp -O`` and rsync.  Run, they would read and write the runtime
-#: machine's real disk in the runtime's name, not the OneOS tree as the user.
-_HOST_SUBSYSTEMS = (("scp", ("-t", "-f")), ("rsync", ("--server",)))
+#: OpenSSH client sends these for ``scp -O`` and rsync, and a client told to use an SFTP server
+#: program by path (``sftp -s /usr/lib/openssh/sftp-server``) execs it.  Run, they would read and write
+#: the runtime machine's real disk in the runtime's name, not the OneOS tree as the user.  An empty
+#: flag list: the program is refused however it is called.
+_HOST_SUBSYSTEMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("scp", ("-t", "-f")),
+    ("rsync", ("--server",)),
+    ("sftp-server", ()),
+    ("internal-sftp", ()),
+)
 
 
 def host_subsystem(line: str) -> str | None:
@@ -247,15 +258,18 @@ def host_subsystem(line: str) -> str | None:
         return None
     program = words[0].rsplit("/", 1)[-1]
     for name, flags in _HOST_SUBSYSTEMS:
-        if program == name and any(
-            w in flags
-            or (w.startswith("-") and not w.startswith("--") and any(f[1] in w[1:] for f in flags if len(f) == 2))
-            for w in words[1:]
+        if program == name and (
+            not flags
+            or any(
+                w in flags
+                or (w.startswith("-") and not w.startswith("--") and any(f[1] in w[1:] for f in flags if len(f) == 2))
+                for w in words[1:]
+            )
         ):
             return (
                 f"oneos: '{name}' as an SSH subsystem is not served (it would run the host's {name} on the "
-                "runtime's own disk); copy files with 'oneos fs put/get', or pipe: "
-                "ssh HOST 'cat > /path' < file"
+                "runtime's own disk); copy files with sftp, or scp without -O (both use the SFTP subsystem, "
+                "which serves the OneOS tree), or 'oneos fs put/get'"
             )
     return None
 
@@ -320,14 +334,41 @@ def _end_status(status: int) -> Failure:
     return Failure(ProcessDone(0)) if status == 0 else Failure(ProcessTerminated(exitCode=status & 0xFF))
 
 
+class SessionChannel(session.SSHSession):
+    """A session channel; one that runs a subsystem (sftp) ends when the client sends EOF, with exit status 0.
+
+    An SFTP server program exits at EOF and sshd reports its status; conch
+    instead hands the EOF to the channel's ISession once one exists (it
+    exists as soon as the client sends an ``env`` request, and OpenSSH sends
+    ``LANG`` with Debian's default ``SendEnv``), where the ShellSession has
+    nothing to end, so ``sftp`` and ``scp`` would wait forever; without one
+    it closes the channel with no ``exit-status``, which ``ssh`` reports as
+    255 and ``scp`` as a failed copy.
+    """
+
+    running_subsystem = False
+
+    def request_subsystem(self, data: bytes) -> int:
+        started = super().request_subsystem(data)
+        self.running_subsystem = bool(started)
+        return started
+
+    def eofReceived(self) -> None:
+        if self.running_subsystem and self.client is not None:
+            self.client.processEnded(_end_status(0))  # exit-status 0, then close
+            return
+        super().eofReceived()
+
+
 class ShellAvatar(avatar.ConchUser):
-    """A logged-in user: may open session channels, nothing else (no forwarding)."""
+    """A logged-in user: may open session channels (a shell, exec, the sftp subsystem), nothing else (no forwarding)."""
 
     def __init__(self, user: str, shell: ShellService) -> None:
         super().__init__()
         self.user = user
         self.shell = shell
-        self.channelLookup[b"session"] = session.SSHSession
+        self.channelLookup[b"session"] = SessionChannel
+        self.subsystemLookup[b"sftp"] = SFTPSubsystem  # the OneOS tree as this user (oneos/shell/sftp.py)
 
 
 @implementer(ISession)
@@ -475,185 +516,6 @@ class _ScriptShell:
             self._next()
 
         self.interp.execute(line.decode("utf-8", "replace")).addBoth(finished)
-
-
-class ShellTerminal(recvline.HistoricRecvLine):
-    """The interactive terminal: prompt, line editing, history, Ctrl-C, completion."""
-
-    def __init__(self, channel: ShellSession) -> None:
-        super().__init__()
-        self.channel = channel
-        self.busy = True
-        self.interp: Interpreter | None = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.channel.terminal = self
-        out = SafeWriter(self.terminal.write)  # insults turns \n into \r\n itself
-        self.interp = self.channel._interpreter(out, out)
-        self.interp.input = SessionInput()  # typing: no pause (it would hold Ctrl-C back too), excess dropped
-        self.terminal.write(BANNER.encode())
-        self.channel.shell.prepare(self.interp).addBoth(lambda _: self._ready())
-
-    def _prompt(self) -> bytes:
-        assert self.interp is not None
-        return self.interp.session.prompt().encode("utf-8", "replace")
-
-    def _ready(self) -> None:
-        self.busy = False
-        assert self.interp is not None and self.interp.input is not None
-        self.interp.input.discard()  # typed during the command but not read by it
-        self.ps = (self._prompt(), b"> ")
-        self.pn = 0
-        self.lineBuffer = []
-        self.lineBufferIndex = 0
-        self.terminal.write(self.ps[0])
-
-    def terminalSize(self, width: int, height: int) -> None:
-        """Remember the size; unlike RecvLine, do not wipe the screen (it would erase output)."""
-        self.width, self.height = width, height
-
-    def initializeScreen(self) -> None:
-        self.terminal.reset()
-        self.setInsertMode()
-        self.ps = (b"", b"> ")  # the prompt comes once the session is ready
-
-    def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
-        if self.busy:
-            self._program_key(keyID, modifier)
-            return
-        if keyID == CTRL_C:
-            self.terminal.write(b"^C\r\n")
-            self._ready()
-            return
-        if keyID == CTRL_D and not self.lineBuffer:
-            self.terminal.write(b"logout\n")
-            self._logout(self.interp.session.status if self.interp else 0)
-            return
-        if keyID == b"\t":
-            self._complete()
-            return
-        if keyID == b"\x0c":  # Ctrl-L
-            self.terminal.eraseDisplay()
-            self.terminal.cursorHome()
-            self.drawInputLine()
-            return
-        if isinstance(keyID, bytes) and len(self.lineBuffer) >= MAX_LINE:
-            return  # refuse to grow past the parser's limit
-        super().keystrokeReceived(keyID, modifier)
-
-    def _program_key(self, keyID: Any, modifier: Any) -> None:
-        """A key while a command runs: edit a line for the program, as a tty in cooked mode.
-
-        Ctrl-C, Ctrl-D and Enter (see handle_RETURN) mean what
-        :func:`~oneos.shell.lines.cooked_key` says; the other keys edit the
-        line (recvline).  History and completion are the shell's, not the
-        program's: off.
-        """
-        if keyID in (CTRL_C, CTRL_D):
-            events = cooked_key(keyID, b"".join(self.lineBuffer))
-            assert events is not None
-            if keyID == CTRL_C:
-                self.terminal.write(b"^C\n")
-            self.lineBuffer, self.lineBufferIndex = [], 0
-            self._to_program(events)
-            return
-        if keyID in (self.terminal.UP_ARROW, self.terminal.DOWN_ARROW, b"\t"):
-            return
-        if isinstance(keyID, bytes) and len(self.lineBuffer) >= MAX_LINE:
-            return
-        super().keystrokeReceived(keyID, modifier)
-
-    def handle_RETURN(self) -> None:
-        if not self.busy:
-            super().handle_RETURN()
-            return
-        # a line typed for the running program: not a command, so not in the history
-        line = b"".join(self.lineBuffer)
-        self.lineBuffer, self.lineBufferIndex = [], 0
-        self.terminal.nextLine()
-        events = cooked_key(b"\r", line)
-        assert events is not None
-        if not self._to_program(events):
-            self.terminal.write(b"\x07")  # nobody reads and the backlog is full
-
-    def _to_program(self, events: list[Event]) -> bool:
-        """Act on what keys typed while a command runs mean; False if its input refused some."""
-        assert self.interp is not None and self.interp.input is not None
-        accepted = True
-        for event in events:
-            if isinstance(event, Interrupt):
-                self.interp.interrupt()
-            else:
-                accepted = to_program(event, self.interp.input) and accepted
-        return accepted
-
-    def lineReceived(self, line: bytes) -> None:
-        assert self.interp is not None
-        self.busy = True
-        self.ps = (b"", b"")  # a redraw while the command runs shows no prompt
-        text = line.decode("utf-8", "replace")
-        self.interp.execute(text).addBoth(self._done)
-
-    def _done(self, status: Any) -> None:
-        assert self.interp is not None
-        if self.interp.exit_status is not None:
-            self._logout(self.interp.exit_status)
-            return
-        self._ready()
-
-    def _logout(self, status: int) -> None:
-        self.busy = True
-        end = getattr(self.channel, "_end", None)
-        if end is not None:
-            end(status)
-        else:
-            self.terminal.loseConnection()
-
-    def _complete(self) -> None:
-        """Tab: complete the last word from the built-ins (first word) or OneOS paths."""
-        assert self.interp is not None
-        text = b"".join(self.lineBuffer[: self.lineBufferIndex]).decode("utf-8", "replace")
-        word = text.split(" ")[-1]
-        first = " " not in text.strip() and "/" not in word
-        if first:
-            names = sorted(n for n in self.interp.builtins if n.startswith(word))
-            self._insert_completion(word, names)
-            return
-        directory, _, prefix = word.rpartition("/")
-        base = (
-            paths.normalise(directory or ("/" if word.startswith("/") else "."), self.interp.session.cwd)
-            if directory or word.startswith("/")
-            else self.interp.session.cwd
-        )
-
-        def listed(entries: list[Any]) -> None:
-            names = sorted(
-                e.name + ("/" if e.is_dir else "")
-                for e in entries
-                if e.name.startswith(prefix) and (prefix.startswith(".") or not e.name.startswith("."))
-            )
-            self._insert_completion(prefix, names)
-
-        self.interp.grid.fs.listdir(base).addCallbacks(listed, lambda f: None)
-
-    def _insert_completion(self, prefix: str, names: list[str]) -> None:
-        if not names:
-            return
-        common = os.path.commonprefix(names)
-        extra = common[len(prefix) :]
-        if len(names) == 1 and not extra.endswith("/"):
-            extra += " "
-        if extra:
-            for ch in extra.encode():
-                recvline.HistoricRecvLine.characterReceived(self, bytes([ch]), False)
-        elif len(names) > 1:
-            self.terminal.write(b"\r\n" + "  ".join(names).encode() + b"\r\n")
-            self.drawInputLine()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self.interp is not None:
-            self.interp.hangup()
 
 
 # conch adapts the avatar once per channel (SSHSession._session is cached),
