@@ -1,19 +1,43 @@
-"""Helpers shared by the ``oneos`` subcommands that talk to the network."""
+"""Helpers shared by the ``oneos`` subcommands that talk to the network.
+
+Imports of the configuration, credentials and Twisted code are inside the
+functions: a command imports this module at its start, and its ``--help``
+should not wait for them (see oneos/cli/main.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from oneos.config import load_config, oneos_home
 from oneos.errors import OneOSError, PubSubUnavailable
-from oneos.security.credentials import ADMIN_IDENTITY
+
+
+def inline_callbacks(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Twisted's ``defer.inlineCallbacks``, applied when *f* is first called.
+
+    A command module can decorate its generators with it without importing
+    Twisted when the module is imported, so its ``--help`` stays fast.
+    """
+    import functools
+
+    made: list[Callable[..., Any]] = []
+
+    @functools.wraps(f)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not made:
+            from twisted.internet import defer
+
+            made.append(defer.inlineCallbacks(f))
+        return made[0](*args, **kwargs)
+
+    return call
 
 
 def default_pubsub_url() -> str:
     """The broker this home's running runtime uses (flags included); else the one in config.json; else the default."""
     from oneos.cli.shell import read_runtime_file
-    from oneos.config import DEFAULT_PUBSUB
+    from oneos.config import DEFAULT_PUBSUB, load_config, oneos_home
 
     home = oneos_home()
     running = read_runtime_file(home).get("pubsub")
@@ -26,6 +50,7 @@ def default_pubsub_url() -> str:
 
 
 def credentials_path() -> Any:
+    from oneos.config import oneos_home
     from oneos.security import credentials
 
     return credentials.path(oneos_home())
@@ -41,6 +66,7 @@ def cli_identity(home: Any) -> Any:
     """
     from oneos.cli.shell import read_runtime_file
     from oneos.security import credentials
+    from oneos.security.credentials import ADMIN_IDENTITY
 
     found = credentials.load(home)
     if found is None or not found.secret:
@@ -52,6 +78,8 @@ def cli_identity(home: Any) -> Any:
 def present_credentials(client: Any) -> None:
     """Have *client* log in as this home's identity (:func:`cli_identity`) when its URL names no user."""
     import dataclasses
+
+    from oneos.config import oneos_home
 
     if client.address.username is not None:
         return

@@ -3,11 +3,15 @@
 Each subcommand lives in its own module exposing ``run(argv) -> int`` and a
 one-line ``SUMMARY``; this module only dispatches, so adding a command never
 touches the others.
+
+Start-up is kept short: a command's module is imported only when that
+command runs (``oneos -c LINE`` never loads Twisted), and ``oneos --help``
+reads the summaries from :data:`SUMMARIES` instead of importing every
+module (a command missing there is imported to find its ``SUMMARY``).
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 from oneos.errors import OneOSError, describe
@@ -26,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "ps": "control:ps",
     "pipes": "control:pipes",
     "shell": "shell",
+    "sftp": "sftp",
     "desktop": "desktop",
     "devices": "devices",
     "user": "user",
@@ -39,11 +44,55 @@ COMMANDS: dict[str, str] = {
     "tls": "tls",
 }
 
+#: subcommand name -> its one-line summary for ``oneos --help``, the same text as its module's
+#: ``SUMMARY`` (or ``SUMMARIES[function]``); kept here so the help imports nothing
+#: (tests/unit/test_cli_shell.py checks that the two agree)
+SUMMARIES: dict[str, str] = {
+    "configure": "answer a few questions to write $ONEOS_HOME/config.json",
+    "status": "show the runtimes in the network: id, address, leader, live/dead, CPU, memory, agents, devices",
+    "grid": "start a broker and N runtimes on this machine (a local test grid); Ctrl-C stops all",
+    "psd": "run the pubsub broker in the foreground (same as 'twistd -n oneospsd')",
+    "fs": "copy files in and out of the OneOS file tree: put, get, ls, cat, mkdir, rm",
+    "reset-fs": "create the initial file tree in a store (sqlite:///PATH or mongodb://HOST:PORT/DB); --force wipes",
+    "run": "run a program on a runtime chosen by the scheduler (or a pipeline across runtimes)",
+    "ps": "list agents (programs) running anywhere in the network",
+    "pipes": "list pipes between agents with the bytes they carried and their rate",
+    "shell": "open the OneOS shell (SSH), or run one line with -c LINE",
+    "sftp": "copy files with OpenSSH's sftp (SFTP over the shell's SSH door); sftp's own options pass through",
+    "desktop": "print a one-time login URL for this machine's web desktop (--open: open it in a browser)",
+    "devices": "list the grid's I/O devices; 'devices cat RUNTIME/NAME' reads one, "
+    "'devices write RUNTIME/NAME' writes one",
+    "user": "manage shell users: add NAME, addkey NAME KEYFILE, del NAME, list",
+    "passwd": "change a shell user's password",
+    "kill": "stop an agent (SIGTERM, then SIGKILL after a grace period)",
+    "pause": "pause an agent (SIGSTOP)",
+    "resume": "resume a paused agent (SIGCONT)",
+    "invite": "print a token that lets another machine join this network ('oneos join TOKEN' there)",
+    "join": "make this machine a member of a network: install the token 'oneos invite' printed",
+    "mosquitto": "write Mosquitto password and ACL files for this network's identities (see docs/security.md)",
+    "tls": "TLS for the network: init (CA and this machine's certificate), issue (for another machine), install",
+}
+
+
+#: first arguments that mean the shell, as ``-c``: ``oneos --no-reuse -c LINE``
+_SHELL_FIRST = ("-c", "--no-reuse", "--close")
+
 
 def _entry(name: str) -> tuple[object, str]:
+    """Import *name*'s module (only now: see the module docstring) and name its function."""
+    import importlib
+
     target, _, function = COMMANDS[name].partition(":")
     module = target if target.startswith("oneos.") else f"oneos.cli.{target}"
     return importlib.import_module(module), function or "run"
+
+
+def summary(name: str) -> str:
+    """*name*'s line in ``oneos --help``: from :data:`SUMMARIES`, else from its module."""
+    if name in SUMMARIES:
+        return SUMMARIES[name]
+    module, function = _entry(name)
+    return str(getattr(module, "SUMMARIES", {}).get(function) or getattr(module, "SUMMARY", ""))
 
 
 def _usage() -> str:
@@ -52,13 +101,14 @@ def _usage() -> str:
         "       oneos -c LINE         run one shell line",
         "       oneos COMMAND [ARGS...]",
         "",
+        "The shell reuses one SSH connection for 60s after the last command (fast one-liners);",
+        "--no-reuse (oneos --no-reuse -c LINE) or ONEOS_SSH_REUSE=0 logs in afresh each time,",
+        "'oneos shell --close' closes it now.",
+        "",
         "commands:",
     ]
     for name in COMMANDS:
-        module, function = _entry(name)
-        summaries = getattr(module, "SUMMARIES", {})
-        summary = summaries.get(function) or getattr(module, "SUMMARY", "")
-        lines.append(f"  {name:<12}{summary}")
+        lines.append(f"  {name:<12}{summary(name)}")
     lines += ["", "Run 'oneos COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
@@ -66,11 +116,16 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``oneos COMMAND ...``; return the process exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] == "-c":
+    if not args or args[0] in _SHELL_FIRST:
         # 'oneos' alone opens the shell, 'oneos -c LINE' runs one line, as in the original
         return _dispatch("shell", args)
     if args[0] in ("-h", "--help", "help"):
-        print(_usage())
+        try:
+            print(_usage())
+        except BrokenPipeError:  # 'oneos --help | head'
+            from oneos.cli.common import quiet_stdout
+
+            quiet_stdout()
         return 0
     if args[0] == "--version":
         from oneos import __version__

@@ -6,6 +6,9 @@ a device's stream instead, sent by the device's runtime straight into the
 program's stdin); the command exits with
 the program's status (128+N when killed by signal N, 1 when it failed or was
 lost) once all its output has arrived.
+
+Twisted and the clients are imported inside the functions, so ``oneos run
+--help`` answers without loading them (oneos/cli/main.py).
 """
 
 from __future__ import annotations
@@ -13,19 +16,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, threads
-
-from oneos.agents.client import AgentsClient
-from oneos.agents.info import EXITED, KILLED, AgentInfo, OutputTarget, exit_status
-from oneos.agents.watch import watch_agent
-from oneos.cli.common import OutputSink, ReaderGone, default_pubsub_url, network_rpc, run_with_client
-from oneos.devices.client import DevicesClient
-from oneos.devices.errors import FAILED, DeviceError
-from oneos.devices.info import parse_device_address
+from oneos.cli.common import inline_callbacks
 from oneos.errors import OneOSError, describe
-from oneos.scheduler.client import SchedulerClient, StageSpec
+
+if TYPE_CHECKING:
+    from twisted.internet import defer
+
+    from oneos.agents.info import AgentInfo
+    from oneos.scheduler.client import StageSpec
 
 SUMMARY = "run a program on a runtime chosen by the scheduler (or a pipeline across runtimes)"
 
@@ -37,10 +37,12 @@ class LocalSource:
         self.stream = stream
 
     def next(self) -> defer.Deferred:
+        from twisted.internet import threads
+
         return threads.deferToThread(self.stream.read1, 65536)
 
 
-@defer.inlineCallbacks
+@inline_callbacks
 def attach(
     reactor: Any,
     client: Any,
@@ -51,6 +53,12 @@ def attach(
     stdin: bool = True,
 ) -> Any:
     """Stream the last stage's output here and our stdin to the first; fire with the last stage's status."""
+    from twisted.internet import defer
+
+    from oneos.agents.client import AgentsClient
+    from oneos.agents.watch import watch_agent
+    from oneos.cli.common import OutputSink, ReaderGone
+    from oneos.scheduler.client import SchedulerClient
     from oneos.transfer import receive, send
 
     agents, scheduler = AgentsClient(rpc), SchedulerClient(rpc)
@@ -103,13 +111,18 @@ def attach(
     return final
 
 
-@defer.inlineCallbacks
+@inline_callbacks
 def pipe_device(rpc: Any, device: tuple[str, str], info: AgentInfo) -> Any:
     """Have the device's runtime send its stream into the program's stdin (bytes never pass here).
 
     A device that cannot be read (unknown, an output, failed, its runtime
     gone) stops the program and fails with one line naming the device.
     """
+    from oneos.agents.client import AgentsClient
+    from oneos.devices.client import DevicesClient
+    from oneos.devices.errors import FAILED, DeviceError
+    from oneos.scheduler.client import SchedulerClient
+
     runtime, name = device
     where = yield AgentsClient(rpc).stdin(info.runtime, info.id, source=f"{name}@{runtime}")
     try:
@@ -125,6 +138,8 @@ class StreamLost(OneOSError):
 
 class _Empty:
     def next(self) -> defer.Deferred:
+        from twisted.internet import defer
+
         return defer.succeed(b"")
 
 
@@ -169,6 +184,13 @@ def run(argv: list[str]) -> int:
     parser.add_argument("program", nargs="?")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    from twisted.internet import defer
+
+    from oneos.agents.info import EXITED, KILLED, OutputTarget, exit_status
+    from oneos.cli.common import default_pubsub_url, network_rpc, run_with_client
+    from oneos.devices.info import parse_device_address
+    from oneos.scheduler.client import SchedulerClient, StageSpec
+
     if not args.pipe and not args.program:
         parser.error("give a PROGRAM or --pipe PIPELINE")
     device: tuple[str, str] | None = None

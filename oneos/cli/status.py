@@ -1,18 +1,17 @@
-"""``oneos status``: a table of the runtimes in the network."""
+"""``oneos status``: a table of the runtimes in the network.
+
+The status and pub/sub code is imported inside the functions, so ``oneos
+status --help`` answers without loading Twisted (oneos/cli/main.py).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from oneos.cli.common import default_pubsub_url, run_with_client
-from oneos.pubsub import topics
-from oneos.pubsub.client import Message
-from oneos.pubsub.messages import MalformedMessage
-from oneos.runtime.status import ALIVE, DEAD, RuntimeStatus
+if TYPE_CHECKING:
+    from oneos.pubsub.client import Message
+    from oneos.runtime.status import RuntimeStatus
 
 SUMMARY = "show the runtimes in the network: id, address, leader, live/dead, CPU, memory, agents, devices"
 
@@ -22,6 +21,8 @@ STALE_INTERVALS = 3
 
 def judged_state(status: RuntimeStatus, now: float) -> str:
     """The state to show: 'alive' only if it was refreshed recently."""
+    from oneos.runtime.status import ALIVE, DEAD
+
     if status.state == ALIVE and now - status.updated_at > max(STALE_INTERVALS * status.interval, 3.0):
         return DEAD
     return status.state
@@ -35,6 +36,8 @@ def devices_cell(status: RuntimeStatus) -> str:
 
 def format_table(statuses: list[RuntimeStatus], now: float) -> str:
     """Render the runtime table (pure, for tests)."""
+    from oneos.runtime.status import ALIVE
+
     header = (
         "ID",
         "ADDRESS",
@@ -84,6 +87,10 @@ def format_table(statuses: list[RuntimeStatus], now: float) -> str:
 
 def collect(reactor: Any, client: Any) -> Any:
     """Subscribe to every runtime's retained status and wait until all arrived."""
+    from oneos.pubsub import topics
+    from oneos.pubsub.messages import MalformedMessage
+    from oneos.runtime.status import RuntimeStatus
+
     seen: dict[str, RuntimeStatus] = {}
 
     def on_status(message: Message) -> None:
@@ -111,6 +118,13 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--live", action="store_true", help="show live runtimes only")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker (default 5)")
     args = parser.parse_args(argv)
+    import json
+    import time
+    from dataclasses import asdict
+
+    from oneos.cli.common import default_pubsub_url, run_with_client
+    from oneos.runtime.status import ALIVE
+
     url = args.pubsub or default_pubsub_url()
     statuses: list[RuntimeStatus] = run_with_client(url, collect, timeout=args.timeout)
     now = time.time()
