@@ -336,6 +336,55 @@ def load_config(home: Path | None = None, overrides: dict[str, Any] | None = Non
     return _validate(merged, home, embedded)
 
 
+#: where a runtime with no configured id keeps the one generated at its first start
+RUNTIME_ID_FILE = "runtime_id"
+
+
+def remembered_id(config: Config) -> Config:
+    """*config* with the id this home's runtime had before, when none is configured.
+
+    A runtime without an id setting (the one-machine default) would get a
+    new random id at every start, and become a stranger to the network
+    after each restart (its agents, its status, ``oneos status`` history).
+    So the id generated at its first start is written to
+    ``$ONEOS_HOME/runtime_id`` and used again afterwards; an id from the
+    config file or ``--id`` (or the identity ``oneos join`` installed) still
+    wins.  The first write is atomic and exclusive: of two runtimes starting
+    at once in one home, both end with the id written first.
+    """
+    if not config.generated_id:
+        return config
+    path = config.home / RUNTIME_ID_FILE
+    kept = _read_runtime_id(path)
+    if kept is None:
+        config.home.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{RUNTIME_ID_FILE}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(config.id + "\n", encoding="utf-8")
+            os.link(tmp, path)  # fails if another start wrote it first: then that one is the id
+            kept = config.id
+        except FileExistsError:
+            kept = _read_runtime_id(path)
+        except OSError as e:
+            raise ConfigError(RUNTIME_ID_FILE, f"cannot write {path}: {e.strerror}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    return replace(config, id=kept or config.id)
+
+
+def _read_runtime_id(path: Path) -> str | None:
+    """The id kept in *path*, None if there is none; a :class:`ConfigError` naming the file if it is not an id."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(RUNTIME_ID_FILE, f"cannot read {path}: {e.strerror}") from None
+    if not text:
+        return None
+    return validate_id(text, f"{RUNTIME_ID_FILE} ({path})")
+
+
 def save_config(config: Config) -> Path:
     """Write ``config.json`` atomically (write then rename)."""
     config.home.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ The original OneOS shipped a docker-compose grid for trying a network on one
 machine; this does the same without Docker.  Each runtime gets its own
 ``ONEOS_HOME`` under ``--dir``; every process's log lines are prefixed with its
 name; Ctrl-C or SIGTERM stops them all (SIGTERM, then SIGKILL after a grace
-period) and the command exits when they are gone.
+period, each by its pid) and the command exits when they are gone.  So does
+a closed standard output (``oneos grid | head -1``): with nobody reading
+the logs the grid stops instead of running on unseen.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +30,16 @@ SUMMARY = "start a broker and N runtimes on this machine (a local test grid); Ct
 
 
 class Child(protocol.ProcessProtocol):
-    """One process of the grid, its output prefixed with its name."""
+    """One process of the grid, its output prefixed with its name.
 
-    def __init__(self, name: str, out: Any, width: int) -> None:
+    *write* takes text for the grid's output and never raises (see
+    :meth:`Grid.write`): a child's end must always be counted, or stopping
+    the grid would wait for it forever.
+    """
+
+    def __init__(self, name: str, write: Callable[[str], None], width: int) -> None:
         self.name = name
-        self.out = out
+        self.write = write
         self.prefix = f"{name:>{width}} | "
         self.buffer = b""
         self.ended: defer.Deferred = defer.Deferred()
@@ -40,21 +48,21 @@ class Child(protocol.ProcessProtocol):
     def outReceived(self, data: bytes) -> None:
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            self.out.write(self.prefix + line.decode("utf-8", "replace") + "\n")
-        self.out.flush()
+        if lines:
+            self.write("".join(self.prefix + line.decode("utf-8", "replace") + "\n" for line in lines))
 
     errReceived = outReceived
 
     def processEnded(self, reason: Any) -> None:
-        if self.buffer:
-            self.outReceived(b"\n")
-        self.exit_code = getattr(reason.value, "exitCode", None)
-        signal_no = getattr(reason.value, "signal", None)
-        how = f"signal {signal_no}" if signal_no else f"status {self.exit_code}"
-        self.out.write(f"{'grid':>{len(self.prefix) - 3}} | {self.name} exited ({how})\n")
-        self.out.flush()
-        self.ended.callback(self.name)
+        try:
+            if self.buffer:
+                self.outReceived(b"\n")
+            self.exit_code = getattr(reason.value, "exitCode", None)
+            signal_no = getattr(reason.value, "signal", None)
+            how = f"signal {signal_no}" if signal_no else f"status {self.exit_code}"
+            self.write(f"{'grid':>{len(self.prefix) - 3}} | {self.name} exited ({how})\n")
+        finally:
+            self.ended.callback(self.name)
 
 
 @defer.inlineCallbacks
@@ -89,6 +97,7 @@ class Grid:
         store: str | None = None,
         ssh_port: int = 2222,
         desktop_port: int = 3000,
+        on_output_closed: Callable[[], Any] | None = None,
     ) -> None:
         self.reactor = reactor
         self.directory = directory
@@ -103,14 +112,36 @@ class Grid:
         self.children: dict[str, tuple[Child, Any]] = {}
         self.width = max(4, len(f"rt-{runtimes}"))
         self.stopping = False
+        #: our standard output was closed (its reader left): nothing more is written
+        self.output_closed = False
+        #: called once when that happens (the command stops the grid)
+        self.on_output_closed = on_output_closed
+
+    def write(self, text: str) -> None:
+        """Write *text* to the grid's output; a closed output (``| head``) stops the grid, never raises."""
+        if self.output_closed:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            from oneos.cli.common import quiet_stdout
+
+            self.output_closed = True
+            if self.out is sys.stdout:
+                quiet_stdout()  # so the exit-time flush does not complain about the closed pipe either
+            if self.on_output_closed is not None:
+                self.on_output_closed()
 
     def spawn(self, name: str, argv: list[str], home: Path | None = None) -> Child:
+        if self.stopping:
+            raise GridStopped()
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         if home is not None:
             home.mkdir(parents=True, exist_ok=True)
             env["ONEOS_HOME"] = str(home)
-        child = Child(name, self.out, self.width)
+        child = Child(name, self.write, self.width)
         transport = self.reactor.spawnProcess(child, argv[0], argv, env=env, path=str(self.directory))
         self.children[name] = (child, transport)
         return child
@@ -127,6 +158,8 @@ class Grid:
             credentials.save(self.directory / f"rt-{i}", credentials.issue(network, f"rt-{i}", url))
         broker = self.spawn("psd", twistd_command("oneospsd", "--port", str(self.port), "--interface", "127.0.0.1"))
         up = yield wait_for_port(self.reactor, self.port, self.reactor.seconds() + 30)
+        if self.stopping:
+            return  # stopped (a signal) while the broker started: start no runtime
         if not up or broker.ended.called:
             raise SystemExit(f"oneos grid: the broker did not start on port {self.port} (in use? try --port)")
         for i in range(1, self.runtimes + 1):
@@ -169,8 +202,7 @@ class Grid:
         self.note(f"grid running; try 'oneos status --pubsub {url}'; Ctrl-C stops it")
 
     def note(self, text: str) -> None:
-        self.out.write(f"{'grid':>{self.width}} | {text}\n")
-        self.out.flush()
+        self.write(f"{'grid':>{self.width}} | {text}\n")
 
     def stop(self, grace: float = 10.0) -> defer.Deferred:
         """SIGTERM every process, SIGKILL those still there after *grace* seconds."""
@@ -199,6 +231,10 @@ class Grid:
         return d
 
 
+class GridStopped(Exception):
+    """The grid is stopping: it starts nothing more."""
+
+
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="oneos grid", description=SUMMARY)
     parser.add_argument("--runtimes", type=int, default=3, help="how many runtimes (default 3)")
@@ -224,7 +260,7 @@ def run(argv: list[str]) -> int:
         metavar="BASE",
         help="rt-N's web desktop listens on BASE+N-1 on 127.0.0.1 (default 3000; 0 = no desktops)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if not 1 <= args.runtimes <= 500:
         parser.error("--runtimes must be between 1 and 500")
     kernels = args.runtimes if args.kernels is None else args.kernels
@@ -240,6 +276,15 @@ def run(argv: list[str]) -> int:
         from oneos.config import validate_store
 
         validate_store(args.store)
+    stopping = {"asked": False}
+
+    def stop_reactor() -> None:
+        # once: a second stop (a closed output while a signal stops us) would be an error of its own
+        if not stopping["asked"] and reactor.running:
+            stopping["asked"] = True
+            reactor.stop()
+
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: stopping.update(asked=True))
     grid = Grid(
         reactor,
         directory,
@@ -250,16 +295,19 @@ def run(argv: list[str]) -> int:
         store=args.store,
         ssh_port=args.ssh_port,
         desktop_port=args.desktop_port,
+        on_output_closed=stop_reactor,
     )
     status = {"code": 0}
 
     def failed(f: Any) -> None:
+        if f.check(GridStopped):
+            return  # a signal or a closed output stopped the grid while it started: not a failure
         if f.check(SystemExit):
             print(str(f.value), file=sys.stderr)
         else:
             print(f"oneos grid: {f.getErrorMessage()}", file=sys.stderr)
         status["code"] = 1
-        reactor.stop()
+        stop_reactor()
 
     reactor.callWhenRunning(lambda: grid.start().addErrback(failed))
     reactor.addSystemEventTrigger("before", "shutdown", grid.stop)

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.application import service
 from twisted.python import usage
 
-from oneos.config import Config, load_config
+from oneos.config import Config, load_config, remembered_id
 from oneos.errors import OneOSError, describe
 from oneos.reactor import install_asyncio_reactor
 from oneos.runtime.app import installed_credentials, with_installed_identity
@@ -47,7 +47,7 @@ class Flags(usage.Options):
     ]
     optParameters = [
         ["home", None, None, "OneOS home directory (default $ONEOS_HOME or ~/.oneos)"],
-        ["id", None, None, "runtime id (default from config; random when blank)"],
+        ["id", None, None, "runtime id (default: config, else the one kept in $ONEOS_HOME/runtime_id)"],
         ["pubsub", None, None, "broker URL, e.g. mqtt://10.0.0.5:1883"],
         ["broker", None, None, "auto (host one on loopback if none answers), embedded, or external"],
         ["store", None, None, "file store URL: sqlite:///PATH or mongodb://HOST:PORT/DB"],
@@ -134,7 +134,8 @@ class Options(Flags):
         try:
             config = load_config(self.home(), self.overrides())
             self.credentials = installed_credentials(config)
-            self.config = with_installed_identity(config, self.credentials)
+            # an id from flags, config.json or the installed identity; else the one generated at the first start
+            self.config = remembered_id(with_installed_identity(config, self.credentials))
         except OneOSError as e:
             self._config_refused = True
             raise usage.UsageError(describe(e)) from None

@@ -23,6 +23,10 @@ from oneos.agents.info import AgentInfo, MalformedAgentInfo, OutputTarget, PipeI
 from oneos.scheduler.placement import NoFittingRuntime  # noqa: F401  (registers the scheduler's wire kind)
 
 TARGET = "scheduler"
+#: a kill's SIGTERM-to-SIGKILL grace when it names none (the runtimes' default)
+KILL_GRACE = 5.0
+#: seconds a waiting kill's call may take beyond the grace (the scheduler waits grace + 2 s at most)
+KILL_WAIT_SLACK = 5.0
 
 
 @dataclass(frozen=True)
@@ -178,14 +182,29 @@ class SchedulerClient:
         return self._call("pipes", timeout).addCallback(lambda rows: [PipeInfo.decode(r) for r in rows])
 
     def kill(
-        self, agent_id: str, grace: float | None = None, user: str | None = None, timeout: float | None = None
+        self,
+        agent_id: str,
+        grace: float | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        wait: bool = False,
     ) -> defer.Deferred:
-        """Stop an agent for good (its job is not restarted); fires with its :class:`AgentInfo`."""
+        """Stop an agent for good (its job is not restarted); fires with its :class:`AgentInfo`.
+
+        *agent_id*: the full id or a prefix only one agent's id starts with
+        (as for :meth:`pause`, :meth:`resume` and :meth:`locate`). *wait*:
+        fire once it ended (its final state), at most the grace and a few
+        seconds later; the call's timeout grows to cover that.
+        """
         args: dict[str, Any] = {}
         if grace is not None:
             args["grace"] = grace
         if user is not None:
             args["user"] = user
+        if wait:
+            args["wait"] = True
+            if timeout is None:
+                timeout = max(self.timeout or 0.0, (KILL_GRACE if grace is None else grace) + KILL_WAIT_SLACK)
         return self._call("kill", timeout, agent_id=agent_id, **args).addCallback(AgentInfo.decode)
 
     def pause(self, agent_id: str, user: str | None = None, timeout: float | None = None) -> defer.Deferred:

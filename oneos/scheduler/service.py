@@ -35,11 +35,12 @@ from twisted.logger import Logger
 
 from oneos.agents.client import AgentsClient
 from oneos.agents.host import KEEP_ENDED
-from oneos.agents.info import ENDED, LOST, PIPE, AgentError, AgentInfo, MalformedAgentInfo, OutputTarget, PipeInfo
+from oneos.agents.info import ENDED, LOST, AgentError, AgentInfo, OutputTarget
 from oneos.agents.program import interpreter_for
 from oneos.pubsub import messages, topics
 from oneos.pubsub.rpc import RPCServer
-from oneos.scheduler.client import TARGET, StageSpec
+from oneos.scheduler.client import KILL_GRACE, TARGET, StageSpec
+from oneos.scheduler.pipes import PipeLog
 from oneos.scheduler.placement import Needs, explain, place
 from oneos.scheduler.restarts import LOST as OUTCOME_LOST
 from oneos.scheduler.restarts import USER_KILL_REASON, RestartPolicy, decide, outcome_of
@@ -59,6 +60,10 @@ def _names(near: Any) -> list[str]:
 #: the OneOS user who may control every program
 ADMIN = "root"
 LIVE_STATES = ("running", "paused")
+#: seconds a kill that waits for the end waits beyond the grace (SIGKILL and the status's way back)
+KILL_WAIT_MARGIN = 2.0
+#: matches an ambiguous id prefix's error lists at most
+AMBIGUOUS_SHOWN = 8
 
 
 class SchedulerService(service.Service):
@@ -87,6 +92,10 @@ class SchedulerService(service.Service):
         self._timers: dict[str, IDelayedCall] = {}
         #: runtime -> [(expires, memory MB)]: placements made but not yet in the runtime's status
         self._reserved: dict[str, list[tuple[float, int]]] = {}
+        #: every pipe joined (or seen), kept a while after it finished with its final byte count
+        self.pipe_log = PipeLog(reactor.seconds)
+        #: agent id -> kills waiting to see it end, each with the runtime's answer (what it gets if we stop first)
+        self._end_waiters: dict[str, list[tuple[defer.Deferred, dict[str, Any]]]] = {}
         self._sub: Any = None
         self.server = RPCServer(
             client,
@@ -124,6 +133,8 @@ class SchedulerService(service.Service):
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        for agent_id in list(self._end_waiters):
+            self._ended(agent_id, self.table.get(agent_id))
         if self._sub is not None:
             self._sub.cancel()
         return self.server.stop()
@@ -139,6 +150,7 @@ class SchedulerService(service.Service):
         if not message.payload:
             agent_id = message.topic.rsplit("/", 1)[-1]
             self.table.pop(agent_id, None)
+            self.pipe_log.cleared(agent_id)
             return
         try:
             body = messages.decode(message.payload, "agent.status")
@@ -156,6 +168,9 @@ class SchedulerService(service.Service):
                 body[kept] = old[kept]
                 restored = True
         self.table[agent_id] = body
+        self.pipe_log.seen(body)
+        if body.get("state") in ENDED:
+            self._ended(agent_id, body)
         if restored and body.get("state") in ENDED and self.running:
             self._republish(body)  # its runtime said it again without our decision: keep the decision on record
         if self.running:
@@ -245,33 +260,32 @@ class SchedulerService(service.Service):
         return sorted(rows, key=lambda r: (r["runtime"], r.get("uptime", 0)))
 
     def pipes(self) -> list[dict[str, Any]]:
-        """Every pipe between agents: from, to, bytes so far and average rate."""
-        out = []
-        for row in self.table.values():
-            try:
-                target = OutputTarget.decode(row.get("stdout_to", "attach"))
-            except MalformedAgentInfo:
-                continue
-            if target.kind != PIPE:
-                continue
-            uptime = max(float(row.get("uptime", 0)), 1e-3)
-            sent = int(row.get("stdout_bytes", 0))
-            out.append(
-                PipeInfo(
-                    source=f"{row['id']}@{row['runtime']}",
-                    target=target.where,
-                    state=row["state"],
-                    bytes=sent,
-                    mb_per_s=round(sent / uptime / 1e6, 2),
-                )
-            )
-        return [p.encode() for p in sorted(out, key=lambda p: p.source)]
+        """Every pipe between agents, open or finished in the last minutes: from, to, state, bytes, average rate."""
+        return [p.encode() for p in self.pipe_log.rows(self._live_ids())]
 
     def locate(self, agent_id: str) -> dict[str, Any]:
+        """The agent *agent_id* names: its full id, or (as git does) a prefix only one agent's id starts with.
+
+        Every command that takes an agent id resolves it here, so ``oneos
+        kill a1b``, the shell's ``kill`` and the desktop agree.  No match is
+        ESRCH; several are EINVAL, the message listing them.
+        """
         row = self.table.get(agent_id)
-        if row is None:
+        if row is not None:
+            return row
+        matches = sorted(i for i in self.table if agent_id and i.startswith(agent_id))
+        if len(matches) == 1:
+            return self.table[matches[0]]
+        if not matches:
             raise AgentError(f"no agent {agent_id!r} in the network")
-        return row
+        shown = [
+            f"{i} ({self.table[i].get('name') or '?'} on {self.table[i].get('runtime')}, {self.table[i].get('state')})"
+            for i in matches[:AMBIGUOUS_SHOWN]
+        ]
+        more = f" and {len(matches) - AMBIGUOUS_SHOWN} more" if len(matches) > AMBIGUOUS_SHOWN else ""
+        raise AgentError(
+            f"agent id {agent_id!r} is ambiguous: it begins {', '.join(shown)}{more}; give more of it", "EINVAL"
+        )
 
     @staticmethod
     def _may_control(row: dict[str, Any], user: str | None) -> None:
@@ -289,7 +303,7 @@ class SchedulerService(service.Service):
         """Pass a user's command on to the agent's runtime (once the user may); its answer as the wire has it."""
         row = self.locate(agent_id)
         self._may_control(row, user)
-        runtime = row["runtime"]
+        runtime, agent_id = row["runtime"], row["id"]
         if method == "agent_kill":
             d = self.agents.kill(runtime, agent_id, **args)
         elif method == "agent_pause":
@@ -306,10 +320,17 @@ class SchedulerService(service.Service):
     def resume(self, agent_id: str, user: str | None = None) -> defer.Deferred:
         return self._forward(agent_id, "agent_resume", user=user)
 
-    def kill(self, agent_id: str, grace: float | None = None, user: str | None = None) -> Any:
-        """A user's kill: the agent stops and its job is not restarted (a pending restart is cancelled)."""
+    def kill(self, agent_id: str, grace: float | None = None, user: str | None = None, wait: bool = False) -> Any:
+        """A user's kill: the agent stops and its job is not restarted (a pending restart is cancelled).
+
+        *wait*: answer once the agent's status says it ended (at most the
+        grace and a little more), so the caller can tell the user the state it
+        ended in (``killed``, or ``exited`` for a program that caught SIGTERM)
+        rather than the ``running`` of the moment the signal was sent.
+        """
         row = self.locate(agent_id)
         self._may_control(row, user)
+        agent_id = row["id"]
         timer = self._timers.pop(agent_id, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -319,7 +340,43 @@ class SchedulerService(service.Service):
                 row["reason"] = "restart cancelled by user"
                 self._republish(row)
             return row
-        return self._forward(agent_id, "agent_kill", grace=grace, reason=USER_KILL_REASON)
+        d = self._forward(agent_id, "agent_kill", grace=grace, reason=USER_KILL_REASON)
+        if wait:
+            limit = (KILL_GRACE if grace is None else float(grace)) + KILL_WAIT_MARGIN
+            d.addCallback(lambda answer: self._until_ended(agent_id, answer, limit))
+        return d
+
+    def _until_ended(self, agent_id: str, answer: dict[str, Any], limit: float) -> Any:
+        """The agent's ended status once it arrives, or after *limit* seconds its latest (or *answer*)."""
+        row = self.table.get(agent_id)
+        if row is not None and row.get("state") in ENDED:
+            return row
+        d: defer.Deferred = defer.Deferred()
+        waiter = (d, answer)
+        self._end_waiters.setdefault(agent_id, []).append(waiter)
+
+        def too_long() -> None:
+            waiting = self._end_waiters.get(agent_id, [])
+            if waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._end_waiters[agent_id]
+                d.callback(self.table.get(agent_id) or answer)
+
+        timer = self.reactor.callLater(limit, too_long)
+
+        def settled(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(settled)
+
+    def _ended(self, agent_id: str, row: dict[str, Any] | None) -> None:
+        """*agent_id* ended (*row*), or we stop (None: its latest status): answer the kills waiting for it."""
+        for d, answer in self._end_waiters.pop(agent_id, []):
+            if not d.called:
+                d.callback(row or answer)
 
     # -- placement ----------------------------------------------------------------
     @staticmethod
@@ -475,7 +532,10 @@ class SchedulerService(service.Service):
                 where = yield self.agents.stdin(
                     right["runtime"], right["id"], source=f"{left['name']}@{left['runtime']}"
                 )
-                yield self.agents.pipe_out(left["runtime"], left["id"], where, to=f"{right['id']}@{right['runtime']}")
+                to = f"{right['id']}@{right['runtime']}"
+                yield self.agents.pipe_out(left["runtime"], left["id"], where, to=to)
+                # recorded now: the writer may already have ended, its last status never naming the pipe
+                self.pipe_log.joined(self.table.get(left["id"], left), self.table.get(right["id"], right), to)
         except Exception:
             for info in infos:
                 self.agents.kill(info["runtime"], info["id"]).addErrback(lambda f: None)

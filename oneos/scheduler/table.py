@@ -1,4 +1,4 @@
-"""The scheduler's tables as text: the process table (``ps``) and the pipes between agents (``pipes``).
+"""The scheduler's answers as text: the process table (``ps``), the pipes (``pipes``), a control's outcome.
 
 Pure functions of the rows the scheduler's RPC methods return, shared by
 ``oneos ps`` / ``oneos pipes`` and the shell's built-ins of the same names.
@@ -42,6 +42,14 @@ def format_pipes(rows: Sequence[PipeInfo]) -> str:
     header = ("FROM", "TO", "STATE", "BYTES", "MB/s")
     table = [header] + [(r.source, r.target, r.state, str(r.bytes), f"{r.mb_per_s:.1f}") for r in rows]
     return _columns(table)
+
+
+def format_control(info: AgentInfo) -> str:
+    """What ``kill``, ``pause`` and ``resume`` print: the agent's full id and the state it is in now.
+
+    The full id, because the command may have named it by a prefix.
+    """
+    return f"{info.id} {info.state}"
 
 
 def _columns(table: Sequence[Sequence[str]]) -> str:

@@ -44,7 +44,7 @@ from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.python import components
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -53,7 +53,7 @@ from oneos.fs.errors import AlreadyExists, NotFound
 from oneos.shell.frontend import LOGIN_GRACE, LoginGrace, SafeWriter, cut_later, peer_address, to_program
 from oneos.shell.interpreter import Interpreter
 from oneos.shell.lines import TOO_LONG, CookedLine, Echo, Event, Interrupt, ScriptLines
-from oneos.shell.parser import MAX_LINE
+from oneos.shell.parser import MAX_LINE, is_incomplete
 from oneos.shell.session import SessionInput
 from oneos.shell.sftp import SFTPSubsystem
 from oneos.shell.terminal import ShellTerminal
@@ -66,6 +66,28 @@ if TYPE_CHECKING:
 log = Logger()
 
 HOST_KEY_FILE = "ssh_host_key"
+
+
+# -- the log: one line per login ----------------------------------------------------------------
+
+
+@implementer(ILogObserver)
+def _conch_warnings(event: dict[str, Any]) -> None:
+    """Pass on conch's warnings and errors only.
+
+    Conch narrates every connection (key exchange, each auth attempt, each
+    channel, the exit code, the close: some twenty lines per login) at info
+    and debug; the runtime's log gets one line per login from us instead.
+    """
+    level = event.get("log_level")
+    if level is not None and level >= LogLevel.warn:
+        globalLogPublisher(event)
+
+
+#: the logger of the conch classes a front door uses (set as their ``_log``)
+_conch_log = Logger(observer=_conch_warnings)
+# twisted.conch.ssh.session logs through a module-level logger ("Executing command ...", "exitCode: 0")
+session.log = Logger(namespace=session.log.namespace, observer=_conch_warnings)
 
 
 # -- the host key ------------------------------------------------------------------------------
@@ -143,6 +165,7 @@ class SSHTransport(transport.SSHServerTransport):
     """
 
     grace: LoginGrace | None = None
+    _log = _conch_log
 
     def connectionMade(self) -> None:
         _tcp(self).setTcpNoDelay(True)
@@ -183,6 +206,17 @@ class SSHTransport(transport.SSHServerTransport):
             self.grace.stop()  # authenticated: the connection service now runs
             self.settle()
 
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        # the client's goodbye: a normal logout (ssh's 'disconnected by user', code 11) is not an error
+        if reasonCode != transport.DISCONNECT_BY_APPLICATION:
+            why = description.decode("utf-8", "replace") if isinstance(description, bytes) else str(description)
+            log.info(
+                "ssh: the client at {peer} disconnected: {why} (code {code})",
+                peer=self.source,
+                why=why,
+                code=reasonCode,
+            )
+
     def connectionLost(self, reason: Any = None) -> None:
         if self.grace is not None:
             self.grace.stop()
@@ -194,6 +228,8 @@ class SSHTransport(transport.SSHServerTransport):
 
 class ThrottledUserAuth(userauth.SSHUserAuthServer):
     """Failed logins from one address are answered later and later (the factory's LoginThrottle)."""
+
+    _log = _conch_log
 
     def _ssh(self) -> transport.SSHTransportBase:
         """The SSH transport, set by conch before the service starts (Twisted types it as Optional)."""
@@ -216,10 +252,22 @@ class ThrottledUserAuth(userauth.SSHUserAuthServer):
         return super().auth_publickey(packet)
 
     def _cbFinishedAuth(self, result: Any) -> None:
+        log.info(
+            "ssh: {user} logged in from {peer} ({method})",
+            user=self.user.decode("utf-8", "replace"),
+            peer=getattr(self.transport, "source", "?"),
+            method=self.method.decode("ascii", "replace"),
+        )
         throttle: LoginThrottle | None = getattr(self._ssh().factory, "throttle", None)
         if throttle is not None:
             throttle.succeeded(getattr(self.transport, "source", "?"))
         super()._cbFinishedAuth(result)
+
+
+class _Connection(connection.SSHConnection):
+    """conch's connection service, its per-channel narration kept out of the log (see _conch_warnings)."""
+
+    _log = _conch_log
 
 
 def ssh_factory(
@@ -231,7 +279,8 @@ def ssh_factory(
     f.login_grace = login_grace  # type: ignore[attr-defined]
     f.clock = clock  # type: ignore[attr-defined]
     f.throttle = throttle  # type: ignore[attr-defined]
-    f.services = {**f.services, b"ssh-userauth": ThrottledUserAuth}
+    f.services = {**f.services, b"ssh-userauth": ThrottledUserAuth, b"ssh-connection": _Connection}
+    f._log = Logger(namespace="twisted.conch.ssh.factory.SSHFactory", observer=_conch_warnings)  # type: ignore[misc]
     f.portal = portal  # type: ignore[attr-defined]  # conch's SSHFactory reads it at runtime but does not declare it
     f.publicKeys = {key.sshType(): key.public()}
     f.privateKeys = {key.sshType(): key}
@@ -347,6 +396,7 @@ class SessionChannel(session.SSHSession):
     """
 
     running_subsystem = False
+    _log = _conch_log
 
     def request_subsystem(self, data: bytes) -> int:
         started = super().request_subsystem(data)
@@ -486,6 +536,8 @@ class _ScriptShell:
         #: a line is running: the next waits for it
         self.running = False
         self.ended = False
+        #: the first lines of a construct not complete yet (``for ...`` / ``do`` ...), newline-terminated
+        self.pending = ""
         shell.prepare(interp).addBoth(lambda _: self._next())
 
     def dataReceived(self, data: bytes) -> None:
@@ -501,21 +553,31 @@ class _ScriptShell:
     def _next(self) -> None:
         if self.running:
             return
-        if self.interp.exit_status is not None or (self.at_eof and not self.lines.waiting):
+        if self.interp.exit_status is not None or (self.at_eof and not self.lines.waiting and not self.pending):
             if not self.ended:
                 self.ended = True
                 self.end(self.interp.exit_status if self.interp.exit_status is not None else self.interp.session.status)
             return
-        line = self.lines.next_line()
-        if line is None:
-            return
+        # A construct spread over lines (if ... fi) runs once it is complete; at EOF, as it is (its syntax error).
+        while True:
+            line = self.lines.next_line()
+            if line is None:
+                if not (self.at_eof and self.pending):
+                    return
+                text, self.pending = self.pending, ""
+                break
+            text = self.pending + line.decode("utf-8", "replace")
+            self.pending = ""
+            if not is_incomplete(text) or (self.at_eof and not self.lines.waiting):
+                break
+            self.pending = text + "\n"
         self.running = True
 
         def finished(_: Any) -> None:
             self.running = False
             self._next()
 
-        self.interp.execute(line.decode("utf-8", "replace")).addBoth(finished)
+        self.interp.execute(text).addBoth(finished)
 
 
 # conch adapts the avatar once per channel (SSHSession._session is cached),

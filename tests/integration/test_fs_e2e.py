@@ -95,8 +95,8 @@ def test_errors_are_plain_lines(embedded_runtime, tmp_path):
     local = tmp_path / "x.txt"
     local.write_text("x")
     ok(rt.oneos("fs", "mkdir", "/dir"))
-    result = rt.oneos("fs", "put", str(local), "/dir")
-    assert result.returncode == 1 and "is a directory" in result.stderr
+    result = rt.oneos("fs", "put", str(local), "/dir")  # into the directory, as cp
+    assert result.returncode == 0 and result.stdout == "/dir/x.txt: 1 bytes\n", result.stderr
 
 
 def test_unreachable_store_is_reported_and_recovered(embedded_runtime, tmp_path):

@@ -214,6 +214,7 @@ def test_a_bad_flag_value_is_a_usage_error_naming_the_field(home, args, message)
 
 def test_runtime_make_service_builds_the_drawn_tree_and_opens_nothing(home):
     options = parsed(runtime_tap.Options)  # no config file: the embedded default, so the embedded broker is there
+    assert [p.name for p in home.iterdir()] == ["runtime_id"], "reading the options keeps the generated id"
     reactor = MemoryReactorClock()
     before = open_sockets()
     top = runtime_tap.makeService(options, reactor=reactor)
@@ -223,7 +224,7 @@ def test_runtime_make_service_builds_the_drawn_tree_and_opens_nothing(home):
     assert not top.running and not any(s.running for s in top)
     assert (reactor.tcpServers, reactor.sslServers, reactor.unixServers) == ([], [], [])
     assert (reactor.tcpClients, reactor.sslClients, reactor.unixClients) == ([], [], [])
-    assert not list(home.iterdir()), "building the tree must not write into the home"
+    assert [p.name for p in home.iterdir()] == ["runtime_id"], "building the tree must not write into the home"
 
 
 def test_runtime_make_service_without_an_embedded_broker(home):

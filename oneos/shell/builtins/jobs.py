@@ -11,9 +11,9 @@ from __future__ import annotations
 from oneos.errors import OneOSError, describe
 from oneos.runtime.client import KernelClient
 from oneos.scheduler.client import SchedulerClient
-from oneos.scheduler.table import format_pipes, format_ps
+from oneos.scheduler.table import format_control, format_pipes, format_ps
 from oneos.shell.builtins.context import Builtin, Context
-from oneos.shell.builtins.options import split_options
+from oneos.shell.builtins.options import BadUsage, split_options
 from oneos.shell.errors import UsageError
 from oneos.shell.session import Job
 
@@ -28,7 +28,7 @@ async def ps(ctx: Context, args: list[str]) -> int:
 def _control(method: str) -> Builtin:
     async def control(ctx: Context, args: list[str]) -> int:
         if not args:
-            raise UsageError("missing agent id (see 'ps')")
+            raise BadUsage("missing agent id (see 'ps')")  # (status 2, as bash's kill without operands)
         status = 0
         for agent_id in args:
             if agent_id.startswith("%"):  # a job: every agent it started
@@ -39,8 +39,11 @@ def _control(method: str) -> Builtin:
             for i in ids:
                 try:
                     scheduler = SchedulerClient(ctx.grid.rpc, timeout=10.0)
-                    info = await getattr(scheduler, method)(i, user=ctx.session.user)
-                    ctx.line(f"{info.id} on {info.runtime}: {info.state}")
+                    # an id may be a prefix of one (the scheduler resolves it); kill waits for the end,
+                    # so the line says the state the agent ended in, not the 'running' of the signal's moment
+                    extra = {"wait": True} if method == "kill" else {}
+                    info = await getattr(scheduler, method)(i, user=ctx.session.user, **extra)
+                    ctx.line(format_control(info))
                 except OneOSError as e:
                     ctx.error(describe(e))
                     status = 1
