@@ -24,7 +24,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from oneos.agents.info import DISCARD, ENDED, AgentError, OutputTarget
-from oneos.agents.manager import AgentManager, AgentProcess, AgentSpec
+from oneos.agents.manager import AgentManager, AgentProcess, AgentSpec, InputClosed
 from oneos.agents.program import ProgramError
 from oneos.pubsub import messages, topics
 from oneos.transfer import send
@@ -33,6 +33,9 @@ log = Logger()
 
 #: Ended agents' retained statuses are cleared after this many seconds.
 KEEP_ENDED = 300.0
+#: Seconds a pipe stage's output, once at its end, waits for the program's exit to say how it ended
+#: (a program still running after closing its output ends the stream cleanly).
+VERDICT_WAIT = 2.0
 
 
 class _Discard:
@@ -44,6 +47,64 @@ class _Discard:
 
     def _next(self) -> None:
         self.stream.next().addCallback(lambda data: self._next() if data else None).addErrback(lambda f: None)
+
+
+class StageOutput:
+    """An agent's stdout as the source of a pipe to the next stage: cut short, it ends with an error.
+
+    A pipe's end of file must not hide a producer that died: a program
+    killed by a signal (``oneos kill``, a memory limit, SIGKILL) while it
+    wrote would otherwise look like one that finished, and the next stage
+    would report success on a truncated stream.  So once the output ends,
+    the stream waits (at most ``wait`` seconds) for the program's exit: a
+    signal ends the stream with an error (the next stage's runtime stops it,
+    naming this one); an exit, any status, ends it cleanly, as UNIX does.
+    """
+
+    def __init__(self, agent: AgentProcess, clock: Any, wait: float = VERDICT_WAIT) -> None:
+        self.agent = agent
+        self.clock = clock
+        self.wait = wait
+
+    def next(self) -> defer.Deferred:
+        """The Source of the copying path: the stream's bytes, then b'' or the program's death."""
+        return self.agent.stdout.next().addCallback(lambda data: data or self.verdict().addCallback(lambda _: b""))
+
+    def splice_out(self) -> Any:
+        """The pipe for the kernel path (oneos/splice.py), with the same verdict at its end."""
+        return self.agent.stdout.splice_out(ended=self.verdict)
+
+    def verdict(self) -> defer.Deferred:
+        """Fires (None) once the program exited, or ``wait`` seconds passed; fails if it was killed by a signal."""
+        agent = self.agent
+        if agent.state in ENDED:
+            return defer.maybeDeferred(self._judge)
+        d: defer.Deferred = defer.Deferred()
+
+        def settle(_: Any = None) -> None:
+            if not d.called:
+                if timer.active():
+                    timer.cancel()
+                d.callback(None)
+
+        timer = self.clock.callLater(self.wait, settle)
+
+        def passthrough(result: Any) -> Any:
+            settle()
+            return result  # agent.ended is shared: leave its result as it was
+
+        agent.ended.addBoth(passthrough)
+        return d.addCallback(lambda _: self._judge())
+
+    def _judge(self) -> None:
+        agent = self.agent
+        if agent.state in ENDED and agent.signal is not None:
+            why = f" ({agent.reason})" if agent.reason else ""
+            raise AgentError(
+                f"{agent.spec.name or agent.id} on {agent.manager.runtime_id} was killed by signal "
+                f"{agent.signal}{why} before the end of its output",
+                "EPIPE",
+            )
 
 
 class AgentHost(service.Service):
@@ -302,7 +363,9 @@ class AgentHost(service.Service):
 
         def broke(f: Any) -> None:
             log.info("input of agent {id} ended: {why}", id=agent_id, why=f.getErrorMessage())
-            if source and agent.state not in ENDED and not f.check(defer.CancelledError):
+            if f.check(defer.CancelledError, InputClosed):
+                return  # its own doing: the writer is stopped instead (SIGPIPE), not the reader
+            if source and agent.state not in ENDED:
                 self.manager.kill(agent_id, reason=f"its input from {source} broke: {f.getErrorMessage()}")
 
         done.addErrback(broke)
@@ -314,7 +377,7 @@ class AgentHost(service.Service):
         """Send the agent's stdout to another runtime's sink (the next pipeline stage; *tls*: it listens with TLS)."""
         agent = self._owned(agent_id, user)
         agent.stdout_to = OutputTarget.pipe(to or f"{host}:{port}")
-        d = send(self.reactor, host, port, token, agent.stdout, tls=bool(tls) or None)
+        d = send(self.reactor, host, port, token, StageOutput(agent, self.reactor), tls=bool(tls) or None)
 
         def broken(failure: Any) -> None:
             if agent.state not in ENDED:

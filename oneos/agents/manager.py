@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 from twisted.application import service
@@ -129,7 +129,7 @@ def session_argv(argv: list[str], account: Account | None = None) -> list[str] |
 
 #: Bytes read from a child's pipe per wakeup (Twisted reads 8 KiB, which
 #: caps a pipe at a few hundred MB/s of reactor wakeups).
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
 
 
 #: fcntl F_SETPIPE_SZ (Linux): a 1 MiB pipe means 16x fewer wakeups than 64 KiB.
@@ -159,6 +159,20 @@ def _read_large(reader: Any) -> Any:
 
 
 RESTART_POLICIES = ("no", "on-failure", "always")
+
+
+class ProgramEnv(Protocol):
+    """What a program's environment gets from the runtime beyond the spec's (the device gateway's token).
+
+    ``grant`` is asked once per start, with the agent's id and OneOS owner,
+    and answers variables to add (``PYTHONPATH`` is put in front of the
+    program's own rather than replacing it); ``revoke`` is told when the
+    agent has ended, or failed to start, so what was granted dies with it.
+    """
+
+    def grant(self, agent_id: str, user: str) -> dict[str, str]: ...
+
+    def revoke(self, agent_id: str) -> None: ...
 
 
 @dataclass
@@ -191,16 +205,41 @@ class OutputStream:
     into a pipe.
     """
 
-    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+    def __init__(
+        self, pause: Callable[[], None], resume: Callable[[], None], pipe: Callable[[], Any] | None = None
+    ) -> None:
         self._pause = pause
         self._resume = resume
+        #: the child's pipe reader (Twisted's ProcessReader), when there is one to lend to a splice pump
+        self._pipe = pipe
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._ended = False
         self._waiter: defer.Deferred | None = None
         self._paused = False
         self._may_pause = True
+        #: a splice pump has the pipe (oneos.splice): nothing is read into this queue meanwhile
+        self._spliced = False
         self.total = 0
+
+    def splice_out(self, ended: Callable[[], defer.Deferred] | None = None) -> _SplicedOutput | None:
+        """Lend the child's pipe to a splice pump (:class:`oneos.splice.PipeOutput`), or None if it cannot be.
+
+        Only a live pipe with no reader waiting on :meth:`next` qualifies.
+        *ended* says, once the pipe has ended, whether the output is whole
+        (default: always).
+        """
+        reader = self._pipe() if self._pipe is not None else None
+        if (
+            reader is None
+            or self._spliced
+            or self._ended
+            or self._waiter is not None
+            or not getattr(reader, "connected", False)
+            or getattr(reader, "disconnecting", False)
+        ):
+            return None
+        return _SplicedOutput(self, reader, ended)
 
     def no_more_pausing(self) -> None:
         """The producer has exited; what remains is bounded, so never pause again."""
@@ -245,6 +284,17 @@ class OutputStream:
         return self._waiter
 
 
+class InputClosed(AgentError):
+    """The program closed its input (or ended): what a stream into it fails with, as SIGPIPE would a UNIX writer.
+
+    Its own choice, not a fault to stop it for (a ``head -c 100`` that read
+    enough); the writer is the one that stops.
+    """
+
+    def __init__(self, message: str = "the program closed its input") -> None:
+        super().__init__(message, "EPIPE")
+
+
 class StdinSink:
     """Writes to a child's stdin with back-pressure (``write`` waits while the pipe is full)."""
 
@@ -253,6 +303,29 @@ class StdinSink:
         self.paused = False
         self._waiters: list[defer.Deferred] = []
         self.closed = False
+        #: told when the program closes its input while a splice pump has the pipe
+        self._on_closed: Callable[[], None] | None = None
+        self._spliced = False
+
+    def splice_in(self) -> _SplicedInput | None:
+        """Lend the child's input pipe to a splice pump (:class:`oneos.splice.PipeInput`), or None if it cannot be.
+
+        Only an untouched pipe qualifies (nothing written through Twisted,
+        whose buffer would otherwise have to drain first): a pipeline
+        stage's input, fed by its pipe alone.
+        """
+        writer = self.agent._reader(0)
+        if (
+            writer is None
+            or self._spliced
+            or self.closed
+            or self.agent.stdin_bytes
+            or self.agent.state in ENDED
+            or not getattr(writer, "connected", False)
+            or getattr(writer, "disconnecting", False)
+        ):
+            return None
+        return _SplicedInput(self, writer)
 
     # IPushProducer, registered on the child's stdin writer
     def pauseProducing(self) -> None:
@@ -268,11 +341,14 @@ class StdinSink:
         self.closed = True
         waiters, self._waiters = self._waiters, []
         for d in waiters:
-            d.errback(AgentError("the program closed its input", "EPIPE"))
+            d.errback(InputClosed())
+        closed, self._on_closed = self._on_closed, None
+        if closed is not None:
+            closed()
 
     def write(self, data: bytes) -> defer.Deferred:
         if self.closed or self.agent.transport is None or self.agent.state in ENDED:
-            return defer.fail(AgentError("the program no longer reads its input", "EPIPE"))
+            return defer.fail(InputClosed("the program no longer reads its input"))
         self.agent.transport.writeToChild(0, data)
         self.agent.stdin_bytes += len(data)
         if not self.paused:
@@ -294,6 +370,88 @@ class StdinSink:
         self.finish()
 
 
+class _SplicedOutput:
+    """A child's output pipe lent to a splice pump (implements :class:`oneos.splice.PipeOutput`).
+
+    Twisted's ProcessReader stays the pipe's one registered reader (so its
+    end still closes the pipe and ends the stream the usual way); only what
+    it does when the pipe is readable changes, and changes back on release.
+    """
+
+    def __init__(self, stream: OutputStream, reader: Any, ended: Callable[[], defer.Deferred] | None) -> None:
+        self.stream = stream
+        self.reader = reader
+        self.fd: int = reader.fd
+        self._ended = ended
+        self._normal = reader.doRead
+        self._eof = False
+        stream._spliced = True
+
+    def take_buffered(self) -> bytes:
+        data = b"".join(self.stream._chunks)
+        self.stream._chunks.clear()
+        self.stream._size = 0
+        self.stream._paused = False
+        return data
+
+    def start(self, readable: Callable[[], None]) -> None:
+        def do_read() -> None:
+            readable()
+
+        self.reader.doRead = do_read
+        self.reader.resumeProducing()
+
+    def pause(self) -> None:
+        self.reader.pauseProducing()
+
+    def resume(self) -> None:
+        self.reader.resumeProducing()
+
+    def moved(self, n: int) -> None:
+        self.stream.total += n
+
+    @property
+    def exited(self) -> bool:
+        return not self.stream._may_pause
+
+    def at_eof(self) -> None:
+        self._eof = True
+        self.reader.loseConnection()  # closes the pipe soon; outConnectionLost then ends the stream
+
+    def ended(self) -> defer.Deferred:
+        return self._ended() if self._ended is not None else defer.succeed(None)
+
+    def release(self) -> None:
+        if not self.stream._spliced:
+            return
+        self.stream._spliced = False
+        if not self._eof:
+            self.reader.doRead = self._normal
+            self.reader.resumeProducing()  # what the program still writes is read (and paused) as before
+
+
+class _SplicedInput:
+    """A child's input pipe lent to a splice pump (implements :class:`oneos.splice.PipeInput`)."""
+
+    def __init__(self, sink: StdinSink, writer: Any) -> None:
+        self.sink = sink
+        self.fd: int = writer.fd
+        sink._spliced = True
+
+    def start(self, closed: Callable[[], None]) -> None:
+        self.sink._on_closed = closed
+
+    def moved(self, n: int) -> None:
+        self.sink.agent.stdin_bytes += n
+
+    def closed_error(self) -> BaseException:
+        return InputClosed()
+
+    def release(self) -> None:
+        self.sink._on_closed = None
+        self.sink._spliced = False
+
+
 class AgentProcess(protocol.ProcessProtocol):
     """One running program."""
 
@@ -312,8 +470,8 @@ class AgentProcess(protocol.ProcessProtocol):
         self.stdin_bytes = 0
         #: where stdout goes: attach, discard, file:PATH, append:PATH, pipe:AGENT@RUNTIME
         self.stdout_to = OutputTarget.attach()
-        self.stdout = OutputStream(lambda: self._pause_fd(1), lambda: self._resume_fd(1))
-        self.stderr = OutputStream(lambda: self._pause_fd(2), lambda: self._resume_fd(2))
+        self.stdout = OutputStream(lambda: self._pause_fd(1), lambda: self._resume_fd(1), lambda: self._reader(1))
+        self.stderr = OutputStream(lambda: self._pause_fd(2), lambda: self._resume_fd(2), lambda: self._reader(2))
         self.stdin = StdinSink(self)
         self.ended: defer.Deferred = defer.Deferred()
         self._kill_timer: IDelayedCall | None = None
@@ -476,10 +634,13 @@ class AgentManager(service.Service):
         clock: Any = None,
         keep_ended: int = 200,
         account: Account | None = None,
+        program_env: ProgramEnv | None = None,
     ) -> None:
         self.reactor = reactor
         #: the OS account programs run as (None: the runtime's own)
         self.account = account
+        #: adds to each program's environment what lets it open devices (oneos.devices.gateway); None: nothing
+        self.program_env = program_env
         self.clock = clock or reactor
         self.runtime_id = runtime_id
         self.memory_limit_mb = memory_limit_mb
@@ -563,9 +724,16 @@ class AgentManager(service.Service):
                 f"cannot run programs as {self.account.name}: util-linux setsid/setpriv are missing", "EPERM"
             )
         run = wrapped or argv
+        if self.program_env is not None:
+            for key, value in self.program_env.grant(agent.id, spec.user).items():
+                if key == "PYTHONPATH" and env.get(key):
+                    value = os.pathsep.join((value, env[key]))
+                env[key] = value
         try:
             self.reactor.spawnProcess(agent, run[0], run, env=env, path=cwd, childFDs={0: "w", 1: "r", 2: "r"})
         except OSError as e:
+            if self.program_env is not None:
+                self.program_env.revoke(agent.id)
             raise ProgramError(f"{spec.program}: {e.strerror or e}", "EACCES") from None
         self.agents[agent.id] = agent
         log.info("agent {id} started: {argv}", id=agent.id, argv=" ".join(argv))
@@ -573,6 +741,8 @@ class AgentManager(service.Service):
         return agent
 
     def _ended(self, agent: AgentProcess) -> None:
+        if self.program_env is not None:
+            self.program_env.revoke(agent.id)
         how = f"signal {agent.signal}" if agent.signal is not None else f"status {agent.exit_code}"
         log.info(
             "agent {id} ended ({how}){reason}", id=agent.id, how=how, reason=f": {agent.reason}" if agent.reason else ""
