@@ -16,5 +16,8 @@ Modules, each importing only those listed before it:
 * ``fanout``: one driver's units to many readers (drop or block per reader);
 * ``drivers``: one module per driver and the one table of them;
 * ``service``: the runtime's ``devices`` service (RPC handlers, status);
-* ``client``: :class:`DevicesClient`, the typed client of the handlers.
+* ``client``: :class:`DevicesClient`, the typed client of the handlers;
+* ``gateway``: the runtime's device gateway, through which the programs it
+  runs open devices by name (``program/oneos_device.py``, the stdlib-only
+  module they import, is put on their ``PYTHONPATH``).
 """

@@ -4,7 +4,8 @@ Its children are declared in one place, :meth:`RuntimeService.__init__`,
 grouped by where they run:
 
 * on every runtime: ``transfer`` (streams), ``pubsub``, ``membership``,
-  ``agents``, ``devices`` (this machine's I/O devices), ``rpc`` (this
+  ``agents``, ``devices`` (this machine's I/O devices), ``gateway``
+  (programs open devices by name through it), ``rpc`` (this
   runtime's own RPC target), ``election``,
   ``store`` (agrees on the network's store) and the front doors ``shell``
   and ``desktop``;
@@ -43,6 +44,7 @@ from oneos.desktop.context import DesktopContext
 from oneos.desktop.service import DesktopService
 from oneos.desktop.sessions import SessionStore
 from oneos.devices.client import CLIENT_METHODS as DEVICE_CLIENT_METHODS
+from oneos.devices.gateway import DeviceGateway
 from oneos.devices.service import DeviceService
 from oneos.errors import OneOSError, StaleEpoch, describe
 from oneos.fs.client import FSClient
@@ -132,13 +134,21 @@ class RuntimeService(service.MultiService):
         self.shell: ShellService | None = None
         self.membership = Membership(self.client, self.rpc, reactor, self.describe, interval=config.stats_interval)
         fs = FSClient(self.rpc, reactor)
+        # programs open devices by name through it (oneos_device); each agent gets a token from it
+        self.gateway = DeviceGateway(reactor, rid, self.rpc, self.membership.live)
         self.agents = AgentHost(
             rid,
             reactor,
             self.client,
             self.transfer,
             lambda user: fs if user is None else FSClient(self.rpc, reactor, user=user),
-            AgentManager(reactor, rid, memory_limit_mb=config.memory_mb, account=agent_account(config.run_as)),
+            AgentManager(
+                reactor,
+                rid,
+                memory_limit_mb=config.memory_mb,
+                account=agent_account(config.run_as),
+                program_env=self.gateway,
+            ),
             home=config.home,
             interval=config.stats_interval,
         )
@@ -239,6 +249,7 @@ class RuntimeService(service.MultiService):
             self.membership,
             self.agents,
             self.devices,
+            self.gateway,
             self.rpc_service,
             self.kernel,
             self.fs_role,
@@ -375,6 +386,11 @@ class RuntimeService(service.MultiService):
         self.membership.on_conflict(self._fatal)
         self.agents.startService()
         self.devices.startService()
+        self.gateway.startService()
+        try:
+            yield self.gateway.listen()
+        except Exception as e:
+            raise OneOSError(f"cannot listen for programs' device requests: {describe(e)}") from None
         self.rpc_service.startService()
         yield self.rpc_service.started
         self.kernel.startService()
