@@ -13,7 +13,7 @@ normalised.  A trailing ``/`` is accepted and dropped (``/a/`` is ``/a``).
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import re
 from collections.abc import Iterable
 
@@ -24,7 +24,7 @@ SEP = "/"
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 
-_MAGIC = re.compile(r"[*?\[]")
+_MAGIC = re.compile(r"[*?\[\\]")
 
 
 def _utf8_len(text: str, path: str) -> int:
@@ -128,19 +128,121 @@ def is_within(path: str, ancestor: str) -> bool:
 
 
 def has_magic(component: str) -> bool:
-    """True if a pattern component holds a wildcard (``*``, ``?``, ``[``)."""
+    """True if a pattern component must be matched, not looked up: a wildcard (``*``, ``?``, ``[``) or an escape (``\\``)."""
     return _MAGIC.search(component) is not None
 
 
 def match_name(name: str, pattern: str) -> bool:
-    """Shell-style match of one name against one pattern component.
+    """Shell-style match of one name against one pattern component (:func:`glob_regex`).
 
-    As in a shell, a leading ``.`` must be matched explicitly: ``*`` does not
-    list hidden entries.  Matching is case-sensitive.
+    As in a shell, a leading ``.`` must be matched by a ``.`` typed first in
+    the pattern: ``*``, ``?`` and ``[.]`` do not list hidden entries.
+    Matching is case-sensitive.
     """
-    if name.startswith(".") and not pattern.startswith("."):
+    if name.startswith(".") and not (pattern.startswith(".") or pattern.startswith("\\.")):
         return False
-    return fnmatch.fnmatchcase(name, pattern)
+    return glob_regex(pattern).match(name) is not None
+
+
+#: POSIX character classes, as in the C locale (ASCII only), as regex set contents.
+_CLASSES = {
+    "alnum": "0-9A-Za-z",
+    "alpha": "A-Za-z",
+    "ascii": "\\x00-\\x7f",
+    "blank": " \\t",
+    "cntrl": "\\x00-\\x1f\\x7f",
+    "digit": "0-9",
+    "graph": "!-~",
+    "lower": "a-z",
+    "print": " -~",
+    "punct": "!-/:-@\\[-`{-~",
+    "space": " \\t\\n\\r\\x0b\\x0c",
+    "upper": "A-Z",
+    "word": "0-9A-Za-z_",
+    "xdigit": "0-9A-Fa-f",
+}
+
+
+def _bracket(pattern: str, start: int) -> tuple[str, int] | None:
+    """The regex of the bracket expression opening at *start*, and where it ends; None if it never closes.
+
+    As bash: ``!`` or ``^`` first negates, a ``]`` first is literal, ``\\``
+    escapes the next character, ``a-z`` is a range of code points (a reversed
+    one matches nothing), ``[:class:]`` a POSIX class, ``[=c=]`` and ``[.c.]``
+    the character c; an unknown class matches nothing.
+    """
+    n = len(pattern)
+    i = start + 1
+    negate = i < n and pattern[i] in "!^"
+    i += negate
+    items: list[str] = []
+    first = True
+    while True:
+        if i >= n:
+            return None
+        c = pattern[i]
+        if c == "]" and not first:
+            break
+        first = False
+        if c == "[" and i + 1 < n and pattern[i + 1] in ":=.":
+            kind = pattern[i + 1]
+            end = pattern.find(kind + "]", i + 2)
+            if end >= 0:
+                name = pattern[i + 2 : end]
+                if kind == ":":
+                    items.append(_CLASSES.get(name, ""))
+                else:
+                    items.append(re.escape(name[:1]) if len(name) == 1 else "")
+                i = end + 2
+                continue
+        low, i = (pattern[i + 1], i + 2) if c == "\\" and i + 1 < n else (c, i + 1)
+        if i + 1 < n and pattern[i] == "-" and pattern[i + 1] != "]":
+            high, i = (pattern[i + 2], i + 3) if pattern[i + 1] == "\\" and i + 2 < n else (pattern[i + 1], i + 2)
+            if low <= high:
+                items.append(f"{re.escape(low)}-{re.escape(high)}")
+            continue
+        items.append(re.escape(low))
+    body = "".join(items)
+    if not body:
+        return ("[\\s\\S]" if negate else "(?!)"), i + 1
+    return f"[{'^' if negate else ''}{body}]", i + 1
+
+
+@functools.lru_cache(maxsize=512)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A compiled regex matching what the shell pattern *pattern* matches, whole.
+
+    ``*`` is any string, ``?`` any character, ``[...]`` a bracket expression
+    (:func:`_bracket`; a ``[`` that never closes is literal), ``\\c`` the
+    character c.  Bash's rules without ``extglob``, so ``[[:punct:]]``,
+    ``[!a]``, ``[^a]`` and ``[\\]]`` mean what they mean there.  No ``/``
+    handling: callers match one path component, or (``case``) any text.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            while i < n and pattern[i] == "*":
+                i += 1
+            out.append("[\\s\\S]*")
+            continue
+        if c == "?":
+            out.append("[\\s\\S]")
+        elif c == "[":
+            found = _bracket(pattern, i)
+            if found is not None:
+                out.append(found[0])
+                i = found[1]
+                continue
+            out.append(re.escape(c))
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + "\\Z")
 
 
 def glob_parts(pattern: str, cwd: str = ROOT) -> tuple[str, ...]:

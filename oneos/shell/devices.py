@@ -10,8 +10,9 @@ dead runtime's devices disappear with it.  Bytes go through the devices RPC
   a small bounded pipe.  A reader that stops (``| head -c 64``) closes the
   pipe, the next write of the transfer fails and its connection is closed,
   so the device's runtime sees the reader leave;
-* :class:`DeviceOutput`: a built-in's ``> /dev/RT/NAME``: ``DevicesClient.write``
-  then ``transfer.send`` from a pipe the built-in writes;
+* :class:`DeviceOutput`: a built-in's (or a program's, through the launcher)
+  ``> /dev/RT/NAME``: ``DevicesClient.write`` then ``transfer.send`` from a
+  pipe the built-in writes;
 * :func:`dev_entry`, :func:`enter_dir`: ``/dev`` in ``ls /``, ``cd /dev[/RT]``;
 * :func:`list_dev`: ``ls /dev``, ``ls [-l] /dev/RT`` (``-l``: the mode as
   a character device's, ``crw-------``, and the owner, from the statuses).

@@ -6,7 +6,8 @@ Consecutive program stages of a pipeline are one *launch*
 1. **check**: each stage is resolved (OneOS scripts become the path the
    runtime fetches, :meth:`ProgramLauncher.resolve`) and its ``< FILE`` and
    ``> FILE`` are checked as the session's user (outputs created as the
-   user's), before anything starts;
+   user's), a ``< /dev/RT/NAME`` or ``> /dev/RT/NAME`` against the live
+   devices (it exists, it goes that way), before anything starts;
 2. **start**: one call to the scheduler's ``pipeline``
    (:class:`~oneos.scheduler.client.SchedulerClient`, a
    :class:`~oneos.scheduler.client.StageSpec` per stage) starts every
@@ -18,11 +19,15 @@ Consecutive program stages of a pipeline are one *launch*
    runtime;
 3. **input**: the first program's stdin is streamed to its runtime
    (``agent_stdin`` + :func:`oneos.transfer.send`): the previous built-in's
-   pipe, the session's input, or nothing;
+   pipe, the session's input, or nothing; for ``< /dev/RT/NAME`` the
+   device's runtime sends straight into it (``device_pipe_out``);
 4. **outputs**: what does not go to a runtime or a file is received here
    (``agent_attach`` + :func:`oneos.transfer.receive`) into the session's
    writers, into the next built-in's pipe (:class:`~oneos.shell.streams.PipeSink`),
-   or, for ``> FILE 2>&1``, into one pipe the file service reads.
+   for ``> FILE 2>&1`` into one pipe the file service reads, and for
+   ``> /dev/RT/NAME`` into a pipe streamed into the device
+   (:class:`~oneos.shell.devices.DeviceOutput`), so the device's answer is
+   the pipeline's.
 
 Then every stream and every agent is awaited.  Nothing is lost silently: a
 stream that fails is reported as ``oneos: WHAT: ERROR`` (naming the stage
@@ -38,6 +43,7 @@ when the scheduler's answer arrives.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
@@ -49,11 +55,13 @@ from oneos.agents.client import AgentsClient
 from oneos.agents.info import EXITED, KILLED, AgentInfo, OutputTarget, exit_status
 from oneos.agents.program import interpreter_for
 from oneos.agents.watch import watch_agent
+from oneos.devices.info import INPUT, OUTPUT
 from oneos.errors import describe
 from oneos.fs import paths
 from oneos.fs.client import BytesSource
 from oneos.scheduler.client import SchedulerClient, StageSpec
-from oneos.shell.devices import is_device_path
+from oneos.shell import devices
+from oneos.shell.devices import DeviceOutput, _named, is_device_path
 from oneos.shell.errors import ShellError
 from oneos.shell.session import Grid, Job, Session
 from oneos.shell.stage import PIPE, TERMINAL_OUT, FileDest, RunState, Stage, TerminalDest
@@ -199,6 +207,8 @@ class _Launch:
         self.stopped_for_streams: set[str] = set()
         #: agents stopped because the built-in reading them went away (SIGPIPE: nothing to report)
         self.sigpiped: set[str] = set()
+        #: '< /dev/RT/NAME' of the first program: (runtime, device name, path), checked before the start
+        self.device_in: tuple[str, str, str] | None = None
 
     async def run(self) -> int:
         try:
@@ -224,27 +234,37 @@ class _Launch:
             raise ShellError("only the first program of a pipeline can read a file with '<'")
         if stage.stdout is PIPE and stage.stderr is PIPE and i < len(self.stages) - 1:
             raise ShellError("2>&1 into a pipe is supported for built-ins and the last program before one only")
-        if any(is_device_path(p) for p in [stage.stdin_file or "", *(d.path for d in stage.file_dests())]):
-            raise ShellError(
-                "a program reads or writes a device through a pipe: cat /dev/RT/NAME | PROGRAM, "
-                "PROGRAM | cat > /dev/RT/NAME"
-            )
+        # Devices: '< /dev/RT/NAME' is sent by the device's runtime straight into the program's
+        # stdin; '> /dev/RT/NAME' is received here and streamed into the device, so the device's
+        # answer (a refused value, a printer's exit status) reaches this pipeline's status.  Both
+        # are checked (exists, right direction) before anything starts.
+        stdin_file = stage.stdin_file
+        if stdin_file and is_device_path(stdin_file):
+            runtime, device = await devices.locate(self.grid, self.job, stdin_file, INPUT)
+            self.device_in = (runtime, device.name, stdin_file)
+            stdin_file = None
+        for dest in stage.file_dests():
+            if is_device_path(dest.path):
+                if dest is stage.stdout and i < len(self.stages) - 1:
+                    raise ShellError(f"{dest.path}: only the last program of a pipeline can write its output there")
+                await devices.locate(self.grid, self.job, dest.path, OUTPUT)
         fs = self.grid.fs
         program, args = await self.launcher.resolve(stage.argv)
         merged = _merged(stage)
         stdout_to = OutputTarget.attach()
-        if isinstance(stage.stdout, FileDest) and not merged:
+        if isinstance(stage.stdout, FileDest) and not merged and not _is_device(stage.stdout):
             stdout_to = _file_target(stage.stdout)
         stderr_to = OutputTarget.attach()
-        if isinstance(stage.stderr, FileDest) and not merged:
+        if isinstance(stage.stderr, FileDest) and not merged and not _is_device(stage.stderr):
             stderr_to = _file_target(stage.stderr)
         # The program's runtime reads '< FILE' and writes '> FILE' for it (as the kernel): check
         # them as this session's user first, and create the outputs as the user's, as a shell
-        # opens them before it starts a program.
-        if stage.stdin_file:
-            await fs.access(stage.stdin_file, "r")
-        if not merged:
-            for dest in stage.file_dests():
+        # opens them before it starts a program (so a directory, '> DIR 2>&1' too, fails here:
+        # "is a directory", status 1, and the program is not started).
+        if stdin_file:
+            await fs.access(stdin_file, "r")
+        for dest in stage.file_dests():
+            if not _is_device(dest):
                 await fs.write(dest.path, b"", dest.mode)
         session = self.launcher.session
         return StageSpec(
@@ -256,7 +276,7 @@ class _Launch:
             env=session.agent_env(stage.assignments),
             stdout=stdout_to,
             stderr=stderr_to,
-            stdin_file=stage.stdin_file,
+            stdin_file=stdin_file,
             near=tuple(stage.near),
         )
 
@@ -295,15 +315,39 @@ class _Launch:
 
     # -- 3. the first program's input ---------------------------------------------------------
     async def _send_input(self) -> None:
+        first = self.infos[0]
+        if self.device_in is not None:
+            await self._device_input(first)
+            return
         if self.stages[0].stdin_file:
             return  # its runtime reads the file
-        first = self.infos[0]
         where = await self.launcher.agents.stdin(first.runtime, first.id)
         source = self.stdin if self.stdin is not None else BytesSource(b"")
         self.stdin_sent = transfer.send(
             self.grid.reactor, where.host, where.port, where.token, source, **where.options()
         )
         self.stdin_sent.addErrback(self._input_failed, f"input of {_label(self.stages[0], first)}", where, first)
+
+    async def _device_input(self, first: AgentInfo) -> None:
+        """``< /dev/RT/NAME``: the device's runtime sends its stream straight into the program's stdin.
+
+        As ``oneos run --stdin``: the program's runtime offers its stdin
+        naming the device as its source (a stream that breaks stops the
+        program with that reason, reported when it ends), then the device's
+        runtime is asked to send into it, as this session's user.  A device
+        that cannot be read now (failed, refused) stops the program: the
+        error is one line naming the path.
+        """
+        assert self.device_in is not None
+        runtime, name, path = self.device_in
+        where = await self.launcher.agents.stdin(first.runtime, first.id, source=f"{name}@{runtime}")
+        into = f"{first.name or first.id}@{first.runtime}"
+        try:
+            await self.job.wait(devices.devices_client(self.grid).pipe_out(runtime, name, into=where, to=into))
+        except defer.CancelledError:
+            raise
+        except Exception as e:  # (the program is stopped by run(), as for any failure to start)
+            raise _named(path, e) from None
 
     def _input_failed(self, failure: Any, what: str, where: StreamAddress, info: AgentInfo) -> None:
         """A program's input stream ended early.
@@ -328,6 +372,14 @@ class _Launch:
     async def _receive_outputs(self, i: int, stage: Stage, info: AgentInfo) -> None:
         label = _label(stage, info)
         attach = self.launcher.attach
+        if _is_device(stage.stdout) or _is_device(stage.stderr):
+            await self._device_outputs(stage, info, label)
+            if _is_device(stage.stdout) and (stage.stderr is stage.stdout or _is_device(stage.stderr)):
+                return  # both streams go to devices
+            if _is_device(stage.stdout):
+                stage = _without(stage, stdout=None)  # the rest below: stderr only
+            else:
+                stage = _without(stage, stderr=None)  # the rest below: stdout only
         if _merged(stage):
             # '> FILE 2>&1': both streams into one pipe the file service reads
             dest = stage.stdout
@@ -366,6 +418,29 @@ class _Launch:
                 err_sink = WriterSink(self.launcher.terminal(TERMINAL_OUT))
         if err_sink is not None:
             self.streams.append(self._watched(await attach(info, "stderr", err_sink, label), info))
+
+    async def _device_outputs(self, stage: Stage, info: AgentInfo, label: str) -> None:
+        """``> /dev/RT/NAME`` (``>>`` alike, ``2>``, ``2>&1``): the program's streams into the device.
+
+        Received here and streamed into the device through a bounded pipe
+        (:class:`~oneos.shell.devices.DeviceOutput`, the built-ins' ``>``), so
+        the device's pace holds the program back and its verdict (a value
+        refused, a printer program's exit status, its runtime gone) is this
+        pipeline's: reported as ``oneos: output of PROG: /dev/RT/NAME: ...``,
+        the program stopped if it still runs, the status non-zero.
+        """
+        outputs: dict[int, tuple[DeviceOutput, list[str]]] = {}
+        for stream, dest in (("stdout", stage.stdout), ("stderr", stage.stderr)):
+            if _is_device(dest):
+                if id(dest) not in outputs:
+                    outputs[id(dest)] = (DeviceOutput(self.grid, dest.path, self.job), [])
+                outputs[id(dest)][1].append(stream)
+        for out, streams in outputs.values():
+            sinks = [PipeSink(out.pipe, lambda: self._stop_for_streams(info)) for _ in streams]
+            written = defer.Deferred.fromCoroutine(_verdict(out))  # its pipe ends when every stream has
+            self.streams.append(self._watched((f"output of {label}", None, written), info))
+            for stream, sink in zip(streams, sinks, strict=True):
+                self.streams.append(self._watched(await self.launcher.attach(info, stream, sink, label), info))
 
     def _watched(self, stream: tuple[str, StreamAddress | None, defer.Deferred], info: AgentInfo) -> defer.Deferred:
         """Report a stream's failure when it happens, and stop its program: its output has nowhere
@@ -433,6 +508,23 @@ class _Launch:
 def _merged(stage: Stage) -> bool:
     """``> FILE 2>&1``: both streams into one file, merged by the shell."""
     return isinstance(stage.stdout, FileDest) and stage.stderr is stage.stdout
+
+
+def _is_device(dest: Any) -> bool:
+    """A ``> /dev/RT/NAME`` destination (a device, not a file of the tree)."""
+    return isinstance(dest, FileDest) and is_device_path(dest.path)
+
+
+def _without(stage: Stage, **streams: Any) -> Stage:
+    """*stage* with some streams taken away (None: handled elsewhere, neither received here nor attached)."""
+    return replace(stage, **streams)
+
+
+async def _verdict(out: DeviceOutput) -> None:
+    """Wait for the device to take a program's output; its error (naming the device) if it did not."""
+    error = await out.finish()
+    if error is not None:
+        raise error
 
 
 def _sigpiped(final: AgentInfo) -> bool:

@@ -1,24 +1,26 @@
 """One pipeline stage once its command is expanded: argv, variables, where its streams go.
 
 :func:`expand` turns a parsed :class:`~oneos.shell.parser.Command` into a
-:class:`Stage`: words expanded and globbed against the OneOS tree,
-redirections resolved to OneOS paths, ``2>&1`` / ``1>&2`` made into shared
-destinations, and the built-in it names (if it names one and has no
-placement suffix).  The interpreter runs built-in stages itself and hands
-consecutive program stages to the launcher (:mod:`oneos.shell.launcher`).
+:class:`Stage`: words expanded and globbed against the OneOS tree
+(:class:`~oneos.shell.words.Words`), redirections resolved to OneOS paths,
+``2>&1`` / ``1>&2`` made into shared destinations, and the function or
+built-in it names (if it names one and has no placement suffix).  The
+interpreter runs function and built-in stages itself and hands consecutive
+program stages to the launcher (:mod:`oneos.shell.launcher`);
+:func:`redirections` also resolves a compound command's redirections.
 """
 
 from __future__ import annotations
 
-import posixpath
-from collections.abc import Callable, Mapping
+from collections import ChainMap
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from oneos.fs import paths
 from oneos.shell.errors import ShellError
-from oneos.shell.expand import expand_word, glob_pattern
-from oneos.shell.parser import Command
+from oneos.shell.parser import Command, Redirect, Word
+from oneos.shell.words import Words
 
 
 class FileDest:
@@ -66,6 +68,10 @@ class Stage:
     builtin: Callable[..., Any] | None = None
     #: devices its runtime must have (``@dev:NAME``)
     near: tuple[str, ...] = ()
+    #: the function it calls (a :class:`~oneos.shell.parser.FunctionDef`), if its name is one
+    function: Any = None
+    #: status of the last command substitution in its words (the status of a command without a name)
+    substitution_status: int | None = None
 
     def file_dests(self) -> list[FileDest]:
         """The files its stdout and stderr go to, each once (``> F 2>&1`` is one file)."""
@@ -81,30 +87,58 @@ class RunState:
 
 async def expand(
     command: Command,
+    words: Words,
     *,
-    env: Mapping[str, str],
-    status: int,
     cwd: str,
-    fs: Any,
     builtins: Mapping[str, Any],
+    functions: Mapping[str, Any],
     piped_in: bool,
     piped_out: bool,
 ) -> Stage:
-    """*command* as a Stage: words expanded and globbed (in *cwd*, through *fs*), redirections resolved."""
-    argv: list[str] = []
-    for word in command.words:
-        pattern = glob_pattern(word, env, status)
-        if pattern is not None:
-            matches = await fs.glob(pattern, cwd)
-            if matches:
-                argv.extend(_display(m, pattern, cwd) for m in matches)
-                continue
-        argv.append(expand_word(word, env, status))
-    assignments = {a.name: expand_word(a.value, env, status) for a in command.assignments}
+    """*command* as a Stage: words expanded and globbed (in *cwd*), redirections resolved.
+
+    A name that is a function (of *functions*) is looked up before the
+    built-ins, as in bash; a placed stage (``@RUNTIME``) is always a program.
+    """
+    argv = await words.argv(command.words)
+    assignments = await assigned(command, words)
+    stdin_file, stdout, stderr = await redirections(command.redirects, words, cwd, piped_in, piped_out)
+    where = command.placement
+    placed = where.runtime is not None or bool(where.tags) or bool(where.near)
+    builtin = builtins.get(argv[0]) if argv and not placed else None
+    function = functions.get(argv[0]) if argv and not placed else None
+    return Stage(
+        argv, assignments, stdin_file, stdout, stderr, where.runtime, where.tags, builtin, where.near, function
+    )
+
+
+async def assigned(command: Command, words: Words) -> dict[str, str]:
+    """The command's ``NAME=value`` prefixes, expanded left to right, each seeing the ones before it.
+
+    As bash: ``A=1 B=$A cmd`` gives B the value 1 (the command's own words
+    were expanded before, without them: ``A=1 echo $A`` prints the old A).
+    """
+    assignments: dict[str, str] = {}
+    if not command.assignments:
+        return assignments
+    env = words.env
+    words.env = ChainMap(assignments, env)
+    try:
+        for a in command.assignments:
+            assignments[a.name] = await words.text(a.value)
+    finally:
+        words.env = env
+    return assignments
+
+
+async def redirections(
+    redirects: Sequence[Redirect], words: Words, cwd: str, piped_in: bool, piped_out: bool
+) -> tuple[str | None, Any, Any]:
+    """(stdin file, stdout, stderr) of a stage or a compound command: OneOS paths, or PIPE / the terminal."""
     stdin_file: str | None = None
     stdout: Any = PIPE if piped_out else TERMINAL_OUT
     stderr: Any = TERMINAL_ERR
-    for r in command.redirects:
+    for r in redirects:
         if r.op == ">&":
             if (r.fd, r.target) == (2, 1):
                 stderr = stdout
@@ -114,9 +148,7 @@ async def expand(
                 raise ShellError(f"{r.fd}>&{r.target}: only 2>&1 and 1>&2 are supported")
             continue
         assert not isinstance(r.target, int)
-        target = expand_word(r.target, env, status)
-        if not target:
-            raise ShellError("a redirection needs a file name")
+        target = await _target(r.target, words)
         path = paths.normalise(target, cwd)
         if r.op == "<":
             if r.fd != 0:
@@ -132,14 +164,18 @@ async def expand(
                 stderr = dest
             else:
                 raise ShellError(f"{r.fd}>: only standard output (1) and error (2) can be redirected")
-    where = command.placement
-    placed = where.runtime is not None or bool(where.tags) or bool(where.near)
-    builtin = builtins.get(argv[0]) if argv and not placed else None
-    return Stage(argv, assignments, stdin_file, stdout, stderr, where.runtime, where.tags, builtin, where.near)
+    return stdin_file, stdout, stderr
 
 
-def _display(match: str, pattern: str, cwd: str) -> str:
-    """A glob match shown the way it was asked: relative patterns give relative names (as bash)."""
-    if pattern.startswith("/"):
-        return match
-    return posixpath.relpath(match, cwd)
+async def _target(word: Word, words: Words) -> str:
+    """A redirection's file name: globbed as bash does, one match is used, several are "ambiguous redirect".
+
+    A pattern that matches nothing is the name as typed (``> *.log`` with no
+    log creates ``*.log``).  Variables are never split nor globbed here either.
+    """
+    names = await words.argv([word])
+    if len(names) != 1:
+        raise ShellError(f"{await words.text(word)}: ambiguous redirect")
+    if not names[0]:
+        raise ShellError("a redirection needs a file name")
+    return names[0]

@@ -157,6 +157,7 @@ class TelnetShell(TelnetProtocol):
     def connectionMade(self) -> None:
         out = SafeWriter(_telnet(self).write)  # TelnetTransport turns \n into \r\n itself
         self.interp = self.shell.new_interpreter(self.user, out, out)
+        self.interp.interactive = True  # background jobs are announced (as bash does at a terminal)
         self.interp.input = SessionInput()
         out.write(BANNER.encode())
         self.shell.prepare(self.interp).addBoth(lambda _: self._prompt())

@@ -1,11 +1,13 @@
 """The shell's built-in commands, by topic, and the one table that names them.
 
 * :mod:`~oneos.shell.builtins.files`: ls, cat, cp, mv, rm, mkdir, touch, chmod, chown, stat;
-* :mod:`~oneos.shell.builtins.text`: echo, yes, head, tail, wc, tee (text streams);
+* :mod:`~oneos.shell.builtins.text`: echo, printf, yes, head, tail, wc, tee (text streams);
 * :mod:`~oneos.shell.builtins.jobs`: ps, kill, pause, resume, jobs, fg, runtimes, pipes
   (jobs and programs);
 * :mod:`~oneos.shell.builtins.session`: cd, pwd, env, export, unset, history, help, exit,
-  source, whoami, clear, true, false (the session itself).
+  source, whoami, clear, true, false (the session itself);
+* :mod:`~oneos.shell.builtins.flow`: test, [, :, break, continue, return, local, shift
+  (the language's own).
 
 What a built-in sees is :class:`~oneos.shell.builtins.context.Context`; how
 to write one is said there.  :data:`TABLE` below is the registry: a built-in
@@ -18,8 +20,12 @@ registry, and no built-in imports the interpreter.
 
 from __future__ import annotations
 
-from oneos.shell.builtins import files, jobs, session, text
-from oneos.shell.builtins.context import Builtin
+import functools
+
+from oneos.errors import describe
+from oneos.shell.builtins import files, flow, jobs, session, text
+from oneos.shell.builtins.context import Builtin, Context
+from oneos.shell.builtins.options import BadUsage
 
 #: (names, built-in, usage) for every built-in.
 TABLE: tuple[tuple[tuple[str, ...], Builtin, str], ...] = (
@@ -27,12 +33,22 @@ TABLE: tuple[tuple[tuple[str, ...], Builtin, str], ...] = (
     (
         ("ls",),
         files.ls,
-        "ls [-l] [-a] [PATH...]   list directories (-l: mode, owner, size, mtime, name; -a: dot files too)",
+        "ls [-l] [-a|-A] [-d] [PATH...]   list directories (-l: mode, owner, size, mtime, name; -a: dot files, . and ..; "
+        "-A: dot files; -d: directories themselves)",
     ),
-    (("cat",), files.cat, "cat [FILE...]   print files (or standard input; or devices, /dev/RUNTIME/NAME), streamed"),
+    (
+        ("cat",),
+        files.cat,
+        "cat [-n] [-E] [FILE...]   print files (or standard input, -; or devices, /dev/RUNTIME/NAME), streamed "
+        "(-n: number the lines; -E: $ at their ends)",
+    ),
     (("cp",), files.cp, "cp [-r] SRC... DEST   copy (-r: directories)"),
     (("mv",), files.mv, "mv SRC... DEST   move or rename"),
-    (("rm",), files.rm, "rm [-r] [-f] PATH...   remove files (-r: directories and their content)"),
+    (
+        ("rm",),
+        files.rm,
+        "rm [-r] [-f] [-d] PATH...   remove files (-r: directories and their content; -d: empty directories)",
+    ),
     (("mkdir",), files.mkdir, "mkdir [-p] DIR...   make directories (-p: parents too, no error if present)"),
     (("touch",), files.touch, "touch FILE...   create empty files (existing ones get a new mtime)"),
     (
@@ -44,15 +60,27 @@ TABLE: tuple[tuple[tuple[str, ...], Builtin, str], ...] = (
     (("chown",), files.chown, "chown USER PATH...   give files to USER (root only)"),
     (("stat",), files.stat, "stat PATH...   a file's metadata as JSON"),
     # -- text streams (text.py)
-    (("echo",), text.echo, "echo [-n] WORDS...   print words"),
+    (("echo",), text.echo, "echo [-neE] WORDS...   print words (-n: no newline; -e: backslash escapes)"),
+    (
+        ("printf",),
+        text.printf,
+        "printf FORMAT [ARGS...]   format and print ARGS (%s %d %i %u %o %x %X %c %f %e %g %b %q, widths, flags; "
+        "the format is reused for the remaining ARGS)",
+    ),
     (("yes",), text.yes, "yes [STRING...]   print STRING (default: y) over and over, until the reader stops or Ctrl-C"),
-    (("head",), text.head, "head [-n N] [-c N] [FILE...]   first N lines (default 10); -c: first N bytes"),
+    (
+        ("head",),
+        text.head,
+        "head [-n N] [-c N] [-q|-v] [FILE...]   first N lines (default 10); -c: first N bytes; "
+        "-n -N / -c -N: all but the last N",
+    ),
     (
         ("tail",),
         text.tail,
-        "tail [-n N] [-f] [FILE...]   last N lines (default 10); -f: then what is appended to FILE, until Ctrl-C",
+        "tail [-n N] [-c N] [-f] [-q|-v] [FILE...]   last N lines (default 10) or bytes; -n +N / -c +N: from the Nth on; "
+        "-f: then what is appended to FILE, until Ctrl-C",
     ),
-    (("wc",), text.wc, "wc [-l] [-w] [-c] [FILE...]   count lines, words, bytes"),
+    (("wc",), text.wc, "wc [-l] [-w] [-m] [-c] [FILE...]   count lines, words, characters, bytes"),
     (("tee",), text.tee, "tee [-a] FILE...   copy standard input to files and to the output, streamed"),
     # -- jobs and programs (jobs.py)
     (("ps",), jobs.ps, "ps [-a]   agents running anywhere in the network (-a: recently ended too)"),
@@ -64,11 +92,15 @@ TABLE: tuple[tuple[tuple[str, ...], Builtin, str], ...] = (
     (("runtimes", "rs"), jobs.runtimes, "runtimes   the runtimes of the network"),
     (("pipes",), jobs.pipes, "pipes   pipes between agents: bytes carried and rate"),
     # -- the session (session.py)
-    (("cd",), session.cd, "cd [DIR]   change directory (default: home; '-' for the previous one)"),
+    (("cd",), session.cd, "cd [DIR]   change directory (default: $HOME; '-': $OLDPWD, printed)"),
     (("pwd",), session.pwd, "pwd        print the current directory"),
-    (("env",), session.env, "env   show the shell's variables (exported ones are marked *)"),
-    (("export",), session.export, "export NAME[=VALUE]...   pass variables to the programs this shell starts"),
-    (("unset",), session.unset, "unset NAME...   forget variables"),
+    (("env",), session.env, "env [-i] [-u NAME] [NAME=VALUE...]   the environment programs get (exported variables)"),
+    (
+        ("export",),
+        session.export,
+        "export [-n] [-p] NAME[=VALUE]...   pass variables to the programs this shell starts (-n: stop)",
+    ),
+    (("unset",), session.unset, "unset [-v|-f] NAME...   forget variables (-f: functions)"),
     (("history",), session.history, "history   lines typed in this session"),
     (("help",), session.help_, "help [COMMAND]   what the built-ins do"),
     (("exit", "logout"), session.exit_, "exit [N]   end the session with status N (default: the last status)"),
@@ -77,10 +109,41 @@ TABLE: tuple[tuple[tuple[str, ...], Builtin, str], ...] = (
     (("clear",), session.clear, "clear   clear the screen"),
     (("true",), session.true, "true   do nothing, successfully"),
     (("false",), session.false, "false   do nothing, unsuccessfully"),
+    # -- the language's own (flow.py)
+    ((":",), flow.colon, ":   do nothing, successfully (while :; do ...)"),
+    (
+        ("test",),
+        flow.test,
+        "test EXPR   0 if EXPR is true: -e -f -d -r -w -x -s PATH, -z -n S, S = S, N -eq N, !, -a, -o",
+    ),
+    (("[",), flow.bracket, "[ EXPR ]   test EXPR"),
+    (("break",), flow.break_, "break [N]   leave the N innermost loops"),
+    (("continue",), flow.continue_, "continue [N]   the next turn of the Nth enclosing loop"),
+    (("return",), flow.return_, "return [N]   end the function or sourced file with status N (default: the last one)"),
+    (("local",), flow.local, "local NAME[=VALUE]...   variables of the running function, restored when it returns"),
+    (("shift",), flow.shift, "shift [N]   drop the first N positional parameters ($1 ...)"),
 )
 
+
+def _usage_status(builtin: Builtin) -> Builtin:
+    """*builtin*, answering a :class:`BadUsage` with its message and its own status (2 for bash's built-ins).
+
+    Other errors keep the interpreter's treatment (one line, status 1).
+    """
+
+    @functools.wraps(builtin)
+    async def run(ctx: Context, args: list[str]) -> int:
+        try:
+            return await builtin(ctx, args)
+        except BadUsage as e:
+            ctx.error(describe(e))
+            return e.status
+
+    return run
+
+
 #: Every name (aliases too) -> its built-in.
-BUILTINS: dict[str, Builtin] = {name: fn for names, fn, _ in TABLE for name in names}
+BUILTINS: dict[str, Builtin] = {name: _usage_status(fn) for names, fn, _ in TABLE for name in names}
 #: Every built-in's first name -> its line of usage (with its aliases), for ``help``.
 HELP: dict[str, str] = {
     names[0]: usage + (f"  (also: {', '.join(names[1:])})" if names[1:] else "") for names, _, usage in TABLE
