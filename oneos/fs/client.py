@@ -9,22 +9,91 @@ kinds are registered by :mod:`oneos.fs.errors`.
 Inside a runtime the RPC client's precheck knows from the membership
 whether anybody serves the tree; when nobody does a call fails at once with
 the reason ("store host rt-a is down") instead of waiting for a timeout.
+
+Metadata calls take one hop when they can: the client asks its RPC client
+to use the service's direct channel (:mod:`oneos.pubsub.direct`), so once
+it is open a ``stat`` goes straight to the serving runtime and back instead
+of through the broker twice; until then, and whenever in doubt, the bus
+carries it.  A listing is one call (:meth:`FSClient.list_stat`), so are
+many stats (:meth:`FSClient.stat_many`), and so is writing a small file.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
 
+from oneos.errors import rebuild_error
 from oneos.fs import errors as fs_errors  # noqa: F401  (registers the file system's wire kinds)
 from oneos.fs.store import Stat
 from oneos.pubsub.rpc import RPCClient
 from oneos.transfer import Sink, Source, receive, send, tls_of
 
 TARGET = "fs"
+#: Methods that change nothing: when a direct channel breaks before answering one, it is asked again over the bus.
+#: (``read_open``/``write_open`` only register a stream token, which expires unused.)
+RETRY_SAFE = (
+    "stat",
+    "exists",
+    "listdir",
+    "list_stat",
+    "stat_many",
+    "glob",
+    "access",
+    "usage",
+    "read_small",
+    "read_open",
+    "write_open",
+)
+#: Paths per ``stat_many`` call (the service takes up to 2,000; an answer of 1,000 stats is about 150 KB).
+STAT_BATCH = 1000
+#: ``write`` sends content up to this size inside the call (``write_small``: one round trip, no stream).
+SMALL_WRITE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What ``ls`` needs of one path, in one call (:meth:`FSClient.list_stat`).
+
+    *entries*: a directory's entries (None for a file, or when the
+    directory could not be listed: then *error* says why, raised by
+    :meth:`entries_or_raise` where a ``listdir`` would have raised it);
+    *parent*: the parent's stat when asked for (``ls -a``'s ``..``).
+    """
+
+    stat: Stat
+    entries: list[Stat] | None
+    parent: Stat | None = None
+    error: Exception | None = None
+
+    @classmethod
+    def decode(cls, body: dict[str, Any]) -> Listing:
+        rows = body.get("entries")
+        error = body.get("error")
+        parent = body.get("parent")
+        return cls(
+            Stat.from_dict(body["stat"]),
+            [Stat.from_dict(r) for r in rows] if isinstance(rows, list) else None,
+            Stat.from_dict(parent) if isinstance(parent, dict) else None,
+            rebuild_error(str(error.get("kind")), str(error.get("message"))) if isinstance(error, dict) else None,
+        )
+
+    def entries_or_raise(self) -> list[Stat]:
+        """The entries of a directory; the listing's error if it could not be listed."""
+        if self.error is not None:
+            raise self.error
+        return list(self.entries or [])
+
+
+def decode_stats(rows: list[dict[str, Any]]) -> list[Stat | Exception]:
+    return [
+        Stat.from_dict(r["stat"]) if "stat" in r else rebuild_error(str(r["error"]["kind"]), str(r["error"]["message"]))
+        for r in rows
+    ]
 
 
 class FSClient:
@@ -38,7 +107,14 @@ class FSClient:
     """
 
     def __init__(
-        self, rpc: RPCClient, reactor: Any, timeout: float = 10.0, *, system: bool = False, user: str | None = None
+        self,
+        rpc: RPCClient,
+        reactor: Any,
+        timeout: float = 10.0,
+        *,
+        system: bool = False,
+        user: str | None = None,
+        direct: bool = True,
     ) -> None:
         self.rpc = rpc
         self.reactor = reactor
@@ -47,10 +123,15 @@ class FSClient:
         self.system = system
         #: the user every call is made for (None: the kernel)
         self.user = user
+        #: *direct*: calls take the service's direct channel when it is open (one hop); False: always the bus
+        self.direct = direct
+        enable = getattr(rpc, "enable_direct", None)  # a test's recording double has none
+        if direct and enable is not None:
+            enable(TARGET, retry_safe=RETRY_SAFE)
 
     def as_user(self, user: str | None) -> FSClient:
         """The same connection, acting for *user* (a shell session's client)."""
-        return FSClient(self.rpc, self.reactor, self.timeout, system=self.system, user=user)
+        return FSClient(self.rpc, self.reactor, self.timeout, system=self.system, user=user, direct=self.direct)
 
     def _call(self, method: str, **args: Any) -> defer.Deferred:
         if self.system:
@@ -67,6 +148,35 @@ class FSClient:
 
     def listdir(self, path: str) -> defer.Deferred:
         return self._call("listdir", path=path).addCallback(lambda rows: [Stat.from_dict(r) for r in rows])
+
+    def list_stat(self, path: str, parent: bool = False) -> defer.Deferred:
+        """*path*'s stat and, for a directory, its entries', in one call: a :class:`Listing` (``ls``).
+
+        Fails as :meth:`stat` would; a directory that cannot be listed
+        comes back with the reason in ``Listing.error``.  *parent*: the
+        parent's stat too (``ls -a``).
+        """
+        args: dict[str, Any] = {"path": path}
+        if parent:
+            args["parent"] = True
+        return self._call("list_stat", **args).addCallback(Listing.decode)
+
+    def stat_many(self, paths: list[str]) -> defer.Deferred:
+        """Many paths' stats, in order: each a :class:`Stat` or the error its ``stat`` would raise.
+
+        One call per :data:`STAT_BATCH` paths (the calls go out together), so a
+        glob of any size works and its answers stay well inside one message.
+        """
+        paths = list(paths)
+        if len(paths) <= STAT_BATCH:
+            return self._call("stat_many", paths=paths).addCallback(decode_stats)
+        batches = [
+            self._call("stat_many", paths=paths[i : i + STAT_BATCH]).addCallback(decode_stats)
+            for i in range(0, len(paths), STAT_BATCH)
+        ]
+        return defer.gatherResults(batches, consumeErrors=True).addCallbacks(
+            lambda parts: [st for part in parts for st in part], lambda f: f.value.subFailure
+        )
 
     def mkdir(
         self,
@@ -154,6 +264,13 @@ class FSClient:
         return bytes(sink.data)
 
     def write(self, path: str, data: bytes, mode: str = "truncate") -> defer.Deferred:
+        """Write *data* to a file (*mode* ``truncate`` or ``append``); fires with its Stat.
+
+        A small file replaced whole goes inside the call (one round trip);
+        anything else is streamed.
+        """
+        if mode == "truncate" and len(data) <= SMALL_WRITE:
+            return self.write_small(path, data)
         return self.write_from(path, BytesSource(data), mode)
 
 

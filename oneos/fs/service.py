@@ -7,6 +7,15 @@ file content never rides the broker: ``read_open`` and ``write_open``
 register a one-time token with this runtime's transfer server
 (``oneos.transfer``) and the caller streams the bytes over TCP.
 
+Calls can also come in one hop instead of two through the broker: the
+service serves its RPC target on a direct TCP channel too
+(:mod:`oneos.pubsub.direct`), listening on its runtime's stream interface
+(with TLS when the streams use TLS).  A client gets a ticket with
+``rpc_ticket`` over the bus and then sends its calls on one connection;
+each is checked exactly as over the bus.  ``list_stat`` (``ls``: a
+directory's stat and its entries') and ``stat_many`` (many paths at once:
+a glob's matches for ``ls -l``) make the shell's listings one round trip.
+
 ``/etc/oneos`` holds the kernel's own state (users, keys, the SSH host key)
 so that every runtime serves the same users with the same host key: it is
 refused to requests that do not say ``system=True``.
@@ -63,6 +72,7 @@ from oneos.fs.permissions import ADMIN, EXECUTE, READ, SEARCH, WRITE, may_chmod,
 from oneos.fs.reset import ensure_tree
 from oneos.fs.store import DEFAULT_OWNER, DIR_PERM, FileStore, Stat, Writer, check_perm, deferred_method
 from oneos.fs.urls import redact
+from oneos.pubsub.direct import DirectServer
 from oneos.pubsub.rpc import RPCServer
 from oneos.transfer import TransferServer
 
@@ -78,11 +88,15 @@ UPLOAD_TIMEOUT = 60.0
 SYSTEM_DIR = "/etc/oneos"
 #: Largest content ``read_small``/``write_small`` carry inside an RPC message.
 SMALL_LIMIT = 256 * 1024
+#: Most paths one ``stat_many`` takes (its answer must fit one RPC message).
+STAT_MANY_LIMIT = 2000
 #: Methods a client identity (``oneos`` commands: USER@TAG) may call; the RPC layer makes them act as USER.
 CLIENT_METHODS = (
     "stat",
     "exists",
     "listdir",
+    "list_stat",
+    "stat_many",
     "mkdir",
     "remove",
     "rename",
@@ -231,6 +245,7 @@ class FileSystemService(service.Service):
         gc_interval: float = GC_INTERVAL,
         stale_upload: float | None = None,
         open_options: dict[str, Any] | None = None,
+        direct: bool = True,
     ) -> None:
         self.url = url
         self.client = client
@@ -261,6 +276,8 @@ class FileSystemService(service.Service):
                 "stat": self.stat,
                 "exists": self.exists,
                 "listdir": self.listdir,
+                "list_stat": self.list_stat,
+                "stat_many": self.stat_many,
                 "mkdir": self.mkdir,
                 "remove": self.remove,
                 "rename": self.rename,
@@ -278,12 +295,37 @@ class FileSystemService(service.Service):
             guard=guard,
             clients=CLIENT_METHODS,
         )
+        #: the same target on a direct TCP channel (*direct* and a transfer server: on the stream interface)
+        self.direct: DirectServer | None = (
+            DirectServer(reactor, self.server, tls=getattr(transfer, "tls", None))
+            if direct and transfer is not None
+            else None
+        )
 
     # -- lifecycle -----------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         self.server.start().addErrback(lambda f: log.failure("fs RPC target failed to start", f))
+        self._listen_direct()
         self._open()
+
+    def _listen_direct(self) -> None:
+        """Serve the target on a direct channel too, on the interface the runtime's streams listen on.
+
+        Clients that cannot reach it (a firewall that opens only the stream
+        port) keep using the bus: they fall back by themselves.
+        """
+        port = getattr(self.transfer, "port", None)
+        if self.direct is None or port is None:
+            return
+        interface = port.getHost().host.replace(":", "\\:")
+        advertise = self.transfer.where()["host"]
+        self.direct.listen(f"tcp:0:interface={interface}", advertise).addCallbacks(
+            lambda address: log.info("fs calls are served in one hop on {address}", address=address),
+            lambda f: log.warn(
+                "no direct channel for fs calls ({error}); they go over the bus", error=f.getErrorMessage()
+            ),
+        )
 
     def _open(self) -> None:
         self._retry = None
@@ -384,6 +426,9 @@ class FileSystemService(service.Service):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         yield self.server.stop()
+        if self.direct is not None:
+            # the channels' calls at work are answered (the store is still open); new ones go over the bus
+            yield self.direct.stop()
         # writes in progress cannot finish now: discard what they wrote while the store is open
         yield defer.DeferredList([defer.maybeDeferred(sink.abort) for sink in list(self.writers)])
         store, self.store = self.store, None
@@ -408,7 +453,7 @@ class FileSystemService(service.Service):
         store = self._store()
         if user is not None and not privileged(user):
             await _Access(store, user).entry(path)
-        return (await store.stat(path)).to_dict()
+        return _wire(await store.stat(path))
 
     @_rpc
     async def exists(self, path: str, system: bool = False, user: str | None = None) -> Any:
@@ -433,7 +478,67 @@ class FileSystemService(service.Service):
             st = await access.entry(path)
             if st.is_dir:
                 access.need(st, READ, path)
-        return [s.to_dict() for s in await store.scandir(path)]
+        return [_wire(s) for s in await store.scandir(path)]
+
+    @_rpc
+    async def list_stat(self, path: str, parent: bool = False, system: bool = False, user: str | None = None) -> Any:
+        """``ls`` in one round trip: *path*'s stat and, for a directory, its entries' (*parent*: its parent's too).
+
+        Checked as ``stat`` and then ``listdir`` would be: what ``stat``
+        refuses fails the call; a directory that may not be listed comes
+        back with the listing's error (``error``: kind and message) beside
+        its stat, so ``ls`` reports it where it lists.
+        """
+        path = paths.normalise(path)
+        guard(system, path, itself=True)
+        store = self._store()
+        access = _Access(store, user) if user is not None and not privileged(user) else None
+        st = await access.entry(path) if access is not None else await store.stat(path)
+        out: dict[str, Any] = {"stat": _wire(st), "entries": None}
+        if parent:
+            up = paths.dirname(path)
+            if path == paths.ROOT:
+                out["parent"] = out["stat"]
+            else:  # reaching path searched every directory down to its parent
+                out["parent"] = _wire(await access.stat(up) if access is not None else await store.stat(up))
+        if st.is_dir:
+            try:
+                guard(system, path)
+                if access is not None:
+                    access.need(st, READ, path)
+                out["entries"] = [_wire(s) for s in await store.scandir(path)]
+            except StoreUnavailable:
+                raise
+            except FSError as e:
+                out["error"] = {"kind": e.code, "message": str(e)}
+        return out
+
+    @_rpc
+    async def stat_many(self, paths: list[str], system: bool = False, user: str | None = None) -> Any:
+        """Many stats in one round trip (a glob's matches for ``ls -l``), in order.
+
+        Each is checked as ``stat`` is; each answer is ``{"stat": ...}`` or
+        ``{"error": {kind, message}}`` (what that ``stat`` would have raised).
+        """
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise InvalidArgument(None, "stat_many takes a list of paths")
+        if len(paths) > STAT_MANY_LIMIT:
+            raise InvalidArgument(None, f"stat_many takes at most {STAT_MANY_LIMIT} paths, not {len(paths)}")
+        store = self._store()
+        # one access for the whole batch: a directory shared by many paths is looked up once
+        access = _Access(store, user) if user is not None and not privileged(user) else None
+        out: list[dict[str, Any]] = []
+        for given in paths:
+            try:
+                path = _normalise(given)
+                guard(system, path, itself=True)
+                st = await access.entry(path) if access is not None else await store.stat(path)
+                out.append({"stat": _wire(st)})
+            except StoreUnavailable:
+                raise
+            except FSError as e:
+                out.append({"error": {"kind": e.code, "message": str(e)}})
+        return out
 
     @_rpc
     async def mkdir(
@@ -625,6 +730,20 @@ class FileSystemService(service.Service):
         finally:
             self._exclusive.release()
         return st.to_dict()
+
+
+#: for methods whose ``paths`` argument hides the module
+_normalise = paths.normalise
+
+
+def _wire(st: Stat) -> dict[str, Any]:
+    """``st.to_dict()``, fast: the answers of stat, listings and stat_many carry many stats.
+
+    ``Stat`` is a flat frozen dataclass, so its ``__dict__`` is exactly what
+    ``dataclasses.asdict`` builds, for a thirtieth of the cost (asdict
+    copies recursively): 30 ms less per listing of a thousand entries.
+    """
+    return dict(vars(st))
 
 
 def owner_for(user: str | None, owner: str | None) -> str:

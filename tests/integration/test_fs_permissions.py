@@ -395,6 +395,16 @@ class ServiceFS:
     def listdir(self, path):
         return self.svc.listdir(path, user=self.user).addCallback(lambda rows: [Stat.from_dict(r) for r in rows])
 
+    def list_stat(self, path, parent=False):
+        from oneos.fs.client import Listing
+
+        return self.svc.list_stat(path, parent=parent, user=self.user).addCallback(Listing.decode)
+
+    def stat_many(self, paths):
+        from oneos.fs.client import decode_stats
+
+        return self.svc.stat_many(paths, user=self.user).addCallback(decode_stats)
+
     def mkdir(self, path, parents=False, exist_ok=False, *, perm=None, owner=None):
         kw = {} if perm is None else {"perm": perm}
         return self.svc.mkdir(path, parents=parents, exist_ok=exist_ok, owner=owner, user=self.user, **kw).addCallback(

@@ -1123,7 +1123,7 @@ def test_a_terminal_runs_the_shell_as_the_user(desk):
     out = browser.terminal_output(term)
     assert b"home" in out and b"tmp" in out and out.endswith(b"ann@oneos:~$ ")
     assert desk.shell.interpreters[0].session.user == "ann"
-    assert ("ann", "listdir", "/") in desk.tree.calls
+    assert ("ann", "list_stat", "/") in desk.tree.calls  # ls: one call, as ann
 
 
 def test_terminals_resize_close_and_are_limited(desk, monkeypatch):

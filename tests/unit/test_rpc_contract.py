@@ -111,6 +111,8 @@ FS_CALLS: Calls = {
     "stat": lambda c: c.stat("/a"),
     "exists": lambda c: c.exists("/a"),
     "listdir": lambda c: c.listdir("/"),
+    "list_stat": lambda c: c.list_stat("/", parent=True),
+    "stat_many": lambda c: c.stat_many(["/a", "/b"]),
     "mkdir": lambda c: c.mkdir("/d", parents=True, exist_ok=True, perm=0o700, owner="ann"),
     "chmod": lambda c: c.chmod("/a", 0o600),
     "chown": lambda c: c.chown("/a", "bob"),
