@@ -31,7 +31,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "oneos"
 
 #: The lower layers and what they must never import.
-LOWER = ("oneos.pubsub", "oneos.fs", "oneos.security", "oneos.transfer", "oneos.config", "oneos.errors")
+LOWER = (
+    "oneos.pubsub",
+    "oneos.fs",
+    "oneos.security",
+    "oneos.transfer",
+    "oneos.splice",
+    "oneos.config",
+    "oneos.errors",
+)
 UPPER = (
     "oneos.runtime",
     "oneos.shell",
