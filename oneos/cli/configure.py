@@ -30,6 +30,7 @@ from oneos.config import (
     DEVICE_DRIVERS,
     DEVICE_SPEC_FORM,
     Config,
+    check_known_drivers,
     is_loopback,
     oneos_home,
     parse_device_spec,
@@ -214,7 +215,7 @@ def ask_devices(config: Config, ask: Ask, say: Say, why: Sequence[str] = ()) -> 
             break
         try:
             device = parse_device_spec(line, len(devices))
-            validate_devices([*devices, device])  # a name used twice
+            check_known_drivers(validate_devices([*devices, device]))  # a name used twice, a driver we lack
         except ConfigError as e:
             say(f"  {e.field}: {e.problem}; try again")
             continue
@@ -250,7 +251,9 @@ def repair(raw: dict[str, Any], home: Path) -> tuple[Config, list[tuple[str, str
     original_index = list(range(len(raw["devices"]))) if isinstance(raw.get("devices"), list) else []
     while True:
         try:
-            return with_changes(base, **raw), problems
+            config = with_changes(base, **raw)
+            check_known_drivers(config.devices)  # kept by a runtime (marked failed), but here: ask again
+            return config, problems
         except ConfigError as e:
             field = e.field
             device = re.match(r"devices\[(\d+)\]", field)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.python import usage
 
 from oneos.cli.devices import format_devices, rows_from_statuses
@@ -14,6 +15,7 @@ from oneos.config import (
     USER_NAME_PATTERN,
     ConfigError,
     Device,
+    check_known_drivers,
     load_config,
     merge_devices,
     parse_device_mode,
@@ -23,6 +25,7 @@ from oneos.devices.base import LineSplitter
 from oneos.devices.errors import DeviceError
 from oneos.devices.info import DeviceInfo, format_mode, mode_string, parse_device_address
 from oneos.devices.options import Options
+from oneos.devices.service import DeviceService
 from oneos.runtime import tap
 from oneos.runtime.status import DeviceStatus, RuntimeStatus
 
@@ -59,7 +62,7 @@ def test_the_device_flag_is_repeatable_and_joins_the_config_files_devices(tmp_pa
     "args, message",
     [
         (["--device", "cam0"], "--device cam0: 'cam0' is not NAME:in|out:DRIVER[:KEY=VALUE,...]"),
-        (["--device", "x:in:usb"], "--device x:in:usb: 'usb' is not one of video, gpio, command, random, dump"),
+        (["--device", "x:in:u/sb"], "--device x:in:u/sb: 'u/sb' is not a driver name (one of video, gpio,"),
         (["--device", "x:up:random"], "--device x:up:random: 'up' is not in or out"),
         (["--device", "x:in:random", "--device", "x:in:dump"], "'devices[1].name': 'x' is already the name"),
     ],
@@ -69,6 +72,19 @@ def test_a_bad_device_flag_is_a_usage_error_naming_it(tmp_path, monkeypatch, arg
     with pytest.raises(usage.UsageError) as e:
         parsed(*args)
     assert message in str(e.value)
+
+
+def test_an_unknown_driver_starts_the_runtime_and_fails_only_that_device(tmp_path, monkeypatch):
+    """The issue's bad input: an unknown driver marks the device failed with the reason; the runtime runs on."""
+    monkeypatch.setenv("ONEOS_HOME", str(tmp_path))
+    devices = parsed("--device", "x:in:usb", "--device", "rnd:in:random").config.devices
+    assert [(d.name, d.driver) for d in devices] == [("x", "usb"), ("rnd", "random")]
+    service = DeviceService("rt-1", Clock(), None, devices)
+    states = {d["name"]: (d["state"], d.get("reason", "")) for d in service.list_devices()}
+    assert states["x"][0] == "failed" and "unknown driver 'usb'" in states["x"][1]
+    assert states["rnd"][0] == "ok"
+    with pytest.raises(ConfigError, match=r"devices\[0\]\.driver.*'usb' is not one of"):
+        check_known_drivers(devices)  # what oneos configure asks while the user answers
 
 
 def test_merging_keeps_malformed_settings_for_validation_to_name(tmp_path):
