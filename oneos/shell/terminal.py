@@ -70,12 +70,15 @@ from oneos.shell.editor import (
 from oneos.shell.frontend import BANNER, SafeWriter, to_program
 from oneos.shell.interpreter import Interpreter
 from oneos.shell.lines import Event, Interrupt, cooked_key
+from oneos.shell.parser import is_incomplete
 from oneos.shell.session import HISTORY_SIZE, SessionInput
 
 log = Logger()
 
 #: The history file, in the user's home.
 HISTORY_FILE = ".oneos_history"
+#: the prompt of the lines after the first of an unfinished construct (bash's PS2)
+CONTINUATION_PROMPT = "> "
 #: Its mode when the shell makes it: the user's only.
 HISTORY_PERM = 0o600
 
@@ -296,6 +299,8 @@ class ShellTerminal(insults.TerminalProtocol):
         self.keys = KeyDecoder()
         #: the command line
         self.editor = LineEditor()
+        #: lines of a construct still open (``for x in a b`` then Enter): the next ones get the ``> `` prompt
+        self.continued: list[str] = []
         #: the line typed for the running program (no history, no completion)
         self.program = LineEditor(History([]))
         self.view = View(self.width)
@@ -344,6 +349,7 @@ class ShellTerminal(insults.TerminalProtocol):
         self.program.reset()
         self.editor.reset()
         self._tabs = 0
+        self.continued = []
         self.prompt = self.interp.session.prompt()
         self._draw()
 
@@ -353,11 +359,16 @@ class ShellTerminal(insults.TerminalProtocol):
         self.view.resize(width)
 
     def _run(self, line: str) -> None:
+        """Run a line, or the lines of a construct typed over several (each kept in the history as typed)."""
         assert self.interp is not None
         self.busy = True
-        if self.history_file is not None and saved_in_history(line):
-            self.history_file.add(line)
-        self.interp.execute(line).addBoth(self._done)
+        lines, self.continued = [*self.continued, line], []
+        for typed in lines:
+            if len(lines) > 1:
+                self.interp.session.remember(typed)
+            if self.history_file is not None and saved_in_history(typed):
+                self.history_file.add(typed)
+        self.interp.execute("\n".join(lines), record=len(lines) == 1).addBoth(self._done)
 
     def _done(self, status: Any) -> None:
         assert self.interp is not None
@@ -456,6 +467,10 @@ class ShellTerminal(insults.TerminalProtocol):
             self._draw()
             self._write(self.view.finish("^C"))
             self.editor.reset()
+            if self.continued:  # Ctrl-C drops the unfinished construct, as bash does
+                assert self.interp is not None
+                self.continued = []
+                self.prompt = self.interp.session.prompt()
             self._draw()
         elif action is Action.EOF:
             self._write(self.view.finish("logout"))
@@ -481,6 +496,11 @@ class ShellTerminal(insults.TerminalProtocol):
             return
         self.editor.take()
         self._write(self.view.finish())
+        if is_incomplete("\n".join([*self.continued, line])):
+            self.continued.append(line)  # an open if/for/quote/pipe: ask for the rest, as bash's PS2
+            self.prompt = CONTINUATION_PROMPT
+            self._draw()
+            return
         self._run(line)
 
     def _clear(self) -> None:

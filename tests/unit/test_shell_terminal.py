@@ -152,6 +152,23 @@ def test_ctrl_c_drops_the_typed_line_and_runs_nothing():
     assert b"never" not in out
 
 
+def test_an_unfinished_construct_asks_for_more_lines_and_runs_them_together():
+    screen = Screen()
+    out = screen.type(b"for x in a b\r")
+    assert out.endswith(b"> ") and screen.terminal.continued == ["for x in a b"]
+    assert screen.type(b"do echo got-$x\r").endswith(b"> ")
+    out = screen.type(b"done\r")
+    assert b"got-a\r\ngot-b\r\n" in out and out.endswith(b"ann@oneos:~$ ")
+    history = screen.terminal.interp.session.history
+    assert history[-3:] == ["for x in a b", "do echo got-$x", "done"]  # each line as typed
+    out = screen.type(b"echo 'open quote\r")
+    assert out.endswith(b"> ")
+    out = screen.type(b"\x03")  # Ctrl-C drops the unfinished construct
+    assert out.endswith(b"ann@oneos:~$ ") and screen.terminal.continued == []
+    out = screen.type(b"if then\r")  # an error more lines cannot fix is reported at once
+    assert b"syntax error" in out.lower() and out.endswith(b"ann@oneos:~$ ")
+
+
 def test_tab_completes_a_builtin_and_a_path():
     screen = Screen()
     screen.channel.fs.files["/home/notes.txt"] = b"x"
