@@ -3,19 +3,28 @@
 
 * remote spawn latency (spawn until the exit is reported), p50/p99, of
   ``/bin/true`` and ``python3 -c pass`` beside ``subprocess.run`` locally;
-* spawns per second across 3 runtimes (many concurrent ``/bin/true``);
+* spawns per second across 3 runtimes of ``/bin/true``, one spawn after
+  another and with ``--window`` spawns in flight, and the CPU each spawn
+  cost the runtimes and the broker (the cost of the code, whatever else
+  loads the machine);
 * pipe throughput between two runtimes (default 1 GiB) beside a local UNIX
   pipe and a raw loopback TCP copy of the same size;
 * time from SIGKILL of a runtime until its ``--restart on-failure`` agent
   runs elsewhere.
 
 Runs a broker and 3 runtimes on this machine (plus a victim runtime).
+``--only latency,rate`` runs some sections; ``--profile DIR`` runs each
+runtime under cProfile (``DIR/rt-N.prof``) and prints the top of each
+profile (by own time) after the run, to see where spawn time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import pstats
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,11 +38,17 @@ from oneos.testing.brokers import start_oneospsd  # noqa: E402
 from oneos.twistd import twistd_command  # noqa: E402
 
 
-def start_runtime(rid: str, url: str, root: Path, *extra: str) -> subprocess.Popen:
+def start_runtime(rid: str, url: str, root: Path, *extra: str, profile: Path | None = None) -> subprocess.Popen:
+    """A runtime child process; under cProfile (writing ``profile/RID.prof`` when it stops) if *profile*."""
     home = root / rid
     home.mkdir(parents=True, exist_ok=True)
+    # twistd's own profiler: `python -m cProfile` never writes, as twistd ends by re-raising SIGTERM on itself
+    profiling = [f"--profile={profile / f'{rid}.prof'}", "--profiler=cprofile", "--savestats"] if profile else []
+    argv = twistd_command(*profiling, "oneosd", "--id", rid, "--pubsub", url, "--broker", "external", *extra)
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        twistd_command("oneosd", "--id", rid, "--pubsub", url, "--broker", "external", *extra),
+        argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=dict(os.environ, ONEOS_HOME=str(home)),
@@ -63,6 +78,8 @@ class Client:
         self.rpc = RPCClient(self.client, reactor, default_timeout=30)
         self.ended: dict[str, tuple[float, dict]] = {}
         self.running: dict[str, float] = {}
+        #: told (from the reactor's thread) whenever an agent ends: waiting on it does not poll
+        self.changed = threading.Condition()
         threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True).start()
         self.call(self.client.startService)
         self.call(self.client.whenConnected)
@@ -77,7 +94,9 @@ class Client:
             return
         body = messages.decode(message.payload)
         if body["state"] in ("exited", "killed", "failed", "lost"):
-            self.ended.setdefault(body["id"], (time.perf_counter(), body))
+            with self.changed:
+                self.ended.setdefault(body["id"], (time.perf_counter(), body))
+                self.changed.notify_all()
         elif body["state"] == "running":
             self.running.setdefault(body["id"], time.perf_counter())
 
@@ -92,12 +111,11 @@ class Client:
         )
 
     def wait_ended(self, agent_id: str, timeout: float = 60) -> float:
-        end = time.monotonic() + timeout
-        while agent_id not in self.ended:
-            if time.monotonic() > end:
+        """When the agent's end arrived (a condition, not a polling loop that would take the GIL from the reactor)."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: agent_id in self.ended, timeout):
                 raise SystemExit(f"agent {agent_id} never ended")
-            time.sleep(0.0005)
-        return self.ended[agent_id][0]
+            return self.ended[agent_id][0]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -206,21 +224,87 @@ def bench_recovery(c: Client, url: str, root: Path) -> float:
     while True:
         fresh = [i for i in c.running if i not in before]
         if fresh:
-            return c.running[fresh[0]] - t0
+            took = c.running[fresh[0]] - t0
+            # the restarted sleep is stopped by its id (its runtime would stop it at exit anyway)
+            c.call(c.rpc.call, "scheduler", "kill", agent_id=fresh[0], grace=0.5)
+            return took
         if time.perf_counter() - t0 > 60:
             raise SystemExit("no restart seen")
         time.sleep(0.001)
+
+
+def bench_rate_concurrent(c: Client, count: int, window: int) -> float:
+    """Spawns per second with up to *window* spawn requests in flight at once (the scheduler's throughput)."""
+    from twisted.internet import defer
+
+    ids: list[str] = []
+
+    def issue() -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        state = {"sent": 0, "answered": 0}
+
+        def one() -> None:
+            state["sent"] += 1
+            d = c.rpc.call("scheduler", "spawn", program="/bin/true", args=[], stdout="discard", stdin=False)
+            d.addCallback(lambda info: ids.append(info["id"]))
+            d.addBoth(answered)
+
+        def answered(result: object) -> None:
+            state["answered"] += 1
+            if state["sent"] < count:
+                one()
+            elif state["answered"] == count and not done.called:
+                done.callback(None)
+
+        for _ in range(min(window, count)):
+            one()
+        return done
+
+    t0 = time.perf_counter()
+    c.call(issue)
+    last = max(c.wait_ended(i) for i in ids)
+    return len(ids) / (last - t0)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes *pids* have used so far (their children not counted)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def print_profiles(where: Path, top: int) -> None:
+    """The top of each runtime's profile by own time (the runtimes have exited and written them)."""
+    for path in sorted(where.glob("*.prof")):
+        out = io.StringIO()
+        stats = pstats.Stats(str(path), stream=out)
+        stats.sort_stats("tottime").print_stats(top)
+        print(f"--- {path.name} (by own time) ---")
+        body = out.getvalue()
+        print(body[body.find("   ncalls") :] if "   ncalls" in body else body)
+
+
+SECTIONS = ("latency", "rate", "pipe", "recovery")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--spawns", type=int, default=200)
+    parser.add_argument("--window", type=int, default=16, help="spawns in flight in the concurrent rate")
     parser.add_argument("--pipe-mib", type=int, default=1024)
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, of {','.join(SECTIONS)}")
+    parser.add_argument("--profile", type=Path, default=None, help="run the runtimes under cProfile into DIR")
+    parser.add_argument("--profile-top", type=int, default=25)
     args = parser.parse_args()
+    only = set(args.only.split(","))
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-agents-"))
     broker = start_oneospsd(root / "broker")
-    procs = [start_runtime(f"rt-{i}", broker.url, root) for i in (1, 2, 3)]
+    procs = [start_runtime(f"rt-{i}", broker.url, root, profile=args.profile) for i in (1, 2, 3)]
     try:
         c = Client(broker.url)
         while True:  # wait until the scheduler answers
@@ -230,32 +314,53 @@ def main() -> None:
             except Exception:
                 time.sleep(0.2)
         time.sleep(1.0)  # let all 3 runtimes' statuses settle
-        print(f"machine: {os.cpu_count()} cores; 3 runtimes + broker on loopback")
-        print()
-        print(f"{'spawn latency (ms)':<28}{'remote p50':>12}{'remote p99':>12}{'local p50':>12}{'local p99':>12}")
-        for argv in (["/bin/true"], ["python3", "-c", "pass"]):
-            remote, local = bench_latency(c, argv, args.rounds)
+        print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; 3 runtimes + broker on loopback")
+        if "latency" in only:
+            print()
+            print(f"{'spawn latency (ms)':<28}{'remote p50':>12}{'remote p99':>12}{'local p50':>12}{'local p99':>12}")
+            for argv in (["/bin/true"], ["python3", "-c", "pass"]):
+                remote, local = bench_latency(c, argv, args.rounds)
+                print(
+                    f"{' '.join(argv):<28}{pct(remote, 50) * 1e3:>12.1f}{pct(remote, 99) * 1e3:>12.1f}"
+                    f"{pct(local, 50) * 1e3:>12.1f}{pct(local, 99) * 1e3:>12.1f}"
+                )
+        if "rate" in only:
+            # CPU per spawn is what the code costs, whatever else loads the machine; the rates depend on both
+            runtimes = [p.pid for p in procs]
+            before = cpu_seconds(runtimes), cpu_seconds([broker.process.pid])
+            serial = bench_rate(c, args.spawns)
+            concurrent = bench_rate_concurrent(c, args.spawns, args.window)
+            used = cpu_seconds(runtimes) - before[0], cpu_seconds([broker.process.pid]) - before[1]
+            print()
+            print(f"spawns per second across 3 runtimes ({args.spawns} x /bin/true, one after another): {serial:.1f}")
             print(
-                f"{' '.join(argv):<28}{pct(remote, 50) * 1e3:>12.1f}{pct(remote, 99) * 1e3:>12.1f}"
-                f"{pct(local, 50) * 1e3:>12.1f}{pct(local, 99) * 1e3:>12.1f}"
+                f"spawns per second across 3 runtimes ({args.spawns} x /bin/true, {args.window} in flight): "
+                f"{concurrent:.1f}"
             )
-        print()
-        print(f"spawns per second across 3 runtimes ({args.spawns} x /bin/true): {bench_rate(c, args.spawns):.1f}")
-        size = args.pipe_mib * 2**20
-        print()
-        print(
-            f"pipe throughput, {args.pipe_mib} MiB (MB/s): runtime->runtime {bench_pipe(broker.url, size):.0f}"
-            f" | local UNIX pipe {local_pipe(size):.0f} | raw loopback TCP {raw_tcp(size):.0f}"
-        )
-        print()
-        print(f"SIGKILL of a runtime -> its agent running elsewhere: {bench_recovery(c, broker.url, root):.3f} s")
+            spawns = 2 * args.spawns
+            print(
+                f"CPU per spawn (ms): runtimes {used[0] / spawns * 1e3:.2f} (all 3), broker {used[1] / spawns * 1e3:.2f}"
+            )
+        if "pipe" in only:
+            size = args.pipe_mib * 2**20
+            print()
+            print(
+                f"pipe throughput, {args.pipe_mib} MiB (MB/s): runtime->runtime {bench_pipe(broker.url, size):.0f}"
+                f" | local UNIX pipe {local_pipe(size):.0f} | raw loopback TCP {raw_tcp(size):.0f}"
+            )
+        if "recovery" in only:
+            print()
+            print(f"SIGKILL of a runtime -> its agent running elsewhere: {bench_recovery(c, broker.url, root):.3f} s")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(timeout=30)
         broker.stop()
-        subprocess.run(["pkill", "-f", "sleep 600"], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+    if args.profile is not None:
+        print()
+        print_profiles(args.profile, args.profile_top)
 
 
 if __name__ == "__main__":

@@ -280,7 +280,7 @@ class AgentHost(service.Service):
                 self._to_file(agent, stream, target)
         if stdin_file:
             self._from_file(agent, stdin_file)
-        return agent.info()
+        return agent.info(measure=False)  # just started: nothing to measure (see AgentProcess._measured)
 
     def _to_file(self, agent: AgentProcess, stream: Any, target: OutputTarget) -> None:
         path = target.where

@@ -16,11 +16,12 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psutil
 from twisted.application import service
@@ -107,7 +108,9 @@ def reachable_path(path: str) -> str:
     return os.pathsep.join(d for d in path.split(os.pathsep) if d and open_to_all(d))
 
 
-def session_argv(argv: list[str], account: Account | None = None) -> list[str] | None:
+def session_argv(
+    argv: list[str], account: Account | None = None, which: Callable[[str], str | None] = shutil.which
+) -> list[str] | None:
     """Wrap *argv* so the child starts a new session and dies with its runtime.
 
     Twisted's spawnProcess has no pre-exec hook, so util-linux does it:
@@ -115,16 +118,107 @@ def session_argv(argv: list[str], account: Account | None = None) -> list[str] |
     fork, since a fresh child is never a group leader, so the agent's pid is
     the group id) and ``setpriv --pdeathsig KILL`` makes the kernel kill the
     agent if the runtime process dies, so a SIGKILLed runtime leaves no
-    orphans running behind the scheduler's back.
+    orphans running behind the scheduler's back.  *which* finds them (the
+    agent manager passes its remembered lookups).
     """
-    setsid = shutil.which("setsid")
+    setsid = which("setsid")
     if setsid is None:
         return None
-    setpriv = shutil.which("setpriv")
+    setpriv = which("setpriv")
     if setpriv is not None:
         drop = ["--reuid", str(account.uid), "--regid", str(account.gid), "--clear-groups"] if account else []
         return [setsid, setpriv, "--pdeathsig", "KILL", *drop, "--", *argv]
     return [setsid, *argv]
+
+
+_T = TypeVar("_T")
+
+#: Seconds a PATH lookup (where PATH finds a program; which PATH entries anyone may search) is reused.
+LOOKUP_TTL = 5.0
+#: Lookups remembered at most (the oldest is forgotten first).
+LOOKUP_ENTRIES = 256
+
+
+class Lookups:
+    """PATH lookups remembered for LOOKUP_TTL seconds, each checked cheaply again before it is reused.
+
+    Every spawn asked the file system the same questions: where PATH finds
+    ``setsid``, ``setpriv`` and the program (a stat per PATH entry) and, for
+    programs run as another account, which PATH entries anyone may search (a
+    stat of every ancestor of every entry): half a millisecond of the
+    reactor's time per spawn on a loaded machine.  The answers change only
+    when software is installed or permissions change, so each is kept a few
+    seconds; a program's path is also checked to still be an executable file
+    before each reuse (two syscalls), so a removed program is never started
+    from memory, and one installed earlier in PATH is found within the TTL.
+    Failures are never remembered.
+    """
+
+    def __init__(self, seconds: Callable[[], float], ttl: float = LOOKUP_TTL, size: int = LOOKUP_ENTRIES) -> None:
+        self.seconds = seconds
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any, compute: Callable[[], _T], valid: Callable[[Any], bool] | None = None) -> _T:
+        """The remembered answer for *key* while fresh and *valid*; else *compute*'s, remembered unless None."""
+        now = self.seconds()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > now and (valid is None or valid(entry[1])):
+            return entry[1]
+        self._entries.pop(key, None)
+        value = compute()
+        if value is not None:
+            if len(self._entries) >= self.size:
+                del self._entries[next(iter(self._entries))]
+            self._entries[key] = (now + self.ttl, value)
+        return value
+
+    def which(self, name: str) -> str | None:
+        """``shutil.which(name)`` on the runtime's own PATH."""
+        path = os.environ.get("PATH", os.defpath)
+        return self.get(("which", name, path), lambda: shutil.which(name, path=path), _executable)
+
+    def reachable_path(self, path: str) -> str:
+        """:func:`reachable_path` of *path*."""
+        return self.get(("reachable", path), lambda: reachable_path(path))
+
+    def argv(self, program: str, args: list[str], path: str | None, cwd: str | None) -> list[str]:
+        """:func:`~oneos.agents.program.resolve_argv`, the part naming the program remembered."""
+        head = self.get(("argv", program, path, cwd), lambda: resolve_argv(program, [], path=path, cwd=cwd), _runnable)
+        return [*head, *args]
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _runnable(head: list[str]) -> bool:
+    """A resolved program (``[exe]`` or ``[interpreter, script]``) is still there to run."""
+    return _executable(head[0]) and (len(head) == 1 or os.path.isfile(head[1]))
+
+
+@functools.cache
+def chdir_helper() -> str | None:
+    """GNU ``env`` if it has ``-C DIR`` (coreutils 8.28+), asked once: a child then changes directory itself.
+
+    Twisted starts a child with ``posix_spawn`` (vfork-like: the runtime's
+    memory is not copied) only when it need not change directory; with a
+    working directory it forks, which cost a runtime of 80 MB some 6 ms of
+    its own CPU per spawn (30 ms at a load of 8) against under 1 ms.  So the
+    directory change moves into the child's chain (``setsid env -C DIR --
+    setpriv ...``), done as root where Twisted's fork did it.
+    """
+    env = shutil.which("env")
+    if env is None:
+        return None
+    try:
+        probe = subprocess.run(
+            [env, "-C", "/", "--", env], env={}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return env if probe.returncode == 0 else None
 
 
 #: Bytes read from a child's pipe per wakeup (Twisted reads 8 KiB, which
@@ -507,10 +601,8 @@ class AgentProcess(protocol.ProcessProtocol):
             _grow_pipe(pipe.fd)
             if fd:
                 pipe.doRead = functools.partial(_read_large, pipe)
-        try:
-            self._psutil = psutil.Process(self.pid)
-        except psutil.Error:
-            self._psutil = None
+        # No psutil.Process here: reading /proc/PID/stat of a child that is still exec'ing blocks until the
+        # exec is done (milliseconds of the reactor's time per spawn); info() opens it at its first measure.
         writer = self._reader(0)
         if writer is not None:
             writer.registerProducer(self.stdin, True)
@@ -578,14 +670,24 @@ class AgentProcess(protocol.ProcessProtocol):
         except error.ProcessExitedAlready:
             pass
 
-    def info(self) -> dict[str, Any]:
-        """What the process table shows."""
-        cpu = rss = 0.0
-        if self._psutil is not None and self.state in (RUNNING, PAUSED):
+    def _measured(self) -> psutil.Process | None:
+        """The child's psutil handle, opened at the first measure while it runs (its pid not yet reaped)."""
+        if self._psutil is None and self.pid is not None and getattr(self.transport, "pid", None) is not None:
             try:
-                with self._psutil.oneshot():
-                    cpu = self._psutil.cpu_percent(interval=None)
-                    rss = self._psutil.memory_info().rss / 2**20
+                self._psutil = psutil.Process(self.pid)
+            except psutil.Error:
+                pass
+        return self._psutil
+
+    def info(self, measure: bool = True) -> dict[str, Any]:
+        """What the process table shows; *measure* False: CPU and memory as 0 (a program just started)."""
+        cpu = rss = 0.0
+        process = self._measured() if measure and self.state in (RUNNING, PAUSED) else None
+        if process is not None:
+            try:
+                with process.oneshot():
+                    cpu = process.cpu_percent(interval=None)
+                    rss = process.memory_info().rss / 2**20
             except psutil.Error:
                 pass
         end = self.ended_at or time.time()
@@ -616,6 +718,24 @@ class AgentProcess(protocol.ProcessProtocol):
 
 
 EventListener = Callable[[dict[str, Any]], Any]
+
+
+def _in_directory(run: list[str], cwd: str | None, wrapped: bool) -> tuple[list[str], str | None]:
+    """*run* and the directory to give spawnProcess: None whenever the child can change directory itself.
+
+    Twisted forks (copying the runtime's page tables) instead of using
+    ``posix_spawn`` when asked for a directory other than the runtime's own
+    (see :func:`chdir_helper`).  The helper goes after ``setsid`` (*wrapped*),
+    where the command it runs is ``setpriv``'s path; a command whose path has
+    ``=`` in it would read as a variable to ``env``, so that one still forks.
+    """
+    if cwd is None or os.path.abspath(cwd) == os.getcwd():
+        return run, None
+    env = chdir_helper()
+    at = 1 if wrapped else 0
+    if env is None or "=" in run[at]:
+        return run, cwd
+    return [*run[:at], env, "-C", cwd, "--", *run[at:]], None
 
 
 class AgentManager(service.Service):
@@ -652,12 +772,14 @@ class AgentManager(service.Service):
         self.own_session = shutil.which("setsid") is not None
         self._listeners: list[EventListener] = []
         self._loop: task.LoopingCall | None = None
+        #: PATH lookups shared by every spawn (see Lookups)
+        self.lookups = Lookups(self.clock.seconds)
 
     def on_event(self, listener: EventListener) -> None:
         self._listeners.append(listener)
 
-    def _emit(self, agent: AgentProcess, event: str, **extra: Any) -> None:
-        body = {"event": event, **agent.info(), **extra}
+    def _emit(self, agent: AgentProcess, event: str, *, measure: bool = True, **extra: Any) -> None:
+        body = {"event": event, **agent.info(measure=measure), **extra}
         for listener in list(self._listeners):
             try:
                 listener(body)
@@ -713,17 +835,17 @@ class AgentManager(service.Service):
                 HOME=self.account.home,
                 USER=self.account.name,
                 LOGNAME=self.account.name,
-                PATH=reachable_path(env.get("PATH", os.defpath)),
+                PATH=self.lookups.reachable_path(env.get("PATH", os.defpath)),
             )
             cwd = cwd or "/tmp"
-        argv = resolve_argv(spec.program, spec.args, path=env.get("PATH"), cwd=cwd)
+        argv = self.lookups.argv(spec.program, spec.args, path=env.get("PATH"), cwd=cwd)
         agent = AgentProcess(self, agent_id or self.new_id(), spec, argv)
-        wrapped = session_argv(argv, self.account) if self.own_session else None
+        wrapped = session_argv(argv, self.account, self.lookups.which) if self.own_session else None
         if wrapped is None and self.account is not None:
             raise AgentError(
                 f"cannot run programs as {self.account.name}: util-linux setsid/setpriv are missing", "EPERM"
             )
-        run = wrapped or argv
+        run, cwd = _in_directory(wrapped or argv, cwd, wrapped is not None)
         if self.program_env is not None:
             for key, value in self.program_env.grant(agent.id, spec.user).items():
                 if key == "PYTHONPATH" and env.get(key):
@@ -737,7 +859,7 @@ class AgentManager(service.Service):
             raise ProgramError(f"{spec.program}: {e.strerror or e}", "EACCES") from None
         self.agents[agent.id] = agent
         log.info("agent {id} started: {argv}", id=agent.id, argv=" ".join(argv))
-        self._emit(agent, "started")
+        self._emit(agent, "started", measure=False)  # nothing to measure yet (and /proc would block: see _measured)
         return agent
 
     def _ended(self, agent: AgentProcess) -> None:

@@ -31,6 +31,11 @@ built-in method ``rpc_ticket``, and every request on a channel goes through
 issued to.  A client turns it on per target with
 :meth:`RPCClient.enable_direct`; calls then take the channel when it is
 open and the bus otherwise.
+
+A caller in the same process as a started server of the target (the
+scheduler commanding its own runtime) may skip the broker altogether with
+:meth:`RPCClient.call_here`: the same JSON bodies through the same
+:meth:`RPCServer.handle`, answered in a later reactor turn.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class FakeAgent:
         self.stdout_to = "attach"
         self.ended_at: float | None = None
 
-    def info(self) -> dict[str, Any]:
+    def info(self, measure: bool = True) -> dict[str, Any]:
         return {"id": self.id, "state": self.state, "user": self.spec.user, "name": self.spec.name, "memory_mb": 1.0}
 
 
