@@ -108,8 +108,44 @@ def reachable_path(path: str) -> str:
     return os.pathsep.join(d for d in path.split(os.pathsep) if d and open_to_all(d))
 
 
+#: Variables that change what a dynamically linked program loads or reads before ``main`` (glibc's
+#: list of those it ignores for setuid programs, plus every ``LD_``/``MALLOC_`` one).  The wrappers
+#: that drop privileges (``setsid``, ``env -C``, ``setpriv``) still run as root, so a program's
+#: environment (which its user sets: ``LD_PRELOAD=/tmp/mine.so prog``) must not reach them.
+LOADER_VARIABLES = frozenset(
+    (
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TMPDIR",
+        "TZDIR",
+    )
+)
+
+
+def loader_variable(name: str) -> bool:
+    """Whether *name* steers the dynamic loader or libc start-up (see :data:`LOADER_VARIABLES`)."""
+    return name.startswith(("LD_", "MALLOC_")) or name in LOADER_VARIABLES
+
+
+def split_loader_env(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """*env* without the loader variables (for the root wrappers), and those (set only after privileges drop)."""
+    late = {k: v for k, v in env.items() if loader_variable(k)}
+    return {k: v for k, v in env.items() if k not in late}, late
+
+
 def session_argv(
-    argv: list[str], account: Account | None = None, which: Callable[[str], str | None] = shutil.which
+    argv: list[str],
+    account: Account | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+    late_env: dict[str, str] | None = None,
 ) -> list[str] | None:
     """Wrap *argv* so the child starts a new session and dies with its runtime.
 
@@ -120,6 +156,12 @@ def session_argv(
     agent if the runtime process dies, so a SIGKILLed runtime leaves no
     orphans running behind the scheduler's back.  *which* finds them (the
     agent manager passes its remembered lookups).
+
+    *late_env* (loader variables split off by :func:`split_loader_env`) is
+    set by ``env`` after ``setpriv`` has dropped to *account*, so it only
+    ever steers the program, never the wrappers running as root.  Raises
+    AgentError if that cannot be done safely (no ``env``, a program path
+    ``env`` would read as an assignment).
     """
     setsid = which("setsid")
     if setsid is None:
@@ -127,7 +169,16 @@ def session_argv(
     setpriv = which("setpriv")
     if setpriv is not None:
         drop = ["--reuid", str(account.uid), "--regid", str(account.gid), "--clear-groups"] if account else []
-        return [setsid, setpriv, "--pdeathsig", "KILL", *drop, "--", *argv]
+        tail = list(argv)
+        if late_env:
+            env = which("env")
+            if env is None or "=" in argv[0]:
+                names = ", ".join(sorted(late_env))
+                raise AgentError(f"cannot pass {names} to {argv[0]} safely (needs env and a path without '=')", "EPERM")
+            tail = [env, "--", *(f"{k}={v}" for k, v in sorted(late_env.items())), *argv]
+        return [setsid, setpriv, "--pdeathsig", "KILL", *drop, "--", *tail]
+    if late_env:
+        raise AgentError("cannot set loader variables for a program without util-linux setpriv", "EPERM")
     return [setsid, *argv]
 
 
@@ -840,7 +891,10 @@ class AgentManager(service.Service):
             cwd = cwd or "/tmp"
         argv = self.lookups.argv(spec.program, spec.args, path=env.get("PATH"), cwd=cwd)
         agent = AgentProcess(self, agent_id or self.new_id(), spec, argv)
-        wrapped = session_argv(argv, self.account, self.lookups.which) if self.own_session else None
+        late: dict[str, str] = {}
+        if self.account is not None:
+            env, late = split_loader_env(env)  # the wrappers run as root: see LOADER_VARIABLES
+        wrapped = session_argv(argv, self.account, self.lookups.which, late) if self.own_session else None
         if wrapped is None and self.account is not None:
             raise AgentError(
                 f"cannot run programs as {self.account.name}: util-linux setsid/setpriv are missing", "EPERM"

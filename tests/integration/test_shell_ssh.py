@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -794,3 +795,15 @@ def test_large_file_streams_through_a_real_runtime_with_bounded_memory(tmp_path)
         assert (peak - base) * 1024 < size // 4, f"peak RSS grew by {(peak - base) / 1024:.0f} MiB"
     finally:
         rt.stop()
+
+
+def test_loader_variables_steer_the_program_but_never_the_root_wrappers(shell):
+    """LD_PRELOAD and friends a user sets must not reach setsid/env/setpriv, which still run as root."""
+    if os.geteuid() != 0:
+        pytest.skip("programs drop privileges (through root wrappers) only when the runtime runs as root")
+    r = shell.ssh("LD_DEBUG=libs id -u")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() != "0", r.stdout
+    started = re.findall(r"initialize program: (\S+)", r.stderr)
+    assert any(p.endswith("/id") for p in started), r.stderr[-2000:]  # the program got the variable
+    assert not [p for p in started if p.endswith(("/setsid", "/setpriv"))], started  # the root wrappers did not

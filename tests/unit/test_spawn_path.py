@@ -317,3 +317,38 @@ def test_the_scheduler_commands_its_own_runtime_in_process_and_others_over_the_b
     s.agents.kill("rt-a", "a2")
     s.agents.kill("rt-b", "a1")
     assert rpc.used == [("here", "rt-a"), ("bus", "rt-b")]
+
+
+def test_loader_variables_are_set_only_after_privileges_drop():
+    from oneos.agents.manager import AgentError, loader_variable, session_argv, split_loader_env
+
+    env = {"PATH": "/bin", "LD_PRELOAD": "/tmp/evil.so", "MALLOC_CHECK_": "3", "GLIBC_TUNABLES": "x", "HOME": "/h"}
+    safe, late = split_loader_env(env)
+    assert safe == {"PATH": "/bin", "HOME": "/h"}
+    assert late == {"LD_PRELOAD": "/tmp/evil.so", "MALLOC_CHECK_": "3", "GLIBC_TUNABLES": "x"}
+    assert loader_variable("LD_LIBRARY_PATH") and not loader_variable("OLD_PRELOAD")
+
+    class Account:
+        uid, gid = 65534, 65534
+
+    tools = {"setsid": "/usr/bin/setsid", "setpriv": "/usr/bin/setpriv", "env": "/usr/bin/env"}
+    argv = session_argv(["/usr/bin/id", "-u"], Account(), tools.get, {"LD_PRELOAD": "/tmp/evil.so"})
+    assert argv is not None
+    cut = argv.index("--")  # setpriv's options end: everything before runs as root, with no loader variable
+    assert not any("LD_" in a for a in argv[:cut])
+    assert argv[cut + 1 :] == ["/usr/bin/env", "--", "LD_PRELOAD=/tmp/evil.so", "/usr/bin/id", "-u"]
+    assert session_argv(["/usr/bin/id"], Account(), tools.get, {}) == [
+        "/usr/bin/setsid",
+        "/usr/bin/setpriv",
+        "--pdeathsig",
+        "KILL",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "--",
+        "/usr/bin/id",
+    ]
+    with pytest.raises(AgentError, match="safely"):
+        session_argv(["/opt/a=b/prog"], Account(), tools.get, {"LD_PRELOAD": "x"})
