@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_shell import SSHD, BenchError, OneOSTarget, Target, free_port, tool_version, wait_until
+from bench_shell import SSHD, BenchError, OneOSTarget, OpenSSHTarget, Target, tool_version
 
 STEP_TIMEOUT = 600.0
 
@@ -98,90 +97,6 @@ def peak_rss_mib(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-class SFTPBaseline(Target):
-    """OpenSSH's sshd with its in-process SFTP server, on a free loopback port, for the same client and key."""
-
-    name = "OpenSSH"
-
-    def __init__(self, root: Path, user: str, key: Path) -> None:
-        super().__init__(root, user)
-        self.key = key
-        self.dir = root / "sshd"
-        self.process: subprocess.Popen | None = None
-        self._log = None
-
-    @staticmethod
-    def unavailable() -> str | None:
-        if not os.access(SSHD, os.X_OK):
-            return f"{SSHD} not found (apt-get install openssh-server)"
-        if not os.path.isdir("/run/sshd"):
-            try:
-                os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-            except OSError as e:
-                return f"sshd needs its privilege separation directory /run/sshd and it cannot be made ({e})"
-        return None
-
-    def start(self) -> None:
-        self.dir.mkdir()
-        self.port = free_port()
-        host_key = self.dir / "ssh_host_ed25519_key"
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench-sshd", "-f", str(host_key)],
-            check=True,
-            stdin=subprocess.DEVNULL,
-        )
-        authorized = self.dir / "authorized_keys"
-        assert self.key is not None
-        authorized.write_text(" ".join(Path(f"{self.key}.pub").read_text().split()[:2]) + "\n")
-        authorized.chmod(0o600)
-        config = self.dir / "sshd_config"
-        config.write_text(
-            "\n".join(
-                [
-                    f"Port {self.port}",
-                    "ListenAddress 127.0.0.1",
-                    f"HostKey {host_key}",
-                    f"PidFile {self.dir / 'sshd.pid'}",
-                    f"AuthorizedKeysFile {authorized}",
-                    "PermitRootLogin prohibit-password",
-                    "PubkeyAuthentication yes",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "UseDNS no",
-                    "X11Forwarding no",
-                    "AllowTcpForwarding no",
-                    "Subsystem sftp internal-sftp",
-                    "LogLevel INFO",
-                    "",
-                ]
-            )
-        )
-        self.log_path = self.dir / "sshd.log"
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.dir,
-        )
-
-        def up() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise BenchError(f"sshd exited with {self.process.returncode}: {self.log().strip()[-1500:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until("sshd to listen", up, 30, self.log)
-        self.pin_host_key(host_key.with_name(host_key.name + ".pub"))
 
 
 def measure_sftp(target: Target, local: Path, remote: str, work: Path, rounds: int) -> tuple[float, float]:
@@ -254,7 +169,7 @@ def main() -> int:
     user = getpass.getuser()
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-sftp-"))
     oneos = OneOSTarget(root, user)
-    baseline: SFTPBaseline | None = None
+    baseline: OpenSSHTarget | None = None
     try:
         size = args.size_mib * 2**20
         local = root / "payload.bin"
@@ -273,10 +188,10 @@ def main() -> int:
         assert oneos.process is not None
         rss_before = peak_rss_mib(oneos.process.pid)
         print(f"OneOS: runtime 'bench' on {oneos.url}, shell ssh on 127.0.0.1:{oneos.port}; {oneos.kex()}")
-        why = SFTPBaseline.unavailable()
+        why = OpenSSHTarget.unavailable()
         if why is None:
             assert oneos.key is not None
-            baseline = SFTPBaseline(root, user, oneos.key)
+            baseline = OpenSSHTarget(root, user, oneos.key)
             try:
                 baseline.start()
             except BenchError as e:

@@ -316,6 +316,8 @@ class OpenSSHTarget(Target):
                     "X11Forwarding no",
                     "AllowTcpForwarding no",
                     "AllowAgentForwarding no",
+                    # bench_sftp's baseline: OpenSSH's own SFTP server, in process (unused by exec sessions)
+                    "Subsystem sftp internal-sftp",
                     "LogLevel INFO",
                     # bash reads ~/.bashrc for 'sshd: bash -c LINE' only when SHLVL < 2 after its own
                     # increment: SHLVL=1 keeps this machine's dotfiles out of the baseline (--startup-files).
