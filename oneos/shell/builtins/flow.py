@@ -70,8 +70,8 @@ async def _loop_count(ctx: Context, args: list[str]) -> int | None:
     return n
 
 
-async def break_(ctx: Context, args: list[str]) -> int:
-    """``break [N]``: leave the N innermost loops (all of them if there are fewer)."""
+async def _leave_loops(ctx: Context, args: list[str], signal: type[BreakLoop] | type[ContinueLoop]) -> int:
+    """Raise *signal* for ``N`` loops (at most as many as enclose us); bash's complaints otherwise."""
     n = await _loop_count(ctx, args)
     if n is None:
         return 1
@@ -79,19 +79,17 @@ async def break_(ctx: Context, args: list[str]) -> int:
     if scope is None or scope.loops == 0:
         ctx.error("only meaningful in a `for', `while', or `until' loop")
         return 0
-    raise BreakLoop(min(n, scope.loops))
+    raise signal(min(n, scope.loops))
+
+
+async def break_(ctx: Context, args: list[str]) -> int:
+    """``break [N]``: leave the N innermost loops (all of them if there are fewer)."""
+    return await _leave_loops(ctx, args, BreakLoop)
 
 
 async def continue_(ctx: Context, args: list[str]) -> int:
     """``continue [N]``: the next turn of the Nth enclosing loop."""
-    n = await _loop_count(ctx, args)
-    if n is None:
-        return 1
-    scope = _scope(ctx)
-    if scope is None or scope.loops == 0:
-        ctx.error("only meaningful in a `for', `while', or `until' loop")
-        return 0
-    raise ContinueLoop(min(n, scope.loops))
+    return await _leave_loops(ctx, args, ContinueLoop)
 
 
 async def return_(ctx: Context, args: list[str]) -> int:

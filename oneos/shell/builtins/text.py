@@ -12,6 +12,7 @@ or its end, so they read little of a large file.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -426,20 +427,9 @@ def _header(ctx: Context, name: str, first: bool) -> None:
     ctx.line(("" if first else "\n") + f"==> {'standard input' if name == '-' else name} <==")
 
 
-async def _check_file(ctx: Context, name: str) -> bool:
-    """A named file's stat before reading (a missing one is reported, without a header); True for a directory."""
-    if name == "-" or is_device_path(ctx.path(name)):
-        return False
-    return bool((await ctx.fs.stat(ctx.path(name))).is_dir)
-
-
-async def head(ctx: Context, args: list[str]) -> int:
-    """coreutils' head: ``-n N`` lines (``-n -N``: all but the last N), ``-c N`` bytes, headers for several files."""
-    opts, files = split_options(args, "qv", "nc")
-    n, line_sign = signed_count(opts.get("n"), 10)
-    size, byte_sign = (None, "") if opts.get("c") is None else signed_count(opts.get("c"), 0, "bytes")
-    names = files or ["-"]
-    headers = (len(names) > 1 and not opts.get("q")) or bool(opts.get("v"))
+async def _each_file(ctx: Context, names: list[str], headers: bool, read: Callable[[str], Awaitable[None]]) -> int:
+    """head's and tail's walk over their files: a missing one is reported without a header, a
+    directory after its header; ``==> NAME <==`` headers when asked; status 1 if any failed."""
     status, shown = 0, 0
     for name in names:
         try:
@@ -454,24 +444,45 @@ async def head(ctx: Context, args: list[str]) -> int:
         try:
             if is_dir:
                 raise IsADirectory(ctx.path(name))
-            source = ctx.stdin if name == "-" else None
-            if size is not None:  # -c N: bytes, streamed (a device under /dev too)
-                stream = source or ctx.open_input(ctx.path(name))
-                await (_all_but_bytes if byte_sign == "-" else _head_bytes)(ctx, stream, size)
-            elif line_sign == "-":
-                await _all_but_lines(ctx, source or ctx.open_input(ctx.path(name)), n)
-            elif source is not None:
-                await _head(ctx, source, n)
-            elif is_device_path(ctx.path(name)):
-                await _head(ctx, ctx.open_input(ctx.path(name)), n)
-            else:
-                await _head_file(ctx, ctx.path(name), n)
+            await read(name)
         except BrokenPipe:
             raise
         except OneOSError as e:
             ctx.error(describe(e))
             status = 1
     return status
+
+
+async def _check_file(ctx: Context, name: str) -> bool:
+    """A named file's stat before reading (a missing one is reported, without a header); True for a directory."""
+    if name == "-" or is_device_path(ctx.path(name)):
+        return False
+    return bool((await ctx.fs.stat(ctx.path(name))).is_dir)
+
+
+async def head(ctx: Context, args: list[str]) -> int:
+    """coreutils' head: ``-n N`` lines (``-n -N``: all but the last N), ``-c N`` bytes, headers for several files."""
+    opts, files = split_options(args, "qv", "nc")
+    n, line_sign = signed_count(opts.get("n"), 10)
+    size, byte_sign = (None, "") if opts.get("c") is None else signed_count(opts.get("c"), 0, "bytes")
+    names = files or ["-"]
+    headers = (len(names) > 1 and not opts.get("q")) or bool(opts.get("v"))
+
+    async def one(name: str) -> None:
+        source = ctx.stdin if name == "-" else None
+        if size is not None:  # -c N: bytes, streamed (a device under /dev too)
+            stream = source or ctx.open_input(ctx.path(name))
+            await (_all_but_bytes if byte_sign == "-" else _head_bytes)(ctx, stream, size)
+        elif line_sign == "-":
+            await _all_but_lines(ctx, source or ctx.open_input(ctx.path(name)), n)
+        elif source is not None:
+            await _head(ctx, source, n)
+        elif is_device_path(ctx.path(name)):
+            await _head(ctx, ctx.open_input(ctx.path(name)), n)
+        else:
+            await _head_file(ctx, ctx.path(name), n)
+
+    return await _each_file(ctx, names, headers, one)
 
 
 async def _tail_stream(source: Input, n: int) -> bytes:
@@ -570,40 +581,23 @@ async def tail(ctx: Context, args: list[str]) -> int:
         return await _follow(ctx, files[0], n)
     names = files or ["-"]
     headers = (len(names) > 1 and not opts.get("q")) or bool(opts.get("v"))
-    status, shown = 0, 0
-    for name in names:
-        try:
-            is_dir = await _check_file(ctx, name)
-        except OneOSError as e:
-            ctx.error(describe(e))
-            status = 1
-            continue
-        if headers:
-            _header(ctx, name, not shown)
-        shown += 1
-        try:
-            if is_dir:
-                raise IsADirectory(ctx.path(name))
 
-            def stream(name: str = name) -> Input:
-                return ctx.stdin if name == "-" else ctx.open_input(ctx.path(name))
+    async def one(name: str) -> None:
+        def stream() -> Input:
+            return ctx.stdin if name == "-" else ctx.open_input(ctx.path(name))
 
-            if size is not None and byte_sign == "+":
-                await _tail_from(ctx, stream(), max(size - 1, 0), lines=False)
-            elif size is not None:
-                await ctx.send(await _tail_bytes(ctx, name, size))
-            elif line_sign == "+":
-                await _tail_from(ctx, stream(), max(n - 1, 0), lines=True)
-            elif name == "-" or is_device_path(ctx.path(name)):
-                await ctx.send(await _tail_stream(stream(), n))
-            else:
-                await ctx.send((await _tail_file(ctx, ctx.path(name), n))[0])
-        except BrokenPipe:
-            raise
-        except OneOSError as e:
-            ctx.error(describe(e))
-            status = 1
-    return status
+        if size is not None and byte_sign == "+":
+            await _tail_from(ctx, stream(), max(size - 1, 0), lines=False)
+        elif size is not None:
+            await ctx.send(await _tail_bytes(ctx, name, size))
+        elif line_sign == "+":
+            await _tail_from(ctx, stream(), max(n - 1, 0), lines=True)
+        elif name == "-" or is_device_path(ctx.path(name)):
+            await ctx.send(await _tail_stream(stream(), n))
+        else:
+            await ctx.send((await _tail_file(ctx, ctx.path(name), n))[0])
+
+    return await _each_file(ctx, names, headers, one)
 
 
 async def _follow(ctx: Context, name: str, n: int) -> int:
