@@ -6,7 +6,7 @@ moment; ``fs put/get`` into a directory as cp; options after the
 arguments; Ctrl-C in ``fs put`` from a slow pipe; ``oneos grid`` ending on
 SIGTERM and on a closed output, leaving no process; one log line per SSH
 login; a runtime with no configured id keeping it across restarts.  The
-pure logic is in tests/unit/test_cli_small.py.
+pure logic is in tests/unit/test_cli_small_logic.py.
 """
 
 from __future__ import annotations
