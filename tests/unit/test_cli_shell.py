@@ -12,9 +12,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,23 +35,35 @@ from oneos.cli.shell import (
 )
 
 
+def _short_dir(prefix: str) -> Iterator[Path]:
+    """A fresh directory with a short path directly under /tmp, removed afterwards.
+
+    pytest's tmp_path grows with its run counter and the test's name (it was
+    over the socket limit in CI's ``pytest-195``), so a test that expects the
+    home's own ``ssh-control`` to fit must not live under it.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "h"
+def short_home_parent() -> Iterator[Path]:
+    """Where test homes go: short enough that the home's socket path always fits."""
+    yield from _short_dir("h6h-")
+
+
+@pytest.fixture
+def home(short_home_parent: Path) -> Path:
+    h = short_home_parent / "h"
     h.mkdir()
     return h
 
 
 @pytest.fixture
-def short_tmp() -> Path:
-    """A short directory standing for /tmp (pytest's tmp_path may itself be too long for a socket)."""
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="h6u-", dir="/tmp"))
-    yield path
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+def short_tmp() -> Iterator[Path]:
+    """A short directory standing for /tmp."""
+    yield from _short_dir("h6u-")
 
 
 # --- where the control socket goes -------------------------------------------------------
@@ -101,19 +116,19 @@ def test_a_directory_that_is_not_private_or_not_ours_is_never_used(home: Path, s
     assert control_path(home, "alice", "127.0.0.1", 2222, env={}, tmp=str(short_tmp / "linked")) is None
 
 
-def test_a_path_ssh_would_take_apart_is_skipped(tmp_path: Path, short_tmp: Path):
-    spaced = tmp_path / "my home"
+def test_a_path_ssh_would_take_apart_is_skipped(short_home_parent: Path, short_tmp: Path):
+    spaced = short_home_parent / "my home"
     spaced.mkdir()
     path = control_path(spaced, "alice", "127.0.0.1", 2222, env={}, tmp=str(short_tmp))
     assert path is not None and path.parent == short_tmp / f"oneos-{os.getuid()}-ssh"
-    percent = tmp_path / "100%"
+    percent = short_home_parent / "100%"
     percent.mkdir()
     path = control_path(percent, "alice", "127.0.0.1", 2222, env={}, tmp=str(short_tmp))
     assert path is not None and "%" not in str(path)
 
 
-def test_an_unwritable_home_falls_back(tmp_path: Path, short_tmp: Path):
-    missing = tmp_path / "no-such-home"
+def test_an_unwritable_home_falls_back(short_home_parent: Path, short_tmp: Path):
+    missing = short_home_parent / "no-such-home"
     path = control_path(missing, "alice", "127.0.0.1", 2222, env={}, tmp=str(short_tmp))
     assert path is not None and path.parent == short_tmp / f"oneos-{os.getuid()}-ssh"
     assert not missing.exists()
