@@ -168,6 +168,12 @@ SLOW = (
 )
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT as a foreground command in a terminal has it: a test run started in the background
+    (``cmd &`` in a script, nohup) hands its children SIGINT ignored, and a command rightly keeps that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_in_fs_put_from_a_slow_pipe_is_status_130_one_line_and_no_file(rt, tmp_path):
     counter = tmp_path / "written"
     producer = subprocess.Popen([sys.executable, "-c", SLOW, str(counter)], stdout=subprocess.PIPE)
@@ -178,6 +184,7 @@ def test_ctrl_c_in_fs_put_from_a_slow_pipe_is_status_130_one_line_and_no_file(rt
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(os.environ, ONEOS_HOME=str(rt.home)),
+        preexec_fn=_as_in_a_terminal,
     )
     producer.stdout.close()
     try:
