@@ -5,7 +5,8 @@ one-line ``SUMMARY``; this module only dispatches, so adding a command never
 touches the others.
 
 Start-up is kept short: a command's module is imported only when that
-command runs (``oneos -c LINE`` never loads Twisted), and ``oneos --help``
+command runs (``oneos -c LINE`` never loads Twisted, and over a shared
+connection that is up it loads nothing but oneos/cli/quick.py), and ``oneos --help``
 reads the summaries from :data:`SUMMARIES` instead of importing every
 module (a command missing there is imported to find its ``SUMMARY``).
 """
@@ -13,8 +14,6 @@ module (a command missing there is imported to find its ``SUMMARY``).
 from __future__ import annotations
 
 import sys
-
-from oneos.errors import OneOSError, describe
 
 #: subcommand name -> module under ``oneos.cli`` (or a full ``oneos.`` module
 #: path), ``module:function`` when one module serves several commands; the
@@ -116,6 +115,12 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``oneos COMMAND ...``; return the process exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and len(args) == 2 and args[0] == "-c":
+        # A one-liner over a shared connection already up: becomes ssh here, before anything else loads
+        # (oneos/cli/quick.py); returns when there is none, and the shell command below starts one.
+        from oneos.cli.quick import exec_warm
+
+        exec_warm(args[1])
     if not args or args[0] in _SHELL_FIRST:
         # 'oneos' alone opens the shell, 'oneos -c LINE' runs one line, as in the original
         return _dispatch("shell", args)
@@ -145,11 +150,15 @@ def _dispatch(name: str, rest: list[str]) -> int:
     module, function = _entry(name)
     try:
         return int(getattr(module, function)(rest) or 0)
-    except OneOSError as e:
-        print(f"oneos {name}: {describe(e)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        from oneos.errors import OneOSError, describe  # only now: a one-liner never needs it
+
+        if not isinstance(e, OneOSError):
+            raise
+        print(f"oneos {name}: {describe(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

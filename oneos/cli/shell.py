@@ -17,7 +17,8 @@ connect and login costs far more than running a short line, so the first
 it logs in, detaches with its stdio on /dev/null, and exits
 :data:`PERSIST_SECONDS` after its last session) and every ``oneos`` /
 ``oneos -c`` is a client of it, which opens one more session channel on
-the logged-in connection.  The session's stdin, stdout, stderr and exit
+the logged-in connection (a ``oneos -c LINE`` given nothing else finds it
+without even loading this module: oneos/cli/quick.py).  The session's stdin, stdout, stderr and exit
 status are passed to the master as they are, so they behave exactly as
 without reuse.  We start the master ourselves instead of letting the first
 command become one (``ControlMaster=auto`` with ``ControlPersist``) so a
@@ -406,6 +407,22 @@ def master_pid(control: Path, user: str, host: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def share(host: str, port: int, user: str, home: Path, identity: str | None, control: Path) -> Path | str | None:
+    """The ``ControlPath`` a client (``ssh``, ``sftp``) should use: *control* once a master listens there.
+
+    ``"none"`` (a connection of the client's own) when the master did not
+    come up without saying why; None when ssh said why it could not connect
+    or log in (printed on stderr here): the caller then exits with 255, as
+    ssh would have.
+    """
+    ready, said = ensure_master(master_argv(host, port, user, home, identity, control), control)
+    if said:
+        sys.stderr.write(said)
+    if not ready and said:
+        return None
+    return control if ready else "none"
+
+
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="oneos shell",
@@ -440,18 +457,24 @@ def run(argv: list[str]) -> int:
         if args.close:
             if shared is not None:
                 stop_master(shared, user, host)
+            from oneos.cli import quick
+
+            quick.forget(str(home))
             return 0
         if shared is not None:
-            ready, said = ensure_master(master_argv(host, port, user, home, identity, shared), shared)
-            if said:
-                sys.stderr.write(said)
-            if not ready and said:
+            over = share(host, port, user, home, identity, shared)
+            if over is None:
                 return 255  # ssh said why it could not connect or log in, as without reuse
-            control = shared if ready else "none"
+            control = over
     elif args.close:
         return 0
     tty = args.line is None and sys.stdin.isatty()
     command = ssh_argv(host, port, user, home, args.line, identity, tty, control=control)
+    if args.line is not None and control != "none" and not (args.host or args.port or args.user or args.identity):
+        # the default connection's session line, for the next 'oneos -c' to use without all this
+        from oneos.cli import quick
+
+        quick.save(str(home), user, str(control), command[:-1])
     sys.stdout.flush()
     sys.stderr.flush()
     # ssh becomes this process: the terminal and stdio are its own, and its exit status (the line's,

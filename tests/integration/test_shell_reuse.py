@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from oneos.cli import quick
 from oneos.cli.shell import PERSIST_SECONDS, control_path, master_alive, master_pid
 from oneos.testing.brokers import free_port
 from oneos.testing.runtimes import EmbeddedRuntime, wait_for
@@ -119,9 +120,16 @@ def test_one_liners_share_one_connection(solo: Solo):
     pid = solo.master()
     assert pid is not None
 
+    cached = quick.load(str(solo.home), USER)
+    assert cached is not None and cached[0] == str(solo.control())  # what the next one-liner starts from
     second = solo.oneos("-c", BOTH)
     assert (second.returncode, second.stdout, second.stderr) == (3, "hi\n", BOTH_ERR)
     assert solo.master() == pid  # the same connection, not a new login
+    # ... reached by the fast path: ssh at once, without the argument parser or the configuration
+    traced = solo.oneos("-c", "echo traced", PYTHONPROFILEIMPORTTIME="1")
+    imported = {row.rsplit("|", 1)[-1].strip() for row in traced.stderr.splitlines() if row.startswith("import time:")}
+    assert (traced.returncode, traced.stdout) == (0, "traced\n")
+    assert "oneos.cli.quick" in imported and not imported & {"argparse", "oneos.cli.shell"}, imported
 
     piped = solo.oneos("-c", "wc -l", stdin="a\nb\n")
     assert (piped.returncode, piped.stdout.strip(), piped.stderr) == (0, "2", "")
@@ -133,7 +141,7 @@ def test_one_liners_share_one_connection(solo: Solo):
     closed = solo.oneos("shell", "--close")
     assert (closed.returncode, closed.stderr) == (0, "")
     wait_for("the master to exit", lambda: not _alive(pid), deadline=15)
-    assert not solo.control().exists()
+    assert not solo.control().exists() and not (solo.home / quick.SESSION_FILE).exists()
 
 
 def test_no_reuse_logs_in_afresh(solo: Solo):
