@@ -6,7 +6,9 @@ it.  It connects exactly as ``oneos`` does (oneos/cli/shell.py): the runtime
 that wrote ``$ONEOS_HOME/runtime.json`` (else the settings, or
 ``--host``/``--port``), your login name (or ``--user``), the network's host
 key pinned in ``$ONEOS_HOME/known_hosts``, and the key ``oneos`` mints for
-this machine's owner (or ``--identity``).  Everything else on the command
+this machine's owner (or ``--identity``); and over the same shared
+connection as ``oneos -c`` (started if need be; ``ONEOS_SSH_REUSE=0``: a
+connection of its own), so a script mixing both logs in once.  Everything else on the command
 line goes to ``sftp`` unchanged, so ``oneos sftp -b BATCH`` runs a batch
 file in a script (exit status 1 at the first failed command, as sftp's).
 
@@ -22,7 +24,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from oneos.cli.shell import ShellClientError, _configured, local_identity, ssh_argv
+from oneos.cli.shell import (
+    ShellClientError,
+    _configured,
+    control_path,
+    local_identity,
+    reuse_wanted,
+    share,
+    ssh_argv,
+)
 
 SUMMARY = "copy files with OpenSSH's sftp (SFTP over the shell's SSH door); sftp's own options pass through"
 
@@ -77,18 +87,27 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return ours, argv[i:]
 
 
-def sftp_argv(host: str, port: int, user: str, home: Path, key: str | None, extra: list[str]) -> list[str]:
+def sftp_argv(
+    host: str,
+    port: int,
+    user: str,
+    home: Path,
+    key: str | None,
+    extra: list[str],
+    control: Path | str | None = None,
+) -> list[str]:
     """The OpenSSH ``sftp`` command line: the same host, port, user, host-key pin and key as ``oneos``'s ``ssh``.
 
     The options come from :func:`oneos.cli.shell.ssh_argv` (which also pins
     the host key), so both commands always connect alike: its ``-o`` and
     ``-i`` options are kept, its ``-p`` becomes sftp's ``-P``, and its
-    terminal flag and destination are sftp's business.
+    terminal flag and destination are sftp's business.  *control*: as for
+    ``ssh_argv``, the shared connection's socket to run the session over.
     """
     sftp = shutil.which("sftp")
     if sftp is None:
         raise ShellClientError("the OpenSSH client 'sftp' is not installed (apt-get install openssh-client)")
-    ssh = ssh_argv(host, port, user, home, None, key, False)
+    ssh = ssh_argv(host, port, user, home, None, key, False, control=control)
     options: list[str] = []
     i = 1
     while i < len(ssh) - 1:  # the last word is the destination
@@ -118,7 +137,14 @@ def run(argv: list[str]) -> int:
         host, port = ours.get("host", host), int(ours.get("port", port))
     user = ours.get("user") or getpass.getuser()
     identity = ours.get("identity") or local_identity(home, user)
-    command = sftp_argv(host, port, user, home, identity, extra)
+    control: Path | str = "none"
+    shared = control_path(home, user, host, port, identity) if reuse_wanted(False) else None
+    if shared is not None:
+        over = share(host, port, user, home, identity, shared)  # the connection 'oneos -c' shares
+        if over is None:
+            return 255
+        control = over
+    command = sftp_argv(host, port, user, home, identity, extra, control)
     if sys.stdin.isatty() and "-b" not in extra:
         os.execv(command[0], command)  # interactive: the terminal belongs to sftp from here on
     return subprocess.call(command)

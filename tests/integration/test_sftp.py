@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from oneos.cli.shell import control_path, master_pid
 from oneos.fs.store import MiB
 from oneos.testing.runtimes import EmbeddedRuntime, oneos, wait_for
 from oneos.testing.ssh import ssh_argv, ssh_options
@@ -195,12 +196,26 @@ def test_oneos_sftp_runs_a_batch(door, tmp_path):
     (tmp_path / "p.bin").write_bytes(payload)
     batch = tmp_path / "batch"
     batch.write_text(f"put {tmp_path / 'p.bin'} oneos-sftp.bin\nls -l\nget oneos-sftp.bin {tmp_path / 'q.bin'}\n")
-    env = {"ONEOS_HOME": str(door.home)}
-    r = oneos("sftp", "--user", "alice", "-b", str(batch), env=env, timeout=TIMEOUT)
-    assert r.returncode == 0, r.stderr
-    assert "oneos-sftp.bin" in r.stdout
-    assert (tmp_path / "q.bin").read_bytes() == payload
-    assert (door.home / "known_hosts").read_text().startswith(f"[127.0.0.1]:{door.port} ssh-ed25519 ")
-    batch.write_text("get no-such-file\n")
-    failed = oneos("sftp", "--user", "alice", "-b", str(batch), env=env, timeout=TIMEOUT)
-    assert failed.returncode == 1 and "not found" in failed.stderr, failed
+    env = {"ONEOS_HOME": str(door.home), "ONEOS_SSH_REUSE": "1"}
+    control = control_path(door.home, "alice", "127.0.0.1", door.port, str(door.home / "client_key"))
+    try:
+        r = oneos("sftp", "--user", "alice", "-b", str(batch), env=env, timeout=TIMEOUT)
+        assert r.returncode == 0, r.stderr
+        assert "oneos-sftp.bin" in r.stdout
+        assert (tmp_path / "q.bin").read_bytes() == payload
+        assert (door.home / "known_hosts").read_text().startswith(f"[127.0.0.1]:{door.port} ssh-ed25519 ")
+        # it went over the connection 'oneos -c' shares: one login for both
+        assert control is not None
+        master = master_pid(control, "alice", "127.0.0.1")
+        assert master is not None
+        line = oneos("shell", "--user", "alice", "-c", "wc -c oneos-sftp.bin", env=env, timeout=TIMEOUT)
+        assert line.stdout.split()[:1] == [str(len(payload))], line
+        batch.write_text("get no-such-file\n")
+        failed = oneos("sftp", "--user", "alice", "-b", str(batch), env=env, timeout=TIMEOUT)
+        assert failed.returncode == 1 and "not found" in failed.stderr, failed
+        assert master_pid(control, "alice", "127.0.0.1") == master
+        # without reuse, a connection of its own
+        alone = oneos("sftp", "--user", "alice", "-b", str(batch), env={**env, "ONEOS_SSH_REUSE": "0"})
+        assert alone.returncode == 1 and "not found" in alone.stderr, alone
+    finally:
+        oneos("shell", "--user", "alice", "--close", env=env, timeout=TIMEOUT)  # the master this test started
