@@ -19,6 +19,8 @@ LOGIN_GRACE = 60.0
 #: Seconds a connection told to go may take to read the goodbye before it is cut.
 GOODBYE = 5.0
 BANNER = "OneOS shell. Type 'help' for the built-ins; anything else runs on the grid.\n"
+#: the prompt of the lines after the first of an unfinished construct (bash's PS2), on every front end
+CONTINUATION_PROMPT = "> "
 
 
 class SafeWriter:

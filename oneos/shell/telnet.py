@@ -27,9 +27,18 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from oneos.shell.frontend import BANNER, LOGIN_GRACE, LoginGrace, SafeWriter, cut_later, peer_address, to_program
+from oneos.shell.frontend import (
+    BANNER,
+    CONTINUATION_PROMPT,
+    LOGIN_GRACE,
+    LoginGrace,
+    SafeWriter,
+    cut_later,
+    peer_address,
+    to_program,
+)
 from oneos.shell.lines import CTRL_D, EndOfInput, Interrupt, TelnetLines, TooLong
-from oneos.shell.parser import MAX_LINE
+from oneos.shell.parser import MAX_LINE, is_incomplete
 from oneos.shell.session import SessionInput
 
 if TYPE_CHECKING:
@@ -153,6 +162,8 @@ class TelnetShell(TelnetProtocol):
         self.running = False
         #: the first prompt was shown (lines typed before it wait in self.lines)
         self.started = False
+        #: the lines so far of a construct still open (an ``if`` without its ``fi``, an open quote)
+        self.continued: list[str] = []
 
     def connectionMade(self) -> None:
         out = SafeWriter(_telnet(self).write)  # TelnetTransport turns \n into \r\n itself
@@ -188,6 +199,7 @@ class TelnetShell(TelnetProtocol):
         if self.running:
             self.interp.interrupt()
         else:
+            self.continued = []  # Ctrl-C drops an unfinished construct too, as bash does
             _telnet(self).write(self.interp.session.prompt().encode("utf-8", "replace"))
 
     def dataReceived(self, data: bytes) -> None:
@@ -195,6 +207,9 @@ class TelnetShell(TelnetProtocol):
         for event in self.lines.feed(data, running):
             if isinstance(event, Interrupt):
                 self._interrupt(b"^C\n")
+            elif isinstance(event, EndOfInput) and not running and self.continued:
+                # Ctrl-D inside an unfinished construct: the parser says what was missing, as bash does
+                self._run(self.continued)
             elif isinstance(event, EndOfInput) and not running:  # Ctrl-D on an empty line logs out
                 _telnet(self).loseConnection()
                 return
@@ -206,13 +221,24 @@ class TelnetShell(TelnetProtocol):
         self._drain()
 
     def _drain(self) -> None:
-        if self.running or not self.started:
-            return
-        line = self.lines.next_line()
-        if line is None:
-            return
-        self.running = True
-        self.interp.execute(line.decode("utf-8", "replace")).addBoth(self._done)
+        while not self.running and self.started:
+            line = self.lines.next_line()
+            if line is None:
+                return
+            typed = line.decode("utf-8", "replace")
+            if is_incomplete("\n".join([*self.continued, typed])):
+                # an open if/for/quote/pipe: ask for the rest (bash's PS2) and run it all once complete
+                self.continued.append(typed)
+                _telnet(self).write(CONTINUATION_PROMPT.encode())
+                continue
+            self._run([*self.continued, typed])
+
+    def _run(self, lines: list[str]) -> None:
+        """Run *lines* as one input (a construct typed over several is in the history line by line)."""
+        self.running, self.continued = True, []
+        for typed in lines if len(lines) > 1 else []:
+            self.interp.session.remember(typed)
+        self.interp.execute("\n".join(lines), record=len(lines) == 1).addBoth(self._done)
 
     def _done(self, _: Any) -> None:
         if self.interp.exit_status is not None:

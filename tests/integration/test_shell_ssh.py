@@ -605,6 +605,13 @@ def test_telnet_password_login_and_commands(shell, answer):
         c.line("typed over telnet")
         c.sock.sendall(b"\x04")
         assert c.expect(b"tess@oneos:~$ ").strip() == b"TYPED OVER TELNET"
+        # a construct typed over several lines: a "> " for each missing part, then it runs once
+        c.line("for x in one two; do")
+        c.expect(b"> ")
+        c.line("echo [$x]")
+        c.expect(b"> ")
+        c.line("done")
+        assert c.expect(b"tess@oneos:~$ ").split() == [b"[one]", b"[two]"]
         c.line("echo $USER; exit")
         assert c.expect(b"tess\r\n") is not None
     finally:

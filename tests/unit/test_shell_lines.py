@@ -245,6 +245,28 @@ def test_telnet_front_end_ctrl_c_at_the_prompt_and_a_line_too_long(telnet):
     assert interp.errors and "line too long" in interp.errors[0]
 
 
+def test_telnet_front_end_asks_for_the_rest_of_an_open_construct(telnet):
+    shell, interp, transport = telnet
+    shell.dataReceived(b"for x in a b; do\r\n")
+    assert interp.ran == [] and transport.written.endswith(b"> ")  # bash's PS2
+    shell.dataReceived(b"  echo $x\r\ndone\r\nls\r\n")
+    assert interp.ran == ["for x in a b; do\n  echo $x\ndone"]  # one input; ls waits for it
+    assert interp.session.history[-3:] == ["for x in a b; do", "  echo $x", "done"]
+    interp.finish()
+    assert interp.ran[-1] == "ls"
+    interp.finish()
+    # Ctrl-C drops an unfinished construct: the next line starts afresh
+    shell.dataReceived(b"if true; then\r\n\x03")
+    assert transport.written.endswith(b"^C\nann@oneos:~$ ")
+    shell.dataReceived(b"pwd\r\n")
+    assert interp.ran[-1] == "pwd"
+    interp.finish()
+    # Ctrl-D inside one runs what was typed, for the parser to say what is missing (as bash does)
+    shell.dataReceived(b"echo 'open\r\n")
+    shell.dataReceived(b"\x04")
+    assert interp.ran[-1] == "echo 'open" and not transport.lost
+
+
 def test_ssh_without_a_terminal_runs_the_script_then_ends():
     from oneos.shell.ssh import _ScriptShell
 
