@@ -13,9 +13,10 @@ parts that talk to the session:
   name files the user did not mean);
 * while a command runs, keys edit a line for *it*, as a tty in cooked mode
   (:func:`~oneos.shell.lines.cooked_key`), sent on Enter;
-* :class:`Completer`: Tab completes built-ins (first word of a command),
-  OneOS paths (other words, ``/dev`` included), runtimes, devices and
-  tags (``@...``); a second Tab lists the candidates;
+* :class:`Completer`: Tab completes commands (first word of a command:
+  built-ins, functions, reserved words, programs on the PATH), OneOS
+  paths (other words, ``/dev`` included), runtimes, devices and tags
+  (``@...``); a second Tab lists the candidates;
 * :class:`HistoryFile`: the history outlives the session in the user's
   ``~/.oneos_history`` (read at login, written after each line, as the
   user: a user without a home or rights just has the session's history).
@@ -28,6 +29,8 @@ it.
 from __future__ import annotations
 
 import codecs
+import os
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -67,20 +70,20 @@ from oneos.shell.editor import (
     parse_history,
     saved_in_history,
 )
-from oneos.shell.frontend import BANNER, SafeWriter, to_program
+from oneos.shell.frontend import BANNER, CONTINUATION_PROMPT, SafeWriter, to_program
 from oneos.shell.interpreter import Interpreter
 from oneos.shell.lines import Event, Interrupt, cooked_key
-from oneos.shell.parser import is_incomplete
+from oneos.shell.parser import RESERVED, is_incomplete
 from oneos.shell.session import HISTORY_SIZE, SessionInput
 
 log = Logger()
 
 #: The history file, in the user's home.
 HISTORY_FILE = ".oneos_history"
-#: the prompt of the lines after the first of an unfinished construct (bash's PS2)
-CONTINUATION_PROMPT = "> "
 #: Its mode when the shell makes it: the user's only.
 HISTORY_PERM = 0o600
+#: Seconds a listing of the programs on a PATH is reused for completion.
+PROGRAMS_TTL = 30.0
 
 INVALID_LINE = (
     "oneos: this line holds bytes that are not UTF-8 (shown as \ufffd), so it was not run: "
@@ -154,22 +157,103 @@ class Candidate(NamedTuple):
     final: bool
 
 
-class Completer:
-    """The candidates for a word (:class:`~oneos.shell.editor.CompletionWord`), from the session's view of the grid."""
+def host_path() -> str:
+    """The PATH of this process (the runtime serving the session): what a runtime gives its programs by default."""
+    return os.environ.get("PATH", os.defpath)
 
-    def __init__(self, interp: Interpreter) -> None:
+
+def executables(path: str) -> frozenset[str]:
+    """The names of the regular files with execute permission in the directories of *path*.
+
+    Missing and unreadable directories (and entries that vanish while
+    listed) are skipped silently: PATH often names some.  Relative entries
+    are skipped too: they would name directories of this process's working
+    directory, not the user's.
+    """
+    names: set[str] = set()
+    for directory in dict.fromkeys(path.split(os.pathsep)):
+        if not os.path.isabs(directory):
+            continue
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_file() and os.access(entry.path, os.X_OK):
+                            names.add(entry.name)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return frozenset(names)
+
+
+class Completer:
+    """The candidates for a word (:class:`~oneos.shell.editor.CompletionWord`), from the session's view of the grid.
+
+    The first word of a command completes from what a line can run there:
+    the built-ins, the session's functions, the reserved words of the
+    parser (``if``, ``while``..., as bash offers them) and the programs on
+    the PATH.  Programs run on a runtime's host, where the agent manager
+    finds them on the PATH it is given: the session's ``PATH`` when the
+    session exports one (only exported variables reach a program, see
+    :meth:`~oneos.shell.session.Session.agent_env`), else that runtime's own.
+    Which runtime is the scheduler's choice, not known at Tab, so the
+    programs offered are those found on that PATH on the machine serving
+    the session (*host_path*: the serving runtime process's own PATH): on
+    hosts set up alike, what the line will find.
+    Listing the PATH's directories costs milliseconds of the reactor's time,
+    so the names are listed at most once per :data:`PROGRAMS_TTL` seconds of
+    *seconds* (the grid's reactor clock) per PATH: a program installed
+    meanwhile is offered within that time.  A command word holding a ``/``
+    (``./tool.sh``, ``bin/x``) is a path in the OneOS tree, as
+    :meth:`~oneos.shell.launcher.ProgramLauncher.resolve` runs it
+    (:func:`~oneos.shell.editor.completion_word` gives it kind ``path``).
+    """
+
+    def __init__(
+        self,
+        interp: Interpreter,
+        host_path: Callable[[], str] = host_path,
+        seconds: Callable[[], float] | None = None,
+    ) -> None:
         self.interp = interp
+        self.host_path = host_path
+        reactor = interp.grid.reactor
+        self.seconds = seconds or (reactor.seconds if reactor is not None else time.monotonic)
+        #: the PATH last listed, when the listing goes stale, and the names found
+        self._programs: tuple[str, float, frozenset[str]] | None = None
 
     def candidates(self, word: CompletionWord) -> defer.Deferred:
         """Fires with a sorted list of :class:`Candidate` (empty when there are none or the grid cannot say)."""
         if word.kind == "command":
-            names = sorted(n for n in self.interp.builtins if n.startswith(word.text))
+            names = sorted(n for n in self.commands() if n.startswith(word.text))
             return defer.succeed([Candidate(n, n, True) for n in names])
         if word.kind == "placement":
             return self._guarded(self._placements(word.text))
         if word.kind == "path":
             return self._guarded(self._paths(word.text))
         return defer.succeed([])
+
+    def commands(self) -> set[str]:
+        """Every name the first word of a command may complete to (each once)."""
+        return {*self.interp.builtins, *self.interp.top.functions, *RESERVED, *self.programs()}
+
+    def program_path(self) -> str:
+        """The PATH a program of this session is looked up on: the session's if exported, else the host's."""
+        session = self.interp.session
+        if "PATH" in session.exported and "PATH" in session.env:
+            return session.env["PATH"]
+        return self.host_path()
+
+    def programs(self) -> frozenset[str]:
+        """The executables on :meth:`program_path`, listed again once the last listing is stale or PATH changed."""
+        path, now = self.program_path(), self.seconds()
+        cached = self._programs
+        if cached is not None and cached[0] == path and now < cached[1]:
+            return cached[2]
+        names = executables(path)
+        self._programs = (path, now + PROGRAMS_TTL, names)
+        return names
 
     def _guarded(self, coroutine: Any) -> defer.Deferred:
         def failed(f: Any) -> list[Candidate]:
@@ -472,6 +556,11 @@ class ShellTerminal(insults.TerminalProtocol):
                 self.continued = []
                 self.prompt = self.interp.session.prompt()
             self._draw()
+        elif action is Action.EOF and self.continued:
+            # Ctrl-D inside an unfinished construct: run it, so the parser says what is missing; no
+            # logout (bash's "unexpected end of file")
+            self._write(self.view.finish())
+            self._run(self.continued.pop())
         elif action is Action.EOF:
             self._write(self.view.finish("logout"))
             assert self.interp is not None

@@ -10,21 +10,25 @@ editing keys one by one in tests/unit/test_shell_editor.py.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.conch.insults import insults
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
 from oneos.fs import errors as fs_errors
 from oneos.runtime.status import DeviceStatus, RuntimeStatus
+from oneos.shell.editor import completion_word
 from oneos.shell.interpreter import Interpreter
 from oneos.shell.parser import MAX_LINE
 from oneos.shell.session import Grid, Session
 from oneos.shell.ssh import ShellTerminal
+from oneos.shell.terminal import PROGRAMS_TTL, Candidate
 from oneos.testing.shell import FakeFS
 
 UP = b"\x1b[A"
@@ -103,13 +107,23 @@ class FakeChannel:
 
 
 class Screen:
-    """A terminal session: type bytes, read what the shell wrote back since the last read."""
+    """A terminal session: type bytes, read what the shell wrote back since the last read.
 
-    def __init__(self, fs: FakeFS | None = None) -> None:
+    Its completer looks programs up on *path* (not this machine's PATH), on a
+    clock the test moves.
+    """
+
+    def __init__(self, fs: FakeFS | None = None, path: str = "") -> None:
         self.channel = FakeChannel(fs)
         self.transport = StringTransport()
         self.server = insults.ServerProtocol(ShellTerminal, self.channel)
         self.server.makeConnection(self.transport)
+        self.path = path
+        self.clock = task.Clock()
+        completer = self.terminal.completer
+        assert completer is not None
+        completer.host_path = lambda: self.path
+        completer.seconds = self.clock.seconds
 
     def type(self, data: bytes) -> bytes:
         self.transport.clear()
@@ -167,6 +181,10 @@ def test_an_unfinished_construct_asks_for_more_lines_and_runs_them_together():
     assert out.endswith(b"ann@oneos:~$ ") and screen.terminal.continued == []
     out = screen.type(b"if then\r")  # an error more lines cannot fix is reported at once
     assert b"syntax error" in out.lower() and out.endswith(b"ann@oneos:~$ ")
+    screen.type(b"while true\r")
+    out = screen.type(b"\x04")  # Ctrl-D inside a construct: what is missing, and no logout
+    assert b"expected 'do'" in out and b"logout" not in out and out.endswith(b"ann@oneos:~$ ")
+    assert screen.terminal.continued == []
 
 
 def test_tab_completes_a_builtin_and_a_path():
@@ -365,6 +383,97 @@ def test_tab_after_an_at_completes_live_runtimes_devices_and_tags():
     assert screen.terminal.editor.line == "cat /dev/rt-1/"
     screen.type(b"\t")
     assert screen.terminal.editor.line == "cat /dev/rt-1/cam0 "
+
+
+def make_file(path: Path, mode: int) -> Path:
+    path.write_bytes(b"#!/bin/sh\n")
+    path.chmod(mode)
+    return path
+
+
+def command_candidates(screen: Screen, text: str) -> list[str]:
+    """What Tab offers for *text* as the first word of a line (the completer's answer, as texts)."""
+    completer = screen.terminal.completer
+    assert completer is not None
+    found: list[Candidate] = []
+    completer.candidates(completion_word(text)).addCallback(found.extend)
+    return [c.text for c in found]
+
+
+def test_the_command_word_completes_a_function_of_the_session():
+    screen = Screen()
+    screen.type(b"greet() { echo hi; }\r")
+    screen.type(b"gre\t")
+    assert screen.terminal.editor.line == "greet "
+    assert b"hi\r\n" in screen.type(b"\r")
+
+
+def test_the_command_word_completes_reserved_words():
+    screen = Screen()
+    screen.type(b"whi\t")
+    assert screen.terminal.editor.line == "while "
+    assert command_candidates(screen, "f") == ["false", "fg", "fi", "for", "function"]
+    assert command_candidates(screen, "cat f") == []  # an argument is a path, not a command
+
+
+def test_the_command_word_completes_executables_on_the_path_only(tmp_path: Path):
+    bin_dir, other = tmp_path / "bin", tmp_path / "other"
+    bin_dir.mkdir()
+    other.mkdir()
+    make_file(bin_dir / "mytool", 0o755)
+    make_file(bin_dir / "mydata", 0o644)  # not executable
+    (bin_dir / "mydir").mkdir()  # searchable, but not a program
+    make_file(other / "myscript", 0o700)
+    # a missing directory, a file, a relative entry and a repeated one are skipped without a word
+    path = [str(tmp_path / "missing"), str(bin_dir / "mytool"), "bin", str(bin_dir), str(other), str(bin_dir)]
+    screen = Screen(path=os.pathsep.join(path))
+    assert command_candidates(screen, "my") == ["myscript", "mytool"]
+    screen.type(b"myt\t")
+    assert screen.terminal.editor.line == "mytool "
+    screen.type(b"\x15mys\t")
+    assert screen.terminal.editor.line == "myscript "
+    screen.type(b"\x15myd\t")
+    assert screen.terminal.editor.line == "myd"
+
+
+def test_a_name_offered_twice_is_listed_once(tmp_path: Path):
+    make_file(tmp_path / "echo", 0o755)  # a program named like a built-in
+    make_file(tmp_path / "while", 0o755)  # ... and like a reserved word
+    screen = Screen(path=str(tmp_path))
+    screen.type(b"echo() { :; }\r")  # ... and a function named like both
+    interp = screen.channel.interp
+    assert interp is not None and "echo" in interp.top.functions
+    assert command_candidates(screen, "ech") == ["echo"]
+    assert command_candidates(screen, "whi") == ["while"]
+    screen.type(b"ech\t")
+    assert screen.terminal.editor.line == "echo "  # one candidate: completed and closed
+
+
+def test_programs_are_listed_again_after_a_while_and_from_an_exported_path(tmp_path: Path):
+    host, own = tmp_path / "host", tmp_path / "own"
+    host.mkdir()
+    own.mkdir()
+    screen = Screen(path=str(host))
+    make_file(host / "prog1", 0o755)
+    assert command_candidates(screen, "prog") == ["prog1"]
+    make_file(host / "prog2", 0o755)
+    assert command_candidates(screen, "prog") == ["prog1"]  # the listing is reused for a while
+    screen.clock.advance(PROGRAMS_TTL)
+    assert command_candidates(screen, "prog") == ["prog1", "prog2"]
+    make_file(own / "prog3", 0o755)
+    screen.type(f"PATH={own}\r".encode())  # not exported: programs do not get it
+    assert command_candidates(screen, "prog") == ["prog1", "prog2"]
+    screen.type(b"export PATH\r")  # now they do
+    assert command_candidates(screen, "prog") == ["prog3"]
+
+
+def test_a_command_word_with_a_slash_completes_from_the_tree():
+    screen = Screen()
+    screen.channel.fs.files.update({"/home/tool.sh": b"", "/home/bin": None, "/home/bin/x.py": b""})
+    screen.type(b"./to\t")
+    assert screen.terminal.editor.line == "./tool.sh "
+    screen.type(b"\x15bin/\t")
+    assert screen.terminal.editor.line == "bin/x.py "
 
 
 def test_a_completion_that_answers_after_more_typing_is_dropped():
