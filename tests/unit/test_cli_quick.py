@@ -170,3 +170,20 @@ def test_a_warm_one_liner_loads_only_the_fast_path(home: Path, master: Path):
     loaded = set(ast.literal_eval(loaded_line))
     assert {"oneos.cli.main", "oneos.cli.quick", "_socket"} <= loaded
     assert not loaded & {"argparse", "pathlib", "json", "re", "enum", "socket", "hashlib", "oneos.errors"}
+
+
+def test_the_oneos_script_itself_loads_no_more_than_main():
+    # bin/oneos is what pip installs as `oneos` (pyproject.toml script-files), unlike the script it
+    # generates for an entry point, which imports re
+    script = Path(__file__).resolve().parents[2] / "bin" / "oneos"
+    result = subprocess.run(
+        [sys.executable, str(script), "--version"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("oneos "), result.stderr
+    imported = {row.rsplit("|", 1)[-1].strip() for row in result.stderr.splitlines() if row.startswith("import time:")}
+    assert "oneos.cli.main" in imported and not imported & {"re", "argparse", "enum"}, imported
