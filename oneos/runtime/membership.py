@@ -1,18 +1,36 @@
 """Membership: who is out there, and are they alive.
 
-Each runtime keeps a retained status on its own topic and refreshes it every
-``interval`` seconds with fresh CPU/memory figures.  Its MQTT last will is
-the same status with ``state=dead``, so when a runtime is killed the broker
-tells everyone at once (when the TCP connection drops, or after 1.5
-keepalives for a silent network).  As a second line, a status not refreshed
-for ``dead_after`` seconds counts as dead locally.  A clean stop publishes
+Each runtime keeps a retained status on its own topic.  It samples its
+status every ``interval`` seconds and publishes it only when it changed
+(:func:`significant_change`: any field but the load figures, or a load
+figure moved by more than :data:`LOAD_POINTS` points), plus a heartbeat:
+at least every :data:`HEARTBEAT_SAMPLES` samples the status goes out even
+if nothing changed.  Events (a leader claim, a device failing, the file
+system moving) publish at once.  Why: every status reaches every runtime,
+so a network of N runtimes sending each status every sample costs N²
+deliveries per interval; an idle one now costs N² per heartbeat.  The
+status's ``interval`` field carries the heartbeat, so every reader judges
+staleness by the sender's own rate.
+
+Its MQTT last will is the same status with ``state=dead``, so when a
+runtime is killed the broker tells everyone at once (when the TCP
+connection drops, or after 1.5 keepalives for a silent network).  As a
+second line, a status not refreshed for :data:`STALE_HEARTBEATS` of its
+sender's heartbeats counts as dead locally.  A clean stop publishes
 ``state=left``.
+
+Receiving is incremental: a status received changes one entry of the view,
+and the listeners of :meth:`Membership.on_change` are told only when that
+entry's place in the live set or its leader claim changed (an O(1) check,
+not a pass over the view); staleness is checked over the whole view once
+per sample.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -28,6 +46,46 @@ from oneos.runtime.status import ALIVE, DEAD, LEFT, RuntimeStatus
 log = Logger()
 
 Listener = Callable[[], Any]
+
+#: a status goes out at least every this many samples, changed or not (the heartbeat)
+HEARTBEAT_SAMPLES = 6
+#: a load figure (CPU %, memory in points of its whole) must move by more than this to be a change
+LOAD_POINTS = 5.0
+#: a live status not refreshed for this many of its sender's heartbeats counts as dead
+STALE_HEARTBEATS = 3
+#: the figures that change all the time: compared by :data:`LOAD_POINTS`, not exactly
+_LOAD_FIELDS = frozenset({"cpu_percent", "memory_used_mb", "rss_mb", "agents_memory_mb", "updated_at"})
+_EXACT_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeStatus) if f.name not in _LOAD_FIELDS)
+
+#: "on-change": statuses when they change plus a heartbeat; "periodic": every sample (the old wire
+#: behaviour, kept for benchmarks/bench_membership_sim.py's comparison; not a setting)
+Mode = Literal["on-change", "periodic"]
+
+
+def _points(part: float, whole: float) -> float:
+    return 100.0 * part / whole if whole > 0 else 0.0
+
+
+def load_points(status: RuntimeStatus) -> tuple[float, float, float, float]:
+    """The load figures in points: CPU %, memory and the runtime's RSS in % of the machine's memory,
+    the agents' memory in % of the runtime's limit (of the machine's memory without a limit)."""
+    total = status.memory_total_mb
+    return (
+        status.cpu_percent,
+        _points(status.memory_used_mb, total),
+        _points(status.rss_mb, total),
+        _points(status.agents_memory_mb, status.memory_limit_mb or total),
+    )
+
+
+def significant_change(old: RuntimeStatus | None, new: RuntimeStatus) -> bool:
+    """Whether *new* must go out although *old* was published: any field but the load figures
+    differs, or a load figure moved by more than :data:`LOAD_POINTS` points."""
+    if old is None:
+        return True
+    if any(getattr(old, name) != getattr(new, name) for name in _EXACT_FIELDS):
+        return True
+    return any(abs(a - b) > LOAD_POINTS for a, b in zip(load_points(old), load_points(new), strict=True))
 
 
 class Membership(service.Service):
@@ -45,13 +103,17 @@ class Membership(service.Service):
         interval: float = 2.0,
         dead_after: float | None = None,
         probe_timeout: float = 1.0,
+        mode: Mode = "on-change",
     ) -> None:
         self.client = client
         self.rpc = rpc
         self.reactor = reactor
         self.describe = describe
+        #: seconds between samples of our own status
         self.interval = interval
-        self.dead_after = dead_after if dead_after is not None else 3 * interval
+        self.mode: Mode = mode
+        #: the least time a status counts as fresh, whatever its sender's heartbeat
+        self.dead_after = dead_after if dead_after is not None else STALE_HEARTBEATS * self.heartbeat
         self.probe_timeout = probe_timeout
         self.leader = False
         self.joined = False
@@ -65,7 +127,12 @@ class Membership(service.Service):
         self._listeners: list[Listener] = []
         self._conflict_listeners: list[Callable[[DuplicateRuntimeId], Any]] = []
         self._epoch_listeners: list[Callable[[int], Any]] = []
-        self._live_ids: frozenset[str] = frozenset()
+        #: what the listeners were last told, per runtime: its leader claim while live, absent otherwise
+        self._told: dict[str, tuple[bool, int]] = {}
+        self._told_synced = False
+        #: the status we last published (compared with each sample) and samples since
+        self._published: RuntimeStatus | None = None
+        self._quiet_samples = 0
         self._loop: task.LoopingCall | None = None
         first = describe()
         self.id = first.id
@@ -74,6 +141,11 @@ class Membership(service.Service):
         client.will = mqtt.Will(
             topics.status(self.id), first.with_(state=DEAD, leader=False).encode(), qos=1, retain=True
         )
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between statuses when nothing changes (every sample in "periodic" mode)."""
+        return self.interval * (HEARTBEAT_SAMPLES if self.mode == "on-change" else 1)
 
     # -- queries ----------------------------------------------------------
     def statuses(self) -> list[RuntimeStatus]:
@@ -85,14 +157,34 @@ class Membership(service.Service):
         nothing because of its own trouble, and must not judge everyone
         dead (and elect itself, or restart their programs) on that.
         """
-        now = self.reactor.seconds()
-        can_judge = self.synced and now - self.client.connected_since > self.dead_after
+        now, can_judge = self._judging()
         out = []
         for status, seen in self._view.values():
-            if can_judge and status.alive and now - seen > self.dead_after and status.instance != self.instance:
+            if status.alive and self._stale(status, seen, now, can_judge):
                 status = status.with_(state=DEAD)
             out.append(status)
         return sorted(out, key=lambda s: s.id)
+
+    def _judging(self) -> tuple[float, bool]:
+        """(now, whether we may judge anyone stale now): see :meth:`statuses`."""
+        now = self.reactor.seconds()
+        return now, self.synced and now - self.client.connected_since > self.dead_after
+
+    def _stale(self, status: RuntimeStatus, seen: float, now: float, can_judge: bool) -> bool:
+        """A status not refreshed for STALE_HEARTBEATS of its sender's heartbeats (and at least dead_after)."""
+        if not can_judge or status.instance == self.instance:
+            return False
+        return now - seen > max(self.dead_after, STALE_HEARTBEATS * status.interval)
+
+    def _claim(self, rid: str, now: float, can_judge: bool) -> tuple[bool, int] | None:
+        """What the listeners hear of *rid*: its leader claim and term while it is live, else None."""
+        entry = self._view.get(rid)
+        if entry is None:
+            return None
+        status, seen = entry
+        if not status.alive or self._stale(status, seen, now, can_judge):
+            return None
+        return (status.leader, status.epoch if status.leader else 0)
 
     def live(self) -> list[RuntimeStatus]:
         """The runtimes alive now."""
@@ -157,17 +249,23 @@ class Membership(service.Service):
 
         self.client.barrier().addCallbacks(synced, lambda f: None)
 
-    def publish(self) -> defer.Deferred:
-        """Publish our current status (retained)."""
+    def _sample(self) -> RuntimeStatus:
+        """Our status as we would publish it now."""
         # A claim carries only our own term: a leader on its way down (epoch already 0) claims nothing,
         # never the newer term it has heard of, which would tie with the real leader.
         leading = self.leader and self.epoch > 0
-        status = self.describe().with_(
+        return self.describe().with_(
             leader=leading,
             epoch=self.epoch if leading else self.max_epoch,
             state=ALIVE,
             updated_at=self.reactor.seconds(),
+            interval=self.heartbeat,
         )
+
+    def publish(self, status: RuntimeStatus | None = None) -> defer.Deferred:
+        """Publish our current status (retained) now: an event others should hear of at once."""
+        status = status or self._sample()
+        self._published, self._quiet_samples = status, 0
         self._record(status)
         return self.client.publish(topics.status(self.id), status.encode(), qos=1, retain=True).addErrback(
             lambda f: log.warn("could not publish status: {error}", error=f.getErrorMessage())
@@ -179,7 +277,15 @@ class Membership(service.Service):
         return self.publish()
 
     def _tick(self) -> None:
-        self.publish()
+        """A sample: publish it if it changed or a heartbeat is due; judge everyone's staleness."""
+        status = self._sample()
+        self._quiet_samples += 1
+        if (
+            self.mode == "periodic"
+            or self._quiet_samples >= HEARTBEAT_SAMPLES
+            or significant_change(self._published, status)
+        ):
+            self.publish(status)
         self._notify_if_changed()
 
     def stopService(self) -> defer.Deferred:
@@ -201,7 +307,7 @@ class Membership(service.Service):
             return
         if not message.payload:
             self._view.pop(rid, None)  # retained status cleared
-            self._notify_if_changed()
+            self._notify_if_changed(rid=rid)
             return
         try:
             status = RuntimeStatus.decode(message.payload)
@@ -224,7 +330,7 @@ class Membership(service.Service):
             self.publish()
             return
         self._record(status)
-        self._notify_if_changed()
+        self._notify_if_changed(rid=rid)
 
     def _on_same_id(self, other: RuntimeStatus) -> None:
         if not self.joined or not other.alive:
@@ -270,13 +376,28 @@ class Membership(service.Service):
                 return
         self._view[status.id] = (status, self.reactor.seconds())
 
-    def _notify_if_changed(self, force: bool = False) -> None:
-        live = frozenset(f"{s.id}:{int(s.leader)}:{s.epoch if s.leader else 0}" for s in self.live()) | {
-            f"synced:{self.synced}"
-        }
-        if live == self._live_ids and not force:
-            return
-        self._live_ids = live
+    def _notify_if_changed(self, force: bool = False, rid: str | None = None) -> None:
+        """Tell the listeners if the live set, a live runtime's leader claim or our being in step changed.
+
+        With *rid* (a status of that runtime arrived) only its entry is
+        looked at: O(1) per status received.  Without, the whole view is
+        (once per sample, and when our connection changes), which is where
+        a runtime going stale is noticed.
+        """
+        now, can_judge = self._judging()
+        if rid is not None and not force:
+            claim = self._claim(rid, now, can_judge)
+            if claim == self._told.get(rid):
+                return
+            if claim is None:
+                del self._told[rid]
+            else:
+                self._told[rid] = claim
+        else:
+            told = {r: c for r in self._view if (c := self._claim(r, now, can_judge)) is not None}
+            if told == self._told and self.synced == self._told_synced and not force:
+                return
+            self._told, self._told_synced = told, self.synced
         for listener in list(self._listeners):
             try:
                 listener()

@@ -108,6 +108,7 @@ class RuntimeService(service.MultiService):
         *,
         on_fatal: Callable[[BaseException], Any] = _default_fatal,
         settle: float = 0.5,
+        stats: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -117,7 +118,9 @@ class RuntimeService(service.MultiService):
         self.started_at = time.time()
         self.address = config.address
         self.machine = machine_id()
-        self._stats: HostStats | None = None
+        #: where the CPU and memory figures come from (``sample()``): psutil's HostStats, made at start,
+        #: unless given (the cluster harness gives figures that do not depend on the machine running it)
+        self._stats: Any = stats
         self._interpreters: tuple[str, ...] = ()
         #: fires when the broker may be tried (the embedded one is up)
         self.broker_ready: defer.Deferred | None = None
@@ -355,7 +358,8 @@ class RuntimeService(service.MultiService):
                     os.chmod(self.config.home, 0o700)
             except OSError as e:
                 log.warn("cannot make {home} private: {error}", home=str(self.config.home), error=e)
-        self._stats = HostStats()
+        if self._stats is None:
+            self._stats = HostStats()
         self._interpreters = find_interpreters()
         if not self.address:
             self.address = guess_address(self.client.address.host)

@@ -75,6 +75,7 @@ from oneos.fs import service as fs_service
 from oneos.fs.service import FileSystemService
 from oneos.fs.sqlite_store import SQLiteStore
 from oneos.fs.urls import parse_store_url
+from oneos.runtime.host import HostSample
 from oneos.runtime.service import RuntimeService
 from oneos.testing.membroker import MemBroker
 
@@ -757,6 +758,15 @@ class SimRuntime:
         return f"<SimRuntime {self.id} {self.ip} {state} epoch={self.epoch}/{self.max_epoch}>"
 
 
+class SteadyStats:
+    """A host's CPU and memory figures that never move: a status then changes only with what the
+    runtime does, so a scenario publishes the same messages every run (psutil's figures of the
+    machine running the simulation would not)."""
+
+    def sample(self) -> HostSample:
+        return {"cpu_percent": 5.0, "memory_used_mb": 1024.0, "memory_total_mb": 4096.0, "rss_mb": 64.0}
+
+
 class Cluster:
     """A broker and any number of real runtimes on one in-memory network and one fake clock.
 
@@ -881,7 +891,9 @@ class Cluster:
 
     def _build(self, rid: str, ip: str, config: Config) -> SimRuntime:
         reactor = self.network.add_host(ip, rid)
-        svc = RuntimeService(config, reactor, on_fatal=self._fatal_for(rid), settle=self.settle_time)
+        svc = RuntimeService(
+            config, reactor, on_fatal=self._fatal_for(rid), settle=self.settle_time, stats=SteadyStats()
+        )
         # the simulated clock says when it started, so ranks (earliest first, then id) never depend on wall time
         svc.started_at = self.clock.seconds()
         # reconnect jitter from a seeded generator: a broker restart plays out the same way every run

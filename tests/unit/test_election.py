@@ -186,6 +186,7 @@ def test_a_leader_on_its_way_down_claims_nothing_with_the_real_membership():
     bus = FakeBus(clock)
     me = RuntimeStatus(id="rt-a", instance="inst-a", kernel=True, started_at=1.0)
     m = make(clock, bus, me=me)
+    m.mode = "periodic"  # a status every sample, so many go out while the kernel services stop
     m.join()
     kernel = SlowKernel()
     e = Election(m, kernel, clock, is_kernel=True, settle=0.5, lease=2.0, margin=0.5)

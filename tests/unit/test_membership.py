@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from oneos.errors import DuplicateRuntimeId, RPCTimeout
 from oneos.pubsub import messages, mqtt, topics
 from oneos.pubsub.client import Message
-from oneos.runtime.membership import Membership
+from oneos.runtime.membership import Membership, significant_change
 from oneos.runtime.status import ALIVE, DEAD, LEFT, RuntimeStatus
 
 # -- the shared fakes --------------------------------------------------------------------------
@@ -256,20 +256,22 @@ def test_a_clean_stop_publishes_left_and_stops_refreshing():
 # -- staleness ------------------------------------------------------------------------------------------
 
 
-def test_a_status_not_refreshed_for_three_intervals_counts_as_dead():
+def test_a_status_not_refreshed_for_three_heartbeats_counts_as_dead():
     clock = Clock()
-    m, bus = joined(clock, ("rt-b", other("rt-b")), ("rt-c", other("rt-c")))
-    assert m.dead_after == 6.0
-    clock.advance(4)
+    m, bus = joined(clock, ("rt-b", other("rt-b")), ("rt-c", other("rt-c")), ("rt-d", other("rt-d", interval=20.0)))
+    assert (m.heartbeat, m.dead_after) == (12.0, 36.0)
+    clock.advance(30)
     bus.inject(topics.status("rt-c"), other("rt-c"))  # rt-c refreshes, rt-b does not
-    clock.advance(2)
-    assert ids(m.live()) == ["rt-a", "rt-b", "rt-c"], "exactly 3 intervals is not yet stale"
+    clock.advance(6)
+    assert ids(m.live()) == ["rt-a", "rt-b", "rt-c", "rt-d"], "exactly 3 heartbeats is not yet stale"
     clock.advance(0.1)
-    assert ids(m.live()) == ["rt-a", "rt-c"]
+    assert ids(m.live()) == ["rt-a", "rt-c", "rt-d"]
     assert {s.id: s.state for s in m.statuses()}["rt-b"] == DEAD
-    clock.advance(20)
-    assert ids(m.live()) == ["rt-a"], "our own status is never stale: the loop refreshes it"
-    assert published_status(bus).updated_at > 24.0, "it was refreshed in the last interval"
+    clock.advance(24)  # at 60.1: rt-d's own heartbeat is 20 s, so it has 60 s
+    assert ids(m.live()) == ["rt-a", "rt-c"]
+    clock.pump([2.0] * 18)  # sample by sample (one long advance of a Clock runs a LoopingCall once)
+    assert ids(m.live()) == ["rt-a"], "our own status is never stale: the heartbeat refreshes it"
+    assert published_status(bus).updated_at > 84.0, "it went out within the last heartbeat"
 
 
 def test_no_runtime_is_judged_stale_while_we_are_cut_off_or_just_back():
@@ -278,14 +280,85 @@ def test_no_runtime_is_judged_stale_while_we_are_cut_off_or_just_back():
     clock.advance(3)
     bus.disconnect()
     assert not m.synced
-    clock.advance(10)
+    clock.advance(40)
     assert "rt-b" in ids(m.live()), "we heard nothing because of our own trouble"
-    bus.reconnect()  # at 13: rt-b's retained status is 13 s old, but we have only just come back
+    bus.reconnect()  # at 43: rt-b's retained status is 43 s old, but we have only just come back
     assert m.synced
-    clock.advance(6)
+    clock.advance(36)
     assert "rt-b" in ids(m.live())
     clock.advance(0.1)
     assert "rt-b" not in ids(m.live())
+
+
+# -- publishing on change ------------------------------------------------------------------------------------
+
+
+class Sampler:
+    """Stands for the runtime's describe(): the status it would publish, changed by the test."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.status = RuntimeStatus(
+            id="rt-a", instance="inst-a", kernel=True, started_at=100.0, memory_total_mb=1000.0, **fields
+        )
+
+    def __call__(self) -> RuntimeStatus:
+        return self.status
+
+
+def sent(bus: FakeBus) -> list[RuntimeStatus]:
+    return [RuntimeStatus.decode(p) for t, p, _, _ in bus.published if t == topics.status("rt-a")]
+
+
+def test_a_status_goes_out_when_it_changed_and_on_the_heartbeat_only():
+    clock, sampler = Clock(), Sampler(cpu_percent=10.0, memory_used_mb=300.0)
+    bus = FakeBus(clock)
+    m = Membership(bus, PingRPC(), clock, sampler, interval=2.0)
+    m.join()
+    assert len(sent(bus)) == 1 and sent(bus)[0].interval == 12.0  # readers judge staleness by the heartbeat
+    sampler.status = sampler.status.with_(cpu_percent=14.0, memory_used_mb=340.0)  # 4 points each: noise
+    clock.pump([2.0] * 5)  # sample by sample (one long advance of a Clock runs a LoopingCall once)
+    assert len(sent(bus)) == 1
+    clock.advance(2)  # the 6th sample: the heartbeat
+    assert len(sent(bus)) == 2 and sent(bus)[-1].cpu_percent == 14.0
+    sampler.status = sampler.status.with_(cpu_percent=20.0)  # 6 points
+    clock.advance(2)
+    assert len(sent(bus)) == 3
+    sampler.status = sampler.status.with_(agents=1)  # any other field: at the next sample
+    clock.advance(2)
+    assert len(sent(bus)) == 4 and sent(bus)[-1].agents == 1
+    m.set_leader(True)  # an event goes out at once
+    assert len(sent(bus)) == 5
+    clock.pump([2.0] * 5)
+    assert len(sent(bus)) == 5, "the heartbeat counts from the last status sent"
+    m.mode = "periodic"  # the old wire behaviour, for comparisons: every sample
+    clock.pump([2.0] * 3)
+    assert len(sent(bus)) == 8
+
+
+@pytest.mark.parametrize(
+    ("change", "significant"),
+    [
+        ({}, False),
+        ({"cpu_percent": 15.0}, False),
+        ({"cpu_percent": 15.1}, True),
+        ({"memory_used_mb": 550.0}, False),  # 5 points of the machine's 1000 MB
+        ({"memory_used_mb": 560.0}, True),
+        ({"rss_mb": 160.0}, True),
+        ({"agents_memory_mb": 40.0}, False),  # 4 points of the 1000 MB limit
+        ({"agents_memory_mb": 60.0}, True),
+        ({"updated_at": 99.0}, False),
+        ({"agents": 3}, True),
+        ({"leader": True}, True),
+        ({"fs_serving": True}, True),
+        ({"tags": ("gpu",)}, True),
+    ],
+)
+def test_significant_change(change: dict[str, Any], significant: bool):
+    old = RuntimeStatus(
+        id="rt-a", instance="i", cpu_percent=10.0, memory_used_mb=500.0, memory_total_mb=1000.0, rss_mb=100.0
+    )
+    assert significant_change(old, old.with_(**change)) is significant
+    assert significant_change(None, old)
 
 
 # -- on_change ----------------------------------------------------------------------------------------------
@@ -320,9 +393,9 @@ def test_on_change_hears_a_runtime_going_stale_on_the_next_tick():
     m, _ = joined(clock, ("rt-b", other("rt-b")))
     calls: list[list[str]] = []
     m.on_change(lambda: calls.append(ids(m.live())))
-    clock.advance(6)
+    clock.advance(36)
     assert calls == []
-    clock.advance(2)  # the tick at 8 sees rt-b stale
+    clock.advance(2)  # the tick at 38 sees rt-b stale
     assert calls == [["rt-a"]]
 
 
