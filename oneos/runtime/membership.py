@@ -112,8 +112,7 @@ class Membership(service.Service):
         #: seconds between samples of our own status
         self.interval = interval
         self.mode: Mode = mode
-        #: the least time a status counts as fresh, whatever its sender's heartbeat
-        self.dead_after = dead_after if dead_after is not None else STALE_HEARTBEATS * self.heartbeat
+        self._dead_after = dead_after
         self.probe_timeout = probe_timeout
         self.leader = False
         self.joined = False
@@ -146,6 +145,11 @@ class Membership(service.Service):
     def heartbeat(self) -> float:
         """Seconds between statuses when nothing changes (every sample in "periodic" mode)."""
         return self.interval * (HEARTBEAT_SAMPLES if self.mode == "on-change" else 1)
+
+    @property
+    def dead_after(self) -> float:
+        """The least time a status counts as fresh, whatever its sender's heartbeat (3 of ours by default)."""
+        return self._dead_after if self._dead_after is not None else STALE_HEARTBEATS * self.heartbeat
 
     # -- queries ----------------------------------------------------------
     def statuses(self) -> list[RuntimeStatus]:

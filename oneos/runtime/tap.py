@@ -55,7 +55,7 @@ class Flags(usage.Options):
         ["tags", None, None, "comma-separated tags the scheduler can match"],
         ["address", None, None, "address other runtimes reach this one on (default: detected)"],
         ["keepalive", None, None, "MQTT keepalive in seconds; a silent runtime is dead after 1.5x this"],
-        ["stats-interval", None, None, "seconds between samples of this runtime's status (sent when changed, every 6 samples regardless)"],
+        ["stats-interval", None, None, "seconds between status samples (sent on change, every 6th anyway)"],
         ["run-as", None, None, "OS account programs run as (default auto: nobody when run as root)"],
         ["disconnect-grace", None, None, "seconds a runtime may be unreachable before its programs restart elsewhere"],
         ["ssh", None, None, "SSH front door endpoint, e.g. tcp:2222:interface=10.0.0.5 ('' = off; default auto)"],

@@ -330,9 +330,9 @@ def test_a_status_goes_out_when_it_changed_and_on_the_heartbeat_only():
     assert len(sent(bus)) == 5
     clock.pump([2.0] * 5)
     assert len(sent(bus)) == 5, "the heartbeat counts from the last status sent"
-    m.mode = "periodic"  # the old wire behaviour, for comparisons: every sample
+    m.mode = "periodic"  # the old wire behaviour, for comparisons: every sample, stale after 3 of them
     clock.pump([2.0] * 3)
-    assert len(sent(bus)) == 8
+    assert len(sent(bus)) == 8 and (m.heartbeat, m.dead_after) == (2.0, 6.0)
 
 
 @pytest.mark.parametrize(
