@@ -245,6 +245,10 @@ class ReaderGone(OneOSError):
     code = "EPIPE"
 
 
+#: the exit status of a command whose reader went away (128 + SIGPIPE), as a UNIX writer's, said quietly
+SIGPIPE_STATUS = 141
+
+
 def quiet_stdout() -> None:
     """Point stdout at /dev/null, so Python's exit-time flush does not complain about the closed pipe."""
     import os

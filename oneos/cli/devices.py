@@ -28,16 +28,20 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from oneos.cli.common import OutputSink, ReaderGone, default_pubsub_url, network_rpc, run_with_client
+from oneos.cli.common import (
+    SIGPIPE_STATUS,
+    OutputSink,
+    ReaderGone,
+    default_pubsub_url,
+    network_rpc,
+    run_with_client,
+)
 from oneos.devices.client import DevicesClient
 from oneos.devices.info import format_mode, parse_device_address
 from oneos.errors import OneOSError
 from oneos.runtime.status import ALIVE, RuntimeStatus
 
 SUMMARY = "list the grid's I/O devices; 'devices cat RUNTIME/NAME' reads one, 'devices write RUNTIME/NAME' writes one"
-
-#: exit status when our reader stopped early (128 + SIGPIPE)
-SIGPIPE_STATUS = 141
 
 COLUMNS = ("RUNTIME", "NAME", "DIRECTION", "DRIVER", "OWNER", "MODE", "STATE", "REASON")
 DETAIL_COLUMNS = (

@@ -22,7 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from oneos.cli.common import OutputSink, default_pubsub_url, inline_callbacks, network_rpc, run_with_client
+from oneos.cli.common import (
+    SIGPIPE_STATUS,
+    OutputSink,
+    ReaderGone,
+    default_pubsub_url,
+    inline_callbacks,
+    network_rpc,
+    run_with_client,
+)
 from oneos.errors import OneOSError
 
 if TYPE_CHECKING:
@@ -370,8 +378,9 @@ def run(argv: list[str]) -> int:
 
     #: what the command is doing that an interrupt must abandon (a source to stop, a part file to remove)
     underway: list[Any] = []
-    #: ended: the job's outcome is in (result or error); interrupted: the reactor stopped before that
-    state = {"ended": False, "interrupted": False}
+    #: ended: the job's outcome is in (result or error); interrupted: the reactor stopped before that;
+    #: reader_gone: what we printed has no reader any more (a pipe into `head`)
+    state = {"ended": False, "interrupted": False, "reader_gone": False}
 
     def on_shutdown() -> None:
         if not state["ended"]:  # stopped by a signal (Ctrl-C, SIGTERM) while the command ran
@@ -457,7 +466,10 @@ def run(argv: list[str]) -> int:
             entries = listing.entries_or_raise() if listing.stat.is_dir else [listing.stat]
             output = format_listing(entries, args.long) or None
         elif args.command == "cat":
-            yield fs.read_into(args.path, OutputSink(sys.stdout.buffer))
+            try:
+                yield fs.read_into(args.path, OutputSink(sys.stdout.buffer))
+            except ReaderGone:
+                state["reader_gone"] = True  # `oneos fs cat F | head`: stop quietly, as cat does on SIGPIPE
         elif args.command == "mkdir":
             yield fs.mkdir(args.path, parents=args.parents, exist_ok=args.parents)
         elif args.command == "rm":
@@ -474,6 +486,8 @@ def run(argv: list[str]) -> int:
         # Ctrl-C (or SIGTERM): one line, the status of a command killed by SIGINT, nothing left half-done
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    if state["reader_gone"]:
+        return SIGPIPE_STATUS
     if output:
         print(output)
     return 0

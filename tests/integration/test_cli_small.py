@@ -151,6 +151,25 @@ def test_fs_put_and_get_copy_into_a_directory_as_cp_does(rt, tmp_path):
     )
 
 
+def test_fs_cat_into_a_reader_that_stops_early_ends_quietly_with_sigpipes_status(rt, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(4 * 1024 * 1024))  # more than any pipe and socket buffers hold
+    assert cli(rt, "fs", "put", str(big), "/tmp/big.bin").returncode == 0
+    cat = subprocess.Popen(
+        [sys.executable, "-m", "oneos.cli.main", "fs", "cat", "/tmp/big.bin", "--pubsub", rt.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, ONEOS_HOME=str(rt.home)),
+    )
+    try:
+        assert cat.stdout is not None and len(cat.stdout.read(10)) == 10
+        cat.stdout.close()  # as `| head -c 10` does once it has its bytes
+        _, err = cat.communicate(timeout=60)
+        assert (cat.returncode, err) == (141, b""), "as cat on SIGPIPE: no message, 128 + 13"
+    finally:
+        stop(cat)
+
+
 def test_options_after_the_arguments(rt):
     status = cli(rt, "status", "--json")
     assert status.returncode == 0 and [s["id"] for s in json.loads(status.stdout)] == ["solo"], status.stderr
