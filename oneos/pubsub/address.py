@@ -7,7 +7,7 @@ all parse the ``pubsub`` setting here, without loading the MQTT client.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from oneos.errors import ConfigError
 
@@ -44,7 +44,10 @@ def parse_broker_url(url: str, field: str = "pubsub") -> BrokerAddress:
         raise ConfigError(field, f"{url!r} has an invalid port") from None
     if not parts.hostname:
         raise ConfigError(field, f"{url!r} has no host")
-    return BrokerAddress(parts.hostname, port, parts.username, parts.password, tls)
+    # userinfo is percent-encoded in a URL (RFC 3986): a client identity such as alice@laptop is alice%40laptop
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return BrokerAddress(parts.hostname, port, user, password, tls)
 
 
 __all__ = ["MQTTS_PORT", "MQTT_PORT", "BrokerAddress", "parse_broker_url"]

@@ -36,7 +36,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from oneos.errors import OneOSError
 
@@ -339,14 +339,3 @@ def strip_userinfo(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def with_credentials(url: str, creds: Credentials | None) -> str:
-    """*url* carrying *creds* (``mqtt://user:pass@host:port``) unless it already names a user, or creds is None."""
-    if creds is None:
-        return url
-    parts = urlsplit(url)
-    if parts.username is not None:
-        return url
-    userinfo = f"{quote(creds.username, safe='')}:{quote(creds.password, safe='')}"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))

@@ -68,6 +68,9 @@ def test_url_parsing():
     a = parse_broker_url("mqtt://user:pw@10.0.0.5:1999")
     assert (a.host, a.port, a.username, a.password) == ("10.0.0.5", 1999, "user", "pw")
     assert parse_broker_url("mqtt://h").port == 1883
+    # userinfo is percent-encoded: a client identity USER@TAG and a password with ':' or '@' in it
+    b = parse_broker_url("mqtt://alice%40laptop:p%3Aw%40x@h:1")
+    assert (b.username, b.password) == ("alice@laptop", "p:w@x")
     with pytest.raises(Exception, match="pubsub"):
         parse_broker_url("http://h")
 
