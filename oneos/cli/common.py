@@ -92,7 +92,8 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
     """Connect to the broker at *url*, run ``job(reactor, client)`` and return its result.
 
     Owns the reactor for a short-lived command: fails with a plain
-    :class:`PubSubUnavailable` if the broker cannot be reached in *timeout*.
+    :class:`PubSubUnavailable` if the broker cannot be reached in *timeout*,
+    and raises KeyboardInterrupt when a signal stopped the reactor first.
     """
     from oneos.reactor import install_asyncio_reactor
 
@@ -143,7 +144,11 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
 
     reactor.callWhenRunning(lambda: main().addBoth(done))
     reactor.run()
-    result = outcome[0] if outcome else None
+    if not outcome:
+        # The reactor stopped before the job ended: a signal (Ctrl-C, SIGTERM) did it.  Not a result:
+        # 'oneos status' interrupted while connecting must not print "no runtimes" and exit 0.
+        raise KeyboardInterrupt
+    result = outcome[0]
     if isinstance(result, Failure):
         result.raiseException()
     return result

@@ -478,6 +478,9 @@ def run(argv: list[str]) -> int:
 
     try:
         output = run_with_client(pubsub or default_pubsub_url(), job, timeout=timeout)
+    except KeyboardInterrupt:
+        state["interrupted"] = True  # said below, with what was abandoned
+        output = None
     finally:
         for thing in underway:
             if isinstance(thing, PipeSource):

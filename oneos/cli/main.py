@@ -151,6 +151,8 @@ def _dispatch(name: str, rest: list[str]) -> int:
     try:
         return int(getattr(module, function)(rest) or 0)
     except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: one line, and the status of a command killed by SIGINT (as bash reports it)
+        print(f"oneos {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         from oneos.errors import OneOSError, describe  # only now: a one-liner never needs it

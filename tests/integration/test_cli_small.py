@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -168,6 +169,28 @@ def test_fs_cat_into_a_reader_that_stops_early_ends_quietly_with_sigpipes_status
         assert (cat.returncode, err) == (141, b""), "as cat on SIGPIPE: no message, 128 + 13"
     finally:
         stop(cat)
+
+
+def test_ctrl_c_while_connecting_is_status_130_not_an_empty_answer(tmp_path):
+    # a broker that accepts the connection and never answers: 'oneos status' waits for its CONNACK
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        status = subprocess.Popen(
+            [sys.executable, "-m", "oneos.cli.main", "status", "--timeout", "60"]
+            + ["--pubsub", f"mqtt://127.0.0.1:{silent.getsockname()[1]}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, ONEOS_HOME=str(tmp_path)),
+            preexec_fn=_as_in_a_terminal,
+        )
+        try:
+            silent.settimeout(60)
+            connection, _ = silent.accept()  # it is connecting now
+            status.send_signal(signal.SIGINT)
+            out, err = status.communicate(timeout=30)
+            connection.close()
+            assert (status.returncode, out, err) == (130, b"", b"oneos status: interrupted\n")
+        finally:
+            stop(status)
 
 
 def test_options_after_the_arguments(rt):
