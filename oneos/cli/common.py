@@ -140,7 +140,15 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
     def done(result: Any) -> None:
         outcome.append(result)
         d = client.stopService() if client.running else defer.succeed(None)
-        d.addBoth(lambda _: reactor.stop())
+        d.addBoth(lambda _: stop())
+
+    def stop() -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # a signal is stopping it already (the job ended while its shutdown ran)
 
     reactor.callWhenRunning(lambda: main().addBoth(done))
     reactor.run()

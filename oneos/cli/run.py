@@ -212,10 +212,25 @@ def run(argv: list[str]) -> int:
     forward_stdin = not sys.stdin.isatty() and not args.stdin_file and device is None
     detached = args.detach or args.restart != "no"
 
+    #: the programs this command started and waits for: stopped if a signal ends the command first
+    running: list[Any] = []
+    interrupted: list[bool] = []
+
+    def stop_ours(scheduler: Any) -> Any:
+        """Ctrl-C or SIGTERM while attached: stop the programs, as a shell stops its foreground job."""
+        if not running:
+            return None
+        interrupted.append(True)  # what they end with is the interrupt's doing, not theirs: 130
+        kills = [scheduler.kill(info.id, grace=1.0, timeout=5.0).addErrback(lambda f: None) for info in running]
+        del running[:]
+        return defer.DeferredList(kills)  # the reactor stops once they are asked (or could not be)
+
     @defer.inlineCallbacks
     def job(reactor: Any, client: Any) -> Any:
         rpc = yield network_rpc(reactor, client, default_timeout=15.0)
         scheduler = SchedulerClient(rpc)
+        if not detached:
+            reactor.addSystemEventTrigger("before", "shutdown", stop_ours, scheduler)
         if args.explain:
             text = yield scheduler.explain(
                 args.program or stages[0].program,
@@ -249,6 +264,7 @@ def run(argv: list[str]) -> int:
             yield pipe_device(rpc, device, infos[0])
         if detached:
             return ("text", "\n".join(f"{i.id} on {i.runtime}" for i in infos))
+        running.extend(infos)
         final = yield attach(
             reactor,
             client,
@@ -258,9 +274,12 @@ def run(argv: list[str]) -> int:
             stdout=not args.stdout_file,
             stdin=not args.stdin_file and device is None,
         )
+        del running[:]  # ended by themselves
         return ("status", final)
 
     kind, value = run_with_client(args.pubsub or default_pubsub_url(), job)
+    if interrupted:
+        raise KeyboardInterrupt
     if kind == "text":
         print(value)
         return 0

@@ -193,6 +193,35 @@ def test_ctrl_c_while_connecting_is_status_130_not_an_empty_answer(tmp_path):
             stop(status)
 
 
+def test_ctrl_c_in_oneos_run_stops_the_program_as_a_shell_stops_its_foreground_job(rt):
+    old = {r["id"] for r in ps_rows(rt, "-a")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oneos.cli.main", "run", "--pubsub", rt.url, "sleep", "302"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, ONEOS_HOME=str(rt.home)),
+        preexec_fn=_as_in_a_terminal,
+    )
+    try:
+        rows = wait_for(
+            "sleep 302 to run",
+            lambda: [r for r in ps_rows(rt) if r["args"] == ["302"] and r["id"] not in old],
+            logs=rt.log,
+        )
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out, err) == (130, b"", b"oneos run: interrupted\n")
+        agent = rows[0]["id"]
+        ended = wait_for(
+            "the program to be stopped",
+            lambda: [r for r in ps_rows(rt, "-a") if r["id"] == agent and r["state"] != "running"],
+            logs=rt.log,
+        )
+        assert ended[0]["state"] == "killed", ended
+    finally:
+        stop(proc)
+
+
 def test_options_after_the_arguments(rt):
     status = cli(rt, "status", "--json")
     assert status.returncode == 0 and [s["id"] for s in json.loads(status.stdout)] == ["solo"], status.stderr
