@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 
 from bench_shell import STEP_TIMEOUT, BenchError, OpenSSHTarget, percentile, tool_version
 from oneos.cli.shell import control_path, master_alive, master_pid
+from oneos.testing.bench import interrupt_on_signals, load_average  # noqa: E402
 from oneos.testing.runtimes import EmbeddedRuntime, WaitTimeout, wait_for
 
 #: start-up rows: what is timed, and the arguments after ``python`` (the console script's own code:
@@ -285,12 +286,6 @@ def print_rows(title: str, rows: Rows) -> None:
     print()
 
 
-def load() -> str:
-    """The machine's load average: these figures are wall times, other work on the cores shows in them."""
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="rounds per measurement (default 30)")
@@ -302,11 +297,7 @@ def main() -> int:
             print(f"'{tool}' is not installed", file=sys.stderr)
             return 2
 
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    interrupt_on_signals()
 
     user = getpass.getuser()
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-cli-"))
@@ -318,7 +309,7 @@ def main() -> int:
             f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {sys.version.split()[0]}, "
             f"client: {tool_version(['ssh', '-V'])}, user {user}"
         )
-        print(f"rounds: {args.rounds} (+1 warm-up) per row; wall time from launch to exit; {load()}")
+        print(f"rounds: {args.rounds} (+1 warm-up) per row; wall time from launch to exit; {load_average()}")
         print("  starting the OneOS runtime ...", file=sys.stderr, flush=True)
         oneos.start()
         print(
@@ -375,7 +366,7 @@ def main() -> int:
             imports = sorted(import_ms(argv, oneos.env) for _ in range(5))[2]
             startup.append((name, times, f"imports {imports:.0f} ms (median of 5, -X importtime)"))
         print_rows("start-up", startup)
-        print(f"after: {load()}")
+        print(f"after: {load_average()}")
         return 0
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)

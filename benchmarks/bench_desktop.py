@@ -63,6 +63,7 @@ from typing import Any
 
 import psutil
 
+from oneos.testing.bench import interrupt_on_signals  # noqa: E402
 from oneos.testing.brokers import BrokerProcess, start_oneospsd  # noqa: E402
 from oneos.testing.desktop import DesktopClient, DesktopSocket, terminal_bytes  # noqa: E402
 from oneos.testing.runtimes import EmbeddedRuntime, RuntimeProcess  # noqa: E402
@@ -687,10 +688,7 @@ def browser_child() -> int:
     """Measure page loads; the job comes as JSON on stdin, the figures go out as one JSON line."""
     job = json.loads(sys.stdin.read())
 
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
+    interrupt_on_signals(signal.SIGTERM)
     web = Path(job["web_dir"])
     for needed in ("index.html", "app/main.js"):
         if not (web / needed).is_file():
@@ -1178,11 +1176,7 @@ def main() -> int:
         parser.error("--sections takes numbers from 1 to 5")
 
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop what we started.
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    interrupt_on_signals()
 
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-desktop-"))
     failures: list[str] = []

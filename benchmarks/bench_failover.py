@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oneos.testing.bench import interrupt_on_signals  # noqa: E402
 from oneos.testing.ssh import ssh_options  # noqa: E402
 from oneos.twistd import twistd_command  # noqa: E402
 
@@ -941,11 +942,7 @@ def main() -> int:
             return 2
 
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop what we started.
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    interrupt_on_signals()
 
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-failover-"))
     started = time.monotonic()

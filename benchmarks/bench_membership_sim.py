@@ -55,16 +55,15 @@ import os
 import platform
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from oneos.runtime import membership
 from oneos.runtime.host import HostSample
+from oneos.testing.bench import interrupt_on_signals, load_average  # noqa: E402
 from oneos.testing.cluster import Cluster, ClusterTimeout
 
 MODES: tuple[membership.Mode, ...] = ("periodic", "on-change")
@@ -197,11 +196,6 @@ def format_row(row: Row, baseline: Row | None) -> str:
     )
 
 
-def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50,100,200", help="runtime counts, comma-separated (default 50,100,200)")
@@ -222,17 +216,13 @@ def main() -> int:
         plan.append((BIG, "on-change"))
 
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks close the cluster and remove its directory.
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    interrupt_on_signals()
 
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-membership-sim-"))
     started = time.perf_counter()
     try:
         print(
-            f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {sys.version.split()[0]}; {load()}; "
+            f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {sys.version.split()[0]}; {load_average()}; "
             "everything in this process (cluster harness: in-memory broker and network, simulated clock)"
         )
         # read from the code (a Membership without the two modes has neither)

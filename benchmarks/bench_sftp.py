@@ -32,15 +32,14 @@ import hashlib
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bench_shell import SSHD, BenchError, OneOSTarget, OpenSSHTarget, Target, tool_version
+from oneos.testing.bench import interrupt_on_signals  # noqa: E402
 
 STEP_TIMEOUT = 600.0
 
@@ -160,11 +159,7 @@ def main() -> int:
             )
             return 2
 
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    interrupt_on_signals()
 
     user = getpass.getuser()
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-sftp-"))

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from oneos.cli.shell import local_identity  # noqa: E402
+from oneos.testing.bench import interrupt_on_signals  # noqa: E402
 from oneos.twistd import twistd_command  # noqa: E402
 
 SSHD = "/usr/sbin/sshd"
@@ -555,11 +556,7 @@ def main() -> int:
             return 2
 
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop what we started.
-    def interrupted(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    interrupt_on_signals()
 
     user = getpass.getuser()
     root = Path(tempfile.mkdtemp(prefix="oneos-bench-shell-"))
