@@ -63,7 +63,7 @@ from typing import Any
 
 import psutil
 
-from oneos.testing.bench import interrupt_on_signals  # noqa: E402
+from oneos.testing.bench import interrupt_on_signals, stop_processes  # noqa: E402
 from oneos.testing.brokers import BrokerProcess, start_oneospsd  # noqa: E402
 from oneos.testing.desktop import DesktopClient, DesktopSocket, terminal_bytes  # noqa: E402
 from oneos.testing.runtimes import EmbeddedRuntime, RuntimeProcess  # noqa: E402
@@ -116,23 +116,6 @@ def wait_until(what: str, check: Callable[[], Any], deadline: float, logs: Calla
         time.sleep(0.1)  # polling interval; the condition decides
     tail = "\n--- log tail ---\n" + "\n".join(logs().splitlines()[-30:]) if logs else ""
     raise BenchError(f"timed out after {deadline:.0f}s waiting for {what}; last seen: {last!r}{tail}")
-
-
-def stop_pids(processes: list[subprocess.Popen], grace: float = 60.0) -> None:
-    """SIGTERM each (by its pid), wait up to *grace* in all, then SIGKILL the ones left."""
-    for p in processes:
-        if p.poll() is None:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    end = time.monotonic() + grace
-    for p in processes:
-        try:
-            p.wait(timeout=max(0.1, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=10)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -296,7 +279,7 @@ class Solo:
 
     def stop(self) -> None:
         if self.rt is not None:
-            stop_pids([self.rt.process], grace=30)
+            stop_processes([self.rt.process], grace=30)
             self.rt.stop()  # closes its log (the process is gone)
             self.rt = None
 
@@ -485,7 +468,7 @@ class SSHTerminal(Keyboard):
 
     def close(self) -> None:
         os.close(self.master)
-        stop_pids([self.process], grace=10)
+        stop_processes([self.process], grace=10)
 
 
 def echo_latencies(kb: Keyboard, keys: int, per_line: int = 20, warmup: int = 5) -> list[float]:
@@ -794,10 +777,10 @@ def bench_browser(solo: Solo, rounds: int, timeout: float) -> dict[str, Any]:
     try:
         out, err = child.communicate(json.dumps(job), timeout=60 + rounds * 2 * (timeout + 15))
     except subprocess.TimeoutExpired:
-        stop_pids([child], grace=20)
+        stop_processes([child], grace=20)
         return {"skipped": "page not ready (the browser run timed out)"}
     finally:
-        stop_pids([child], grace=20)
+        stop_processes([child], grace=20)
     if child.returncode != 0 or not out.strip():
         return {"skipped": f"the browser run failed: {(err or out).strip()[-800:]}"}
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
@@ -1075,7 +1058,7 @@ def bench_swarm(n: int, interval: float, window: float, root: Path) -> SwarmResu
         if tap is not None:
             tap.close()
         print(f"  stopping {len(runtimes)} runtimes ...", file=sys.stderr, flush=True)
-        stop_pids([r.process for r in runtimes], grace=90)
+        stop_processes([r.process for r in runtimes], grace=90)
         for r in runtimes:
             r.stop()  # closes the log (the process is gone)
         if broker is not None:

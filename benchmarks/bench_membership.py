@@ -57,6 +57,7 @@ from urllib.parse import quote
 import psutil
 
 from oneos.security import credentials
+from oneos.testing.bench import stop_processes  # noqa: E402
 from oneos.testing.brokers import BrokerProcess, mosquitto_binary, start_mosquitto, start_oneospsd
 from oneos.twistd import twistd_command
 
@@ -95,26 +96,6 @@ def uninterrupted() -> Iterator[None]:
             signum = _pending_signal.pop()
             _pending_signal.clear()
             raise KeyboardInterrupt(f"signal {signum}")
-
-
-def stop_procs(procs: list[subprocess.Popen], grace: float) -> None:
-    """SIGTERM every live one, wait up to *grace* seconds for all of them, then SIGKILL the rest."""
-    for p in procs:
-        if p.poll() is None:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    end = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
 
 
 def grace_for(n: int) -> float:
@@ -201,7 +182,7 @@ class Children:
 
     def stop(self, procs: list[subprocess.Popen]) -> None:
         with uninterrupted():
-            stop_procs(procs, grace_for(len(procs)))
+            stop_processes(procs, grace_for(len(procs)))
             gone = {id(p) for p in procs}
             self.procs = [p for p in self.procs if id(p) not in gone]
 
@@ -219,7 +200,7 @@ class Children:
     def stop_all(self) -> None:
         """Runtimes and the rest first (they leave cleanly while their broker is up), the brokers last."""
         with uninterrupted():
-            stop_procs(self.procs, grace_for(len(self.procs)))
+            stop_processes(self.procs, grace_for(len(self.procs)))
             self.procs.clear()
             for broker in self.brokers:
                 broker.stop()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from typing import Any
 
 
@@ -28,3 +30,20 @@ def load_average() -> str:
     """The machine's load average over 1 and 5 minutes, and its cores."""
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def stop_processes(processes: list[subprocess.Popen], grace: float = 60.0) -> None:
+    """SIGTERM each live one (by its pid), wait up to *grace* seconds in all, then SIGKILL the rest."""
+    for p in processes:
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    end = time.monotonic() + grace
+    for p in processes:
+        try:
+            p.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
