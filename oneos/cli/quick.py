@@ -32,13 +32,18 @@ import sys
 SESSION_FILE = "shell-session"
 #: its first field: a file another version of OneOS wrote is ignored (and replaced)
 MAGIC = "oneos-session 1"
-#: ``ONEOS_SSH_REUSE`` values that turn connection reuse off (as oneos.cli.shell)
+#: ``ONEOS_SSH_REUSE`` values that turn connection reuse off
 _OFF = ("0", "no", "off", "false")
 
 
 def home() -> str:
     """``$ONEOS_HOME`` or ``~/.oneos``, as oneos.config.oneos_home, with os.path only."""
     return os.path.expanduser(os.environ.get("ONEOS_HOME") or os.path.join(os.path.expanduser("~"), ".oneos"))
+
+
+def reuse_off(value: str) -> bool:
+    """Whether an ``ONEOS_SSH_REUSE`` value turns connection reuse off (0, no, off, false)."""
+    return value.strip().lower() in _OFF
 
 
 def login_name() -> str:
@@ -126,7 +131,7 @@ def listening(control: str) -> bool:
 
 def warm_command(line: str) -> list[str] | None:
     """The ``ssh`` command line that runs *line* over the live master, or None (then the full command runs)."""
-    if os.environ.get("ONEOS_SSH_REUSE", "").strip().lower() in _OFF:
+    if reuse_off(os.environ.get("ONEOS_SSH_REUSE", "")):
         return None
     cached = load(home(), login_name())
     if cached is None:

@@ -17,16 +17,17 @@ Exit status: sftp's (255 when it cannot connect or log in).
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from oneos.cli.quick import login_name
 from oneos.cli.shell import (
     ShellClientError,
     _configured,
+    _home,
     control_path,
     local_identity,
     reuse_wanted,
@@ -131,11 +132,11 @@ def run(argv: list[str]) -> int:
         raise ShellClientError(f"--port needs a number, not {ours['port']!r}")
     if "host" in ours and "port" in ours:
         host, port = ours["host"], int(ours["port"])
-        home = Path(os.environ.get("ONEOS_HOME", "~/.oneos")).expanduser()
+        home = _home()
     else:
         host, port, home = _configured()
         host, port = ours.get("host", host), int(ours.get("port", port))
-    user = ours.get("user") or getpass.getuser()
+    user = ours.get("user") or login_name()
     identity = ours.get("identity") or local_identity(home, user)
     control: Path | str = "none"
     shared = control_path(home, user, host, port, identity) if reuse_wanted(False) else None

@@ -39,6 +39,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from oneos.cli import quick
 from oneos.errors import OneOSError
 
 SUMMARY = "open the OneOS shell (SSH), or run one line with -c LINE"
@@ -48,8 +49,6 @@ PERSIST_SECONDS = 60
 #: the longest control socket path we hand to ssh: a UNIX socket's path holds 104 bytes on the BSDs and
 #: macOS (108 on Linux), and OpenSSH first binds ``PATH.<16 random characters>`` then renames it into place
 MAX_CONTROL_PATH = 104 - 1 - 17
-#: ``ONEOS_SSH_REUSE`` values that turn connection reuse off
-_OFF = ("0", "no", "off", "false")
 
 
 class ShellClientError(OneOSError):
@@ -77,7 +76,7 @@ def endpoint_address(endpoint: str) -> tuple[str, int]:
 
 def _home() -> Path:
     """``$ONEOS_HOME`` or ``~/.oneos`` (as oneos.config.oneos_home, without importing the configuration code)."""
-    return Path(os.environ.get("ONEOS_HOME") or Path.home() / ".oneos").expanduser()
+    return Path(quick.home())
 
 
 def _configured() -> tuple[str, int, Path]:
@@ -265,8 +264,7 @@ def master_argv(
 
 def reuse_wanted(no_reuse: bool, env: Mapping[str, str] | None = None) -> bool:
     """Whether to share a connection: not with ``--no-reuse`` nor ``ONEOS_SSH_REUSE=0`` (or no/off/false)."""
-    value = (os.environ if env is None else env).get("ONEOS_SSH_REUSE", "")
-    return not no_reuse and value.strip().lower() not in _OFF
+    return not no_reuse and not quick.reuse_off((os.environ if env is None else env).get("ONEOS_SSH_REUSE", ""))
 
 
 def control_path(
@@ -447,9 +445,7 @@ def run(argv: list[str]) -> int:
         parser.error("--close and -c: one at a time")
     host, port, home = _configured() if not (args.host and args.port) else (args.host, args.port, _home())
     host, port = args.host or host, args.port or port
-    import getpass
-
-    user = args.user or getpass.getuser()
+    user = args.user or quick.login_name()  # the rule the fast path checks its saved session against
     identity = args.identity or local_identity(home, user)
     control: Path | str = "none"
     if reuse_wanted(args.no_reuse):
@@ -457,8 +453,6 @@ def run(argv: list[str]) -> int:
         if args.close:
             if shared is not None:
                 stop_master(shared, user, host)
-            from oneos.cli import quick
-
             quick.forget(str(home))
             return 0
         if shared is not None:
@@ -472,8 +466,6 @@ def run(argv: list[str]) -> int:
     command = ssh_argv(host, port, user, home, args.line, identity, tty, control=control)
     if args.line is not None and control != "none" and not (args.host or args.port or args.user or args.identity):
         # the default connection's session line, for the next 'oneos -c' to use without all this
-        from oneos.cli import quick
-
         quick.save(str(home), user, str(control), command[:-1])
     sys.stdout.flush()
     sys.stderr.flush()
