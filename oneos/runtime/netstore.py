@@ -74,6 +74,11 @@ class StoreRecord:
             claimed_at=float(body.get("claimed_at", 0.0) or 0.0),
         )
 
+    def same_store(self, other: StoreRecord) -> bool:
+        """Whether *other* names the same tree (same URL, and for SQLite the same machine's file),
+        whoever announced it and when."""
+        return self.url == other.url and self.machine == other.machine
+
     def describe(self) -> str:
         from oneos.fs.urls import redact
 

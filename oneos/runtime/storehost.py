@@ -128,7 +128,9 @@ class StoreHost(service.Service):
                 return
             self._adopt(decision)
             self.membership.publish()
-        elif self.record is not None and record != self.record:
+        elif self.record is not None and not self.record.same_store(record):
+            # The same store announced by another runtime (many kernel runtimes started at once with one
+            # store setting each announce it) is no news: only a different tree is worth a warning.
             log.warn(
                 "another file store was announced ({other}); this runtime keeps {mine}",
                 other=record.describe(),
