@@ -10,7 +10,8 @@ notices a dead runtime.
 
 amqtt 0.12 gets a few things OneOS relies on wrong (keep-alive is never
 enforced, a client-id take-over leaves the old connection open, retained
-messages leak to clients that never subscribed to them, IPv6 binds fail)
+messages leak to clients that never subscribed to them, IPv6 binds fail, a
+broadcast is cut short when clients subscribe while it is being sent)
 and has no limits (a connection that never sends CONNECT is held forever, a
 PUBLISH of any size is read whole, stored if retained and sent on);
 :class:`_FixedBroker` corrects them.  docs/notes-amqtt.md has the details.
@@ -28,15 +29,18 @@ import struct
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.utils import gen_client_id
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from oneos.broker.auth import plugins_config
+from oneos.broker.auth import TopicACLPlugin, plugins_config
 from oneos.errors import OneOSError
 from oneos.security import acl
 from oneos.security.credentials import Credentials
@@ -301,6 +305,53 @@ class _LimitedReader:
             self.writer.write(bytes([0x50, 2]) + struct.pack("!H", packet_id))  # PUBREC
 
 
+#: Topic names whose matching filters _FixedBroker remembers (beyond that, it starts over).
+_MATCHED_TOPICS = 10_000
+
+
+class _FilterTable(dict[str, list[Any]]):
+    """amqtt's subscription table (topic filter -> [(session, QoS)]) counting changes to its set of filters.
+
+    A subclass of dict so amqtt keeps using it as before; adding or
+    removing a filter (item assignment, ``del``, ``clear``, ``pop``...; not
+    ``|=``, which amqtt does not use) bumps :attr:`generation`, which tells
+    :meth:`_FixedBroker._recipients` its remembered matches are stale.
+    (The recipients' lists change in place and are read afresh each time.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.generation = 0
+
+    def __setitem__(self, key: str, value: list[Any]) -> None:
+        self.generation += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.generation += 1
+        super().__delitem__(key)
+
+    def clear(self) -> None:
+        self.generation += 1
+        super().clear()
+
+    def pop(self, *args: Any) -> Any:
+        self.generation += 1
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, list[Any]]:
+        self.generation += 1
+        return super().popitem()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self.generation += 1
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.generation += 1
+        super().update(*args, **kwargs)
+
+
 class _FixedBroker(Broker):
     """amqtt's broker with the MQTT 3.1.1 behaviour OneOS depends on restored."""
 
@@ -310,6 +361,16 @@ class _FixedBroker(Broker):
     connect_timeout: float | None = CONNECT_TIMEOUT
     #: identities and topic rules are on (oneos/security/acl.py)
     identities: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = _FilterTable()
+        #: topic name -> the filters matching it, valid while the filters are those of _matched_generation
+        self._matched: dict[str, list[str]] = {}
+        self._matched_generation = -1
+        topic_plugins = [p for p in self.plugins_manager.plugins if isinstance(p, BaseTopicPlugin)]
+        #: deliveries are checked with acl.may_receive directly (see _may_receive)
+        self._acl_receive = bool(topic_plugins) and all(type(p) is TopicACLPlugin for p in topic_plugins)
 
     async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
         if self.max_message is not None:
@@ -477,6 +538,75 @@ class _FixedBroker(Broker):
         topic_filter = subscription[0]
         if any(s.client_id == session.client_id for s, _ in self._subscriptions.get(topic_filter, ())):
             await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    # -- broadcasting ----------------------------------------------------------------------
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        """Send the next queued message to every client whose subscription matches it.
+
+        amqtt walks the live subscription table (and each filter's list of
+        recipients) while awaiting each recipient's topic check; with
+        identities on, that check is a plugin call that yields to the loop,
+        so clients subscribe and unsubscribe in the middle of the walk.  A
+        new filter grew the table and the walk died with "dictionary changed
+        size during iteration": recipients of filters further on never got
+        the message (200 runtimes joining together broke off ~100 broadcasts).  An
+        unsubscribe from the filter being walked shifted its list under the
+        iterator and skipped the next recipient.  Here the recipients are
+        copied out before the first await and the walk is over that copy:
+        the message goes to the subscriptions that existed when it was taken
+        from the queue.  A client that unsubscribes during the walk may
+        still get it (MQTT allows delivering what was already under way);
+        one that subscribes during it does not.  The rest is amqtt's: the
+        subscription's QoS (or the forced one, for wills), the receive check,
+        messages kept for a disconnected persistent session, and no delivery
+        to a client that is not connected.
+        """
+        broadcast = await self._broadcast_queue.get()
+        topic, data = broadcast["topic"], broadcast["data"]
+        for session, granted in self._recipients(topic):
+            qos = broadcast.get("qos", granted)
+            if not await self._may_receive(session, topic):
+                continue
+            if session.transitions.state != "connected":
+                if not session.clean_session and qos in (QOS_1, QOS_2) and not session.is_anonymous:
+                    await self._retain_broadcast_message(broadcast, qos, session)
+                continue
+            handler = self._get_handler(session)
+            if handler is not None:
+                running_tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False)))
+
+    def _recipients(self, topic: str) -> list[tuple[Any, int]]:
+        """A copy of the (session, QoS) of every subscription matching *topic*, in amqtt's order.
+
+        Which filters match a topic is remembered until the set of filters
+        changes (:class:`_FilterTable` counts that), so a publish costs a
+        dictionary lookup rather than a match against every filter held.
+        """
+        table = self._subscriptions
+        assert isinstance(table, _FilterTable)  # set in __init__; amqtt only ever changes it in place
+        if self._matched_generation != table.generation:
+            self._matched.clear()
+            self._matched_generation = table.generation
+        filters = self._matched.get(topic)
+        if filters is None:
+            filters = [f for f in table if self._matches(topic, f)]
+            if len(self._matched) >= _MATCHED_TOPICS:
+                self._matched.clear()
+            self._matched[topic] = filters
+        return [entry for f in filters for entry in table.get(f, ())]
+
+    async def _may_receive(self, session: Any, topic: str) -> bool:
+        """amqtt's RECEIVE topic check, without its detour when OneOS's ACL is the only rule.
+
+        amqtt asks every topic plugin in a task of its own and gathers them:
+        a task and a turn of the loop per recipient of every message.  When
+        :class:`TopicACLPlugin` is the only topic plugin, its answer for a
+        delivery is :func:`acl.may_receive`, asked here directly.
+        """
+        if self._acl_receive:
+            return acl.may_receive(getattr(session, "username", None), topic)
+        return await self._topic_filtering(session, topic, Action.RECEIVE)
 
 
 # --------------------------------------------------------------------------
