@@ -8,7 +8,9 @@ status every sample (``stats_interval``, 2 s), N statuses and N² deliveries
 per interval.  It is compared with ``mode = "on-change"`` (the default): a
 status goes out when a field other than the load figures changed or a load
 figure moved by more than ``LOAD_POINTS`` points, and at least every
-``HEARTBEAT_SAMPLES`` samples.
+``HEARTBEAT_SAMPLES`` samples (doubled in a network of more than
+``NETWORK_HEARTBEATS`` x heartbeat runtimes, so the network's heartbeats
+stay near ``NETWORK_HEARTBEATS`` a second).
 
 Everything runs in this process on the cluster harness
 (:mod:`oneos.testing.cluster`): real RuntimeServices on the in-memory MQTT
@@ -227,9 +229,11 @@ def main() -> int:
         )
         # read from the code (a Membership without the two modes has neither)
         heartbeat = getattr(membership, "HEARTBEAT_SAMPLES", "?")
+        network = getattr(membership, "NETWORK_HEARTBEATS", None)
         points = getattr(membership, "LOAD_POINTS", "?")
+        stretch = f" (stretched to about {network:g} a second for the network)" if network else ""
         print(
-            f"status sample every {INTERVAL:g} s; on-change: heartbeat every {heartbeat} samples, a load figure "
+            f"status sample every {INTERVAL:g} s; on-change: heartbeat every {heartbeat} samples{stretch}, a load figure "
             f"must move > {points} points; idle window {args.idle:g} simulated s; loads: seeded random walk "
             f"(seed {args.seed}), CPU ±2 points a sample"
         )

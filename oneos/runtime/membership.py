@@ -10,7 +10,14 @@ system moving) publish at once.  Why: every status reaches every runtime,
 so a network of N runtimes sending each status every sample costs N²
 deliveries per interval; an idle one now costs N² per heartbeat.  The
 status's ``interval`` field carries the heartbeat, so every reader judges
-staleness by the sender's own rate.
+staleness by the sender's own rate.  In a network of more than
+:data:`NETWORK_HEARTBEATS` x heartbeat runtimes (60 at the default 2 s
+sample) the heartbeat doubles until the network as a whole sends about
+:data:`NETWORK_HEARTBEATS` a second (it halves again only when the network
+has shrunk to half of that, so a size near a threshold does not make it
+flip): an idle network's deliveries then grow as N, not N².  Detecting a
+dead runtime does not wait for heartbeats (the broker's will does that), so
+only the second line below gets slower.
 
 Its MQTT last will is the same status with ``state=dead``, so when a
 runtime is killed the broker tells everyone at once (when the TCP
@@ -47,8 +54,10 @@ log = Logger()
 
 Listener = Callable[[], Any]
 
-#: a status goes out at least every this many samples, changed or not (the heartbeat)
+#: a status goes out at least every this many samples, changed or not (the heartbeat of a small network)
 HEARTBEAT_SAMPLES = 6
+#: in a larger network the heartbeat doubles until the whole network sends about this many a second
+NETWORK_HEARTBEATS = 5.0
 #: a load figure (CPU %, memory in points of its whole) must move by more than this to be a change
 LOAD_POINTS = 5.0
 #: a live status not refreshed for this many of its sender's heartbeats counts as dead
@@ -132,6 +141,8 @@ class Membership(service.Service):
         #: the status we last published (compared with each sample) and samples since
         self._published: RuntimeStatus | None = None
         self._quiet_samples = 0
+        #: samples per heartbeat now (HEARTBEAT_SAMPLES, doubled for a large network: heartbeat_samples)
+        self._heartbeat_samples = HEARTBEAT_SAMPLES
         self._loop: task.LoopingCall | None = None
         first = describe()
         self.id = first.id
@@ -144,7 +155,21 @@ class Membership(service.Service):
     @property
     def heartbeat(self) -> float:
         """Seconds between statuses when nothing changes (every sample in "periodic" mode)."""
-        return self.interval * (HEARTBEAT_SAMPLES if self.mode == "on-change" else 1)
+        return self.interval * (self._heartbeat_samples if self.mode == "on-change" else 1)
+
+    def _fit_heartbeat(self) -> None:
+        """Stretch or shrink the heartbeat to the number of live runtimes (see the module docstring)."""
+        live = max(len(self._told), 1)
+
+        def rate(samples: int) -> float:
+            return live / (samples * self.interval)
+
+        samples = self._heartbeat_samples
+        while rate(samples) > NETWORK_HEARTBEATS:
+            samples *= 2
+        while samples > HEARTBEAT_SAMPLES and rate(samples // 2) <= NETWORK_HEARTBEATS / 2:
+            samples //= 2
+        self._heartbeat_samples = samples
 
     @property
     def dead_after(self) -> float:
@@ -282,11 +307,12 @@ class Membership(service.Service):
 
     def _tick(self) -> None:
         """A sample: publish it if it changed or a heartbeat is due; judge everyone's staleness."""
+        self._fit_heartbeat()
         status = self._sample()
         self._quiet_samples += 1
         if (
             self.mode == "periodic"
-            or self._quiet_samples >= HEARTBEAT_SAMPLES
+            or self._quiet_samples >= self._heartbeat_samples
             or significant_change(self._published, status)
         ):
             self.publish(status)

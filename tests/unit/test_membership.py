@@ -335,6 +335,47 @@ def test_a_status_goes_out_when_it_changed_and_on_the_heartbeat_only():
     assert len(sent(bus)) == 8 and (m.heartbeat, m.dead_after) == (2.0, 6.0)
 
 
+def test_the_heartbeat_stretches_with_the_network_so_idle_traffic_grows_as_n():
+    clock, sampler = Clock(), Sampler()
+    bus = FakeBus(clock)
+    m = Membership(bus, PingRPC(), clock, sampler, interval=2.0)
+    m.join()
+    assert m.heartbeat == 12.0  # a small network: 6 samples
+
+    def network_of(n: int) -> None:
+        """Live runtimes rt-0 .. rt-(n-2) besides us (others' statuses cleared)."""
+        for i in range(300):
+            if i < n - 1:
+                bus.inject(topics.status(f"rt-{i}"), other(f"rt-{i}", updated_at=clock.seconds()))
+            else:
+                bus.inject(topics.status(f"rt-{i}"), b"")
+
+    network_of(60)  # 60 / 12 s = 5 heartbeats a second: still the small network's
+    clock.advance(2)
+    assert m.heartbeat == 12.0
+    network_of(200)
+    clock.advance(2)
+    assert m.heartbeat == 48.0, "200 / 48 s: about 4 a second for the whole network"
+    assert sent(bus)[-1].interval == 48.0, "the new heartbeat goes out at once, so readers judge by it"
+    before = len(sent(bus))
+    clock.pump([2.0] * 23)
+    assert len(sent(bus)) == before, "nothing changed: silent until the stretched heartbeat"
+    clock.advance(2)
+    assert len(sent(bus)) == before + 1
+    assert m.dead_after == 3 * 48.0
+    network_of(120)  # shrunk, but not to half of what the 48 s heartbeat serves: no flip-flop
+    clock.advance(2)
+    assert m.heartbeat == 48.0
+    network_of(55)
+    clock.advance(2)
+    assert m.heartbeat == 24.0
+    network_of(20)
+    clock.advance(2)
+    assert m.heartbeat == 12.0, "never below the small network's heartbeat"
+    m.mode = "periodic"
+    assert m.heartbeat == 2.0
+
+
 @pytest.mark.parametrize(
     ("change", "significant"),
     [
