@@ -516,6 +516,8 @@ class Row:
     n: int
     broker: str
     base: float
+    #: the CPU floor of N runtimes' start on this machine (StartCost.floor)
+    floor: float = float("nan")
     converge: float | None = None
     all_alive: float | None = None
     broker_cpu_converge: float = float("nan")
@@ -529,28 +531,55 @@ class Row:
 BARE = [sys.executable, "-c", "import twisted.internet.reactor, psutil"]
 
 
-def warm_up(root: Path, network: Network, children: Children) -> float:
+@dataclass
+class StartCost:
+    """CPU seconds one process takes to start, measured on a quiet machine after the warm-up."""
+
+    #: a runtime, from exec until the network sees it (it answers ``members`` with itself)
+    runtime: float
+    #: a bare process (:data:`BARE`), from exec until it exits
+    bare: float
+
+    def floor(self, n: int, cores: int) -> float:
+        """The least wall time N runtimes can take to start on *cores*, however well they find each other."""
+        return n * self.runtime / max(cores, 1)
+
+
+def warm_up(root: Path, network: Network, children: Children) -> tuple[float, StartCost]:
     """Start one runtime (it becomes the kernel leader) and one bare process, untimed; return the seconds taken.
 
     Every process started afterwards reads the bytecode these compiled
     (:func:`bytecode_env`) and finds the files it opens in the page cache.
+    Then one more runtime and one more bare process start alone, to measure
+    what one start costs in CPU (:class:`StartCost`): N runtimes starting at
+    once on C cores cannot converge before N x that / C, whatever membership does.
     """
     t0 = time.monotonic()
     children.spawn(BARE).wait()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children.spawn(BARE).wait()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    bare_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     broker = start_broker("ours", root / "warm-up" / "broker", network, [], children)
     obs: Observer | None = None
     procs: list[subprocess.Popen] = []
     try:
         obs = Observer(network.url_as(broker.url, OBSERVER))
-        procs = start_runtimes(1, broker.url, root / "warm-up" / "runtimes", "warm", network, children)
-        while "warm-0" not in obs.members("warm-0"):
-            if procs[0].poll() is not None or time.monotonic() - t0 > 120:
-                raise SystemExit(
-                    "the warm-up runtime did not start:\n"
-                    + log_tail(root / "warm-up" / "runtimes" / "warm-0" / "runtime.log")
-                )
-            time.sleep(0.1)
-        return time.monotonic() - t0
+        homes = root / "warm-up" / "runtimes"
+        procs = start_runtimes(2, broker.url, homes, "warm", network, children, gated=True)
+        children.at_gate(procs)
+        runtime_cpu = float("nan")
+        for i, proc in enumerate(procs):
+            rid = f"warm-{i}"
+            children.release([proc])
+            while rid not in obs.members(rid):
+                if proc.poll() is not None or time.monotonic() - t0 > 120:
+                    raise SystemExit(
+                        f"the warm-up runtime {rid} did not start:\n" + log_tail(homes / rid / "runtime.log")
+                    )
+                time.sleep(0.02)
+            runtime_cpu = cpu_seconds(proc.pid) or float("nan")  # the second one's counts: it found bytecode
+        return time.monotonic() - t0, StartCost(runtime_cpu, bare_cpu)
     finally:
         if obs is not None:
             obs.close()
@@ -688,7 +717,8 @@ def bench_convergence(
 def format_rows(rows: list[Row]) -> list[str]:
     head = (
         f"{'runtimes':>8}  {'broker':<9}  {'converge (s)':>12}  {'bare start (s)':>14}  {'ratio':>6}  "
-        f"{'aim':<18}  {'all alive (s)':>13}  {'broker CPU converge (s)':>23}  "
+        f"{'aim':<18}  {'CPU floor (s)':>13}  {'converge/floor':>14}  {'all alive (s)':>13}  "
+        f"{'broker CPU converge (s)':>23}  "
         f"{'broker CPU idle (s)':>19}  {'broker idle %core':>17}  {'runtimes idle %core':>19}"
     )
     out = [head]
@@ -700,7 +730,8 @@ def format_rows(rows: list[Row]) -> list[str]:
         aim = f"aim {AIM:g}x: {'met' if ratio <= AIM else 'not met'}"
         alive = f"{r.all_alive:.2f}" if r.all_alive is not None else "-"
         out.append(
-            f"{r.n:>8}  {r.broker:<9}  {r.converge:>12.2f}  {r.base:>14.2f}  {ratio:>6.2f}  {aim:<18}  {alive:>13}  "
+            f"{r.n:>8}  {r.broker:<9}  {r.converge:>12.2f}  {r.base:>14.2f}  {ratio:>6.2f}  {aim:<18}  "
+            f"{r.floor:>13.2f}  {r.converge / r.floor:>14.2f}  {alive:>13}  "
             f"{r.broker_cpu_converge:>23.3f}  {r.broker_cpu_idle:>19.3f}  "
             f"{100 * r.broker_cpu_idle / r.idle_wall:>17.2f}  {100 * r.runtimes_cpu_idle / r.idle_wall:>19.1f}"
             + (f"   ({'; '.join(r.notes)})" if r.notes else "")
@@ -862,13 +893,22 @@ def main() -> None:
             "baseline: N bare processes importing Twisted"
         )
         print(flush=True)
-        progress(f"warm-up (one runtime and one bare process, untimed): {warm_up(root, network, children):.1f} s")
+        took, cost = warm_up(root, network, children)
+        progress(f"warm-up (runtimes and bare processes started alone, untimed): {took:.1f} s")
+        cores = os.cpu_count() or 1
+        print(
+            f"one start alone, CPU: a runtime {cost.runtime:.2f} s (until the network sees it), a bare process "
+            f"{cost.bare:.2f} s ({cost.runtime / cost.bare:.1f}x); so N runtimes on {cores} cores cannot converge "
+            f"before N x {cost.runtime:.2f} / {cores} s (the 'CPU floor' column), however little membership costs",
+            flush=True,
+        )
         rows: list[Row] = []
         for n in sizes:
             progress(f"bare start of {n} processes")
             base = bench_bare_start(n, children)
             for kind in kinds:
                 rows.append(bench_convergence(kind, n, base, root, network, children, args.idle))
+                rows[-1].floor = cost.floor(n, cores)
                 progress(format_rows(rows)[-1].strip())
         print("\n".join(format_rows(rows)))
         print(flush=True)
