@@ -14,7 +14,18 @@ counted) of the wall time from launching a command to its exit:
 * start-up: ``python -c pass``, ``oneos --help``, ``oneos status --help``,
   ``oneos run --help``, ``oneos shell --help`` and a warm ``oneos -c
   true``, with the sum of the import times ``python -X importtime``
-  reports for each (the import work alone).
+  reports for each (the import work alone);
+* commands against the runtime: ``oneos status`` (its statuses read
+  without Twisted, oneos/cli/statusreader.py), beside the same read over
+  the Twisted client (:func:`oneos.cli.common.run_with_client` and
+  :func:`oneos.cli.status.collect`, what the command did before) as the
+  baseline, and ``oneos run /bin/true`` end to end (the scheduler places
+  it, its streams attach, its exit status comes back), each with its
+  import time.
+
+Then the aim of issue 15 (aim 5: ``oneos status``, ``oneos -c`` and
+``oneos run`` start in under 150 ms), judged on the wall p50 of the rows
+above, with each figure's ratio to 150 ms.
 
 ``oneos`` is run as the console script next to this Python (as a user
 runs it; ``python -m`` would add runpy's share).
@@ -64,6 +75,19 @@ STARTUP = [
     ("oneos shell --help", ["-c", _MAIN, "shell", "--help"]),
     ("oneos -c true (warm: over the master)", ["-c", _MAIN, "-c", "true"]),
 ]
+#: the same read as ``oneos status`` over the Twisted client, as the command did before oneos/cli/statusreader.py
+_TWISTED_STATUS = (
+    "from oneos.cli.common import default_pubsub_url, run_with_client; from oneos.cli.status import collect; "
+    "run_with_client(default_pubsub_url(), collect)"
+)
+#: commands against the runtime: what is timed, how (``oneos`` ARGS, else the arguments after ``python``)
+COMMANDS: list[tuple[str, list[str] | None, list[str]]] = [
+    ("oneos status", ["status"], ["-c", _MAIN, "status"]),
+    ("  its read over Twisted (before)", None, ["-c", _TWISTED_STATUS]),
+    ("oneos run /bin/true", ["run", "/bin/true"], ["-c", _MAIN, "run", "/bin/true"]),
+]
+#: issue 15, aim 5: these start (and finish) in under this many seconds, wall p50
+AIM = 0.150
 
 
 class Sample(NamedTuple):
@@ -286,6 +310,16 @@ def print_rows(title: str, rows: Rows) -> None:
     print()
 
 
+def print_aims(figures: list[tuple[str, list[Sample]]]) -> None:
+    """Issue 15's aim 5 beside the figures: each command's wall p50, its ratio to the aim, met or not."""
+    print()
+    print(f"aim (issue 15, aim 5): each command in under {AIM * 1e3:.0f} ms, wall p50")
+    for name, values in figures:
+        p50 = percentile([v.wall for v in values], 50)
+        verdict = "met" if p50 < AIM else "NOT met"
+        print(f"  {name:<24}{p50 * 1e3:>7.1f} ms  = {p50 / AIM:.2f}x the aim: {verdict}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="rounds per measurement (default 30)")
@@ -366,6 +400,30 @@ def main() -> int:
             imports = sorted(import_ms(argv, oneos.env) for _ in range(5))[2]
             startup.append((name, times, f"imports {imports:.0f} ms (median of 5, -X importtime)"))
         print_rows("start-up", startup)
+
+        print("  commands ...", file=sys.stderr, flush=True)
+        commands: Rows = []
+        for name, oneos_args, python_args in COMMANDS:
+            argv, what = [sys.executable, *python_args], name.strip()
+            if oneos_args is not None:
+                times = rounds_of(n, lambda a=oneos_args: oneos.run(*a))
+            else:
+                times = rounds_of(n, lambda argv=argv, what=what: timed(argv, oneos.env, what))
+            imports = sorted(import_ms(argv, oneos.env) for _ in range(5))[2]
+            commands.append((name, times, f"imports {imports:.0f} ms (median of 5, -X importtime)"))
+        print_rows("commands against the runtime", commands)
+
+        measured = {name: values for name, values, _ in [*rows, *startup, *commands] if not isinstance(values, str)}
+        status, before = measured["oneos status"], measured["  its read over Twisted (before)"]
+        ratio = percentile([v.wall for v in status], 50) / percentile([v.wall for v in before], 50)
+        print(f"oneos status / the same read over Twisted: {ratio:.2f}x (wall p50)")
+        print_aims(
+            [
+                ("oneos status", status),
+                ("oneos -c true, warm", measured["oneos -c true, warm (reuses it)"]),
+                ("oneos run /bin/true", measured["oneos run /bin/true"]),
+            ]
+        )
         print(f"after: {load_average()}")
         return 0
     except BenchError as e:

@@ -8,9 +8,12 @@ should not wait for them (see oneos/cli/main.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oneos.errors import OneOSError, PubSubUnavailable
+
+if TYPE_CHECKING:
+    from oneos.pubsub.address import BrokerAddress
 
 
 def inline_callbacks(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,16 +38,23 @@ def inline_callbacks(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def default_pubsub_url() -> str:
-    """The broker this home's running runtime uses (flags included); else the one in config.json; else the default."""
-    from oneos.cli.shell import read_runtime_file
-    from oneos.config import DEFAULT_PUBSUB, load_config, oneos_home
+    """The broker this home's running runtime uses (flags included); else the one in config.json; else the default.
 
-    home = oneos_home()
-    running = read_runtime_file(home).get("pubsub")
+    The configuration code is imported only when no running runtime says
+    (``oneos status`` pays for no more than it uses: see oneos/cli/statusreader.py).
+    """
+    from pathlib import Path
+
+    from oneos.cli.quick import home
+    from oneos.cli.shell import read_runtime_file
+
+    running = read_runtime_file(Path(home())).get("pubsub")
     if running:
         return str(running)
+    from oneos.config import DEFAULT_PUBSUB, load_config, oneos_home
+
     try:
-        return load_config(home).pubsub
+        return load_config(oneos_home()).pubsub
     except OneOSError:
         return DEFAULT_PUBSUB
 
@@ -75,17 +85,55 @@ def cli_identity(home: Any) -> Any:
     return credentials.identity(found, running if credentials.role(running) == "runtime" else ADMIN_IDENTITY)
 
 
+def with_credentials(address: BrokerAddress) -> BrokerAddress:
+    """*address* logging in as this home's identity (:func:`cli_identity`) when it names no user."""
+    import dataclasses
+    from pathlib import Path
+
+    from oneos.cli.quick import home
+
+    if address.username is not None:
+        return address
+    found = cli_identity(Path(home()))
+    if found is None:
+        return address
+    return dataclasses.replace(address, username=found.username, password=found.password)
+
+
+def broker_address(url: str) -> BrokerAddress:
+    """Where the broker at *url* is and whom a command logs in as (as the Twisted client presents it)."""
+    from oneos.pubsub.address import parse_broker_url
+
+    return with_credentials(parse_broker_url(url))
+
+
 def present_credentials(client: Any) -> None:
     """Have *client* log in as this home's identity (:func:`cli_identity`) when its URL names no user."""
-    import dataclasses
+    client.address = with_credentials(client.address)
 
-    from oneos.config import oneos_home
 
-    if client.address.username is not None:
-        return
-    found = cli_identity(oneos_home())
-    if found is not None:
-        client.address = dataclasses.replace(client.address, username=found.username, password=found.password)
+def unreachable(address: BrokerAddress, why: str) -> PubSubUnavailable:
+    """The error a command gives when the broker at *address* could not be reached (*why*: the last reason).
+
+    One wording for both ways of reaching it (:func:`run_with_client` and
+    oneos/cli/statusreader.py), with a hint at what to do.
+    """
+    if why in ("bad user name or password", "not authorised"):
+        hint = (
+            "this machine has no valid credentials for that network: run 'oneos invite' on one of its "
+            "machines and 'oneos join TOKEN' here"
+            if address.username is None
+            else f"the credentials in {credentials_path()} are not this network's: 'oneos join TOKEN' "
+            "installs the right ones"
+        )
+    elif "certificate" in why or "mqtts" in why or "TLS" in why:
+        hint = (
+            "the network's CA is in $ONEOS_HOME/tls/ca.pem after 'oneos join' of a TLS network's "
+            "token; docs/security.md, 'Encryption'"
+        )
+    else:
+        hint = "is a OneOS runtime or broker running? see 'oneos grid' or 'twistd -n oneosd'"
+    return PubSubUnavailable(f"cannot reach the broker at {address.url}: {why} ({hint})")
 
 
 def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5.0) -> Any:
@@ -115,23 +163,7 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
         try:
             yield connected
         except defer.CancelledError:
-            why = client.last_error or "no answer"
-            if why in ("bad user name or password", "not authorised"):
-                hint = (
-                    "this machine has no valid credentials for that network: run 'oneos invite' on one of its "
-                    "machines and 'oneos join TOKEN' here"
-                    if client.address.username is None
-                    else f"the credentials in {credentials_path()} are not this network's: 'oneos join TOKEN' "
-                    "installs the right ones"
-                )
-            elif "certificate" in why or "mqtts" in why or "TLS" in why:
-                hint = (
-                    "the network's CA is in $ONEOS_HOME/tls/ca.pem after 'oneos join' of a TLS network's "
-                    "token; docs/security.md, 'Encryption'"
-                )
-            else:
-                hint = "is a OneOS runtime or broker running? see 'oneos grid' or 'twistd -n oneosd'"
-            raise PubSubUnavailable(f"cannot reach the broker at {client.address.url}: {why} ({hint})") from None
+            raise unreachable(client.address, client.last_error or "no answer") from None
         if timer.active():
             timer.cancel()
         result = yield job(reactor, client)

@@ -188,7 +188,6 @@ def run(argv: list[str]) -> int:
 
     from oneos.agents.info import EXITED, KILLED, OutputTarget, exit_status
     from oneos.cli.common import default_pubsub_url, network_rpc, run_with_client
-    from oneos.devices.info import parse_device_address
     from oneos.scheduler.client import SchedulerClient, StageSpec
 
     if not args.pipe and not args.program:
@@ -197,6 +196,8 @@ def run(argv: list[str]) -> int:
     if args.stdin_device:
         if args.stdin_file:
             parser.error("--stdin and --stdin-file: one input only")
+        from oneos.devices.info import parse_device_address  # only now: the device code is ~6 ms of imports
+
         try:
             device = parse_device_address(args.stdin_device)
         except OneOSError as e:

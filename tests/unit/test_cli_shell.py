@@ -355,7 +355,8 @@ import json, os, sys
 os.execv = lambda path, argv: None  # no ssh: only what the CLI imports matters here
 from oneos.cli.main import main
 for argv in (["--help"], ["status", "--help"], ["run", "--help"], ["shell", "--help"],
-             ["-c", "true", "--no-reuse"], ["-c", "true", "--host", "127.0.0.1", "--port", "9", "--no-reuse"]):
+             ["-c", "true", "--no-reuse"], ["-c", "true", "--host", "127.0.0.1", "--port", "9", "--no-reuse"],
+             ["status", "--pubsub", "mqtt://127.0.0.1:9", "--timeout", "0"]):  # status: no time to connect
     try:
         main(argv)
     except SystemExit:
@@ -366,7 +367,7 @@ print(json.dumps(heavy), file=sys.stderr)
 """
 
 
-def test_help_and_dash_c_load_no_twisted(tmp_path: Path):
+def test_help_dash_c_and_status_load_no_twisted(tmp_path: Path):
     # a fresh interpreter: this one has imported everything already; 'oneos -c' finds the shell in
     # runtime.json (the pid must be alive: ours)
     (tmp_path / "runtime.json").write_text(json.dumps({"pid": os.getpid(), "ssh": "127.0.0.1:9"}))
