@@ -8,7 +8,9 @@ runtime first.  Results arrive typed: an agent's record as
 
 The scheduler's commands carry its leadership epoch in the request's meta
 (*meta*, called at each request), so a runtime refuses those of an older
-term; the shell's and the CLI's requests carry none.
+term; the shell's and the CLI's requests carry none.  The scheduler sends
+them on each runtime's direct channel once it is open (one hop instead of
+two through the broker; see :data:`RETRY_SAFE`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from oneos.transfer import StreamAddress
 
 #: the agent methods a client identity (USER@TAG) may call on a runtime: its own programs' streams
 CLIENT_METHODS = ("agent_attach", "agent_stdin", "agent_pipe_out")
+#: the methods of a runtime's RPC target that change nothing, for a caller using its direct channel
+#: (:meth:`oneos.pubsub.rpc.RPCClient.enable_direct`): when the channel breaks before answering one, it is
+#: sent again over the bus.  ``agent_attach`` only hands out a token to read an output, which expires
+#: unused.  Not ``agent_stdin``: its token, expiring unused, closes the program's input.
+RETRY_SAFE = ("ping", "status", "members", "agent_list", "agent_attach", "device_list")
 
 
 class AgentsClient:

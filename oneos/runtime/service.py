@@ -6,7 +6,7 @@ grouped by where they run:
 * on every runtime: ``transfer`` (streams), ``pubsub``, ``membership``,
   ``agents``, ``devices`` (this machine's I/O devices), ``gateway``
   (programs open devices by name through it), ``rpc`` (this
-  runtime's own RPC target), ``election``,
+  runtime's own RPC target, on the bus and a direct channel), ``election``,
   ``store`` (agrees on the network's store) and the front doors ``shell``
   and ``desktop``;
 * only on the kernel leader: the children of ``kernel`` (``scheduler``);
@@ -16,8 +16,9 @@ grouped by where they run:
 Each child's constructor names what it uses; nothing is found through a
 registry or a runtime object passed around.  ``makeService`` only builds
 the tree; :meth:`startService` starts the children in the order their
-dependencies need (listen, reach the broker, agree on the store, join,
-serve) and :meth:`stopService` stops them one by one in reverse.
+dependencies need (listen, reach the broker, agree on the store, serve
+this runtime's own target, join, then the roles and the front doors) and
+:meth:`stopService` stops them one by one in reverse.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from oneos.errors import OneOSError, StaleEpoch, describe
 from oneos.fs.client import FSClient
 from oneos.fs.service import FileSystemService
 from oneos.pubsub.client import PubSubClient
+from oneos.pubsub.direct import DirectServer
 from oneos.pubsub.rpc import RPCClient, RPCServer, Unanswered
 from oneos.runtime.election import Election
 from oneos.runtime.host import HostSample, HostStats, find_interpreters, guess_address
@@ -77,20 +79,122 @@ def _default_fatal(error: BaseException) -> None:
 
 
 class RPCService(service.Service):
-    """This runtime's own RPC target (ping, status, members, the agents' and devices' methods) as a named service."""
+    """This runtime's own RPC target (ping, status, members, the agents' and devices' methods) as a named service.
+
+    The target is served on the bus and, given the runtime's transfer
+    server, on a direct TCP channel too (:mod:`oneos.pubsub.direct`),
+    listening on the interface the runtime's streams listen on, with TLS
+    when they use TLS, as the file-system service does.  Why: the
+    scheduler's commands to other runtimes (a spawn: the request and its
+    answer) then cross no broker.  *heard* says whether this runtime still
+    hears the broker (the lease): while it does not, the channel answers
+    nothing and the server cuts it (see :class:`ChannelTarget`).
+    """
 
     name = "rpc"  # type: ignore[assignment]  # Twisted: Service.name = None, so mypy infers type None
 
-    def __init__(self, server: RPCServer) -> None:
+    def __init__(
+        self,
+        server: RPCServer,
+        transfer: TransferServer | None = None,
+        reactor: Any = None,
+        heard: Callable[[], bool] | None = None,
+    ) -> None:
         self.server = server
+        self.transfer = transfer
+        self.reactor = reactor
+        self.heard = heard
+        #: the target on a direct channel; made at start, once the transfer server listens (and knows its TLS)
+        self.direct: DirectServer | None = None
+        self.started: defer.Deferred = defer.succeed(None)
 
     def startService(self) -> None:
         super().startService()
-        self.started = self.server.start()
+        # fires once the bus's requests reach the server and the channel listens (or could not: then the
+        # callers keep using the bus); a ticket asked for before the channel listens would send its caller
+        # to the bus for minutes (oneos.pubsub.direct.NO_CHANNEL_RETRY)
+        listening = self._listen_direct()  # never fails: a channel that cannot listen is only logged
+        self.started = self.server.start().addCallback(lambda _: listening)
+
+    def _listen_direct(self) -> defer.Deferred:
+        """Serve the target on a direct channel too, on the interface the runtime's streams listen on.
+
+        Callers that cannot reach it (a firewall that opens only the stream
+        port) keep using the bus: they fall back by themselves.
+        """
+        port = getattr(self.transfer, "port", None)
+        if self.transfer is None or port is None or self.reactor is None:
+            return defer.succeed(None)
+        target = ChannelTarget(self.server, self.heard or (lambda: True))
+        self.direct = DirectServer(self.reactor, target, tls=self.transfer.tls)
+        interface = port.getHost().host.replace(":", "\\:")
+        advertise = self.transfer.where()["host"]
+        return self.direct.listen(f"tcp:0:interface={interface}", advertise).addCallbacks(
+            lambda address: log.info(
+                "{target} is served in one hop on {address}", target=self.server.target, address=address
+            ),
+            lambda f: log.warn(
+                "no direct channel for {target} ({error}); its calls go over the bus",
+                target=self.server.target,
+                error=f.getErrorMessage(),
+            ),
+        )
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
-        return self.server.stop()
+        stopped = self.server.stop()
+        direct, self.direct = self.direct, None
+        if direct is None:
+            return stopped
+        # the channels' calls at work are answered; calls arriving meanwhile are told to use the bus
+        closing = direct.stop()
+        return stopped.addCallback(lambda _: closing)
+
+
+class ChannelTarget:
+    """The runtime's RPC target as its direct channel serves it: the bus's checks, and silence off the broker.
+
+    Every request runs through :meth:`RPCServer.handle`, as the bus's do
+    (the caller's rights, the epoch fence, the deadline).  One more rule
+    holds on the channel only: while this runtime has not heard the broker
+    within the lease, it answers nothing there (``Unanswered``: the caller
+    asks the bus), and the direct server's watch cuts the channels
+    (:meth:`oneos.pubsub.direct.DirectServer._check`).  Why: over the bus,
+    a runtime cut off hears nothing, and a command its caller gave up on
+    is never delivered late; bytes on a TCP connection are, once the
+    network heals, perhaps before this runtime hears of a newer leadership
+    term that would refuse them.  The bus path keeps its own rules
+    unchanged: a runtime whose ping answers are slow is not made deaf to
+    the requests the broker does deliver.
+    """
+
+    def __init__(self, server: RPCServer, heard: Callable[[], bool]) -> None:
+        self.server = server
+        self.heard = heard
+        self.target = server.target
+        #: what the direct server's watch asks: the lease, then the server's own guard
+        self.guard: Callable[[str, dict[str, Any]], None] | None = self._guard
+
+    @property
+    def direct(self) -> Any:
+        return self.server.direct
+
+    @direct.setter
+    def direct(self, value: Any) -> None:
+        self.server.direct = value  # the server answers ``rpc_ticket`` over the bus with it
+
+    def _guard(self, method: str, meta: dict[str, Any]) -> None:
+        """The server's guard, after the lease."""
+        if not self.heard():
+            raise Unanswered("no word from the broker within the lease")
+        if self.server.guard is not None:
+            self.server.guard(method, meta)
+
+    def handle(self, caller: str, method: str, args: dict[str, Any], meta: dict[str, Any]) -> defer.Deferred:
+        if not self.heard():
+            log.info("not answering {method} on the direct channel: no word from the broker", method=method)
+            return defer.succeed(None)
+        return self.server.handle(caller, method, args, meta)
 
 
 class RuntimeService(service.MultiService):
@@ -168,11 +272,15 @@ class RuntimeService(service.MultiService):
                     **self.agents.handlers(),
                     **self.devices.handlers(),
                 },
-                guard=self._fence,
+                guard=self._guard,
                 # a client identity may read its own programs' output and feed their input, and use the
                 # devices (a user's machine reads a camera, sets a pin); nothing else here
                 clients=("ping", "status", *AGENT_CLIENT_METHODS, *DEVICE_CLIENT_METHODS),
-            )
+            ),
+            # also on a direct channel beside the streams (the scheduler's commands skip the broker)
+            self.transfer,
+            reactor,
+            heard=lambda: self.election.lease_valid(),
         )
 
         # -- only on the kernel leader ---------------------------------------------------
@@ -187,6 +295,7 @@ class RuntimeService(service.MultiService):
                     reactor,
                     guard=self.election.guard,
                     policy=RestartPolicy(disconnect_grace=config.disconnect_grace),
+                    transfer=self.transfer,
                 ),
             },
             guard=lambda method, meta: self.election.guard(method, meta),
@@ -310,6 +419,19 @@ class RuntimeService(service.MultiService):
         if self.membership.joined and self.store is not None:
             route_check(target, self.membership.live(), self.store.record)
 
+    def _guard(self, method: str, meta: dict[str, Any]) -> None:
+        """The guard of this runtime's RPC target: silent until it has joined, then :meth:`_fence`.
+
+        The target is served before the runtime announces itself (see
+        :meth:`_boot`), but until the membership has checked that no live
+        runtime uses our id, a request for that id is another runtime's:
+        above all the check's own ``ping``, which only that other runtime
+        may answer.
+        """
+        if not self.membership.joined:
+            raise Unanswered("not a member of the network yet")
+        self._fence(method, meta)
+
     def _fence(self, method: str, meta: dict[str, Any]) -> None:
         """Refuse a command sent by the scheduler of an older leadership term (a leader that lost its lease)."""
         epoch = meta.get("epoch")
@@ -386,8 +508,6 @@ class RuntimeService(service.MultiService):
         yield self.client.whenConnected()
         assert self.store is not None and self.shell is not None
         yield self.store.join()
-        yield self.membership.join()
-        self.membership.on_conflict(self._fatal)
         self.agents.startService()
         self.devices.startService()
         self.gateway.startService()
@@ -395,8 +515,15 @@ class RuntimeService(service.MultiService):
             yield self.gateway.listen()
         except Exception as e:
             raise OneOSError(f"cannot listen for programs' device requests: {describe(e)}") from None
+        # Our RPC target is served (on the bus and its direct channel) before the membership announces us:
+        # the others call us as soon as they see us alive (the scheduler places a spawn here), and a request
+        # sent before our subscription was granted would be lost (its caller waits out its timeout).  Until
+        # the membership has joined, the target answers nothing (_guard): the duplicate-id check's ping, sent
+        # meanwhile, is for another runtime with our id.
         self.rpc_service.startService()
         yield self.rpc_service.started
+        yield self.membership.join()
+        self.membership.on_conflict(self._fatal)
         self.kernel.startService()
         self.fs_role.startService()
         self.election.startService()

@@ -8,7 +8,8 @@ stages are :class:`StageSpec`, a pipe between agents a :class:`PipeInfo`
 
 Inside a runtime the RPC client fails at once when no kernel leader is
 known ("no kernel leader right now ..."), the CLI likewise from its
-snapshot of the network.
+snapshot of the network.  Calls take the scheduler's direct channel once
+it is open (:class:`SchedulerClient`), as the file system's do.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from oneos.agents.info import AgentInfo, MalformedAgentInfo, OutputTarget, PipeI
 from oneos.scheduler.placement import NoFittingRuntime  # noqa: F401  (registers the scheduler's wire kind)
 
 TARGET = "scheduler"
+#: Methods that change nothing: when a direct channel breaks before answering one, it is asked again over the bus.
+RETRY_SAFE = ("explain", "ps", "pipes", "locate")
 #: a kill's SIGTERM-to-SIGKILL grace when it names none (the runtimes' default)
 KILL_GRACE = 5.0
 #: seconds a waiting kill's call may take beyond the grace (the scheduler waits grace + 2 s at most)
@@ -105,12 +108,22 @@ class StageSpec:
 
 
 class SchedulerClient:
-    """Typed calls to the scheduler."""
+    """Typed calls to the scheduler.
 
-    def __init__(self, rpc: Any, timeout: float | None = None) -> None:
+    With *direct* (the default) the calls take the scheduler's direct
+    channel once it is open (:meth:`oneos.pubsub.rpc.RPCClient.enable_direct`):
+    one hop to the leader instead of two through the broker, for a caller
+    that calls it more than once (a shell session, the desktop); a one-shot
+    command's single call goes over the bus.
+    """
+
+    def __init__(self, rpc: Any, timeout: float | None = None, *, direct: bool = True) -> None:
         self.rpc = rpc
         #: seconds to wait for an answer (None: the RPC client's default); each method may say otherwise
         self.timeout = timeout
+        enable = getattr(rpc, "enable_direct", None)  # a test's recording double has none
+        if direct and enable is not None:
+            enable(TARGET, retry_safe=RETRY_SAFE)
 
     def _call(self, method: str, timeout: float | None, **args: Any) -> defer.Deferred:
         return self.rpc.call(TARGET, method, timeout=self.timeout if timeout is None else timeout, **args)

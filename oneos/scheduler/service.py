@@ -34,11 +34,13 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from oneos.agents.client import RETRY_SAFE as AGENT_RETRY_SAFE
 from oneos.agents.client import AgentsClient
 from oneos.agents.host import KEEP_ENDED
 from oneos.agents.info import ENDED, LOST, AgentError, AgentInfo, OutputTarget
 from oneos.agents.program import interpreter_for
 from oneos.pubsub import messages, topics
+from oneos.pubsub.direct import DirectServer
 from oneos.pubsub.rpc import RPCServer
 from oneos.scheduler.client import KILL_GRACE, TARGET, StageSpec
 from oneos.scheduler.pipes import PipeLog
@@ -136,22 +138,33 @@ class ProcessTable(dict[str, dict[str, Any]]):
 
 
 class _HereFirst:
-    """The RPC client as the scheduler's commands use it: its own runtime's methods are called in-process.
+    """The RPC client as the scheduler's commands use it: its own runtime in-process, the others in one hop.
 
     A spawn placed on the leader itself went to the broker and back twice
     (request, answer); :meth:`oneos.pubsub.rpc.RPCClient.call_here` hands it
     to this process's own server for the target instead, through the same
-    checks (the epoch fence, the caller's rights, the deadline).
+    checks (the epoch fence, the caller's rights, the deadline).  A command
+    to another runtime takes that runtime's direct channel once it is open
+    (:meth:`~oneos.pubsub.rpc.RPCClient.enable_direct`, asked for at its
+    first commands), where the same checks run; it goes over the bus until
+    then, and whenever the channel is in doubt (module docstring of
+    :mod:`oneos.pubsub.direct`).
     """
 
-    def __init__(self, rpc: Any, here: Callable[[], str | None]) -> None:
+    def __init__(self, rpc: Any, here: Callable[[], str | None], direct: bool = True) -> None:
         self.rpc = rpc
         self.here = here
+        self.direct = direct
 
     def call(self, target: str, method: str, timeout: float | None = None, meta: Any = None, **args: Any) -> Any:
-        local = getattr(self.rpc, "call_here", None)
-        if local is not None and target == self.here():
-            return local(target, method, timeout=timeout, meta=meta, **args)
+        if target == self.here():
+            local = getattr(self.rpc, "call_here", None)
+            if local is not None:
+                return local(target, method, timeout=timeout, meta=meta, **args)
+        elif self.direct:
+            enable = getattr(self.rpc, "enable_direct", None)  # a test's recording double may have none
+            if enable is not None:
+                enable(target, retry_safe=AGENT_RETRY_SAFE)  # once per target; then a look-up
         return self.rpc.call(target, method, timeout=timeout, meta=meta, **args)
 
 
@@ -169,16 +182,22 @@ class SchedulerService(service.Service):
         *,
         guard: Any = None,
         policy: RestartPolicy | None = None,
+        direct_commands: bool = True,
+        transfer: Any = None,
     ) -> None:
         self.client = client
         self.membership = membership
         self.rpc = rpc
         self.reactor = reactor
         self.policy = policy or RestartPolicy()
+        #: commands to other runtimes take their direct channels when open (False: always the bus)
+        self.direct_commands = direct_commands
         self.table: ProcessTable = ProcessTable()
         #: spawn arguments of jobs started under this leader (env and cwd are not in the status)
         self.specs: dict[str, dict[str, Any]] = {}
         self._timers: dict[str, IDelayedCall] = {}
+        #: agent id -> when its lost status is cleared (cancelled when we stop: it is the next leader's then)
+        self._forgets: dict[str, IDelayedCall] = {}
         #: runtime -> [(expires, memory MB)]: placements made but not yet in the runtime's status
         self._reserved: dict[str, list[tuple[float, int]]] = {}
         #: every pipe joined (or seen), kept a while after it finished with its final byte count
@@ -203,10 +222,15 @@ class SchedulerService(service.Service):
             guard=guard,
             clients=("spawn", "pipeline", "explain", "ps", "pipes", "kill", "pause", "resume", "locate"),
         )
+        #: the runtime's transfer server: the target is served on a direct channel beside its streams
+        self.transfer = transfer
+        #: the ``scheduler`` target on a direct TCP channel (made at start when there is a transfer server)
+        self.direct: DirectServer | None = None
 
     def startService(self) -> None:
         super().startService()
         self.server.start()
+        self._listen_direct()
         d = self.client.subscribe(topics.ALL_AGENTS, self._on_agent)
         d.addCallback(lambda sub: setattr(self, "_sub", sub))
         # Once every retained agent status is here, settle what the last leader left: agents of dead
@@ -218,22 +242,53 @@ class SchedulerService(service.Service):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
-        for timer in self._timers.values():
+        for timer in (*self._timers.values(), *self._forgets.values()):
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        self._forgets.clear()
         for agent_id in list(self._end_waiters):
             self._ended(agent_id, self.table.get(agent_id))
         if self._sub is not None:
             self._sub.cancel()
-        return self.server.stop()
+        stopped = self.server.stop()
+        direct, self.direct = self.direct, None
+        if direct is None:
+            return stopped
+        # the channels' calls at work are answered; new ones are told to ask the bus (the next leader)
+        closing = direct.stop()
+        return stopped.addCallback(lambda _: closing)
+
+    def _listen_direct(self) -> None:
+        """Serve the target on a direct channel too, on the interface the runtime's streams listen on.
+
+        As the file-system service does: a client that calls the scheduler
+        often (a shell session, the desktop) sends its calls in one hop
+        instead of two through the broker.  The guard (this runtime leads
+        under a live lease) holds on the channel as on the bus; once it says
+        no, the channels are cut and the clients' calls go over the bus,
+        where the next leader answers.  Clients that cannot reach the port
+        keep using the bus.
+        """
+        port = getattr(self.transfer, "port", None)
+        if self.transfer is None or port is None:
+            return
+        self.direct = DirectServer(self.reactor, self.server, tls=getattr(self.transfer, "tls", None))
+        interface = port.getHost().host.replace(":", "\\:")
+        advertise = self.transfer.where()["host"]
+        self.direct.listen(f"tcp:0:interface={interface}", advertise).addCallbacks(
+            lambda address: log.info("scheduler calls are served in one hop on {address}", address=address),
+            lambda f: log.warn(
+                "no direct channel for scheduler calls ({error}); they go over the bus", error=f.getErrorMessage()
+            ),
+        )
 
     # -- commands to runtimes, fenced by our term -------------------------------------
     @property
     def agents(self) -> AgentsClient:
-        """The runtimes' agent methods, each request carrying our leadership epoch (our own runtime's in-process)."""
+        """The runtimes' agent methods, each request carrying our leadership epoch (see :class:`_HereFirst`)."""
         return AgentsClient(
-            _HereFirst(self.rpc, lambda: getattr(self.membership, "id", None)),
+            _HereFirst(self.rpc, lambda: getattr(self.membership, "id", None), self.direct_commands),
             meta=lambda: {"epoch": self.membership.epoch},
         )
 
@@ -656,9 +711,13 @@ class SchedulerService(service.Service):
             if not lost.get("decided") or not (lost.get("next_restart_at") or lost.get("quarantined")):
                 self._republish(lost)
             topic = topics.agent(row["runtime"], agent_id)
-            self.reactor.callLater(KEEP_ENDED, self._forget, topic, agent_id)
+            old = self._forgets.pop(agent_id, None)
+            if old is not None and old.active():
+                old.cancel()
+            self._forgets[agent_id] = self.reactor.callLater(KEEP_ENDED, self._forget, topic, agent_id)
 
     def _forget(self, topic: str, agent_id: str) -> None:
+        self._forgets.pop(agent_id, None)
         row = self.table.get(agent_id)
         if row is not None and row.get("state") == LOST and not row.get("next_restart_at"):
             self.client.publish(topic, b"", 1, True).addErrback(lambda f: None)

@@ -3,7 +3,8 @@
 * many calls pipelined on the channel answer exactly as the same calls over the bus;
 * the channel acts as the identity its ticket was issued to over the bus (a client identity stays its user),
   and a forged, reused or expired ticket is refused before anything runs;
-* a runtime of a TLS network serves the channel with TLS, checked against the network's CA;
+* a runtime of a TLS network serves the channel with TLS, checked against the network's CA (the fs
+  service's, the runtime's own target's and the scheduler's);
 * a 3-runtime grid (one SQLite tree): killing the runtime serving the tree mid-run makes the client fall back
   to the bus, and then take the channel of the new server.
 
@@ -412,6 +413,25 @@ class TLSRuntimeTests(unittest.TestCase):
         yield until(refused, "the TLS failure")
         self.assertIn("its certificate did not verify", stranger.rpc.route("fs").last_error)
         self.assertTrue((yield stranger.stat("/tmp/over-tls")).is_dir)
+
+        # the runtime's own target (the agents' methods) and the scheduler serve their channels with TLS too
+        transfer.use_client_trust(tls.load_trust(home))
+        rpc = RPCClient(pubsub, reactor, default_timeout=10)
+        clients.rpcs.append(rpc)
+        for target, method in (("solo", "ping"), ("scheduler", "ps")):
+            route = rpc.enable_direct(target)
+            assert route is not None
+
+            def ready(target: str = target, method: str = method, route: Any = route) -> bool:
+                if not route.ready:
+                    rpc.call(target, method).addErrback(lambda f: None)
+                return route.ready
+
+            yield until(ready, f"the direct channel to {target} ({route.last_error})")
+            self.assertTrue(route.channel.ticket.tls)
+            sent = route.sent
+            yield rpc.call(target, method)
+            self.assertEqual(route.sent, sent + 1)
 
 
 class GridFailoverTests(unittest.TestCase):

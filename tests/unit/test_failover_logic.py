@@ -213,6 +213,23 @@ def test_runtimes_refuse_commands_of_an_older_term(tmp_path):
     assert runtime.membership.max_epoch == 6
 
 
+def test_a_runtime_s_target_answers_nothing_until_it_has_joined_then_fences(tmp_path):
+    from oneos.config import load_config
+    from oneos.pubsub.rpc import Unanswered
+    from oneos.runtime.app import build_runtime
+
+    runtime = build_runtime(load_config(tmp_path), reactor=MemoryReactorClock()).getServiceNamed("runtime")
+    assert runtime.rpc_service.server.guard == runtime._guard
+    # served before it announces itself: meanwhile a request for its id is another runtime's (the duplicate check)
+    with pytest.raises(Unanswered):
+        runtime._guard("ping", {})
+    runtime.membership.joined = True
+    runtime._guard("ping", {})
+    runtime.membership.note_epoch(5)
+    with pytest.raises(StaleEpoch):
+        runtime._guard("agent_spawn", {"epoch": 4})
+
+
 def test_a_request_queued_while_cut_off_is_not_delivered_late():
     reactor = MemoryReactorClock()
     client = PubSubClient("mqtt://broker.example:1884", reactor, client_id="me", keepalive=2, rng=random.Random(1))

@@ -295,28 +295,47 @@ def test_without_a_server_here_or_once_it_stopped_the_call_takes_the_bus():
     assert outcome(d).check(RPCTimeout)
 
 
-def test_the_scheduler_commands_its_own_runtime_in_process_and_others_over_the_bus():
-    class RPC:
-        def __init__(self) -> None:
-            self.used: list[tuple[str, str]] = []
+class SchedulerRPC:
+    """The RPC client as the scheduler's commands see it: records which way each call went."""
 
-        def call(self, target: str, method: str, **kw: Any) -> defer.Deferred:
-            self.used.append(("bus", target))
-            return defer.succeed({"id": "a1", "runtime": target, "state": "running"})
+    def __init__(self) -> None:
+        self.used: list[tuple[str, str]] = []
+        self.direct: list[tuple[str, frozenset[str]]] = []
 
-        def call_here(self, target: str, method: str, **kw: Any) -> defer.Deferred:
-            self.used.append(("here", target))
-            return defer.succeed({"id": "a2", "runtime": target, "state": "running"})
+    def call(self, target: str, method: str, **kw: Any) -> defer.Deferred:
+        self.used.append(("call", target))
+        return defer.succeed({"id": "a1", "runtime": target, "state": "running"})
 
-    class Members:
-        id = "rt-a"
-        epoch = 1
+    def call_here(self, target: str, method: str, **kw: Any) -> defer.Deferred:
+        self.used.append(("here", target))
+        return defer.succeed({"id": "a2", "runtime": target, "state": "running"})
 
-    rpc = RPC()
+    def enable_direct(self, target: str, *, retry_safe: Any = ()) -> None:
+        self.direct.append((target, frozenset(retry_safe)))
+
+
+class Members:
+    id = "rt-a"
+    epoch = 1
+
+
+def test_the_scheduler_commands_its_own_runtime_in_process_and_others_on_their_direct_channels():
+    from oneos.agents.client import RETRY_SAFE
+
+    rpc = SchedulerRPC()
     s = SchedulerService(None, rpc, Members(), task.Clock())
     s.agents.kill("rt-a", "a2")
     s.agents.kill("rt-b", "a1")
-    assert rpc.used == [("here", "rt-a"), ("bus", "rt-b")]
+    assert rpc.used == [("here", "rt-a"), ("call", "rt-b")]
+    assert rpc.direct == [("rt-b", frozenset(RETRY_SAFE))], "another runtime's channel, with its read-only methods"
+    assert not {"agent_spawn", "agent_kill", "agent_stdin", "agent_pipe_out"} & set(RETRY_SAFE), "they change things"
+
+
+def test_a_scheduler_told_not_to_use_direct_channels_sends_its_commands_over_the_bus():
+    rpc = SchedulerRPC()
+    s = SchedulerService(None, rpc, Members(), task.Clock(), direct_commands=False)
+    s.agents.kill("rt-b", "a1")
+    assert rpc.used == [("call", "rt-b")] and rpc.direct == []
 
 
 def test_loader_variables_are_set_only_after_privileges_drop():
