@@ -258,6 +258,30 @@ def report(name: str, figures: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+#: issue 15's aims on SQLite, over the direct channel: (figure, least rate per second) and reads against raw
+AIM_RATE = 3000.0
+AIM_READ = 0.5
+
+
+def aims(figures: dict[str, dict[str, float]]) -> list[str]:
+    """Issue 15's aims for SQLite, each said met or not beside the figure it is judged on."""
+    direct, base = figures["direct"], figures["raw"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lines = ["    aims (issue 15, direct channel):"]
+    for key in ("stat", "create"):
+        lines.append(
+            f"      {key} one after the other: {direct[key]:,.0f}/s, aim {AIM_RATE:,.0f}/s: "
+            f"{verdict(direct[key] >= AIM_RATE)}"
+        )
+    ratio = direct["read"] / base["read"]
+    lines.append(f"      read: {ratio:.2f}x raw, aim {AIM_READ}x: {verdict(ratio >= AIM_READ)}")
+    lines.append(f"      ls in one call: {direct['ls calls']:.0f} call(s): {verdict(direct['ls calls'] == 1)}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=100)
@@ -295,6 +319,8 @@ def main() -> None:
                 rt.stop()
             figures["raw"] = raw_figures(name, work, total, args.files, mongo)
             results += report(f"{name} (direct channel to {server})", figures)
+            if name == "sqlite":
+                results += aims(figures)
     finally:
         if mongo is not None:
             mongo.stop()

@@ -64,7 +64,28 @@ def normalise(path: str, cwd: str = ROOT) -> str:
 
 
 def parts(path: str, cwd: str = ROOT) -> tuple[str, ...]:
-    """The components of the normalised *path* (``()`` for ``/``)."""
+    """The components of the normalised *path* (``()`` for ``/``).
+
+    Remembers the last :data:`PARTS_CACHE` answers: one request's path is
+    checked by the service, then the store, then its look-up, which was a
+    good part of the file-system service's work for a ``stat``.  (Only
+    answers are kept: a path that is refused is checked again.)
+    """
+    if isinstance(path, str) and isinstance(cwd, str):
+        return _remembered_parts(path, cwd)
+    return _parts(path, cwd)
+
+
+#: Normalised paths :func:`parts` remembers.
+PARTS_CACHE = 2048
+
+
+@functools.lru_cache(maxsize=PARTS_CACHE)
+def _remembered_parts(path: str, cwd: str) -> tuple[str, ...]:
+    return _parts(path, cwd)
+
+
+def _parts(path: str, cwd: str) -> tuple[str, ...]:
     if not isinstance(path, str):
         raise InvalidPath(repr(path), "a path must be a string")
     if path == "":

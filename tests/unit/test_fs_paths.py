@@ -71,6 +71,20 @@ def test_non_strings_are_refused():
         P.validate_name(None)  # type: ignore[arg-type]
 
 
+def test_remembered_answers_are_the_same_and_refusals_are_not_remembered():
+    P._remembered_parts.cache_clear()
+    first = P.parts("/a/./b/../c")
+    assert P.parts("/a/./b/../c") is first == ("a", "c")
+    assert P.parts("c", "/a") == first and P.parts("c", "/x") == ("x", "c")  # the cwd is part of the key
+    for _ in range(2):  # refused each time, never answered from memory
+        with pytest.raises(E.InvalidPath):
+            P.parts("/a/../..")
+    with pytest.raises(E.InvalidPath):
+        P.parts(["/a"])  # type: ignore[arg-type]  # unhashable: refused as before, not a TypeError
+    info = P._remembered_parts.cache_info()
+    assert (info.hits, info.maxsize) == (1, P.PARTS_CACHE)
+
+
 def test_limits_are_inclusive():
     name = "é" * 127 + "x"  # 255 bytes
     assert P.normalise("/" + name) == "/" + name
