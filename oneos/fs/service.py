@@ -310,22 +310,9 @@ class FileSystemService(service.Service):
         self._open()
 
     def _listen_direct(self) -> None:
-        """Serve the target on a direct channel too, on the interface the runtime's streams listen on.
-
-        Clients that cannot reach it (a firewall that opens only the stream
-        port) keep using the bus: they fall back by themselves.
-        """
-        port = getattr(self.transfer, "port", None)
-        if self.direct is None or port is None:
-            return
-        interface = port.getHost().host.replace(":", "\\:")
-        advertise = self.transfer.where()["host"]
-        self.direct.listen(f"tcp:0:interface={interface}", advertise).addCallbacks(
-            lambda address: log.info("fs calls are served in one hop on {address}", address=address),
-            lambda f: log.warn(
-                "no direct channel for fs calls ({error}); they go over the bus", error=f.getErrorMessage()
-            ),
-        )
+        """Serve the target on a direct channel too, beside the runtime's streams (DirectServer.listen_beside)."""
+        if self.direct is not None:
+            self.direct.listen_beside(self.transfer)
 
     def _open(self) -> None:
         self._retry = None

@@ -539,6 +539,31 @@ class DirectServer:
         where = self.where()
         return f"{where['host']}:{where['port']}"
 
+    def listen_beside(self, transfer: Any) -> defer.Deferred:
+        """Listen on the interface *transfer* (the runtime's stream server) listens on; never fails.
+
+        Every service that serves a target in one hop listens there and
+        advertises the streams' host, so a channel reaches whoever reaches
+        the streams.  A channel that cannot listen is logged and its callers
+        keep using the bus (they fall back by themselves, as do clients that
+        cannot reach the port: a firewall that opens only the stream port).
+        """
+        port = getattr(transfer, "port", None)
+        if port is None:
+            return defer.succeed(None)
+        interface = port.getHost().host.replace(":", "\\:")
+        target = self.rpc.target
+        return self.listen(f"tcp:0:interface={interface}", transfer.where()["host"]).addCallbacks(
+            lambda address: log.info(
+                "{target} calls are served in one hop on {address}", target=target, address=address
+            ),
+            lambda f: log.warn(
+                "no direct channel for {target} calls ({error}); they go over the bus",
+                target=target,
+                error=f.getErrorMessage(),
+            ),
+        )
+
     def where(self) -> dict[str, Any]:
         """Host and port clients connect to, and ``tls: true`` when they must use TLS."""
         if self.port is None:

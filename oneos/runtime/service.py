@@ -117,28 +117,12 @@ class RPCService(service.Service):
         self.started = self.server.start().addCallback(lambda _: listening)
 
     def _listen_direct(self) -> defer.Deferred:
-        """Serve the target on a direct channel too, on the interface the runtime's streams listen on.
-
-        Callers that cannot reach it (a firewall that opens only the stream
-        port) keep using the bus: they fall back by themselves.
-        """
-        port = getattr(self.transfer, "port", None)
-        if self.transfer is None or port is None or self.reactor is None:
+        """Serve the target on a direct channel too, beside the runtime's streams (DirectServer.listen_beside)."""
+        if self.transfer is None or getattr(self.transfer, "port", None) is None or self.reactor is None:
             return defer.succeed(None)
         target = ChannelTarget(self.server, self.heard or (lambda: True))
         self.direct = DirectServer(self.reactor, target, tls=self.transfer.tls)
-        interface = port.getHost().host.replace(":", "\\:")
-        advertise = self.transfer.where()["host"]
-        return self.direct.listen(f"tcp:0:interface={interface}", advertise).addCallbacks(
-            lambda address: log.info(
-                "{target} is served in one hop on {address}", target=self.server.target, address=address
-            ),
-            lambda f: log.warn(
-                "no direct channel for {target} ({error}); its calls go over the bus",
-                target=self.server.target,
-                error=f.getErrorMessage(),
-            ),
-        )
+        return self.direct.listen_beside(self.transfer)
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

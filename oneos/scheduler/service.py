@@ -270,18 +270,10 @@ class SchedulerService(service.Service):
         where the next leader answers.  Clients that cannot reach the port
         keep using the bus.
         """
-        port = getattr(self.transfer, "port", None)
-        if self.transfer is None or port is None:
+        if getattr(self.transfer, "port", None) is None:
             return
         self.direct = DirectServer(self.reactor, self.server, tls=getattr(self.transfer, "tls", None))
-        interface = port.getHost().host.replace(":", "\\:")
-        advertise = self.transfer.where()["host"]
-        self.direct.listen(f"tcp:0:interface={interface}", advertise).addCallbacks(
-            lambda address: log.info("scheduler calls are served in one hop on {address}", address=address),
-            lambda f: log.warn(
-                "no direct channel for scheduler calls ({error}); they go over the bus", error=f.getErrorMessage()
-            ),
-        )
+        self.direct.listen_beside(self.transfer)
 
     # -- commands to runtimes, fenced by our term -------------------------------------
     @property
