@@ -825,17 +825,19 @@ def bench_single_runtime(
         homes = root / "single" / "runtimes"
         keepalive = 2
         det = sorted(bench_detection(broker.url, obs, homes, keepalive, kill_rounds, network, children))
-        print(
-            f"SIGKILL -> seen dead (s), {len(det)} rounds: min {det[0]:.3f}  median {det[len(det) // 2]:.3f}  max {det[-1]:.3f}"
-            f"   | baseline: keepalive-only bound {1.5 * keepalive:.1f}",
-            flush=True,
-        )
+        if det:  # --kill-rounds 0: not measured
+            print(
+                f"SIGKILL -> seen dead (s), {len(det)} rounds: min {det[0]:.3f}  median {det[len(det) // 2]:.3f}  max {det[-1]:.3f}"
+                f"   | baseline: keepalive-only bound {1.5 * keepalive:.1f}",
+                flush=True,
+            )
         fo = sorted(bench_failover(broker.url, obs, homes, failover_rounds, network, children))
-        print(
-            f"SIGKILL of leader -> new leader (s), {len(fo)} rounds: min {fo[0]:.3f}  median {fo[len(fo) // 2]:.3f}  max {fo[-1]:.3f}"
-            f"   | target: under 5.0 (election settle time 0.5)",
-            flush=True,
-        )
+        if fo:  # --failover-rounds 0: not measured
+            print(
+                f"SIGKILL of leader -> new leader (s), {len(fo)} rounds: min {fo[0]:.3f}  median {fo[len(fo) // 2]:.3f}  max {fo[-1]:.3f}"
+                f"   | target: under 5.0 (election settle time 0.5)",
+                flush=True,
+            )
         rss, bare = bench_idle_rss(broker.url, obs, homes, 3.0, network, children)
         print(
             f"idle RSS of one runtime: {rss:.1f} MiB   | baseline: idle bare Twisted reactor {bare:.1f} MiB", flush=True

@@ -1,9 +1,11 @@
 """The desktop's front door: the ``desktop`` service of every runtime, one twisted.web site on ``listen.desktop``.
 
 :class:`DesktopService` is built with the runtime's tree (its constructor
-opens nothing, reads nothing) and, when started, builds the site
-(:func:`oneos.desktop.web.build_site`: the page from the repository's
-``web/``, the API, ``/ws``) and listens on its endpoint string.  It starts
+opens nothing, reads nothing) and, when started, listens on its endpoint
+string; the site (:func:`oneos.desktop.web.build_site`: the page from the
+repository's ``web/``, the API, ``/ws``) is built when the first browser
+connects, so a runtime nobody opens the desktop of never loads twisted.web
+and Autobahn (:mod:`oneos.lazyfactory`).  It starts
 after the shell, whose users and password checker it shares.  A port that
 cannot be had is one error line in the log and the runtime goes on without
 its desktop, as it does without a shell door; an ``ssl:`` endpoint serves
@@ -15,7 +17,7 @@ still connected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer
@@ -24,8 +26,11 @@ from twisted.logger import Logger
 
 from oneos.config import is_loopback
 from oneos.desktop.context import DesktopContext
-from oneos.desktop.web import DesktopSite, build_site
 from oneos.errors import describe
+from oneos.lazyfactory import LazyFactory
+
+if TYPE_CHECKING:
+    from oneos.desktop.web import DesktopSite
 
 log = Logger()
 
@@ -52,7 +57,10 @@ class DesktopService(service.Service):
         self.web_dir = web_dir
         #: the runtime's address, shown in the URL when the desktop listens on every interface
         self.advertise = advertise
+        #: the site, once a first browser connected (twisted.web and Autobahn are loaded then: oneos.lazyfactory)
         self.site: DesktopSite | None = None
+        #: the port listens on loopback: the site answers loopback Host names only
+        self.loopback_only = False
         self.port: Any = None
         #: the URL a browser opens ('' while off, or when the port could not be had)
         self.url = ""
@@ -70,9 +78,10 @@ class DesktopService(service.Service):
 
     async def _listen(self) -> None:
         self.ctx.tls = self.endpoint.split(":", 1)[0] == "ssl"
-        site = self.site = build_site(self.ctx, self.web_dir)
         try:
-            port = await serverFromString(self.ctx.reactor, self.endpoint).listen(site)
+            port = await serverFromString(self.ctx.reactor, self.endpoint).listen(
+                LazyFactory(self._site, "the desktop")
+            )
         except Exception as e:
             # Another program holds the port (or the endpoint is wrong): say so plainly; the runtime goes on.
             log.error("desktop cannot listen on {ep}: {e}", ep=self.endpoint, e=describe(e))
@@ -84,11 +93,20 @@ class DesktopService(service.Service):
         host = port.getHost()
         address, number = getattr(host, "host", None), getattr(host, "port", None)
         if isinstance(address, str) and isinstance(number, int):
-            site.loopback_only = is_loopback(address)
+            self.loopback_only = is_loopback(address)
             self.url = desktop_url(address, number, self.ctx.tls, self.advertise)
             log.info("desktop at {url}", url=self.url)
         else:  # a unix socket: no URL a browser could open
             log.info("desktop serving on {ep}", ep=self.endpoint)
+
+    def _site(self) -> DesktopSite:
+        """Build the site (the page, the API, ``/ws``): on the first connection, not at start."""
+        from oneos.desktop.web import build_site
+
+        site = build_site(self.ctx, self.web_dir)
+        site.loopback_only = self.loopback_only
+        self.site = site
+        return site
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
-from twisted.conch.interfaces import IConchUser
-from twisted.conch.ssh import factory, keys
-from twisted.conch.telnet import ITelnetProtocol
 from twisted.cred import portal as cred_portal
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
@@ -38,13 +35,20 @@ from oneos.errors import describe
 from oneos.fs import paths
 from oneos.fs.permissions import ADMIN
 from oneos.fs.store import DEFAULT_OWNER, DIR_PERM
+from oneos.lazyfactory import LazyFactory
 from oneos.shell.frontend import LOGIN_GRACE
-from oneos.shell.interpreter import Interpreter
+from oneos.shell.hostkey import network_host_key
 from oneos.shell.session import Grid, Session
-from oneos.shell.ssh import ShellAvatar, network_host_key, ssh_factory
-from oneos.shell.telnet import TelnetShell, telnet_factory
 from oneos.shell.throttle import LoginThrottle
 from oneos.shell.users import FailureDelay, PasswordChecker, PublicKeyChecker, TreeUsers, migrate_home
+
+if TYPE_CHECKING:
+    from twisted.conch.ssh import factory, keys
+
+    from oneos.shell.interpreter import Interpreter
+
+# The sessions' code (conch's SSH transport, telnet, the interpreter) is imported when a first
+# connection comes (oneos.lazyfactory): a runtime nobody logs in to never loads it.
 
 log = Logger()
 
@@ -64,6 +68,12 @@ class ShellRealm:
     def requestAvatar(
         self, avatar_id: bytes | tuple[()], mind: object, *interfaces: type[Interface]
     ) -> tuple[type[Interface], object, Callable[[], None]]:
+        from twisted.conch.interfaces import IConchUser
+        from twisted.conch.telnet import ITelnetProtocol
+
+        from oneos.shell.ssh import ShellAvatar
+        from oneos.shell.telnet import TelnetShell
+
         user = avatar_id.decode("utf-8") if isinstance(avatar_id, bytes) else str(avatar_id)
         if IConchUser in interfaces:
             a = ShellAvatar(user, self.shell)
@@ -123,6 +133,8 @@ class ShellService(service.Service):
     # -- sessions -------------------------------------------------------------------------------
     def new_interpreter(self, user: str, out: Any, err: Any) -> Interpreter:
         """A session's interpreter: its file operations are the user's, checked against owners and modes."""
+        from oneos.shell.interpreter import Interpreter
+
         interp = Interpreter(Session(user, home=paths.join("/home", user)), self.grid.for_user(user), out, err)
         self.interpreters.add(interp)
         return interp
@@ -157,9 +169,13 @@ class ShellService(service.Service):
 
     # -- the listeners ----------------------------------------------------------------------------
     def ssh_factory(self, key: keys.Key) -> factory.SSHFactory:
+        from oneos.shell.ssh import ssh_factory
+
         return ssh_factory(self.portal, key, self.login_grace, self.reactor, self.throttle)
 
     def telnet_factory(self) -> protocol.ServerFactory:
+        from oneos.shell.telnet import telnet_factory
+
         return telnet_factory(self.portal, self.login_grace, self.reactor)
 
     def startService(self) -> None:
@@ -194,7 +210,7 @@ class ShellService(service.Service):
         if not self.running:
             return
 
-        def ssh() -> factory.SSHFactory:
+        def ssh() -> protocol.Factory:
             assert key is not None  # read above: there is an SSH endpoint
             return self.ssh_factory(key)
 
@@ -205,7 +221,9 @@ class ShellService(service.Service):
             if not endpoint:
                 continue
             try:
-                port = await serverFromString(self.reactor, endpoint).listen(make())
+                port = await serverFromString(self.reactor, endpoint).listen(
+                    LazyFactory(make, f"the shell's {name} door")
+                )
             except Exception as e:
                 # Another program holds the port: say so plainly; the runtime keeps going without this door.
                 log.error("shell cannot serve {name} on {ep}: {e}", name=name, ep=endpoint, e=describe(e))

@@ -25,14 +25,13 @@ on its own disk.  The transport disconnects a connection that has
 not logged in within the login grace time and, with the service's
 :class:`~oneos.shell.throttle.LoginThrottle`, refuses too many connections
 logging in from one address and answers failed logins ever later.  The host
-key is the network's, kept in the tree (:func:`network_host_key`).  When a
+key is the network's, kept in the tree (:func:`oneos.shell.hostkey.network_host_key`).  When a
 client vanishes the channel closes and every agent its session started is
 stopped.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.conch import avatar
@@ -49,7 +48,6 @@ from twisted.python import components
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from oneos.fs.errors import AlreadyExists, NotFound
 from oneos.shell.frontend import LOGIN_GRACE, LoginGrace, SafeWriter, cut_later, peer_address, to_program
 from oneos.shell.interpreter import Interpreter
 from oneos.shell.lines import TOO_LONG, CookedLine, Echo, Event, Interrupt, ScriptLines
@@ -58,15 +56,11 @@ from oneos.shell.session import SessionInput
 from oneos.shell.sftp import SFTPSubsystem
 from oneos.shell.terminal import ShellTerminal
 from oneos.shell.throttle import LoginThrottle
-from oneos.shell.users import HOST_KEY_PATH
 
 if TYPE_CHECKING:
     from oneos.shell.service import ShellService
 
 log = Logger()
-
-HOST_KEY_FILE = "ssh_host_key"
-
 
 # -- the log: one line per login ----------------------------------------------------------------
 
@@ -88,51 +82,6 @@ def _conch_warnings(event: dict[str, Any]) -> None:
 _conch_log = Logger(observer=_conch_warnings)
 # twisted.conch.ssh.session logs through a module-level logger ("Executing command ...", "exitCode: 0")
 session.log = Logger(namespace=session.log.namespace, observer=_conch_warnings)
-
-
-# -- the host key ------------------------------------------------------------------------------
-
-
-def _new_host_key() -> keys.Key:
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    return keys.Key(ed25519.Ed25519PrivateKey.generate())
-
-
-@defer.inlineCallbacks
-def network_host_key(fs: Any, home: Path) -> Any:
-    """The network's SSH host key, kept in the tree so every front door shows the same one.
-
-    The first front door to start puts one there (the key an older runtime
-    kept in ``$ONEOS_HOME/ssh_host_key`` if there is one, else a new ed25519
-    key); the write is exclusive, so of two doors starting at once both end
-    with the winner's key.  The public half is also written to
-    ``$ONEOS_HOME/ssh_host_key.pub``, where ``oneos`` on this machine pins it.
-    """
-    try:
-        data = yield fs.read_small(HOST_KEY_PATH)
-    except NotFound:
-        local = Path(home) / HOST_KEY_FILE
-        migrated = local.exists()
-        key = keys.Key.fromFile(str(local)) if migrated else _new_host_key()
-        yield fs.mkdir("/etc/oneos", parents=True, exist_ok=True)
-        try:
-            yield fs.write_small(HOST_KEY_PATH, key.toString("OPENSSH"), exclusive=True)
-            log.info(
-                "the network's SSH host key is now {fp} ({how})",
-                fp=key.fingerprint(),
-                how=f"moved from {local}" if migrated else "new",
-            )
-        except AlreadyExists:
-            pass  # another front door was first: use its key
-        data = yield fs.read_small(HOST_KEY_PATH)
-    key = keys.Key.fromString(data)
-    pub = Path(home) / (HOST_KEY_FILE + ".pub")
-    text = key.public().toString("OPENSSH") + b"\n"
-    if not pub.exists() or pub.read_bytes() != text:
-        pub.parent.mkdir(parents=True, exist_ok=True)
-        pub.write_bytes(text)
-    return key
 
 
 # -- the connection: transport, authentication ------------------------------------------------

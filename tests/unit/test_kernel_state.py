@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from oneos.fs.errors import AlreadyExists, NotFound, PermissionDenied
 from oneos.fs.service import SYSTEM_DIR, guard, visible
 from oneos.fs.store import Stat
-from oneos.shell.ssh import network_host_key
+from oneos.shell.hostkey import network_host_key
 from oneos.shell.users import (
     HOST_KEY_PATH,
     KEYS_PATH,
