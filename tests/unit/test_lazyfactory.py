@@ -14,18 +14,18 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet import protocol
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
 from oneos.lazyfactory import LazyFactory
 
 
-class Recording(protocol.Factory):
+class Recording(Factory):
     """A factory that counts its starts and stops and the protocols it built."""
 
-    protocol = protocol.Protocol
+    protocol = Protocol
 
     def __init__(self) -> None:
         self.events: list[str] = []
@@ -36,7 +36,7 @@ class Recording(protocol.Factory):
     def stopFactory(self) -> None:
         self.events.append("stop")
 
-    def buildProtocol(self, addr: Any) -> protocol.Protocol | None:
+    def buildProtocol(self, addr: Any) -> Any:
         self.events.append(f"build {addr}")
         return super().buildProtocol(addr)
 
@@ -81,13 +81,14 @@ def test_a_failure_to_make_closes_that_connection_and_is_tried_again() -> None:
         return Recording()
 
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
     try:
         lazy = LazyFactory(make, "the desktop")
         lazy.doStart()
         assert lazy.buildProtocol("A") is None  # Twisted closes a connection given no protocol
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observer)
     assert lazy.real is None
     said = [formatEvent(e) for e in events if "log_failure" in e]
     assert said == ["the desktop cannot serve a connection"]
