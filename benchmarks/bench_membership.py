@@ -9,7 +9,8 @@ Prints, in one run and side by side with baselines measured the same way:
   that is within the aim of issue 15 (1.2x the bare start);
 * the broker's CPU: seconds while the N runtimes converge, then seconds and
   percent of one core in an idle window after it (``--idle``, default 30 s),
-  and the N runtimes' total CPU percent in that window;
+  the N runtimes' total CPU percent in that window, and how many statuses
+  a second the network sent in it (each one reaches every runtime);
 * time from SIGKILL of a runtime until an observer sees it dead, beside the
   bound keepalive alone would give (1.5 x keepalive);
 * time from SIGKILL of the kernel leader until another runtime claims it;
@@ -341,6 +342,8 @@ class Observer:
         self.rpc = RPCClient(self.client, self.reactor)
         #: ids whose latest status says alive (touched in the reactor thread only)
         self.alive: set[str] = set()
+        #: statuses received so far (the network's status traffic: each one reached every runtime too)
+        self.received = 0
         self._status_sub: Any = None
         self.call(lambda: self.client.startService())
         try:
@@ -371,6 +374,7 @@ class Observer:
         from oneos.runtime.status import RuntimeStatus
 
         def on(message: Any) -> None:
+            self.received += 1
             if not message.payload:
                 return
             s = RuntimeStatus.decode(message.payload)
@@ -524,6 +528,8 @@ class Row:
     broker_cpu_idle: float = float("nan")
     idle_wall: float = float("nan")
     runtimes_cpu_idle: float = float("nan")
+    #: statuses the network published during the idle window (each delivered to every runtime)
+    statuses_idle: int = 0
     failure: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -693,11 +699,15 @@ def bench_convergence(
         row.converge = max(done.values()) - t0
         progress(f"{kind}: converged at {row.converge:.2f} s; idle window of {idle:g} s")
 
-        obs.unwatch_alive()  # the idle window measures the runtimes' own traffic only
+        # The observer stays subscribed through the idle window to count the statuses the network sends:
+        # it adds one delivery per status to the broker's N (the runtimes'), so 1/N of its work.
         pids = [p.pid for p in procs]
+        s0 = obs.call(lambda: obs.received)
         b0, r0, w0 = cpu_seconds(broker_pid), {pid: cpu_seconds(pid) for pid in pids}, time.monotonic()
         time.sleep(idle)
         b1, r1, w1 = cpu_seconds(broker_pid), {pid: cpu_seconds(pid) for pid in pids}, time.monotonic()
+        row.statuses_idle = obs.call(lambda: obs.received) - s0
+        obs.unwatch_alive()
         row.idle_wall = w1 - w0
         row.broker_cpu_idle = b1 - b0 if b0 is not None and b1 is not None else float("nan")
         pairs = [(r0[p], r1[p]) for p in pids]
@@ -719,7 +729,7 @@ def format_rows(rows: list[Row]) -> list[str]:
         f"{'runtimes':>8}  {'broker':<9}  {'converge (s)':>12}  {'bare start (s)':>14}  {'ratio':>6}  "
         f"{'aim':<18}  {'CPU floor (s)':>13}  {'converge/floor':>14}  {'all alive (s)':>13}  "
         f"{'broker CPU converge (s)':>23}  "
-        f"{'broker CPU idle (s)':>19}  {'broker idle %core':>17}  {'runtimes idle %core':>19}"
+        f"{'broker CPU idle (s)':>19}  {'broker idle %core':>17}  {'runtimes idle %core':>19}  {'statuses/s idle':>15}"
     )
     out = [head]
     for r in rows:
@@ -733,8 +743,8 @@ def format_rows(rows: list[Row]) -> list[str]:
             f"{r.n:>8}  {r.broker:<9}  {r.converge:>12.2f}  {r.base:>14.2f}  {ratio:>6.2f}  {aim:<18}  "
             f"{r.floor:>13.2f}  {r.converge / r.floor:>14.2f}  {alive:>13}  "
             f"{r.broker_cpu_converge:>23.3f}  {r.broker_cpu_idle:>19.3f}  "
-            f"{100 * r.broker_cpu_idle / r.idle_wall:>17.2f}  {100 * r.runtimes_cpu_idle / r.idle_wall:>19.1f}"
-            + (f"   ({'; '.join(r.notes)})" if r.notes else "")
+            f"{100 * r.broker_cpu_idle / r.idle_wall:>17.2f}  {100 * r.runtimes_cpu_idle / r.idle_wall:>19.1f}  "
+            f"{r.statuses_idle / r.idle_wall:>15.1f}" + (f"   ({'; '.join(r.notes)})" if r.notes else "")
         )
     return out
 

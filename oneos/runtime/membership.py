@@ -15,9 +15,15 @@ staleness by the sender's own rate.  In a network of more than
 sample) the heartbeat doubles until the network as a whole sends about
 :data:`NETWORK_HEARTBEATS` a second (it halves again only when the network
 has shrunk to half of that, so a size near a threshold does not make it
-flip): an idle network's deliveries then grow as N, not N².  Detecting a
-dead runtime does not wait for heartbeats (the broker's will does that), so
-only the second line below gets slower.
+flip): an idle network's deliveries then grow as N, not N².  Load changes
+get the same treatment: a status whose only news is a load figure waits
+until N / :data:`NETWORK_LOAD_STATUSES` seconds (at least one sample) have
+passed since our last status, so however busy the machines are the network
+sends about that many a second; with 200 runtimes on two busy cores the
+loads moved by more than the threshold on most samples, and those statuses
+were five in six of the network's traffic.  Any other change still goes out
+at the next sample.  Detecting a dead runtime does not wait for heartbeats
+(the broker's will does that), so only the second line below gets slower.
 
 Its MQTT last will is the same status with ``state=dead``, so when a
 runtime is killed the broker tells everyone at once (when the TCP
@@ -60,6 +66,8 @@ HEARTBEAT_SAMPLES = 6
 NETWORK_HEARTBEATS = 5.0
 #: a load figure (CPU %, memory in points of its whole) must move by more than this to be a change
 LOAD_POINTS = 5.0
+#: statuses whose only news is the load: the whole network sends about this many a second at most
+NETWORK_LOAD_STATUSES = 10.0
 #: a live status not refreshed for this many of its sender's heartbeats counts as dead
 STALE_HEARTBEATS = 3
 #: the figures that change all the time: compared by :data:`LOAD_POINTS`, not exactly
@@ -87,14 +95,20 @@ def load_points(status: RuntimeStatus) -> tuple[float, float, float, float]:
     )
 
 
-def significant_change(old: RuntimeStatus | None, new: RuntimeStatus) -> bool:
-    """Whether *new* must go out although *old* was published: any field but the load figures
-    differs, or a load figure moved by more than :data:`LOAD_POINTS` points."""
-    if old is None:
-        return True
-    if any(getattr(old, name) != getattr(new, name) for name in _EXACT_FIELDS):
-        return True
+def exact_change(old: RuntimeStatus | None, new: RuntimeStatus) -> bool:
+    """Whether a field other than the load figures differs (or nothing was published yet)."""
+    return old is None or any(getattr(old, name) != getattr(new, name) for name in _EXACT_FIELDS)
+
+
+def load_moved(old: RuntimeStatus, new: RuntimeStatus) -> bool:
+    """Whether a load figure moved by more than :data:`LOAD_POINTS` points."""
     return any(abs(a - b) > LOAD_POINTS for a, b in zip(load_points(old), load_points(new), strict=True))
+
+
+def significant_change(old: RuntimeStatus | None, new: RuntimeStatus) -> bool:
+    """Whether *new* differs from the *old* published status enough to be news: any field but the
+    load figures differs, or a load figure moved by more than :data:`LOAD_POINTS` points."""
+    return exact_change(old, new) or (old is not None and load_moved(old, new))
 
 
 class Membership(service.Service):
@@ -170,6 +184,11 @@ class Membership(service.Service):
         while samples > HEARTBEAT_SAMPLES and rate(samples // 2) <= NETWORK_HEARTBEATS / 2:
             samples //= 2
         self._heartbeat_samples = samples
+
+    @property
+    def load_gap(self) -> float:
+        """Seconds a load-only change waits after our last status: N / NETWORK_LOAD_STATUSES, at least a sample."""
+        return max(self.interval, len(self._told) / NETWORK_LOAD_STATUSES)
 
     @property
     def dead_after(self) -> float:
@@ -310,10 +329,12 @@ class Membership(service.Service):
         self._fit_heartbeat()
         status = self._sample()
         self._quiet_samples += 1
+        last = self._published
         if (
             self.mode == "periodic"
             or self._quiet_samples >= self._heartbeat_samples
-            or significant_change(self._published, status)
+            or exact_change(last, status)
+            or (last is not None and self._quiet_samples * self.interval >= self.load_gap and load_moved(last, status))
         ):
             self.publish(status)
         self._notify_if_changed()

@@ -376,6 +376,35 @@ def test_the_heartbeat_stretches_with_the_network_so_idle_traffic_grows_as_n():
     assert m.heartbeat == 2.0
 
 
+def test_load_only_changes_share_a_network_wide_budget_other_changes_do_not_wait():
+    clock, sampler = Clock(), Sampler(cpu_percent=10.0)
+    bus = FakeBus(clock)
+    m = Membership(bus, PingRPC(), clock, sampler, interval=2.0)
+    m.join()
+    for i in range(199):  # 200 live runtimes with us
+        bus.inject(topics.status(f"rt-{i}"), other(f"rt-{i}", updated_at=clock.seconds()))
+    clock.advance(2)
+    assert m.load_gap == 20.0, "200 runtimes / 10 a second: one load-only status per runtime per 20 s"
+    before = len(sent(bus))
+    loads = []
+    for step in range(20):  # a busy machine: the CPU figure moves by 6 points on every sample
+        sampler.status = sampler.status.with_(cpu_percent=(10.0 + 6.0 * (step + 1)) % 100)
+        clock.advance(2)
+        loads.append(len(sent(bus)) - before)
+    assert loads == [0] * 9 + [1] * 10 + [2], f"40 s of moving load: two statuses, not twenty ({loads})"
+    assert sent(bus)[-1].cpu_percent == sampler.status.cpu_percent, "the one sent carries the latest figure"
+    sampler.status = sampler.status.with_(agents=1)  # any other change: at the next sample, budget or not
+    clock.advance(2)
+    assert len(sent(bus)) - before == 3 and sent(bus)[-1].agents == 1
+    for i in range(190):  # the network shrinks to 10: load changes go out at the next sample again
+        bus.inject(topics.status(f"rt-{i}"), b"")
+    clock.advance(2)
+    assert m.load_gap == 2.0
+    sampler.status = sampler.status.with_(cpu_percent=sampler.status.cpu_percent + 20.0)
+    clock.advance(2)
+    assert sent(bus)[-1].cpu_percent == sampler.status.cpu_percent
+
+
 @pytest.mark.parametrize(
     ("change", "significant"),
     [
