@@ -14,8 +14,6 @@ from typing import Any
 from oneos.shell.lines import EndOfInput, Event, Line, Text
 from oneos.shell.session import SessionInput
 
-#: Seconds a connection has to log in (SSH: key exchange and authentication; telnet: user and password).
-LOGIN_GRACE = 60.0
 #: Seconds a connection told to go may take to read the goodbye before it is cut.
 GOODBYE = 5.0
 BANNER = "OneOS shell. Type 'help' for the built-ins; anything else runs on the grid.\n"

@@ -36,10 +36,9 @@ from oneos.fs import paths
 from oneos.fs.permissions import ADMIN
 from oneos.fs.store import DEFAULT_OWNER, DIR_PERM
 from oneos.lazyfactory import LazyFactory
-from oneos.shell.frontend import LOGIN_GRACE
 from oneos.shell.hostkey import network_host_key
 from oneos.shell.session import Grid, Session
-from oneos.shell.throttle import LoginThrottle
+from oneos.shell.throttle import LOGIN_GRACE, LoginThrottle
 from oneos.shell.users import FailureDelay, PasswordChecker, PublicKeyChecker, TreeUsers, migrate_home
 
 if TYPE_CHECKING:

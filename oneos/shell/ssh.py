@@ -48,14 +48,14 @@ from twisted.python import components
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from oneos.shell.frontend import LOGIN_GRACE, LoginGrace, SafeWriter, cut_later, peer_address, to_program
+from oneos.shell.frontend import LoginGrace, SafeWriter, cut_later, peer_address, to_program
 from oneos.shell.interpreter import Interpreter
 from oneos.shell.lines import TOO_LONG, CookedLine, Echo, Event, Interrupt, ScriptLines
 from oneos.shell.parser import MAX_LINE, is_incomplete
 from oneos.shell.session import SessionInput
 from oneos.shell.sftp import SFTPSubsystem
 from oneos.shell.terminal import ShellTerminal
-from oneos.shell.throttle import LoginThrottle
+from oneos.shell.throttle import LOGIN_GRACE, LoginThrottle
 
 if TYPE_CHECKING:
     from oneos.shell.service import ShellService

@@ -30,7 +30,6 @@ from twisted.python.failure import Failure
 from oneos.shell.frontend import (
     BANNER,
     CONTINUATION_PROMPT,
-    LOGIN_GRACE,
     LoginGrace,
     SafeWriter,
     cut_later,
@@ -40,6 +39,7 @@ from oneos.shell.frontend import (
 from oneos.shell.lines import CTRL_D, EndOfInput, Interrupt, TelnetLines, TooLong
 from oneos.shell.parser import MAX_LINE, is_incomplete
 from oneos.shell.session import SessionInput
+from oneos.shell.throttle import LOGIN_GRACE
 
 if TYPE_CHECKING:
     from oneos.shell.service import ShellService

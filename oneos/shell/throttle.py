@@ -18,6 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+#: Seconds a connection has to log in (SSH: key exchange and authentication; telnet: user and password).
+#: Here, not in oneos.shell.frontend, so the shell service reads it without loading the session code.
+LOGIN_GRACE = 60.0
+
 
 @dataclass
 class _Source:

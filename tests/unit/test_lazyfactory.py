@@ -104,6 +104,7 @@ DOOR_CODE = (
     "oneos.shell.ssh",
     "oneos.shell.telnet",
     "oneos.shell.interpreter",
+    "oneos.shell.parser",
     "oneos.desktop.web",
     "oneos.desktop.ws",
     "autobahn",
