@@ -40,6 +40,8 @@ Ctrl-C and SIGTERM too.
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import os
 import resource
 import shutil
@@ -330,6 +332,28 @@ def observer_reactor() -> Any:
     return reactor
 
 
+def why_sent(old: Any, new: Any) -> str:
+    """What is new in status *new* against the same runtime's previous one *old*: the fields that
+    differ (the load figures as "load" when one moved past the threshold), "first" or "heartbeat"."""
+    from oneos.runtime.membership import _LOAD_FIELDS, load_moved
+
+    if old is None:
+        return "first"
+    changed = [
+        f.name
+        for f in dataclasses.fields(new)
+        if f.name not in _LOAD_FIELDS and getattr(old, f.name) != getattr(new, f.name)
+    ]
+    if changed:
+        return "+".join(changed)
+    return "load" if load_moved(old, new) else "heartbeat"
+
+
+def _reasons(counts: collections.Counter[str], n: int) -> str:
+    """The commonest reasons in *counts*, per runtime."""
+    return ", ".join(f"{why} {count / n:.2f}" for why, count in counts.most_common(6))
+
+
 class Observer:
     """An in-process client that watches statuses and asks runtimes who they see, over RPC."""
 
@@ -344,6 +368,9 @@ class Observer:
         self.alive: set[str] = set()
         #: statuses received so far (the network's status traffic: each one reached every runtime too)
         self.received = 0
+        #: why each status was sent, as far as its difference from the sender's previous one tells
+        self.why: collections.Counter[str] = collections.Counter()
+        self._latest: dict[str, Any] = {}
         self._status_sub: Any = None
         self.call(lambda: self.client.startService())
         try:
@@ -378,6 +405,8 @@ class Observer:
             if not message.payload:
                 return
             s = RuntimeStatus.decode(message.payload)
+            self.why[why_sent(self._latest.get(s.id), s)] += 1
+            self._latest[s.id] = s
             if s.alive:
                 self.alive.add(s.id)
             else:
@@ -698,6 +727,13 @@ def bench_convergence(
             return row
         row.converge = max(done.values()) - t0
         progress(f"{kind}: converged at {row.converge:.2f} s; idle window of {idle:g} s")
+        spent = [c for c in (cpu_seconds(p.pid) for p in procs) if c is not None]
+        progress(
+            f"{kind}: CPU per runtime until converged {sum(spent) / max(len(spent), 1):.2f} s "
+            "(beside 'one start alone' above: the rest is what starting together costs)"
+        )
+        start_why = obs.call(lambda: collections.Counter(obs.why))
+        progress(f"{kind}: statuses per runtime until converged, by what was new: {_reasons(start_why, n)}")
 
         # The observer stays subscribed through the idle window to count the statuses the network sends:
         # it adds one delivery per status to the broker's N (the runtimes'), so 1/N of its work.
@@ -707,6 +743,8 @@ def bench_convergence(
         time.sleep(idle)
         b1, r1, w1 = cpu_seconds(broker_pid), {pid: cpu_seconds(pid) for pid in pids}, time.monotonic()
         row.statuses_idle = obs.call(lambda: obs.received) - s0
+        idle_why = obs.call(lambda: collections.Counter(obs.why)) - start_why
+        progress(f"{kind}: statuses per runtime in the idle window, by what was new: {_reasons(idle_why, n)}")
         obs.unwatch_alive()
         row.idle_wall = w1 - w0
         row.broker_cpu_idle = b1 - b0 if b0 is not None and b1 is not None else float("nan")

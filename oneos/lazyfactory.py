@@ -4,8 +4,9 @@ Why: every runtime opens its front doors (the shell's SSH and telnet, the
 web desktop) at start, but most runtimes of a large network never see a
 login.  The code behind a door is the biggest part of a runtime's start-up
 imports (conch's SSH transport and the shell interpreter, twisted.web and
-Autobahn: about a third of them), and with hundreds of runtimes starting on
-a few cores that CPU is what delays everyone's joining.  So the port is
+Autobahn: over a quarter of its start-up CPU), and with hundreds of
+runtimes starting on a few cores that CPU is what delays everyone's
+joining.  So the port is
 opened at start (its address is known and advertised as before) with a
 :class:`LazyFactory`, and the real factory is made, and its modules
 imported, when someone first connects: that connection waits for it once
