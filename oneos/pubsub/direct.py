@@ -622,6 +622,16 @@ class DirectServer:
     def connections(self) -> int:
         return len(self._connections)
 
+    def stop_beside(self, server_stopped: defer.Deferred) -> defer.Deferred:
+        """Stop now, beside the bus's server stopping (*server_stopped*); fires once both are done.
+
+        The services that serve a target on the bus and here stop both at
+        once: the channel's calls at work are answered, calls arriving
+        meanwhile are told to use the bus (where the next server answers).
+        """
+        closing = self.stop()
+        return server_stopped.addCallback(lambda _: closing)
+
     def stop(self) -> defer.Deferred:
         """Stop listening; close every channel once its calls are answered; fires once all are gone."""
         self._stopped = True

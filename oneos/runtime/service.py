@@ -128,11 +128,7 @@ class RPCService(service.Service):
         super().stopService()
         stopped = self.server.stop()
         direct, self.direct = self.direct, None
-        if direct is None:
-            return stopped
-        # the channels' calls at work are answered; calls arriving meanwhile are told to use the bus
-        closing = direct.stop()
-        return stopped.addCallback(lambda _: closing)
+        return stopped if direct is None else direct.stop_beside(stopped)
 
 
 class ChannelTarget:

@@ -253,11 +253,7 @@ class SchedulerService(service.Service):
             self._sub.cancel()
         stopped = self.server.stop()
         direct, self.direct = self.direct, None
-        if direct is None:
-            return stopped
-        # the channels' calls at work are answered; new ones are told to ask the bus (the next leader)
-        closing = direct.stop()
-        return stopped.addCallback(lambda _: closing)
+        return stopped if direct is None else direct.stop_beside(stopped)  # the next leader answers on the bus
 
     def _listen_direct(self) -> None:
         """Serve the target on a direct channel too, on the interface the runtime's streams listen on.
