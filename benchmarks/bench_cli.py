@@ -19,7 +19,8 @@ counted) of the wall time from launching a command to its exit:
   without Twisted, oneos/cli/statusreader.py), beside the same read over
   the Twisted client (:func:`oneos.cli.common.run_with_client` and
   :func:`oneos.cli.status.collect`, what the command did before) as the
-  baseline, and ``oneos run /bin/true`` end to end (the scheduler places
+  baseline, the ``oneos devices`` table (read the same way), and ``oneos
+  run /bin/true`` end to end (the scheduler places
   it, its streams attach, its exit status comes back), each with its
   import time.
 
@@ -84,6 +85,7 @@ _TWISTED_STATUS = (
 COMMANDS: list[tuple[str, list[str] | None, list[str]]] = [
     ("oneos status", ["status"], ["-c", _MAIN, "status"]),
     ("  its read over Twisted (before)", None, ["-c", _TWISTED_STATUS]),
+    ("oneos devices (the table)", ["devices"], ["-c", _MAIN, "devices"]),
     ("oneos run /bin/true", ["run", "/bin/true"], ["-c", _MAIN, "run", "/bin/true"]),
 ]
 #: issue 15, aim 5: these start (and finish) in under this many seconds, wall p50

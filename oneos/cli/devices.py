@@ -15,6 +15,10 @@
 breaks (the device failed, its runtime died) ends the command with the
 reason and status 1; a reader of our output that stops early (``| head``)
 ends it quietly with status 141, as SIGPIPE would.
+
+The table reads the retained statuses without Twisted, as ``oneos status``
+does (oneos/cli/statusreader.py); Twisted and the devices client are
+imported only for ``--detail``, ``cat`` and ``write``.
 """
 
 from __future__ import annotations
@@ -23,23 +27,22 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
-
-from twisted.internet import defer
-from twisted.python.failure import Failure
+from typing import TYPE_CHECKING, Any
 
 from oneos.cli.common import (
     SIGPIPE_STATUS,
-    OutputSink,
     ReaderGone,
     default_pubsub_url,
+    inline_callbacks,
     network_rpc,
     run_with_client,
 )
-from oneos.devices.client import DevicesClient
 from oneos.devices.info import format_mode, parse_device_address
 from oneos.errors import OneOSError
 from oneos.runtime.status import ALIVE, RuntimeStatus
+
+if TYPE_CHECKING:
+    from twisted.internet import defer
 
 SUMMARY = "list the grid's I/O devices; 'devices cat RUNTIME/NAME' reads one, 'devices write RUNTIME/NAME' writes one"
 
@@ -147,14 +150,27 @@ def _list(argv: list[str]) -> int:
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker (default 5)")
     args = parser.parse_args(argv)
+    url = args.pubsub or default_pubsub_url()
+    if not args.detail:
+        from oneos.cli.common import broker_address
+        from oneos.cli.statusreader import read_statuses, sigterm_interrupts
 
-    @defer.inlineCallbacks
+        with sigterm_interrupts():
+            statuses = read_statuses(broker_address(url), args.timeout)
+        rows = rows_from_statuses(statuses, time.time())
+        print(json.dumps(rows, indent=2) if args.json else format_devices(rows))
+        return 0
+
+    @inline_callbacks
     def job(reactor: Any, client: Any) -> Any:
+        from twisted.internet import defer
+
         from oneos.cli.status import collect
+        from oneos.devices.client import DevicesClient
 
         statuses = yield collect(reactor, client)
         rows = rows_from_statuses(statuses, time.time())
-        if not args.detail or not rows:
+        if not rows:
             return rows
         rpc = yield network_rpc(reactor, client)
         devices = DevicesClient(rpc, timeout=args.timeout)
@@ -167,8 +183,8 @@ def _list(argv: list[str]) -> int:
                     detailed[(info.runtime, info.name)] = info.encode()
         return [detailed.get((row["runtime"], row["name"]), row) for row in rows]
 
-    rows: list[dict[str, Any]] = run_with_client(args.pubsub or default_pubsub_url(), job, timeout=args.timeout)
-    print(json.dumps(rows, indent=2) if args.json else format_devices(rows, args.detail))
+    detailed_rows: list[dict[str, Any]] = run_with_client(url, job, timeout=args.timeout)
+    print(json.dumps(detailed_rows, indent=2) if args.json else format_devices(detailed_rows, detail=True))
     return 0
 
 
@@ -176,6 +192,8 @@ class _LimitedSink:
     """Writes a stream to our stdout, stopping (on purpose) after *limit* bytes (0: no limit)."""
 
     def __init__(self, out: Any, limit: int = 0) -> None:
+        from oneos.cli.common import OutputSink
+
         self.sink = OutputSink(out)
         self.limit = limit
         self.written = 0
@@ -186,6 +204,8 @@ class _LimitedSink:
         self.written += len(data)
         d = self.sink.write(data)
         if self.limit and self.written >= self.limit:
+            from twisted.internet import defer
+
             return d.addCallback(lambda _: defer.fail(_Enough("enough bytes")))
         return d
 
@@ -224,8 +244,11 @@ def _cat(argv: list[str]) -> int:
     runtime, name = parse_device_address(args.device)
     what = f"{runtime}/{name}"
 
-    @defer.inlineCallbacks
+    @inline_callbacks
     def job(reactor: Any, client: Any) -> Any:
+        from twisted.python.failure import Failure
+
+        from oneos.devices.client import DevicesClient
         from oneos.transfer import receive
 
         rpc = yield network_rpc(reactor, client, default_timeout=15.0)
@@ -252,9 +275,12 @@ def _write(argv: list[str]) -> int:
     runtime, name = parse_device_address(args.device)
     what = f"{runtime}/{name}"
 
-    @defer.inlineCallbacks
+    @inline_callbacks
     def job(reactor: Any, client: Any) -> Any:
+        from twisted.python.failure import Failure
+
         from oneos.cli.run import LocalSource
+        from oneos.devices.client import DevicesClient
         from oneos.transfer import send
 
         rpc = yield network_rpc(reactor, client, default_timeout=15.0)

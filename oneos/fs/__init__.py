@@ -13,7 +13,18 @@
 See docs/filesystem.md.
 """
 
-from oneos.fs.opening import open_store
-from oneos.fs.store import CHUNK_SIZE, ChunkReader, FileStore, Stat, Writer
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from oneos.lazyapi import lazy_api
+
+if TYPE_CHECKING:
+    from oneos.fs.opening import open_store
+    from oneos.fs.store import CHUNK_SIZE, ChunkReader, FileStore, Stat, Writer
 
 __all__ = ["CHUNK_SIZE", "ChunkReader", "FileStore", "Stat", "Writer", "open_store"]
+
+# Imported on first use: the pure modules here (paths, permissions, errors) serve commands that start
+# without Twisted, and the store needs it (oneos/lazyapi.py).
+__getattr__ = lazy_api(__name__, {name: "opening" if name == "open_store" else "store" for name in __all__})

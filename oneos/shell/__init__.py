@@ -14,8 +14,9 @@ service that opens them (:mod:`~oneos.shell.service`); docs/architecture.md
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from oneos.lazyapi import lazy_api
 
 if TYPE_CHECKING:
     from oneos.shell.expand import expand_word, glob_pattern, unparse
@@ -35,20 +36,6 @@ if TYPE_CHECKING:
         parse,
     )
 
-#: where each name of the package's API lives: imported on first use (PEP 562), because every
-#: runtime imports this package for its front door (oneos.shell.service) and most never parse a line
-_HOMES = {"expand_word": "expand", "glob_pattern": "expand", "unparse": "expand"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f"{__name__}.{_HOMES.get(name, 'parser')}")
-    value = getattr(module, name)
-    globals()[name] = value
-    return value
-
-
 __all__ = [
     "MAX_LINE",
     "AndOr",
@@ -67,3 +54,9 @@ __all__ = [
     "parse",
     "unparse",
 ]
+
+# Imported on first use: every runtime imports this package for its front door (oneos.shell.service)
+# and most never parse a line (oneos/lazyapi.py).
+__getattr__ = lazy_api(
+    __name__, {name: "expand" if name in ("expand_word", "glob_pattern", "unparse") else "parser" for name in __all__}
+)

@@ -12,38 +12,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from oneos.security import tls
 from oneos.testing.brokers import start_oneospsd
+from oneos.testing.cli import run_oneos
 from oneos.testing.runtimes import wait_for
-
-#: runs ``oneos ARGS`` in-process, then says on stderr's last line whether Twisted was loaded
-CHILD = (
-    "import sys\n"
-    "from oneos.cli.main import main\n"
-    "rc = main(sys.argv[1:])\n"
-    "sys.stdout.flush()\n"
-    "print('twisted loaded:', any(m.partition('.')[0] == 'twisted' for m in sys.modules), file=sys.stderr)\n"
-    "sys.exit(rc)\n"
-)
 
 
 def status(home: Path, *args: str) -> tuple[int, str, str, bool]:
     """``oneos status ARGS`` with *home*: exit status, stdout, stderr (without the last line), Twisted loaded."""
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, "status", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ, ONEOS_HOME=str(home)),
-    )
-    *err, last = result.stderr.splitlines() or [""]
-    assert last.startswith("twisted loaded: "), result.stderr
-    return result.returncode, result.stdout, "\n".join(err), last.endswith("True")
+    ran = run_oneos(home, "status", *args)
+    return ran.code, ran.out, ran.err, ran.twisted
 
 
 def listed(home: Path, url: str, rid: str) -> list[dict[str, Any]] | None:

@@ -24,6 +24,7 @@ import pytest
 
 from oneos.devices.mjpeg import FrameSplitter, is_jpeg
 from oneos.testing.brokers import start_oneospsd
+from oneos.testing.cli import run_oneos
 from oneos.testing.runtimes import RuntimeProcess, live, statuses, wait_for
 
 FFMPEG = shutil.which("ffmpeg")
@@ -141,6 +142,9 @@ def test_oneos_devices_lists_every_device_with_its_state_and_failed_ones_say_why
     table = oneos(grid, "devices").stdout.decode()
     header = ["RUNTIME", "NAME", "DIRECTION", "DRIVER", "OWNER", "MODE", "STATE", "REASON"]
     assert table.splitlines()[0].split() == header
+    # the table is read without Twisted (oneos/cli/statusreader.py), as 'oneos status' reads it
+    probe = run_oneos(grid.procs["rt-3"].home, "devices", "--pubsub", grid.url)
+    assert (probe.code, probe.out, probe.twisted) == (0, table, False), probe.err
     assert "ffmpeg /nonexistent/ffmpeg not found" in table
     failed = sum(1 for key, d in found.items() if key.startswith("rt-2/") and d["state"] == "failed")
     status = oneos(grid, "status").stdout.decode()
