@@ -194,14 +194,28 @@ def run_with_client(url: str, job: Callable[[Any, Any], Any], timeout: float = 5
     return result
 
 
+#: seconds a command waits for an election under way to end before it calls the kernel
+ELECTION_WAIT = 5.0
+
+
 def network_rpc(reactor: Any, client: Any, default_timeout: float = 5.0) -> Any:
-    """An RPC client that knows, from a snapshot of the network taken now, who serves what.
+    """An RPC client that knows, from the network's statuses, who serves what.
 
     Costs one broker round trip (the retained statuses and store record);
     afterwards a call to the file system or the scheduler fails at once with
     the reason when nobody serves it ("store host rt-a is down") instead of
-    after a timeout.  Fires with the RPCClient.
+    after a timeout.  The statuses stay subscribed, so the view follows the
+    network.  When kernel runtimes are alive but none leads yet (runtimes
+    that have just started, a leader that just died), it first waits up to
+    :data:`ELECTION_WAIT` seconds for the election to end: what a user
+    would otherwise be told to do ("try again in a few seconds").  Fires
+    with the RPCClient.
     """
+    import time
+
+    from twisted.internet import defer
+
+    from oneos.cli.status import judged_state
     from oneos.pubsub import topics
     from oneos.pubsub.messages import MalformedMessage
     from oneos.pubsub.rpc import RPCClient
@@ -210,6 +224,20 @@ def network_rpc(reactor: Any, client: Any, default_timeout: float = 5.0) -> Any:
 
     statuses: dict[str, RuntimeStatus] = {}
     record: list[StoreRecord] = []
+    #: the view as judged when a status last arrived (recomputed then, not on every call)
+    judged: list[list[RuntimeStatus]] = []
+    #: fired when an election under way has ended
+    electing: list[defer.Deferred] = []
+
+    def view() -> list[RuntimeStatus]:
+        if not judged:
+            now = time.time()
+            judged.append([s.with_(state=judged_state(s, now)) for s in statuses.values()])
+        return judged[0]
+
+    def election_under_way() -> bool:
+        live = [s for s in view() if s.alive]
+        return any(s.kernel for s in live) and not any(s.leader for s in live)
 
     def on_status(message: Any) -> None:
         rid = topics.runtime_from_status_topic(message.topic)
@@ -218,7 +246,10 @@ def network_rpc(reactor: Any, client: Any, default_timeout: float = 5.0) -> Any:
         try:
             statuses[rid] = RuntimeStatus.decode(message.payload)
         except MalformedMessage:
-            pass
+            return
+        judged.clear()
+        if electing and not election_under_way():
+            electing.pop().callback(None)
 
     def on_store(message: Any) -> None:
         try:
@@ -226,23 +257,31 @@ def network_rpc(reactor: Any, client: Any, default_timeout: float = 5.0) -> Any:
         except MalformedMessage:
             pass
 
+    def settled(_: Any) -> Any:
+        if not election_under_way():
+            return None
+        ended: defer.Deferred = defer.Deferred()
+        electing.append(ended)
+
+        def give_up() -> None:  # the calls then fail with the reason, as before the wait
+            if electing:
+                electing.pop().callback(None)
+
+        timer = reactor.callLater(ELECTION_WAIT, give_up)
+        return ended.addBoth(lambda _: timer.cancel() if timer.active() else None)
+
     def ready(_: Any) -> Any:
-        import time
-
-        from oneos.cli.status import judged_state
-
-        now = time.time()
-        view = [s.with_(state=judged_state(s, now)) for s in statuses.values()]
         return RPCClient(
             client,
             reactor,
             default_timeout=default_timeout,
-            precheck=lambda target: route_check(target, view, record[0] if record else None),
+            precheck=lambda target: route_check(target, view(), record[0] if record else None),
         )
 
     d = client.subscribe(topics.ALL_STATUS, on_status)
     d.addCallback(lambda _: client.subscribe(topics.NETWORK_STORE, on_store))
     d.addCallback(lambda _: client.barrier())
+    d.addCallback(settled)
     return d.addCallback(ready)
 
 

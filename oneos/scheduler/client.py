@@ -8,7 +8,7 @@ stages are :class:`StageSpec`, a pipe between agents a :class:`PipeInfo`
 
 Inside a runtime the RPC client fails at once when no kernel leader is
 known ("no kernel leader right now ..."), the CLI likewise from its
-snapshot of the network.  Calls take the scheduler's direct channel once
+view of the network (after waiting up to 5 s for an election under way).  Calls take the scheduler's direct channel once
 it is open (:class:`SchedulerClient`), as the file system's do.
 """
 
