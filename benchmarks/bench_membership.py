@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import os
 import resource
 import shutil
@@ -335,15 +334,11 @@ def observer_reactor() -> Any:
 def why_sent(old: Any, new: Any) -> str:
     """What is new in status *new* against the same runtime's previous one *old*: the fields that
     differ (the load figures as "load" when one moved past the threshold), "first" or "heartbeat"."""
-    from oneos.runtime.membership import _LOAD_FIELDS, load_moved
+    from oneos.runtime.membership import _EXACT_FIELDS, load_moved
 
     if old is None:
         return "first"
-    changed = [
-        f.name
-        for f in dataclasses.fields(new)
-        if f.name not in _LOAD_FIELDS and getattr(old, f.name) != getattr(new, f.name)
-    ]
+    changed = [name for name in _EXACT_FIELDS if getattr(old, name) != getattr(new, name)]
     if changed:
         return "+".join(changed)
     return "load" if load_moved(old, new) else "heartbeat"

@@ -6,11 +6,10 @@ login.  The code behind a door is the biggest part of a runtime's start-up
 imports (conch's SSH transport and the shell interpreter, twisted.web and
 Autobahn: over a quarter of its start-up CPU), and with hundreds of
 runtimes starting on a few cores that CPU is what delays everyone's
-joining.  So the port is
-opened at start (its address is known and advertised as before) with a
-:class:`LazyFactory`, and the real factory is made, and its modules
-imported, when someone first connects: that connection waits for it once
-(tens of milliseconds), later ones do not.
+joining.  So the port is opened at start (its address is known and
+advertised as before) with a :class:`LazyFactory`, and the real factory
+is made, and its modules imported, when someone first connects: that
+connection waits for it once (tens of milliseconds), later ones do not.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ log = Logger()
 
 
 class LazyFactory(protocol.Factory):
-    """Makes its real factory (any IProtocolFactory) with *make* on the first connection, then hands every connection to it.
+    """Makes its real factory (any IProtocolFactory) with *make* on the first connection, then serves through it.
 
     The real factory is started (``doStart``) when made and stopped when
     this one stops, so its ``startFactory``/``stopFactory`` run as if it

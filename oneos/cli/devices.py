@@ -152,12 +152,9 @@ def _list(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     url = args.pubsub or default_pubsub_url()
     if not args.detail:
-        from oneos.cli.common import broker_address
-        from oneos.cli.statusreader import read_statuses, sigterm_interrupts
+        from oneos.cli.statusreader import statuses_at
 
-        with sigterm_interrupts():
-            statuses = read_statuses(broker_address(url), args.timeout)
-        rows = rows_from_statuses(statuses, time.time())
+        rows = rows_from_statuses(statuses_at(url, args.timeout), time.time())
         print(json.dumps(rows, indent=2) if args.json else format_devices(rows))
         return 0
 

@@ -126,15 +126,14 @@ def run(argv: list[str]) -> int:
     import time
     from dataclasses import asdict
 
-    from oneos.cli.common import broker_address, default_pubsub_url
-    from oneos.cli.statusreader import read_statuses, sigterm_interrupts
+    from oneos.cli.common import default_pubsub_url
+    from oneos.cli.statusreader import statuses_at
     from oneos.runtime.status import ALIVE
 
     url = args.pubsub or default_pubsub_url()
     # Without Twisted (oneos/cli/statusreader.py): the same packets as collect() over run_with_client,
     # without its ~170 ms of imports.
-    with sigterm_interrupts():
-        statuses: list[RuntimeStatus] = read_statuses(broker_address(url), args.timeout)
+    statuses: list[RuntimeStatus] = statuses_at(url, args.timeout)
     now = time.time()
     if args.live:
         statuses = [s for s in statuses if judged_state(s, now) == ALIVE]

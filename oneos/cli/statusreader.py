@@ -388,6 +388,19 @@ def read_statuses(
         sleep(delay)
 
 
+def statuses_at(url: str, timeout: float) -> list[RuntimeStatus]:
+    """Every runtime's retained status from the broker at *url*, as a command reads them.
+
+    The read of ``oneos status`` and the ``oneos devices`` table: the broker
+    found from the URL and this home's credentials, SIGTERM ending the wait
+    as Ctrl-C does.
+    """
+    from oneos.cli.common import broker_address
+
+    with sigterm_interrupts():
+        return read_statuses(broker_address(url), timeout)
+
+
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt meanwhile, as under Twisted's reactor: 'interrupted', status 130."""

@@ -8,8 +8,9 @@ stages are :class:`StageSpec`, a pipe between agents a :class:`PipeInfo`
 
 Inside a runtime the RPC client fails at once when no kernel leader is
 known ("no kernel leader right now ..."), the CLI likewise from its
-view of the network (after waiting up to 5 s for an election under way).  Calls take the scheduler's direct channel once
-it is open (:class:`SchedulerClient`), as the file system's do.
+view of the network (after waiting up to 5 s for an election under way).
+Calls take the scheduler's direct channel once it is open
+(:class:`SchedulerClient`), as the file system's do.
 """
 
 from __future__ import annotations
